@@ -1,0 +1,216 @@
+"""The scenario schema: every key a scenario may set, its type, its default and its limits.
+
+This is the only place where defaults live.  The model reads the fully resolved scenario
+(`Scenario.data`) and never falls back to a default of its own, so a misspelt key is an error
+at load time instead of a silently ignored knob.
+
+Times are given in the unit their name says (``_us`` or ``_ns``) and converted to integer
+nanoseconds by the model.  Costs are in nanoseconds; each carries the status of its value
+(``source`` = a number the reference cites, ``estimate`` = a stated or derived estimate,
+``placeholder`` = an UNVERIFIED calibration value) so a study can say what it rests on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Key:
+    """One scalar or list key: its type, default and an optional check on the value."""
+
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None  # returns an error message or None
+    choices: tuple[Any, ...] | None = None
+    optional: bool = False  # default None means "not set"
+    item_type: type | None = None  # for list keys
+
+
+@dataclass(frozen=True)
+class Table:
+    """A TOML table with a fixed set of keys."""
+
+    keys: dict[str, "Key | Table | Map"]
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Map:
+    """A TOML table whose keys are drawn from `allowed` and whose values share one Key spec."""
+
+    allowed: tuple[str, ...]
+    value: Key
+    default: dict[str, Any] = field(default_factory=dict)
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class ArrayOfTables:
+    """A TOML array of tables (``[[vm]]``): each item follows `item`."""
+
+    item: Table
+    min_items: int = 1
+    default_items: int = 1  # items created when the scenario has none
+    doc: str = ""
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def probability(v: Any) -> str | None:
+    return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
+NUM = (int, float)
+
+# Kinds of TDVMCALL a statistical workload can issue (reference §4.2).  The first four are
+# handled inside KVM; io, mmio and mapgpa go to the userspace VMM; hlt blocks the vCPU.
+TDVMCALL_KINDS = ("cpuid", "rdmsr", "wrmsr", "hypercall", "io", "mmio", "mapgpa", "hlt")
+
+BUILTIN_STRATEGIES = ("current", "v6.16", "eager")
+
+
+def _strategy_check(v: str) -> str | None:
+    if v in BUILTIN_STRATEGIES or ":" in v:
+        return None
+    return (
+        f"unknown strategy {v!r}: use one of {', '.join(BUILTIN_STRATEGIES)} "
+        'or "package.module:Class" / "path/file.py:Class"'
+    )
+
+
+def _cost(default: int, status: str, doc: str) -> Key:
+    return Key(int, default, f"[{status}] {doc}", non_negative)
+
+
+# Per-operation costs (reference §9).  `source` = cited in the reference; `estimate` = a stated
+# or derived estimate; `placeholder` = UNVERIFIED calibration value, change it freely.
+COSTS = Table(
+    {
+        "wrmsr_ns": _cost(35, "estimate", "one WRMSR; Sean Christopherson's ~300-500 cycles for "
+                          "4 user-return WRMSRs (v5 patch, lore 20251030191528) at ~3 GHz"),
+        "rdmsr_ns": _cost(30, "placeholder", "one RDMSR"),
+        "seamcall_ns": _cost(300, "placeholder", "bare SEAMCALL/SEAMRET transition pair "
+                             "(reference §9: several hundred to ~1000+ cycles, UNVERIFIED)"),
+        "td_entry_ns": _cost(600, "placeholder", "TDH.VP.ENTER module work up to VM entry "
+                             "(checks, guest state load); with td_exit_ns and seamcall_ns a TD "
+                             "round trip of 'thousands of cycles' (reference §9)"),
+        "td_exit_ns": _cost(600, "placeholder", "TD exit: module saves guest state, sets host "
+                            "fixed values, SEAMRET"),
+        "first_entry_flush_ns": _cost(1500, "placeholder", "module ASID flush + IBPB when an LP "
+                                      "switches TDVPR (reference §3.4 step 7)"),
+        "vcpu_enter_guest_ns": _cost(250, "placeholder", "KVM bookkeeping in vcpu_enter_guest "
+                                     "before TDH.VP.ENTER (request check, IRQs off, mode, "
+                                     "late check)"),
+        "exit_handling_ns": _cost(250, "placeholder", "KVM work after TD exit: post-exit "
+                                  "fix-ups, irqoff handling, IRQ window, tdx_handle_exit "
+                                  "dispatch"),
+        "guest_tdvmcall_ns": _cost(400, "placeholder", "guest #VE handling and TDCALL set-up "
+                                   "before a TDVMCALL (charged as guest time)"),
+        "tdvmcall_cpuid_ns": _cost(300, "placeholder", "KVM handling of TDVMCALL CPUID"),
+        "tdvmcall_msr_ns": _cost(200, "placeholder", "KVM handling of TDVMCALL RDMSR/WRMSR"),
+        "tdvmcall_hypercall_ns": _cost(300, "placeholder", "KVM hypercall (R10 != 0) handling"),
+        "tdvmcall_hlt_ns": _cost(200, "placeholder", "KVM handling of TDVMCALL HLT before "
+                                 "blocking"),
+        "tdvmcall_userspace_ns": _cost(300, "placeholder", "KVM work to prepare an exit to "
+                                       "userspace (kvm_run fields, completion callback)"),
+        "kvm_run_ioctl_ns": _cost(800, "placeholder", "KVM_RUN return to userspace and the next "
+                                  "KVM_RUN syscall (entry/exit, FPU put/load)"),
+        "vmm_io_ns": _cost(3000, "placeholder", "userspace VMM service time for KVM_EXIT_IO"),
+        "vmm_mmio_ns": _cost(4000, "placeholder", "userspace VMM service time for "
+                             "KVM_EXIT_MMIO"),
+        "vmm_mapgpa_ns": _cost(20000, "placeholder", "userspace VMM service time for "
+                               "KVM_EXIT_HYPERCALL(KVM_HC_MAP_GPA_RANGE)"),
+        "vcpu_load_ns": _cost(150, "placeholder", "kvm_arch_vcpu_load bookkeeping (PI "
+                              "descriptor update, list add), MSR writes excluded"),
+        "vcpu_put_ns": _cost(150, "placeholder", "kvm_arch_vcpu_put bookkeeping, MSR writes "
+                             "excluded"),
+        "context_switch_ns": _cost(1500, "placeholder", "host context switch (schedule(), "
+                                   "switch_to)"),
+        "ipi_ns": _cost(1500, "placeholder", "cross-CPU IPI delivery (reference §9: ~1-2 us, "
+                        "UNVERIFIED)"),
+        "host_irq_ns": _cost(1000, "placeholder", "host interrupt handler run in "
+                             "handle_exit_irqoff (tick, hrtimer)"),
+        "tdh_vp_flush_ns": _cost(2000, "placeholder", "TDH.VP.FLUSH on the old CPU, SEAMCALL "
+                                 "included"),
+        "tdh_vp_rd_ns": _cost(400, "placeholder", "TDH.VP.RD, SEAMCALL included"),
+        "tdh_vp_wr_ns": _cost(400, "placeholder", "TDH.VP.WR, SEAMCALL included"),
+        "guest_irq_ns": _cost(1000, "placeholder", "guest interrupt handler for a delivered "
+                              "posted interrupt (guest time)"),
+    },
+    doc="Per-operation costs in ns.",
+)
+
+WORKLOAD = Table(
+    {
+        "compute_us": Key(NUM, 20.0, "guest compute time between TDVMCALLs", positive),
+        "compute_dist": Key(str, "exp", "distribution of compute time",
+                            choices=("fixed", "exp")),
+        "timer_hz": Key(NUM, 0.0, "periodic guest LAPIC timer (a host hrtimer), delivered as a "
+                        "posted interrupt; 0 = off", non_negative),
+        "mix": Map(TDVMCALL_KINDS, Key(NUM, 0.0, "relative weight", non_negative),
+                   default={"cpuid": 1.0},
+                   doc="relative weights of the TDVMCALLs the guest issues after each compute "
+                       "period; kinds not named have weight 0"),
+    },
+    doc="What the guest vCPUs do.",
+)
+
+VM = Table(
+    {
+        "name": Key(str, None, "VM name (default vm<index>)", optional=True),
+        "flavor": Key(str, "tdx", "guest flavor", choices=("tdx",)),
+        "vcpus": Key(int, 1, "number of vCPUs", positive),
+        "pin": Key(list, None, "host CPU per vCPU (one entry per vCPU); unset = unpinned",
+                   optional=True, item_type=int),
+        "workload": WORKLOAD,
+    },
+    doc="A guest (TD).",
+)
+
+SCHEMA = Table(
+    {
+        "sim": Table(
+            {
+                "duration_us": Key(NUM, 10000.0, "simulated time", positive),
+                "seed": Key(int, 1, "run seed; every random stream derives from it",
+                            non_negative),
+            }
+        ),
+        "host": Table(
+            {
+                "cpus": Key(int, 4, "host logical CPUs", positive),
+                "tick_hz": Key(NUM, 250.0, "host timer tick; a tick on a CPU running a guest is "
+                               "an EXTERNAL_INTERRUPT exit; 0 = off (nohz_full)", non_negative),
+                "tasks": Key(int, 0, "other host tasks (user threads), unpinned",
+                             non_negative),
+                "task_run_us": Key(NUM, 500.0, "mean CPU burst of a host task", positive),
+                "task_sleep_us": Key(NUM, 2000.0, "mean sleep of a host task between bursts",
+                                     non_negative),
+                "task_dist": Key(str, "exp", "distribution of task run/sleep times",
+                                 choices=("fixed", "exp")),
+                "timeslice_us": Key(NUM, 3000.0, "scheduler time slice when a CPU has more "
+                                    "than one runnable thread", positive),
+                "wakeup_preempt": Key(bool, True, "a waking thread preempts the running one "
+                                      "(otherwise it waits for the slice to end)"),
+            }
+        ),
+        "kvm": Table(
+            {
+                "host_state": Key(str, "current", "host-state strategy: current, v6.16, eager, "
+                                  'or "package.module:Class" / "path/file.py:Class"',
+                                  _strategy_check),
+            }
+        ),
+        "vm": ArrayOfTables(VM, min_items=1, default_items=1),
+        "costs": COSTS,
+    }
+)

@@ -1,0 +1,77 @@
+"""Event tracing: the one channel through which the model reports what happened, when.
+
+The model holds ``sim.tracer``, which is ``None`` when tracing is off; every emitting site is
+written ``if tracer is not None: tracer.emit(...)``, so tracing that is off costs one attribute
+test and builds nothing.
+
+An event is a tuple ``(t_ns, kind, cpu, vcpu, fields)``:
+
+* ``t_ns``  simulated time in integer nanoseconds.  Straight-line work is applied when its
+  SimPy timeout is scheduled, so a few events carry a time slightly ahead of the process that
+  emitted them (e.g. ``kvm_entry`` at the instant the TD is entered); consumers that need a
+  time-ordered stream sort by ``t_ns`` (the sort is stable, so emission order breaks ties).
+* ``kind``  one of `EVENT_KINDS`.
+* ``cpu``   host CPU index, or -1 when no CPU is involved.
+* ``vcpu``  the vCPU's dotted scope (``"td0.vcpu3"``), a host task's name (``"task2"``), or None.
+* ``fields`` a dict of JSON-serialisable extras, listed per kind below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+# kind -> the fields it carries
+EVENT_KINDS: dict[str, tuple[str, ...]] = {
+    "kvm_entry": (),                       # TDH.VP.ENTER enters the TD
+    "kvm_exit": ("reason", "vp_enter_ret"),  # TD exit: derived reason name, raw status (hex str)
+    "tdvmcall": ("leaf",),                 # guest TDVMCALL sub-function name
+    "late_abort": ("abort",),              # entry work done but the TD did not run
+    "vcpu_load": ("migrated",),
+    "vcpu_put": ("cause",),                # preempt | kvm_run_return | halt
+    "wrmsr": ("msr", "site", "value"),
+    "seamcall": ("leaf", "status"),
+    "cpu_state": ("what", "thread"),       # what the CPU now runs: guest|kvm|vmm|host_task|idle
+    "vcpu_state": ("state",),              # running|runnable|halted|userspace
+    "sched_switch": ("prev", "next"),
+    "kick": ("by",),
+    "ipi": ("src_cpu", "dst_cpu", "why"),
+    "pi_posted": ("vector", "source"),
+    "pi_delivered": ("vector",),
+    "userspace_exit": ("reason",),
+    "violation": ("invariant", "detail"),
+}
+
+Event = tuple[int, str, int, "str | None", dict[str, Any]]
+
+
+class Tracer:
+    """Collects events, optionally filtered by kind, CPU and vCPU (or task) name."""
+
+    __slots__ = ("events", "_kinds", "_cpus", "_vcpus")
+
+    def __init__(
+        self,
+        kinds: Iterable[str] | None = None,
+        cpus: Iterable[int] | None = None,
+        vcpus: Iterable[str] | None = None,
+    ) -> None:
+        self.events: list[Event] = []
+        self._kinds = frozenset(kinds) if kinds else None
+        self._cpus = frozenset(cpus) if cpus else None
+        self._vcpus = frozenset(vcpus) if vcpus else None
+        if self._kinds:
+            unknown = self._kinds - EVENT_KINDS.keys()
+            if unknown:
+                raise ValueError(f"unknown event kinds: {', '.join(sorted(unknown))}")
+
+    def emit(self, t_ns: int, kind: str, cpu: int, vcpu: str | None, **fields: Any) -> None:
+        if self._kinds is not None and kind not in self._kinds:
+            return
+        if self._cpus is not None and cpu not in self._cpus:
+            return
+        if self._vcpus is not None and vcpu not in self._vcpus:
+            return
+        self.events.append((t_ns, kind, cpu, vcpu, fields))
+
+    def sorted_events(self) -> list[Event]:
+        return sorted(self.events, key=lambda e: e[0])
