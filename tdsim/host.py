@@ -226,6 +226,7 @@ class Scheduler:
         self.save_fsgs(cpu, prev)
         prev.need_resched = False
         cpu.curr = None
+        cpu.idle_since = now
         prev.run_event = sim.env.event()
         if runnable:
             prev.state = RUNNABLE
@@ -234,7 +235,6 @@ class Scheduler:
             prev.state = SLEEPING
         nxt = cpu.rq.popleft() if cpu.rq else self._pull(cpu)
         if nxt is None:
-            cpu.idle_since = now
             if sim.tracer is not None:
                 sim.tracer.emit(now, "cpu_state", cpu.index, None, what="idle", thread=None)
             return
