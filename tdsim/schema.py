@@ -210,6 +210,10 @@ SCHEMA = Table(
                 "host_state": Key(str, "current", "host-state strategy: current, v6.16, eager, "
                                   'or "package.module:Class" / "path/file.py:Class"',
                                   _strategy_check),
+                "compare": Key(list, [], "strategies to compare on this scenario: `tdsim run` "
+                               "runs it once per strategy with the same seed (paired) and "
+                               "prints them side by side; empty = run host_state only",
+                               item_type=str),
             }
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),
