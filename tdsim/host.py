@@ -152,6 +152,18 @@ class Thread:
             ns[KVM] += rest - d2
         return elapsed
 
+    def split_seg(self, t: int) -> None:
+        """Account the running segment up to `t` and keep its remainder open (warm-up)."""
+        elapsed = t - self.seg_t0
+        k1, d1, k2, d2 = self.seg_k1, self.seg_d1, self.seg_k2, self.seg_d2
+        self.end_seg(t)
+        if elapsed <= d1:
+            self.begin_seg(k1, d1 - elapsed, k2, d2)
+        elif elapsed <= d1 + d2:
+            self.begin_seg(k2, d1 + d2 - elapsed, KVM, 0)
+        else:
+            self.begin_seg(KVM, 0, KVM, 0)
+
     # --- hooks the scheduler calls --------------------------------------------------------
     def resched(self) -> None:
         """need_resched was set for this running thread: act on it where the thread can."""

@@ -185,6 +185,9 @@ SCHEMA = Table(
                 "duration_us": Key(NUM, 10000.0, "simulated time", positive),
                 "seed": Key(int, 1, "run seed; every random stream derives from it",
                             non_negative),
+                "warmup_us": Key(NUM, 0.0, "warm-up: metrics count only what happens after "
+                                 "it (CPU time parts then sum to duration - warmup); "
+                                 "violations are always all reported", non_negative),
             }
         ),
         "host": Table(

@@ -71,3 +71,18 @@ def test_shipped_strategies_have_no_violations_on_shipped_scenarios():
     for strategy in ("current", "v6.16", "eager"):
         r = run(load_scenario(BASELINE, overrides=[f"kvm.host_state={strategy}"]))
         assert r.violations == [], strategy
+
+
+def test_warmup_excludes_its_events_from_metrics():
+    """With a warm-up, counters cover only the rest of the run and CPU time sums to it."""
+    full = run(load_scenario(BASELINE)).metrics
+    warm = run(load_scenario(BASELINE, overrides=["sim.warmup_us=5000"])).metrics
+    assert warm["sim.measured_ns"] == 15_000_000
+    for cpu in range(8):
+        assert sum(warm[f"cpu.{cpu}.ns.{k}"]
+                   for k in ("guest", "kvm", "vmm", "host_task", "idle")) == 15_000_000
+    # The warm-up changes what is counted, not the trajectory: the first 5 ms run on its own
+    # plus the measured part make up the whole run.
+    first = run(load_scenario(BASELINE, overrides=["sim.duration_us=5000"])).metrics
+    for key in ("exits", "host_state_reload", "wrmsr.total", "tdvmcall.cpuid"):
+        assert first[key] + warm[key] == full[key], key
