@@ -217,3 +217,38 @@ KVM_HC_MAP_GPA_RANGE = 12
 POSTED_INTR_VECTOR = 0xF2
 POSTED_INTR_WAKEUP_VECTOR = 0xF1
 LOCAL_TIMER_VECTOR = 0xEC  # the guest's LAPIC timer vector (Linux guests)
+
+# --- issue 5: TDVMCALL fidelity ------------------------------------------------------------
+# KVM uapi exits for userspace MSR handling (KVM_CAP_X86_USER_SPACE_MSR).
+KVM_EXIT_X86_RDMSR = 29
+KVM_EXIT_X86_WRMSR = 30
+KVM_EXIT_NAMES[KVM_EXIT_X86_RDMSR] = "KVM_EXIT_X86_RDMSR"
+KVM_EXIT_NAMES[KVM_EXIT_X86_WRMSR] = "KVM_EXIT_X86_WRMSR"
+KVM_SYSTEM_EVENT_TDX_FATAL = 7
+
+# The TDVMCALL sub-functions by name (GHCI spelling, reference §4.2); a scripted guest may
+# name its R11 this way.
+TDVMCALL_NAMES = {
+    TDVMCALL_CPUID: "Instruction.CPUID",
+    TDVMCALL_HLT: "Instruction.HLT",
+    TDVMCALL_IO: "Instruction.IO",
+    TDVMCALL_RDMSR: "Instruction.RDMSR",
+    TDVMCALL_WRMSR: "Instruction.WRMSR",
+    TDVMCALL_VE_REQUEST_MMIO: "#VE.RequestMMIO",
+    54: "Instruction.WBINVD",
+    TDVMCALL_GET_TD_VM_CALL_INFO: "GetTdVmCallInfo",
+    TDVMCALL_MAP_GPA: "MapGPA",
+    TDVMCALL_GET_QUOTE: "GetQuote",
+    TDVMCALL_REPORT_FATAL_ERROR: "ReportFatalError",
+    TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT: "SetupEventNotifyInterrupt",
+    0x10005: "Service",
+}
+
+TDVMCALL_STATUS_NAMES = {
+    TDVMCALL_STATUS_SUCCESS: "SUCCESS",
+    TDVMCALL_STATUS_RETRY: "RETRY",
+    TDVMCALL_STATUS_INVALID_OPERAND: "INVALID_OPERAND",
+    TDVMCALL_STATUS_GPA_INUSE: "GPA_INUSE",
+    TDVMCALL_STATUS_ALIGN_ERROR: "ALIGN_ERROR",
+    TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED: "SUBFUNC_UNSUPPORTED",
+}

@@ -17,6 +17,7 @@ from .kvm_x86 import (
     IN_GUEST_MODE, KVM_MP_STATE_HALTED, PH_BLOCKED, PH_SEG, KvmVcpu,
 )
 from .tdx_module import TdxModuleArgs
+from . import tdvmcall  # issue 5: TDVMCALL handlers, kvm_run, regs[] layout
 
 if TYPE_CHECKING:
     from .host import HostCpu
@@ -56,6 +57,7 @@ class VcpuTdx(KvmVcpu):
         self.module_assoc_cpu = None      # LP the vCPU is associated with
         self.module_fields: dict[str, int] = {}
         self.pending_completion = None    # complete_userspace_io callback
+        tdvmcall.init_vcpu(self)  # issue 5: kvm_run, regs[] and the layout, MapGPA progress
 
     def host_gsbase(self) -> int:
         """current->thread.gsbase of the vCPU thread (host KERNEL_GS_BASE to restore)."""
@@ -110,7 +112,7 @@ class VcpuTdx(KvmVcpu):
         if status != arch.TDX_SUCCESS:
             self.t_enter = self.t_guest_end = now + late + sim.c_seamcall
             return late + sim.c_seamcall
-        entry = sim.module.entry_cost(self, cpu)
+        entry = sim.module.entry_cost(self, cpu) + self.regs_entry_copy_ns  # issue 5
         g = self.guest.remaining_ns
         if self.seg_pi:
             g += sim.c_guest_irq
@@ -148,6 +150,7 @@ class VcpuTdx(KvmVcpu):
             ret = module.tdh_vp_enter_exit(self, cpu, reason)
             if tracer is not None:
                 tracer.emit(self.t_enter, "kvm_entry", cpu.index, self.name)
+        tdvmcall.regs_after_exit(self, cpu)  # issue 5: "copy" layout: args -> regs[]
         self.vp_enter_ret = ret
         sim.strategy.vcpu_enter_exit(self, cpu, ret)
         self.exit_reason = self.tdx_to_vmx_exit_reason(ret)
@@ -242,60 +245,15 @@ class VcpuTdx(KvmVcpu):
         return self.handle_tdvmcall(cpu, basic)
 
     def handle_tdvmcall(self, cpu: "HostCpu", basic: int) -> int:
-        """handle_tdvmcall and the converted-reason handlers (tdx_emulate_*)."""
-        sim = self.sim
-        args = self.vp_enter_args
-        guest = self.guest
-        kind = guest.kind
-        self.stat[guest.tdvmcall_key] += 1
-        if sim.tracer is not None:
-            sim.tracer.emit(sim.env.now, "tdvmcall", cpu.index, self.name, leaf=kind)
-        if basic == arch.EXIT_REASON_CPUID:
-            cpu.acc += sim.c_tdvmcall_cpuid
-            args.r10 = arch.TDVMCALL_STATUS_SUCCESS
-            args.r12 = args.r13 = args.r14 = args.r15 = 0
-            guest.next_period()
-            return 1
-        if basic in (arch.EXIT_REASON_MSR_READ, arch.EXIT_REASON_MSR_WRITE):
-            cpu.acc += sim.c_tdvmcall_msr
-            args.r10 = arch.TDVMCALL_STATUS_SUCCESS
-            args.r11 = 0
-            guest.next_period()
-            return 1
-        if basic == arch.EXIT_REASON_VMCALL:
-            cpu.acc += sim.c_tdvmcall_hypercall
-            args.r10 = 0  # KVM hypercall result
-            guest.next_period()
-            return 1
-        if basic == arch.EXIT_REASON_HLT:
-            cpu.acc += sim.c_tdvmcall_hlt
-            args.r10 = arch.TDVMCALL_STATUS_SUCCESS
-            self.mp_state = KVM_MP_STATE_HALTED
-            guest.next_period()
-            return 1
-        cpu.acc += sim.c_tdvmcall_userspace
-        if basic == arch.EXIT_REASON_IO_INSTRUCTION:
-            self.run_exit_reason = arch.KVM_EXIT_IO
-        elif basic == arch.EXIT_REASON_EPT_MISCONFIG:
-            self.run_exit_reason = arch.KVM_EXIT_MMIO
-        elif basic == arch.EXIT_REASON_TDCALL and args.r11 == arch.TDVMCALL_MAP_GPA:
-            self.run_exit_reason = arch.KVM_EXIT_HYPERCALL
-        else:
-            args.r10 = arch.TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED
-            guest.next_period()
-            return 1
-        self.pending_completion = self.run_exit_reason
-        return 0
+        """handle_tdvmcall and the converted-reason handlers (tdx_emulate_*): see
+        `tdsim.tdvmcall` (issue 5)."""
+        return tdvmcall.handle_exit_tdvmcall(self, cpu, basic)
 
-    def complete_userspace_io(self, cpu: "HostCpu") -> None:
-        """The completion callback KVM set before exiting to userspace: put the VMM's
-        answer in the guest's registers."""
-        if self.pending_completion is None:
-            return
-        self.pending_completion = None
-        args = self.vp_enter_args
-        args.r10 = arch.TDVMCALL_STATUS_SUCCESS
-        self.guest.next_period()
+    def complete_userspace_io(self, cpu: "HostCpu") -> int:
+        """The completion callback KVM set before exiting to userspace puts the VMM's answer
+        in the guest's registers; returns 0 to go back to userspace (issue 5)."""
+        return tdvmcall.complete_userspace_io(self, cpu)
 
     def vmm_service_ns(self) -> int:
-        return self.sim.vmm_service_ns.get(self.run_exit_reason, 0)
+        """The userspace VMM answers the exit (`tdsim.vmm`); its service time."""
+        return self.sim.vmm.handle_exit(self)

@@ -285,8 +285,10 @@ class KvmVcpu(Thread):
         sim = self.sim
         cpu.acc += sim.c_kvm_run_ioctl
         self.vcpu_load(cpu)
-        self.complete_userspace_io(cpu)
-        r = yield from self.vcpu_run(cpu)
+        # issue 5: a completion may return 0 (MapGPA's next chunk): straight back to the VMM
+        r = self.complete_userspace_io(cpu)
+        if r > 0:
+            r = yield from self.vcpu_run(cpu)
         cpu = self.cpu
         self.vcpu_put(cpu, PUT_KVM_RUN_RETURN)
         stat = self.stat

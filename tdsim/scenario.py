@@ -150,6 +150,7 @@ def _build(raw: dict[str, Any], name: str, overrides: Overrides, base_dir: Any) 
         # An override's path is typed relative to the shell, not to the scenario file.
         from_cli = any(p == ("kvm", "host_state")[: len(p)] for p in overridden)
         _resolve_strategy_path(data, Path.cwd() if from_cli or base_dir is None else base_dir)
+        _resolve_programs(data, Path.cwd() if base_dir is None else base_dir)  # issue 5
     except _Bad as e:
         raise ScenarioError(name, format_path(e.path), e.message) from None
     return Scenario(path=name, data=data)
@@ -459,6 +460,31 @@ def _resolve_strategy_path(data: dict[str, Any], base_dir: str | os.PathLike[str
     if not os.path.isabs(target):
         target = os.path.join(base_dir, target)
     data["kvm"]["host_state"] = f"{os.path.abspath(target)}:{cls}"
+
+
+def _resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> None:
+    """Scripted guests (issue 5): inline a ``program_file`` into ``program`` (the resolved
+    scenario then carries the program itself) and check every program's steps."""
+    from tdsim.program import ProgramError, compile_program, load_program_file
+
+    for i, vm in enumerate(data["vm"]):
+        workload = vm["workload"]
+        if workload["program_file"] is not None:
+            where = ("vm", i, "workload", "program_file")
+            if workload["program"]:
+                raise _Bad(where, "set `program` or `program_file`, not both")
+            path = Path(os.path.expanduser(workload["program_file"]))
+            if not path.is_absolute():
+                path = Path(base_dir) / path
+            try:
+                workload["program"] = load_program_file(path)
+            except (OSError, ValueError) as e:
+                raise _Bad(where, f"{path}: {e}") from None
+            workload["program_file"] = None
+        try:
+            compile_program(workload["program"])
+        except ProgramError as e:
+            raise _Bad(("vm", i, "workload", "program") + e.path, e.message) from None
 
 
 # Run in order on the resolved data; each raises _Bad at the first problem.  Add new

@@ -146,6 +146,19 @@ COSTS = Table(
         "tdh_vp_wr_ns": _cost(400, "placeholder", "TDH.VP.WR, SEAMCALL included"),
         "guest_irq_ns": _cost(1000, "placeholder", "guest interrupt handler for a delivered "
                               "posted interrupt (guest time)"),
+        # --- issue 5 (TDVMCALL fidelity) ---
+        "tdvmcall_simple_ns": _cost(150, "placeholder", "KVM handling of a TDVMCALL answered "
+                                    "without emulation: a validation failure, "
+                                    "SUBFUNC_UNSUPPORTED, GetTdVmCallInfo leaf 0"),
+        "regs_copy_ns": _cost(0, "placeholder", "one 8-byte GPR copy between vp_enter_args and "
+                              "KVM's regs[] (about a cycle, below the model's 1 ns resolution: "
+                              "0 by default; set it to price the register layout)"),
+        "vmm_tdx_ns": _cost(5000, "placeholder", "userspace VMM service time for KVM_EXIT_TDX "
+                            "(GetQuote queued, SetupEventNotifyInterrupt, GetTdVmCallInfo)"),
+        "vmm_msr_ns": _cost(3000, "placeholder", "userspace VMM service time for "
+                            "KVM_EXIT_X86_RDMSR/WRMSR"),
+        "vmm_system_event_ns": _cost(2000, "placeholder", "userspace VMM service time for "
+                                     "KVM_EXIT_SYSTEM_EVENT (TDX fatal error report)"),
     },
     doc="Per-operation costs in ns.",
 )
@@ -161,6 +174,16 @@ WORKLOAD = Table(
                    default={"cpuid": 1.0},
                    doc="relative weights of the TDVMCALLs the guest issues after each compute "
                        "period; kinds not named have weight 0"),
+
+        # --- issue 5: scripted guests (tdsim.program) ---
+        "program": Key(list, [], "a scripted guest: steps run in order instead of the "
+                       "statistical workload (compute_us, compute_dist and mix are then "
+                       "unused); see tdsim.program for the step forms", item_type=dict),
+        "program_file": Key(str, None, "TOML file (relative to the scenario) whose `program` "
+                            "array is this vCPU's program; inlined into `program` at load",
+                            optional=True),
+        "record_calls": Key(int, 1000, "scripted guests: calls recorded per vCPU in the "
+                            "result (later calls still run and count)", non_negative),
     },
     doc="What the guest vCPUs do.",
 )
@@ -176,6 +199,91 @@ VM = Table(
         "workload": WORKLOAD,
     },
     doc="A guest (TD).",
+)
+
+# --- issue 5: the userspace VMM (tdsim.vmm) ------------------------------------------------
+def _u64(v: Any) -> str | None:
+    return None if 0 <= v < 1 << 64 else "must be a 64-bit unsigned value"
+
+
+MAP_GPA_RESULTS = ("success", "eagain", "einval")
+MSR_EXIT_REASONS = ("inval", "unknown", "filter")
+
+VMM_DEVICE = Table(
+    {
+        "name": Key(str, None, "device name (default dev<index>)", optional=True,
+                    index_default="dev{i}"),
+        "space": Key(str, "pio", "address space: port IO or MMIO", choices=("pio", "mmio")),
+        "base": Key(int, 0, "first port / GPA (shared bit stripped) of the device", _u64),
+        "size": Key(int, 1, "ports / bytes the device claims", positive),
+        "read_value": Key(int, 0, "value returned for every read (truncated to the access "
+                          "size)", _u64),
+        "ioeventfd": Key(bool, False, "writes are claimed in the kernel (KVM_IOEVENTFD on the "
+                         "PIO/MMIO bus): no userspace exit; reads still go to the VMM"),
+        "service_ns": Key(int, None, "VMM service time for this device's exits (default: "
+                          "costs.vmm_io_ns / costs.vmm_mmio_ns)", non_negative, optional=True),
+    },
+    doc="A device the VMM emulates: reads return `read_value`; writes are recorded.",
+)
+
+VMM_CPUID = Table(
+    {
+        "leaf": Key(int, 0, "CPUID leaf (EAX)", _u64),
+        "subleaf": Key(int, 0, "CPUID sub-leaf (ECX)", _u64),
+        "eax": Key(int, 0, "EAX", _u64),
+        "ebx": Key(int, 0, "EBX", _u64),
+        "ecx": Key(int, 0, "ECX", _u64),
+        "edx": Key(int, 0, "EDX", _u64),
+    },
+    doc="A CPUID entry the VMM gave KVM (KVM_SET_CPUID2); leaves not listed read as 0.",
+)
+
+VMM_MSR = Table(
+    {
+        "index": Key(int, 0, "MSR index", _u64),
+        "value": Key(int, 0, "value the VMM returns for a read", _u64),
+        "error": Key(bool, False, "the VMM fails the access (kvm_run msr.error = 1)"),
+    },
+    doc="The VMM's answer for an MSR access that KVM forwarded (KVM_EXIT_X86_RDMSR/WRMSR); "
+        "MSRs not listed fail.",
+)
+
+VMM = Table(
+    {
+        "exit_hypercall": Key(bool, True, "KVM_CAP_EXIT_HYPERCALL enabled for "
+                              "KVM_HC_MAP_GPA_RANGE (QEMU enables it; without it KVM answers "
+                              "MapGPA with SUBFUNC_UNSUPPORTED)"),
+        "map_gpa_results": Key(list, ["success"], "the VMM's answer to each successive "
+                               "KVM_EXIT_HYPERCALL(KVM_HC_MAP_GPA_RANGE), the last repeating: "
+                               "success, eagain (-EAGAIN) or einval (-EINVAL)", item_type=str,
+                               check=lambda v: None if v and all(
+                                   r in MAP_GPA_RESULTS for r in v) else
+                               f"must be a non-empty list of {', '.join(MAP_GPA_RESULTS)}"),
+        "get_quote_ret": Key(int, 0, "TDVMCALL status the VMM puts in kvm_run for GetQuote "
+                             "(0 = SUCCESS: the request is queued)", _u64),
+        "setup_event_notify_ret": Key(int, 0, "TDVMCALL status the VMM returns for "
+                                      "SetupEventNotifyInterrupt", _u64),
+        "tdvmcall_info": Key(list, [3, 0, 0, 0], "R11..R14 the VMM returns for "
+                             "GetTdVmCallInfo leaf 1 (QEMU: bit 0 GetQuote [UNVERIFIED], bit 1 "
+                             "SetupEventNotifyInterrupt)", item_type=int,
+                             check=lambda v: None if len(v) == 4 else "needs 4 values"),
+        "unassigned_read": Key(int, 0xFFFFFFFFFFFFFFFF, "value a read of a port/GPA no device "
+                               "claims returns (truncated to the access size)", _u64),
+        "msr_exits": Key(list, [], "KVM_CAP_X86_USER_SPACE_MSR reasons that exit to the VMM "
+                         "instead of failing the access: inval, unknown, filter",
+                         item_type=str,
+                         check=lambda v: None if all(r in MSR_EXIT_REASONS for r in v) else
+                         f"items must be among {', '.join(MSR_EXIT_REASONS)}"),
+        "msr_filter_deny_read": Key(list, [], "MSR indices the VMM's MSR filter "
+                                    "(KVM_X86_SET_MSR_FILTER, default allow) denies for reads",
+                                    item_type=int),
+        "msr_filter_deny_write": Key(list, [], "MSR indices the MSR filter denies for writes",
+                                     item_type=int),
+        "device": ArrayOfTables(VMM_DEVICE, min_items=0, default_items=0),
+        "cpuid": ArrayOfTables(VMM_CPUID, min_items=0, default_items=0),
+        "msr": ArrayOfTables(VMM_MSR, min_items=0, default_items=0),
+    },
+    doc="The userspace VMM: its answers to KVM's exits and the KVM capabilities it enables.",
 )
 
 SCHEMA = Table(
@@ -217,9 +325,23 @@ SCHEMA = Table(
                                "runs it once per strategy with the same seed (paired) and "
                                "prints them side by side; empty = run host_state only",
                                item_type=str),
+                # --- issue 5 (TDVMCALL fidelity) ---
+                "regs_layout": Key(str, "in_place", "GPR marshalling on TD exit/entry: "
+                                   "\"in_place\" = vp_enter_args laid out like regs[] and used "
+                                   "in place (no bulk copy, as today's KVM uses vp_enter_args "
+                                   "directly); \"copy\" = tdx_module_args (volatile/non-volatile "
+                                   "order) copied to regs[] after every exit and back before "
+                                   "every entry; counted as regs.copies / regs.bytes",
+                                   choices=("in_place", "copy")),
+                "tdvmcall_abi": Key(str, "current", "KVM's TDVMCALL handling: \"current\" "
+                                    "(SetupEventNotifyInterrupt forwarded; MapGPA EAGAIN -> "
+                                    "RETRY) or \"v6.16\" (as first merged: "
+                                    "SetupEventNotifyInterrupt unsupported; any MapGPA error "
+                                    "-> INVALID_OPERAND)", choices=("current", "v6.16")),
             }
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),
         "costs": COSTS,
+        "vmm": VMM,  # issue 5
     }
 )

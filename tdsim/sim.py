@@ -26,6 +26,8 @@ from .scenario import Scenario
 from .strategies import load_strategy
 from .tdx_module import TdxModule
 from .trace import Tracer
+from .program import ScriptedGuest, compile_program  # issue 5
+from .vmm import Vmm  # issue 5
 
 
 def us_to_ns(us: float) -> int:
@@ -71,6 +73,7 @@ class Simulation:
             arch.KVM_EXIT_MMIO: self.c_vmm_mmio,
             arch.KVM_EXIT_HYPERCALL: self.c_vmm_mapgpa,
         }
+        self.vmm = Vmm(self, d["vmm"])  # issue 5: the userspace VMM's answers
         self.userspace_exit_keys = {
             code: f"userspace_exits.reason.{name}" for code, name in arch.KVM_EXIT_NAMES.items()
         }
@@ -94,10 +97,16 @@ class Simulation:
             pins = vmd["pin"]
             for i in range(vmd["vcpus"]):
                 scope = f"vm.{vm.name}.vcpu{i}"
-                guest = GuestVcpu(stream(self.seed, scope + ".workload"),
-                                  us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",
-                                  wl["mix"], self.c_guest_tdvmcall)
+                if wl["program"]:  # issue 5: a scripted guest
+                    guest = ScriptedGuest(compile_program(wl["program"]),
+                                          self.c_guest_tdvmcall, wl["record_calls"])
+                else:
+                    guest = GuestVcpu(stream(self.seed, scope + ".workload"),
+                                      us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",
+                                      wl["mix"], self.c_guest_tdvmcall)
                 vcpu = VcpuTdx(self, vm, i, pins[i] if pins else None, guest)
+                if isinstance(guest, ScriptedGuest):
+                    guest.bind(vcpu)
                 vcpu.cpu = self.cpus[pins[i] if pins else (len(self.vcpus) % len(self.cpus))]
                 vm.vcpus.append(vcpu)
                 self.vcpus.append(vcpu)
@@ -227,8 +236,16 @@ class Simulation:
             "events_per_td_exit": round(sim_events / exits, 4) if exits else None,
             "td_exits_per_s": round(exits / wall_s, 1) if wall_s > 0 else None,
         }
+        # issue 5: per-call records of scripted guests and what the VMM saw
+        details: dict[str, Any] = {}
+        calls = {v.name: v.guest.calls for v in self.vcpus if isinstance(v.guest, ScriptedGuest)}
+        if calls:
+            details["calls"] = calls
+        vmm = self.vmm.report()
+        if vmm:
+            details["vmm"] = vmm
         return Result(self.scenario, self.seed, dict(sorted(metrics.items())),
-                      list(self.invariants.records), perf)
+                      list(self.invariants.records), perf, details)
 
 
 @dataclass
@@ -240,9 +257,13 @@ class Result:
     metrics: dict[str, int | float]
     violations: list[dict[str, Any]]
     perf: dict[str, Any] = field(default_factory=dict)
+    # issue 5: optional top-level keys, present only when non-empty: "calls" (scripted
+    # guests' per-call records, by vCPU) and "vmm" (device reads/writes, system events)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **self.details,
             "tdsim_version": __version__,
             "scenario": self.scenario.data,
             "seed": self.seed,

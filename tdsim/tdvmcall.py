@@ -1,0 +1,660 @@
+"""KVM's TDVMCALL handling (arch/x86/kvm/vmx/tdx.c, with the x86.c helpers it calls).
+
+`handle_exit_tdvmcall` is the TDVMCALL part of ``tdx_handle_exit``: the exit reason
+``tdx_to_vmx_exit_reason`` derived from R10/R11 selects ``tdx_emulate_cpuid``,
+``kvm_emulate_halt_noskip``, ``tdx_emulate_io``, ``kvm_emulate_rdmsr/wrmsr``,
+``tdx_emulate_mmio``, ``tdx_emulate_vmcall`` (R10 != 0: a KVM hypercall) or
+``handle_tdvmcall`` (the GHCI leaves that keep EXIT_REASON_TDCALL).  Each handler follows the
+kernel's validation order and status codes (reference §4.2-§4.4; read from tdx.c of the
+merged tree, `tdvmcall_abi = "v6.16"`, and the current design's additions).  A handler
+returns 1 (resume the guest: the call is complete) or 0 (exit to userspace with ``vcpu.run``
+filled and, where KVM sets one, a completion callback in ``vcpu.pending_completion``, run by
+`complete_userspace_io` at the next KVM_RUN; it may return 0 again, as MapGPA does for its
+next 2 MiB chunk).
+
+Registers.  The handlers read and write ``vcpu.gprs``.  With ``[kvm] regs_layout =
+"in_place"`` that is ``vp_enter_args`` itself, laid out like KVM's ``regs[]`` (`KvmRegs`), so
+nothing is copied on exit or entry; with ``"copy"`` ``vp_enter_args`` is a
+``struct tdx_module_args`` and ``vcpu.gprs`` is ``regs[]``: the 13 registers are copied to
+``regs[]`` after every TD exit and back before every entry.  In both layouts the generic
+emulation paths still move values between registers (RCX <- R12 for an MSR access; RAX, RBX,
+RCX, RDX, RSI <- R10..R14 for a hypercall; the result to R10/R11).  Every move is counted
+(``regs.copies``, ``regs.bytes``, 8 bytes each) and costs ``costs.regs_copy_ns``.
+
+Simplifications: KVM's MSR emulation for TDs is the table `TDX_EMULATED_MSRS` (a subset of
+what ``tdx_has_emulated_msr`` accepts; writes to a read-only entry fail); the TD's CPUID does
+not advertise PV_UNHALT / PV_SEND_IPI, so KVM_HC_KICK_CPU and KVM_HC_SEND_IPI return
+-KVM_ENOSYS; KVM_HC_SCHED_YIELD returns 0 without a directed yield; KVM_HC_CLOCK_PAIRING
+returns -KVM_EOPNOTSUPP (host clocksource not modelled).  In-kernel devices are ioeventfds
+(`[[vmm.device]] ioeventfd = true`): they claim writes only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import arch
+from .guest import SHARED_BIT
+from .kvm_x86 import KVM_MP_STATE_HALTED
+
+if TYPE_CHECKING:
+    from .host import HostCpu
+    from .kvm_tdx import VcpuTdx
+
+U64 = (1 << 64) - 1
+PAGE_SIZE = 4096
+GPAW = 48  # guest physical address width of the modelled TD (4-level EPT: shared bit 47)
+TDX_MAP_GPA_MAX_LEN = 2 * 1024 * 1024
+
+# include/uapi/linux/kvm_para.h
+KVM_HC_VAPIC_POLL_IRQ = 1
+KVM_HC_KICK_CPU = 5
+KVM_HC_CLOCK_PAIRING = 9
+KVM_HC_SEND_IPI = 10
+KVM_HC_SCHED_YIELD = 11
+KVM_HC_MAP_GPA_RANGE = arch.KVM_HC_MAP_GPA_RANGE
+KVM_ENOSYS = 1000
+KVM_EINVAL = 22
+KVM_EOPNOTSUPP = 95
+EAGAIN = 11
+EINVAL = 22
+KVM_MAP_GPA_RANGE_ENCRYPTED = 1 << 4
+KVM_MAP_GPA_RANGE_DECRYPTED = 0
+KVM_EXIT_HYPERCALL_LONG_MODE = 1 << 0
+KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT = 0, 1
+# struct kvm_run msr.reason (KVM_CAP_X86_USER_SPACE_MSR)
+KVM_MSR_EXIT_REASON_INVAL = 1 << 0
+KVM_MSR_EXIT_REASON_UNKNOWN = 1 << 1
+KVM_MSR_EXIT_REASON_FILTER = 1 << 2
+MSR_EXIT_REASON_BITS = {"inval": KVM_MSR_EXIT_REASON_INVAL,
+                        "unknown": KVM_MSR_EXIT_REASON_UNKNOWN,
+                        "filter": KVM_MSR_EXIT_REASON_FILTER}
+KVM_MSR_RET_FILTERED = 3  # arch/x86/kvm/x86.h
+
+# MSRs KVM emulates for a TD (tdx_has_emulated_msr), initial value and guest-writable.
+X2APIC_ICR = 0x830
+TDX_EMULATED_MSRS = {
+    0x1B: (0xFEE00D00, False),       # IA32_APICBASE: x2APIC enabled, BSP (vCPU 0)
+    0x8B: (0x100000000, True),       # IA32_UCODE_REV (guest writes are ignored by KVM)
+    0x10A: (0, False),               # IA32_ARCH_CAPABILITIES
+    0xCE: (0, False),                # MSR_PLATFORM_INFO
+    0x179: (0, False),               # IA32_MCG_CAP
+    0x17A: (0, True),                # IA32_MCG_STATUS
+    0x1A0: (0x1800, True),           # IA32_MISC_ENABLE: PEBS/BTS unavailable
+    0x6E0: (0, True),                # IA32_TSC_DEADLINE
+    X2APIC_ICR: (0, True),           # x2APIC ICR (the IPI itself is not modelled here)
+}
+_MSR_EXIT_KEY = "userspace_msr"
+
+GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+TDX_MODULE_ARGS = ("rcx", "rdx", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+                   "rbx", "rdi", "rsi")
+
+
+class KvmRegs:
+    """vcpu->arch.regs[NR_VCPU_REGS]: the GPR cache, in KVM's order (VCPU_REGS_RAX..R15).
+
+    With ``regs_layout = "in_place"`` it is also ``vp_enter_args`` (the TDX module reads and
+    writes the 13 registers of struct tdx_module_args by name)."""
+
+    __slots__ = GPRS
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        for r in GPRS:
+            setattr(self, r, 0)
+
+
+class KvmRun:
+    """struct kvm_run as the model uses it: ``exit_reason`` and the union member of the last
+    exit to userspace (one reused dict per member)."""
+
+    __slots__ = ("exit_reason", "io", "mmio", "hypercall", "system_event", "tdx", "msr")
+
+    MEMBER = {arch.KVM_EXIT_IO: "io", arch.KVM_EXIT_MMIO: "mmio",
+              arch.KVM_EXIT_HYPERCALL: "hypercall", arch.KVM_EXIT_SYSTEM_EVENT: "system_event",
+              arch.KVM_EXIT_TDX: "tdx", arch.KVM_EXIT_X86_RDMSR: "msr",
+              arch.KVM_EXIT_X86_WRMSR: "msr"}
+
+    def __init__(self) -> None:
+        self.exit_reason = 0
+        self.io: dict = {}
+        self.mmio: dict = {}
+        self.hypercall: dict = {}
+        self.system_event: dict = {}
+        self.tdx: dict = {}
+        self.msr: dict = {}
+
+    def snapshot(self) -> dict:
+        """The exit as a JSON-able dict: exit_reason name and its member's fields."""
+        member = self.MEMBER.get(self.exit_reason)
+        out = {"exit_reason": arch.KVM_EXIT_NAMES.get(self.exit_reason, str(self.exit_reason))}
+        if member is not None:
+            fields = getattr(self, member)
+            out[member] = {k: (list(v) if isinstance(v, list) else v)
+                           for k, v in fields.items()}
+        return out
+
+
+def init_vcpu(vcpu: "VcpuTdx") -> None:
+    """Per-vCPU state the handlers use: kvm_run, regs[] and the layout, MapGPA progress,
+    KVM's emulated MSR values."""
+    sim = vcpu.sim
+    vcpu.run = KvmRun()
+    vcpu.map_gpa_next = 0            # vcpu_tdx->map_gpa_next
+    vcpu.map_gpa_end = 0             # vcpu_tdx->map_gpa_end
+    vcpu.tdvmcall_outstanding = False  # the guest waits for a call that went to userspace
+    vcpu.msr_values = {i: v for i, (v, _w) in TDX_EMULATED_MSRS.items()}
+    vcpu.call_log = vcpu.guest if hasattr(vcpu.guest, "record_exit") else None
+    if vcpu.vcpu_id != 0:
+        vcpu.msr_values[0x1B] &= ~0x100  # only vCPU 0 is the BSP
+    if sim.scenario.data["kvm"]["regs_layout"] == "copy":
+        vcpu.gprs = KvmRegs()        # regs[] separate from vp_enter_args (tdx_module_args)
+        vcpu.regs_copy = True
+        vcpu.regs_entry_copy_ns = len(TDX_MODULE_ARGS) * sim.c_regs_copy
+    else:
+        vcpu.vp_enter_args = vcpu.gprs = KvmRegs()  # regs[] used in place
+        vcpu.regs_copy = False
+        vcpu.regs_entry_copy_ns = 0
+
+
+def _moved(vcpu: "VcpuTdx", cpu: "HostCpu", n: int) -> None:
+    """`n` 8-byte register moves between vp_enter_args and regs[]."""
+    stat = vcpu.stat
+    stat["regs.copies"] += n
+    stat["regs.bytes"] += 8 * n
+    cpu.acc += n * vcpu.sim.c_regs_copy
+
+
+def regs_after_exit(vcpu: "VcpuTdx", cpu: "HostCpu") -> None:
+    """After TDH.VP.ENTER returned: with the "copy" layout, vp_enter_args -> regs[] (and
+    count the copy regs[] -> vp_enter_args that preceded this SEAMCALL; its time is in the
+    segment, `regs_entry_copy_ns`)."""
+    if not vcpu.regs_copy:
+        return
+    args = vcpu.vp_enter_args
+    regs = vcpu.gprs
+    for r in TDX_MODULE_ARGS:
+        setattr(regs, r, getattr(args, r))
+    n = len(TDX_MODULE_ARGS)
+    stat = vcpu.stat
+    stat["regs.copies"] += 2 * n
+    stat["regs.bytes"] += 16 * n
+    cpu.acc += n * vcpu.sim.c_regs_copy
+
+
+# --- helpers -------------------------------------------------------------------------------
+def is_private_gpa(gpa: int) -> bool:
+    """vt_is_tdx_private_gpa: the shared bit is clear."""
+    return not gpa & SHARED_BIT
+
+
+def is_legal_gpa(gpa: int) -> bool:
+    """kvm_vcpu_is_legal_gpa: below the guest's MAXPHYADDR (= GPAW for a TD)."""
+    return 0 <= gpa < 1 << GPAW
+
+
+def _mask(size: int) -> int:
+    return (1 << (8 * size)) - 1
+
+
+def _neg(errno: int) -> int:
+    return -errno & U64
+
+
+# --- the dispatcher ------------------------------------------------------------------------
+def handle_exit_tdvmcall(vcpu: "VcpuTdx", cpu: "HostCpu", basic: int) -> int:
+    """The TDVMCALL cases of tdx_handle_exit, by the reason tdx_to_vmx_exit_reason derived.
+
+    Costs: the per-kind handling cost of the foundation (costs.tdvmcall_*_ns) for CPUID,
+    MSR, hypercall and HLT; costs.tdvmcall_userspace_ns when the call goes to userspace;
+    costs.tdvmcall_simple_ns for a call KVM answers without emulation."""
+    sim = vcpu.sim
+    g = vcpu.gprs
+    guest = vcpu.guest
+    vcpu.stat[guest.tdvmcall_key] += 1
+    if sim.tracer is not None:
+        sim.tracer.emit(sim.env.now, "tdvmcall", cpu.index, vcpu.name, leaf=guest.kind)
+    if basic == arch.EXIT_REASON_CPUID:
+        cpu.acc += sim.c_tdvmcall_cpuid
+        r = tdx_emulate_cpuid(vcpu, g)
+    elif basic == arch.EXIT_REASON_MSR_READ:
+        cpu.acc += sim.c_tdvmcall_msr
+        r = kvm_emulate_rdmsr(vcpu, cpu, g)
+    elif basic == arch.EXIT_REASON_MSR_WRITE:
+        cpu.acc += sim.c_tdvmcall_msr
+        r = kvm_emulate_wrmsr(vcpu, cpu, g)
+    elif basic == arch.EXIT_REASON_VMCALL:
+        cpu.acc += sim.c_tdvmcall_hypercall
+        r = tdx_emulate_vmcall(vcpu, cpu, g)
+    elif basic == arch.EXIT_REASON_HLT:
+        cpu.acc += sim.c_tdvmcall_hlt
+        vcpu.mp_state = KVM_MP_STATE_HALTED  # kvm_emulate_halt_noskip
+        r = 1
+    else:
+        if basic == arch.EXIT_REASON_IO_INSTRUCTION:
+            r = tdx_emulate_io(vcpu, g)
+        elif basic == arch.EXIT_REASON_EPT_MISCONFIG:
+            r = tdx_emulate_mmio(vcpu, g)
+        else:
+            r = handle_tdvmcall(vcpu, g)
+        cpu.acc += sim.c_tdvmcall_simple if r else sim.c_tdvmcall_userspace
+    if r > 0:
+        guest.next_period()
+    else:
+        vcpu.run_exit_reason = vcpu.run.exit_reason
+        vcpu.tdvmcall_outstanding = True
+    return r
+
+
+def complete_userspace_io(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
+    """kvm_arch_vcpu_ioctl_run's call of vcpu->arch.complete_userspace_io: 1 = go on into
+    the guest (the call completes), 0 = back to userspace (MapGPA's next chunk)."""
+    cui = vcpu.pending_completion
+    r = 1
+    if cui is not None:
+        vcpu.pending_completion = None
+        r = cui(vcpu, cpu)
+    if r > 0:
+        if vcpu.tdvmcall_outstanding:
+            vcpu.tdvmcall_outstanding = False
+            vcpu.guest.next_period()
+    else:
+        cpu.acc += vcpu.sim.c_tdvmcall_userspace
+        vcpu.run_exit_reason = vcpu.run.exit_reason
+    return r
+
+
+# --- CPUID, IO, MMIO -----------------------------------------------------------------------
+def tdx_emulate_cpuid(vcpu: "VcpuTdx", g) -> int:
+    """tdx_emulate_cpuid: leaf R12, sub-leaf R13 -> kvm_cpuid -> R12..R15 = EAX..EDX.
+    kvm_cpuid is a lookup in the VMM's table; a leaf it lacks reads as zeros."""
+    eax, ebx, ecx, edx = vcpu.sim.vmm.cpuid.get((g.r12 & 0xFFFFFFFF, g.r13 & 0xFFFFFFFF),
+                                                (0, 0, 0, 0))
+    g.r12, g.r13, g.r14, g.r15 = eax, ebx, ecx, edx
+    return 1
+
+
+def tdx_emulate_io(vcpu: "VcpuTdx", g) -> int:
+    """tdx_emulate_io: size R12 (1/2/4), direction R13 (0 in, 1 out), port R14, data R15.
+    An in-kernel device (ioeventfd) may claim an OUT; else KVM_EXIT_IO with a completion."""
+    vcpu.stat["io_exits"] += 1
+    size, write, port = g.r12, g.r13, g.r14 & 0xFFFF
+    if write not in (0, 1) or size not in (1, 2, 4):
+        g.r10 = arch.TDVMCALL_STATUS_INVALID_OPERAND
+        return 1
+    val = g.r15 & _mask(size) if write else 0
+    if write and vcpu.sim.vmm.claims_write("pio", port):
+        return 1
+    run = vcpu.run
+    run.exit_reason = arch.KVM_EXIT_IO
+    io = run.io
+    io["direction"] = KVM_EXIT_IO_OUT if write else KVM_EXIT_IO_IN
+    io["size"] = size
+    io["port"] = port
+    io["count"] = 1
+    io["data"] = val
+    vcpu.pending_completion = tdx_complete_pio_out if write else tdx_complete_pio_in
+    return 0
+
+
+def tdx_complete_pio_out(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
+    return 1
+
+
+def tdx_complete_pio_in(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
+    """R11 = the data userspace put in the kvm_run IO page."""
+    io = vcpu.run.io
+    vcpu.gprs.r11 = io["data"] & _mask(io["size"])
+    return 1
+
+
+def tdx_emulate_mmio(vcpu: "VcpuTdx", g) -> int:
+    """tdx_emulate_mmio: size R12 (1/2/4/8), direction R13, GPA R14, data R15.  The first
+    and last byte must be shared GPAs; the shared bit is stripped.  (The merged code has no
+    separate page-crossing check: a crossing access is refused only when it leaves the
+    shared range.)"""
+    size, write, gpa = g.r12, g.r13, g.r14
+    val = g.r15 if write else 0
+    if size not in (1, 2, 4, 8) or write not in (0, 1):
+        g.r10 = arch.TDVMCALL_STATUS_INVALID_OPERAND
+        return 1
+    if is_private_gpa(gpa) or is_private_gpa((gpa + size - 1) & U64):
+        g.r10 = arch.TDVMCALL_STATUS_INVALID_OPERAND
+        return 1
+    gpa &= ~SHARED_BIT
+    if write and vcpu.sim.vmm.claims_write("mmio", gpa):
+        return 1  # fast MMIO / MMIO bus: kernel completed device emulation
+    run = vcpu.run
+    run.exit_reason = arch.KVM_EXIT_MMIO
+    mmio = run.mmio
+    mmio["phys_addr"] = gpa
+    mmio["len"] = size
+    mmio["is_write"] = write
+    mmio["data"] = val & _mask(size)
+    if not write:
+        vcpu.pending_completion = tdx_complete_mmio_read
+    return 0
+
+
+def tdx_complete_mmio_read(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
+    mmio = vcpu.run.mmio
+    vcpu.gprs.r11 = mmio["data"] & _mask(mmio["len"])
+    return 1
+
+
+# --- MSRs ----------------------------------------------------------------------------------
+def _msr_allowed(vcpu: "VcpuTdx", index: int, write: bool) -> bool:
+    """kvm_msr_allowed: the VMM's filter (default allow); x2APIC MSRs are never filtered."""
+    if 0x800 <= index <= 0x8FF:
+        return True
+    vmm = vcpu.sim.vmm
+    return index not in (vmm.msr_deny_write if write else vmm.msr_deny_read)
+
+
+def _msr_reason(r: int) -> int:
+    """kvm_msr_reason: FILTERED -> FILTER; a TDX emulation failure (1) -> INVAL."""
+    return KVM_MSR_EXIT_REASON_FILTER if r == KVM_MSR_RET_FILTERED else \
+        KVM_MSR_EXIT_REASON_INVAL
+
+
+def kvm_msr_user_space(vcpu: "VcpuTdx", index: int, exit_reason: int, data: int,
+                       completion, r: int) -> bool:
+    """kvm_msr_user_space: exit to the VMM if it asked for this failure reason."""
+    reason = _msr_reason(r)
+    if not vcpu.sim.vmm.user_space_msr_mask & reason:
+        return False
+    run = vcpu.run
+    run.exit_reason = exit_reason
+    msr = run.msr
+    msr["error"] = 0
+    msr["reason"] = reason
+    msr["index"] = index
+    msr["data"] = data
+    vcpu.pending_completion = completion
+    return True
+
+
+def kvm_emulate_rdmsr(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
+    """EXIT_REASON_MSR_READ: kvm_rcx_write(R12); kvm_emulate_rdmsr ->
+    kvm_get_msr_with_filter (filter, then tdx_get_msr) -> userspace or
+    tdx_complete_emulated_msr."""
+    g.rcx = g.r12
+    _moved(vcpu, cpu, 1)
+    index = g.rcx & 0xFFFFFFFF
+    if not _msr_allowed(vcpu, index, False):
+        r = KVM_MSR_RET_FILTERED
+    elif index in vcpu.msr_values:
+        r = 0
+        data = vcpu.msr_values[index]
+        g.rax, g.rdx = data & 0xFFFFFFFF, data >> 32
+    else:
+        r = 1
+    if r and kvm_msr_user_space(vcpu, index, arch.KVM_EXIT_X86_RDMSR, 0,
+                                complete_fast_rdmsr, r):
+        return 0
+    return tdx_complete_emulated_msr(vcpu, cpu, r, read=True)
+
+
+def kvm_emulate_wrmsr(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
+    """EXIT_REASON_MSR_WRITE: RCX <- R12, EAX:EDX <- R13; kvm_emulate_wrmsr."""
+    g.rcx, g.rax, g.rdx = g.r12, g.r13 & 0xFFFFFFFF, g.r13 >> 32
+    _moved(vcpu, cpu, 3)
+    index = g.rcx & 0xFFFFFFFF
+    data = (g.rdx << 32) | g.rax
+    if not _msr_allowed(vcpu, index, True):
+        r = KVM_MSR_RET_FILTERED
+    elif index in vcpu.msr_values and TDX_EMULATED_MSRS[index][1]:
+        r = 0
+        vcpu.msr_values[index] = data
+    else:
+        r = 1
+    if r and kvm_msr_user_space(vcpu, index, arch.KVM_EXIT_X86_WRMSR, data,
+                                complete_fast_msr_access, r):
+        return 0
+    return tdx_complete_emulated_msr(vcpu, cpu, r, read=False)
+
+
+def complete_fast_rdmsr(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
+    msr = vcpu.run.msr
+    if not msr["error"]:
+        g = vcpu.gprs
+        g.rax, g.rdx = msr["data"] & 0xFFFFFFFF, msr["data"] >> 32
+    return tdx_complete_emulated_msr(vcpu, cpu, msr["error"], read=True)
+
+
+def complete_fast_msr_access(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
+    return tdx_complete_emulated_msr(vcpu, cpu, vcpu.run.msr["error"], read=False)
+
+
+def tdx_complete_emulated_msr(vcpu: "VcpuTdx", cpu: "HostCpu", err: int, read: bool) -> int:
+    """tdx_complete_emulated_msr: an error -> INVALID_OPERAND; a read -> R11 = EDX:EAX."""
+    g = vcpu.gprs
+    if err:
+        g.r10 = arch.TDVMCALL_STATUS_INVALID_OPERAND
+        return 1
+    if read:
+        g.r11 = (g.rdx << 32) | g.rax
+        _moved(vcpu, cpu, 1)
+    return 1
+
+
+# --- KVM hypercalls (R10 != 0) -------------------------------------------------------------
+def tdx_emulate_vmcall(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
+    """tdx_emulate_vmcall: RAX, RBX, RCX, RDX, RSI <- R10..R14, then
+    __kvm_emulate_hypercall with complete_hypercall_exit (result -> R10)."""
+    g.rax, g.rbx, g.rcx, g.rdx, g.rsi = g.r10, g.r11, g.r12, g.r13, g.r14
+    _moved(vcpu, cpu, 5)
+    r = kvm_emulate_hypercall(vcpu, g, complete_hypercall_exit)
+    if r > 0:
+        r = complete_hypercall_exit(vcpu, cpu)
+    return r
+
+
+def kvm_emulate_hypercall(vcpu: "VcpuTdx", g, complete) -> int:
+    """____kvm_emulate_hypercall (cpl 0, 64-bit): nr = RAX, a0..a3 = RBX, RCX, RDX, RSI."""
+    vcpu.stat["hypercalls"] += 1
+    nr, a0, a1, a2 = g.rax, g.rbx, g.rcx, g.rdx
+    run = vcpu.run
+    hc = run.hypercall
+    if nr in (KVM_HC_VAPIC_POLL_IRQ, KVM_HC_SCHED_YIELD):
+        ret = 0
+    elif nr == KVM_HC_CLOCK_PAIRING:
+        ret = _neg(KVM_EOPNOTSUPP)
+    elif nr == KVM_HC_MAP_GPA_RANGE:
+        ret = _neg(KVM_ENOSYS)
+        if vcpu.sim.vmm.exit_hypercall:
+            gfn = a0 >> 12
+            if a0 & (PAGE_SIZE - 1) or not a1 or (gfn + a1) & U64 <= gfn:
+                ret = _neg(KVM_EINVAL)
+            else:
+                run.exit_reason = arch.KVM_EXIT_HYPERCALL
+                hc["nr"] = KVM_HC_MAP_GPA_RANGE
+                hc["args"] = [a0, a1, a2, 0, 0, 0]
+                hc["flags"] = KVM_EXIT_HYPERCALL_LONG_MODE
+                hc["ret"] = 0
+                vcpu.pending_completion = complete
+                return 0
+    else:  # includes KICK_CPU / SEND_IPI: PV features not advertised to the TD
+        ret = _neg(KVM_ENOSYS)
+    hc["ret"] = ret
+    return 1
+
+
+def complete_hypercall_exit(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
+    """complete_hypercall_exit (tdx.c): R10 = run->hypercall.ret."""
+    vcpu.gprs.r10 = vcpu.run.hypercall["ret"] & U64
+    _moved(vcpu, cpu, 1)
+    return 1
+
+
+# --- the GHCI leaves that stay EXIT_REASON_TDCALL ------------------------------------------
+def handle_tdvmcall(vcpu: "VcpuTdx", g) -> int:
+    """handle_tdvmcall: dispatch on R11; anything else -> SUBFUNC_UNSUPPORTED."""
+    leaf = g.r11
+    if leaf == arch.TDVMCALL_MAP_GPA:
+        return tdx_map_gpa(vcpu, g)
+    if leaf == arch.TDVMCALL_REPORT_FATAL_ERROR:
+        return tdx_report_fatal_error(vcpu, g)
+    if leaf == arch.TDVMCALL_GET_TD_VM_CALL_INFO:
+        return tdx_get_td_vm_call_info(vcpu, g)
+    if leaf == arch.TDVMCALL_GET_QUOTE:
+        return tdx_get_quote(vcpu, g)
+    if (leaf == arch.TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT
+            and vcpu.sim.scenario.data["kvm"]["tdvmcall_abi"] == "current"):
+        return tdx_setup_event_notify_interrupt(vcpu, g)
+    g.r10 = arch.TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED
+    return 1
+
+
+def tdx_map_gpa(vcpu: "VcpuTdx", g) -> int:
+    """tdx_map_gpa: GPA R12, size R13.  Checks in KVM's order: KVM_CAP_EXIT_HYPERCALL
+    (SUBFUNC_UNSUPPORTED); overflow, illegal GPA, shared-bit mismatch (INVALID_OPERAND);
+    4 KiB alignment (ALIGN_ERROR).  On error R11 = the GPA."""
+    gpa, size = g.r12, g.r13
+    if not vcpu.sim.vmm.exit_hypercall:
+        ret = arch.TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED
+    elif ((gpa + size) & U64 <= gpa or not is_legal_gpa(gpa)
+          or not is_legal_gpa((gpa + size - 1) & U64)
+          or is_private_gpa(gpa) != is_private_gpa((gpa + size - 1) & U64)):
+        ret = arch.TDVMCALL_STATUS_INVALID_OPERAND
+    elif gpa & (PAGE_SIZE - 1) or size & (PAGE_SIZE - 1):
+        ret = arch.TDVMCALL_STATUS_ALIGN_ERROR
+    else:
+        vcpu.map_gpa_end = gpa + size
+        vcpu.map_gpa_next = gpa
+        _tdx_map_gpa(vcpu)
+        return 0
+    g.r10 = ret
+    g.r11 = gpa
+    return 1
+
+
+def _tdx_map_gpa(vcpu: "VcpuTdx") -> None:
+    """__tdx_map_gpa: KVM_EXIT_HYPERCALL(KVM_HC_MAP_GPA_RANGE) for the next <= 2 MiB."""
+    gpa = vcpu.map_gpa_next
+    size = min(vcpu.map_gpa_end - gpa, TDX_MAP_GPA_MAX_LEN)
+    run = vcpu.run
+    run.exit_reason = arch.KVM_EXIT_HYPERCALL
+    hc = run.hypercall
+    hc["nr"] = KVM_HC_MAP_GPA_RANGE
+    hc["ret"] = 0
+    hc["args"] = [gpa & ~SHARED_BIT, size // PAGE_SIZE,
+                  KVM_MAP_GPA_RANGE_ENCRYPTED if is_private_gpa(gpa)
+                  else KVM_MAP_GPA_RANGE_DECRYPTED, 0, 0, 0]
+    hc["flags"] = KVM_EXIT_HYPERCALL_LONG_MODE
+    vcpu.pending_completion = tdx_complete_vmcall_map_gpa
+
+
+def tdx_complete_vmcall_map_gpa(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
+    """tdx_complete_vmcall_map_gpa: a VMM error ends the call (current design: -EAGAIN ->
+    RETRY, else INVALID_OPERAND; v6.16: any error -> INVALID_OPERAND) with R11 = the GPA not
+    yet mapped; else the next chunk, unless an interrupt is pending (kvm_vcpu_has_events
+    without the RVI check: the PI descriptor) -> RETRY with R11 = the next GPA."""
+    g = vcpu.gprs
+    ret = vcpu.run.hypercall["ret"] & U64
+    if ret:
+        if ret == _neg(EAGAIN) and vcpu.sim.scenario.data["kvm"]["tdvmcall_abi"] == "current":
+            g.r10 = arch.TDVMCALL_STATUS_RETRY
+        else:
+            g.r10 = arch.TDVMCALL_STATUS_INVALID_OPERAND
+        g.r11 = vcpu.map_gpa_next
+        return 1
+    vcpu.map_gpa_next += TDX_MAP_GPA_MAX_LEN
+    if vcpu.map_gpa_next >= vcpu.map_gpa_end:
+        return 1
+    if vcpu.pi_on or vcpu.pir:
+        g.r10 = arch.TDVMCALL_STATUS_RETRY
+        g.r11 = vcpu.map_gpa_next
+        return 1
+    _tdx_map_gpa(vcpu)
+    return 0
+
+
+def tdx_report_fatal_error(vcpu: "VcpuTdx", g) -> int:
+    """tdx_report_fatal_error: KVM_EXIT_SYSTEM_EVENT, type KVM_SYSTEM_EVENT_TDX_FATAL, 16
+    registers in VCPU_REGS order (RAX = vp_enter_ret, RSP = RBP = 0).  No completion."""
+    run = vcpu.run
+    run.exit_reason = arch.KVM_EXIT_SYSTEM_EVENT
+    ev = run.system_event
+    ev["type"] = arch.KVM_SYSTEM_EVENT_TDX_FATAL
+    ev["ndata"] = 16
+    ev["data"] = [vcpu.vp_enter_ret, g.rcx, g.rdx, g.rbx, 0, 0, g.rsi, g.rdi,
+                  g.r8, g.r9, g.r10, g.r11, g.r12, g.r13, g.r14, g.r15]
+    return 0
+
+
+def tdx_get_td_vm_call_info(vcpu: "VcpuTdx", g) -> int:
+    """tdx_get_td_vm_call_info: leaf R12 = 0 in the kernel (R11..R14 = 0, SUCCESS); 1 ->
+    KVM_EXIT_TDX, the VMM fills R11..R14; anything else INVALID_OPERAND."""
+    leaf = g.r12
+    if leaf == 0:
+        g.r11 = g.r12 = g.r13 = g.r14 = 0
+        g.r10 = arch.TDVMCALL_STATUS_SUCCESS
+        return 1
+    if leaf == 1:
+        tdx = _kvm_exit_tdx(vcpu, arch.TDVMCALL_GET_TD_VM_CALL_INFO)
+        tdx["leaf"] = 1
+        tdx["ret"] = arch.TDVMCALL_STATUS_SUCCESS
+        tdx["r11"] = tdx["r12"] = tdx["r13"] = tdx["r14"] = 0
+        vcpu.pending_completion = tdx_complete_get_td_vm_call_info
+        return 0
+    g.r10 = arch.TDVMCALL_STATUS_INVALID_OPERAND
+    return 1
+
+
+def tdx_complete_get_td_vm_call_info(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
+    g = vcpu.gprs
+    tdx = vcpu.run.tdx
+    g.r10 = tdx["ret"]
+    g.r11, g.r12, g.r13, g.r14 = tdx["r11"], tdx["r12"], tdx["r13"], tdx["r14"]
+    return 1
+
+
+def _kvm_exit_tdx(vcpu: "VcpuTdx", nr: int) -> dict:
+    run = vcpu.run
+    run.exit_reason = arch.KVM_EXIT_TDX
+    tdx = run.tdx
+    tdx.clear()
+    tdx["flags"] = 0
+    tdx["nr"] = nr
+    return tdx
+
+
+def tdx_complete_simple(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
+    """tdx_complete_simple: R10 = the status the VMM wrote."""
+    vcpu.gprs.r10 = vcpu.run.tdx["ret"]
+    return 1
+
+
+def tdx_get_quote(vcpu: "VcpuTdx", g) -> int:
+    """tdx_get_quote: the buffer GPA R12 must be shared (else INVALID_OPERAND); KVM_EXIT_TDX
+    with the stripped GPA and size R13; default status SUBFUNC_UNSUPPORTED unless the VMM
+    sets one."""
+    gpa, size = g.r12, g.r13
+    if is_private_gpa(gpa):
+        g.r10 = arch.TDVMCALL_STATUS_INVALID_OPERAND
+        return 1
+    tdx = _kvm_exit_tdx(vcpu, arch.TDVMCALL_GET_QUOTE)
+    tdx["ret"] = arch.TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED
+    tdx["gpa"] = gpa & ~SHARED_BIT
+    tdx["size"] = size
+    vcpu.pending_completion = tdx_complete_simple
+    return 0
+
+
+def tdx_setup_event_notify_interrupt(vcpu: "VcpuTdx", g) -> int:
+    """tdx_setup_event_notify_interrupt (current design): vector R12 must be 32..255 (else
+    INVALID_OPERAND); KVM_EXIT_TDX, default status SUBFUNC_UNSUPPORTED."""
+    vector = g.r12
+    if vector < 32 or vector > 255:
+        g.r10 = arch.TDVMCALL_STATUS_INVALID_OPERAND
+        return 1
+    tdx = _kvm_exit_tdx(vcpu, arch.TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT)
+    tdx["ret"] = arch.TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED
+    tdx["vector"] = vector
+    vcpu.pending_completion = tdx_complete_simple
+    return 0
