@@ -226,6 +226,8 @@ def print_summary(result: Any, console: Any = None) -> None:
             table.add_row(key, _num(counts[key]), _pct(counts[key], total))
         console.print(table)
 
+    _print_regs(console, m, data)  # issue 5
+    _print_calls(console, getattr(result, "details", {}).get("calls", {}))  # issue 5
     _print_cpu_split(console, m)
     _print_violations(console, result.violations)
     perf = result.perf
@@ -265,6 +267,61 @@ def print_comparison(scenario: Any, results: dict[str, Any], console: Any = None
         if r.violations:
             console.print(f"[red]{strategy}:[/red]")
             _print_violations(console, r.violations)
+
+
+# --- issue 5: register marshalling and scripted guests' calls ---------------------------------
+MAX_CALLS_SHOWN = 40
+
+
+def _print_regs(console: Any, m: dict[str, Any], data: dict[str, Any]) -> None:
+    """GPR copies between vp_enter_args and regs[] (per TD exit) for the run's layout."""
+    exits = _total_exits(m)
+    if not exits or "regs_layout" not in data.get("kvm", {}):
+        return
+    table = _table(f"Register marshalling (kvm.regs_layout = {data['kvm']['regs_layout']})",
+                   ("metric", "total", "per TD exit"))
+    for key, label in (("regs.copies", "GPR copies"), ("regs.bytes", "bytes moved")):
+        table.add_row(label, _num(m.get(key, 0)), f"{m.get(key, 0) / exits:.2f}")
+    console.print(table)
+
+
+def _hex(value: Any) -> str:
+    return f"{value:#x}" if isinstance(value, int) else str(value)
+
+
+def _exit_text(e: dict[str, Any]) -> str:
+    name = str(e.get("exit_reason", "?")).removeprefix("KVM_EXIT_")
+    fields = next((v for k, v in e.items() if isinstance(v, dict)), {})
+    shown = " ".join(f"{k}={_hex(v) if not isinstance(v, list) else '[' + ','.join(map(_hex, v[:4])) + (',...' if len(v) > 4 else '') + ']'}"
+                     for k, v in fields.items() if k != "flags")
+    return f"{name} {shown}".strip()
+
+
+def _print_calls(console: Any, calls: dict[str, list[dict[str, Any]]]) -> None:
+    """Scripted guests' calls: when, which, what KVM did, what the guest got back."""
+    for vcpu, records in calls.items():
+        table = _table(f"Calls of {vcpu} (scripted guest): {len(records)} recorded",
+                       ("t_ns", "step", "call", "KVM", "R10 / status", "R11", "R12..R15"),
+                       text=("call", "KVM", "R10 / status"))
+        for rec in records[:MAX_CALLS_SHOWN]:
+            out = rec.get("regs_out", {})
+            if rec.get("rax"):
+                kvm = f"TDCALL failed, RAX={rec['rax']:#x}"
+            elif rec.get("exits"):
+                kvm = "; ".join(_exit_text(e) for e in rec["exits"][:3])
+                if len(rec["exits"]) > 3:
+                    kvm += f"; ... ({len(rec['exits'])} exits)"
+            else:
+                kvm = "in kernel"
+            status = rec.get("status") or _hex(out.get("r10"))
+            table.add_row(_num(rec["t_ns"]), str(rec["step"]),
+                          f"{rec['name']} ({rec['leaf']})", kvm, status,
+                          _hex(out.get("r11")),
+                          " ".join(_hex(out.get(r)) for r in ("r12", "r13", "r14", "r15")))
+        console.print(table)
+        if len(records) > MAX_CALLS_SHOWN:
+            console.print(f"[dim]... {len(records) - MAX_CALLS_SHOWN} more calls in the JSON "
+                          f"result (\"calls\")[/dim]")
 
 
 def _ratio(a: float, b: float) -> float:
