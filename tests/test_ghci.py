@@ -491,3 +491,32 @@ def test_exposing_rax_makes_the_tdcall_fail_in_the_module():
     result, calls = run_program([tdvmcall("cpuid", 1, rcx=0xFFCD)])
     assert calls[0]["rax"] == 0xC000010000000001
     assert result.metrics.get("exits.reason.CPUID", 0) == 0
+
+
+# --- the shipped scenario ------------------------------------------------------------------
+def test_every_subfunction_scenario_returns_what_its_header_says():
+    """scenarios/ghci_every_subfunction.toml: each call's status (and the exits it names)
+    match the expectations listed in the file's header."""
+    import re
+    from pathlib import Path
+
+    from tdsim.scenario import load_scenario
+
+    path = Path("scenarios/ghci_every_subfunction.toml")
+    expected = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"#\s*(\d+) .*?-> (R10 = \S+|[A-Z_]+)(.*)", line)
+        if m:
+            expected[int(m[1])] = (m[2], m[3])
+    result = run(load_scenario(path))
+    calls = result.details["calls"]["td0.vcpu0"]
+    assert len(calls) == len(expected) == 26
+    assert result.violations == []
+    for rec in calls:
+        status, rest = expected[rec["step"]]
+        if status.startswith("R10"):
+            assert rec["regs_out"]["r10"] == int(status.split()[-1], 0) & U64, rec
+        else:
+            assert rec["status"] == status, rec
+        exit_names = re.findall(r"KVM_EXIT_[A-Z0-9_]+", rest)
+        assert {e["exit_reason"] for e in rec["exits"]} == set(exit_names), rec
