@@ -71,3 +71,42 @@ def test_statistical_workload_counts_do_not_depend_on_the_layout():
     keys = [k for k in a.metrics if k.startswith("tdvmcall.")]
     assert keys and all(a.metrics[k] == b.metrics[k] for k in keys)
     assert b.metrics["regs.copies"] == a.metrics["regs.copies"] + 26 * b.metrics["exits"]
+
+
+def test_layout_scenario_shows_26_more_copies_per_exit_for_copy():
+    """scenarios/tdvmcall_regs_layout.toml: in_place ~2-3.5 copies per exit; copy 26 more."""
+    per_exit = {}
+    for layout in ("in_place", "copy"):
+        m = run(load_scenario("scenarios/tdvmcall_regs_layout.toml",
+                              overrides=["sim.duration_us=4000",
+                                         f"kvm.regs_layout={layout}"])).metrics
+        per_exit[layout] = m["regs.copies"] / m["exits"]
+        assert m["regs.bytes"] == 8 * m["regs.copies"]
+    assert 2.0 < per_exit["in_place"] < 3.5
+    assert 2.0 < per_exit["copy"] - 26 < 3.5
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LEAVES = [10, 12, 30, 31, 32, 48, 54, 0x10000, 0x10001, 0x10002, 0x10003, 0x10004, 0x10005]
+_ARG = st.sampled_from([0, 1, 2, 3, 4, 8, 31, 32, 0x1A0, 0x3F8, 0x1000, 0x200000,
+                        (1 << 47) | 0x100000000, 0x7FFFFFFFF000, 1 << 48, (1 << 64) - 1])
+# sizes (R13) stay small so that a MapGPA completes within the run
+_SIZE = st.sampled_from([0, 1, 2, 4, 8, 0x1000, 0x1800, 0x200000, 0x600000, (1 << 64) - 1])
+_STEP = st.builds(lambda r10, r11, r12, r13, r14, mask: {
+    "op": "tdvmcall", "r10": r10, "r11": r11, "r12": r12, "r13": r13, "r14": r14,
+    "rcx": mask}, st.sampled_from([0, 0, 0, 1, 12, 77]), st.sampled_from(_LEAVES),
+    _ARG, _SIZE, _ARG, st.sampled_from([0xFFCC, 0xFC00, 0x7FCC, 0xFFCD]))
+
+
+@given(st.lists(_STEP, min_size=1, max_size=6))
+def test_random_programs_complete_every_call_alike_in_both_layouts(program):
+    """Any call sequence completes each call, with the same registers in either layout."""
+    program = [s for s in program if s["r11"] != 12]  # an un-woken HLT would stop the rest
+    out = {}
+    for layout in ("in_place", "copy"):
+        calls = run(scenario(layout, program=program or [{"op": "cpuid"}])).details["calls"]
+        out[layout] = [(c["step"], c.get("rax"), c["regs_out"]) for c in calls["td0.vcpu0"]]
+    assert out["in_place"] == out["copy"]
+    assert len(out["copy"]) == max(1, len(program))
