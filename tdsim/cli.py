@@ -292,8 +292,12 @@ def _hex(value: Any) -> str:
 def _exit_text(e: dict[str, Any]) -> str:
     name = str(e.get("exit_reason", "?")).removeprefix("KVM_EXIT_")
     fields = next((v for k, v in e.items() if isinstance(v, dict)), {})
-    shown = " ".join(f"{k}={_hex(v) if not isinstance(v, list) else '[' + ','.join(map(_hex, v[:4])) + (',...' if len(v) > 4 else '') + ']'}"
-                     for k, v in fields.items() if k != "flags")
+    def value(v: Any) -> str:
+        if isinstance(v, list):
+            return "[" + ",".join(map(_hex, v[:4])) + (",...]" if len(v) > 4 else "]")
+        return _hex(v)
+
+    shown = " ".join(f"{k}={value(v)}" for k, v in fields.items() if k != "flags")
     return f"{name} {shown}".strip()
 
 

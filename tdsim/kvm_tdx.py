@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import arch
+from . import arch, tdvmcall  # tdvmcall (issue 5): TDVMCALL handlers, kvm_run, regs[] layout
 from .kvm_x86 import (
-    IN_GUEST_MODE, KVM_MP_STATE_HALTED, PH_BLOCKED, PH_SEG, KvmVcpu,
+    IN_GUEST_MODE, PH_BLOCKED, PH_SEG, KvmVcpu,
 )
 from .tdx_module import TdxModuleArgs
-from . import tdvmcall  # issue 5: TDVMCALL handlers, kvm_run, regs[] layout
 
 if TYPE_CHECKING:
     from .host import HostCpu

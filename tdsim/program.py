@@ -131,7 +131,7 @@ def compile_program(steps: Any, path: tuple = (), counter: list | None = None) -
             value = step.get("us", step.get("ns"))
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ProgramError(p, "compute time must be a number >= 0")
-            out.append(int(round(value * 1000)) if "us" in step else int(value))
+            out.append(round(value * 1000) if "us" in step else int(value))
             continue
         if op == "loop":
             count = step.get("count", 1)

@@ -21,12 +21,12 @@ from .host import CATEGORY_NAMES, IDLE, HostCpu, HostTask, Scheduler, new_stat
 from .invariants import Invariants
 from .kvm_tdx import VcpuTdx
 from .kvm_x86 import KvmX86
+from .program import ScriptedGuest, compile_program  # issue 5
 from .rng import stream
 from .scenario import Scenario
 from .strategies import load_strategy
 from .tdx_module import TdxModule
 from .trace import Tracer
-from .program import ScriptedGuest, compile_program  # issue 5
 from .vmm import Vmm  # issue 5
 
 

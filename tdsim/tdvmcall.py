@@ -31,7 +31,7 @@ returns -KVM_EOPNOTSUPP (host clocksource not modelled).  In-kernel devices are 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from . import arch
 from .guest import SHARED_BIT
@@ -114,7 +114,7 @@ class KvmRun:
 
     __slots__ = ("exit_reason", "io", "mmio", "hypercall", "system_event", "tdx", "msr")
 
-    MEMBER = {arch.KVM_EXIT_IO: "io", arch.KVM_EXIT_MMIO: "mmio",
+    MEMBER: ClassVar[dict[int, str]] = {arch.KVM_EXIT_IO: "io", arch.KVM_EXIT_MMIO: "mmio",
               arch.KVM_EXIT_HYPERCALL: "hypercall", arch.KVM_EXIT_SYSTEM_EVENT: "system_event",
               arch.KVM_EXIT_TDX: "tdx", arch.KVM_EXIT_X86_RDMSR: "msr",
               arch.KVM_EXIT_X86_WRMSR: "msr"}

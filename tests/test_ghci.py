@@ -55,7 +55,8 @@ def test_cpuid_returns_the_vmm_table_in_r12_to_r15():
     rec = call({"op": "cpuid", "leaf": 7, "subleaf": 0},
                vmm={"cpuid": [{"leaf": 7, "subleaf": 0, "eax": 1, "ebx": 2, "ecx": 3,
                                "edx": 4}]})
-    assert rec["kvm"] == "in_kernel" and rec["exits"] == []
+    assert rec["kvm"] == "in_kernel"
+    assert rec["exits"] == []
     assert rec["regs_out"] == {"r10": SUCCESS, "r11": arch.TDVMCALL_CPUID, "r12": 1, "r13": 2,
                                "r14": 3, "r15": 4}
 
@@ -72,7 +73,8 @@ def test_hlt_blocks_the_vcpu_when_nothing_wakes_it():
     the next step never runs."""
     result, calls = run_program([{"op": "hlt"}, {"op": "cpuid", "leaf": 1}])
     assert len(calls) == 1
-    assert calls[0]["kvm"] == "in_kernel" and out(calls[0]) == (SUCCESS, arch.TDVMCALL_HLT)
+    assert calls[0]["kvm"] == "in_kernel"
+    assert out(calls[0]) == (SUCCESS, arch.TDVMCALL_HLT)
     assert result.metrics["halt_block"] == 1
 
 
@@ -86,7 +88,8 @@ def test_hlt_is_woken_by_a_posted_interrupt():
 def test_hlt_passes_the_interrupts_blocked_flag_in_r12():
     """R12 = 1 (interrupts blocked) reaches KVM."""
     rec = call({"op": "hlt", "irqs_blocked": True})
-    assert rec["regs_in"]["r12"] == 1 and rec["regs_in"]["r11"] == arch.TDVMCALL_HLT
+    assert rec["regs_in"]["r12"] == 1
+    assert rec["regs_in"]["r11"] == arch.TDVMCALL_HLT
 
 
 # --- Instruction.IO ------------------------------------------------------------------------
@@ -125,13 +128,15 @@ def test_io_in_from_an_unclaimed_port_reads_all_ones():
 def test_io_size_other_than_1_2_4_is_invalid_operand(size):
     """IO with size not in {1, 2, 4}: INVALID_OPERAND in the kernel, no userspace exit."""
     rec = call(tdvmcall("io", size, 1, 0x3F8, 1))
-    assert rec["exits"] == [] and out(rec) == (INVALID, arch.TDVMCALL_IO)
+    assert rec["exits"] == []
+    assert out(rec) == (INVALID, arch.TDVMCALL_IO)
 
 
 def test_io_direction_other_than_0_1_is_invalid_operand():
     """IO with R13 not 0 or 1: INVALID_OPERAND."""
     rec = call(tdvmcall("io", 1, 2, 0x3F8, 1))
-    assert rec["exits"] == [] and rec["regs_out"]["r10"] == INVALID
+    assert rec["exits"] == []
+    assert rec["regs_out"]["r10"] == INVALID
 
 
 def test_io_out_to_an_ioeventfd_is_completed_in_the_kernel():
@@ -140,7 +145,8 @@ def test_io_out_to_an_ioeventfd_is_completed_in_the_kernel():
                                 vmm={"device": [{"name": "virtio", "space": "pio",
                                                  "base": 0xC040, "size": 32,
                                                  "ioeventfd": True}]})
-    assert calls[0]["kvm"] == "in_kernel" and calls[0]["regs_out"]["r10"] == SUCCESS
+    assert calls[0]["kvm"] == "in_kernel"
+    assert calls[0]["regs_out"]["r10"] == SUCCESS
     assert result.details["vmm"]["devices"]["virtio"]["writes_total"] == 1
 
 
@@ -148,7 +154,8 @@ def test_io_out_to_an_ioeventfd_is_completed_in_the_kernel():
 def test_rdmsr_of_an_emulated_msr_returns_its_value_in_r11():
     """RDMSR IA32_MISC_ENABLE: in the kernel, R11 = KVM's value (PEBS/BTS unavailable)."""
     rec = call({"op": "rdmsr", "index": 0x1A0})
-    assert rec["kvm"] == "in_kernel" and out(rec) == (SUCCESS, 0x1800)
+    assert rec["kvm"] == "in_kernel"
+    assert out(rec) == (SUCCESS, 0x1800)
 
 
 def test_wrmsr_then_rdmsr_reads_the_written_value():
@@ -162,7 +169,8 @@ def test_wrmsr_then_rdmsr_reads_the_written_value():
 def test_rdmsr_of_an_msr_kvm_does_not_emulate_is_invalid_operand():
     """An MSR outside KVM's TDX set fails: INVALID_OPERAND, R11 unchanged."""
     rec = call({"op": "rdmsr", "index": 0x12345})
-    assert rec["exits"] == [] and out(rec) == (INVALID, arch.TDVMCALL_RDMSR)
+    assert rec["exits"] == []
+    assert out(rec) == (INVALID, arch.TDVMCALL_RDMSR)
 
 
 def test_wrmsr_to_a_read_only_msr_is_invalid_operand():
@@ -174,7 +182,8 @@ def test_wrmsr_to_a_read_only_msr_is_invalid_operand():
 def test_rdmsr_denied_by_the_filter_is_invalid_operand():
     """The VMM's MSR filter denies the read and no userspace MSR exit is enabled."""
     rec = call({"op": "rdmsr", "index": 0x1A0}, vmm={"msr_filter_deny_read": [0x1A0]})
-    assert rec["exits"] == [] and rec["regs_out"]["r10"] == INVALID
+    assert rec["exits"] == []
+    assert rec["regs_out"]["r10"] == INVALID
 
 
 def test_rdmsr_denied_by_the_filter_exits_to_userspace_with_the_filter_reason():
@@ -184,7 +193,9 @@ def test_rdmsr_denied_by_the_filter_exits_to_userspace_with_the_filter_reason():
                     "msr": [{"index": 0x1A0, "value": 0x42}]})
     e = rec["exits"][0]
     assert e["exit_reason"] == "KVM_EXIT_X86_RDMSR"
-    assert e["msr"]["index"] == 0x1A0 and e["msr"]["reason"] == 4 and e["msr"]["error"] == 0
+    assert e["msr"]["index"] == 0x1A0
+    assert e["msr"]["reason"] == 4
+    assert e["msr"]["error"] == 0
     assert out(rec) == (SUCCESS, 0x42)
 
 
@@ -229,25 +240,29 @@ def test_mmio_write_exits_with_its_data_and_completes_without_a_callback():
 def test_mmio_size_other_than_1_2_4_8_is_invalid_operand(size):
     """MMIO with size not in {1, 2, 4, 8}: INVALID_OPERAND, no exit."""
     rec = call(tdvmcall("mmio", size, 0, SHARED | 0xFEB00000))
-    assert rec["exits"] == [] and out(rec) == (INVALID, arch.TDVMCALL_VE_REQUEST_MMIO)
+    assert rec["exits"] == []
+    assert out(rec) == (INVALID, arch.TDVMCALL_VE_REQUEST_MMIO)
 
 
 def test_mmio_direction_other_than_0_1_is_invalid_operand():
     """MMIO with R13 = 2: INVALID_OPERAND."""
     rec = call(tdvmcall("mmio", 4, 2, SHARED | 0xFEB00000))
-    assert rec["exits"] == [] and rec["regs_out"]["r10"] == INVALID
+    assert rec["exits"] == []
+    assert rec["regs_out"]["r10"] == INVALID
 
 
 def test_mmio_to_a_private_gpa_is_invalid_operand():
     """MMIO to a private GPA (shared bit clear): INVALID_OPERAND."""
     rec = call(tdvmcall("mmio", 4, 0, 0xFEB00000))
-    assert rec["exits"] == [] and rec["regs_out"]["r10"] == INVALID
+    assert rec["exits"] == []
+    assert rec["regs_out"]["r10"] == INVALID
 
 
 def test_mmio_whose_last_byte_leaves_the_shared_range_is_invalid_operand():
     """The last byte must be shared too: an access wrapping past the top is refused."""
     rec = call(tdvmcall("mmio", 8, 0, SHARED | (SHARED - 4)))
-    assert rec["exits"] == [] and rec["regs_out"]["r10"] == INVALID
+    assert rec["exits"] == []
+    assert rec["regs_out"]["r10"] == INVALID
 
 
 def test_mmio_page_crossing_shared_access_is_forwarded():
@@ -261,7 +276,8 @@ def test_mmio_write_to_an_ioeventfd_is_completed_in_the_kernel():
     rec = call(tdvmcall("mmio", 4, 1, SHARED | 0xFE000000, 1),
                vmm={"device": [{"space": "mmio", "base": 0xFE000000, "size": 4,
                                 "ioeventfd": True}]})
-    assert rec["kvm"] == "in_kernel" and rec["regs_out"]["r10"] == SUCCESS
+    assert rec["kvm"] == "in_kernel"
+    assert rec["regs_out"]["r10"] == SUCCESS
 
 
 # --- MapGPA --------------------------------------------------------------------------------
@@ -271,7 +287,8 @@ GPA = SHARED | 0x100000000
 def test_map_gpa_without_exit_hypercall_is_subfunc_unsupported_with_r11_gpa():
     """KVM_CAP_EXIT_HYPERCALL off: SUBFUNC_UNSUPPORTED, R11 = the GPA (checked first)."""
     rec = call(tdvmcall("map_gpa", GPA + 1, 0), vmm={"exit_hypercall": False})
-    assert rec["exits"] == [] and out(rec) == (UNSUPPORTED, GPA + 1)
+    assert rec["exits"] == []
+    assert out(rec) == (UNSUPPORTED, GPA + 1)
 
 
 @pytest.mark.parametrize(("gpa", "size"), [
@@ -283,7 +300,8 @@ def test_map_gpa_without_exit_hypercall_is_subfunc_unsupported_with_r11_gpa():
 def test_map_gpa_bad_range_is_invalid_operand_with_r11_gpa(gpa, size):
     """Overflow, empty, illegal GPA or a shared-bit mismatch: INVALID_OPERAND, R11 = GPA."""
     rec = call(tdvmcall("map_gpa", gpa, size))
-    assert rec["exits"] == [] and out(rec) == (INVALID, gpa)
+    assert rec["exits"] == []
+    assert out(rec) == (INVALID, gpa)
 
 
 @pytest.mark.parametrize(("gpa", "size"), [(GPA + 0x800, 0x1000), (GPA, 0x1800)])
@@ -368,7 +386,8 @@ def test_get_quote_returns_the_status_the_vmm_sets():
 def test_get_quote_with_a_private_buffer_is_invalid_operand():
     """A private buffer GPA: INVALID_OPERAND, no exit."""
     rec = call(tdvmcall("get_quote", 0x5000, 0x1000))
-    assert rec["exits"] == [] and rec["regs_out"]["r10"] == INVALID
+    assert rec["exits"] == []
+    assert rec["regs_out"]["r10"] == INVALID
 
 
 # --- ReportFatalError ----------------------------------------------------------------------
@@ -401,13 +420,15 @@ def test_setup_event_notify_interrupt_exits_with_the_vector(vector):
 def test_setup_event_notify_interrupt_bad_vector_is_invalid_operand(vector):
     """A vector outside 32..255: INVALID_OPERAND, no exit."""
     rec = call(tdvmcall("setup_event_notify_interrupt", vector))
-    assert rec["exits"] == [] and rec["regs_out"]["r10"] == INVALID
+    assert rec["exits"] == []
+    assert rec["regs_out"]["r10"] == INVALID
 
 
 def test_setup_event_notify_interrupt_is_unsupported_under_v616():
     """The first merged KVM did not handle it: SUBFUNC_UNSUPPORTED."""
     rec = call(tdvmcall("setup_event_notify_interrupt", 40), kvm={"tdvmcall_abi": "v6.16"})
-    assert rec["exits"] == [] and rec["regs_out"]["r10"] == UNSUPPORTED
+    assert rec["exits"] == []
+    assert rec["regs_out"]["r10"] == UNSUPPORTED
 
 
 # --- GetTdVmCallInfo -----------------------------------------------------------------------
@@ -430,7 +451,8 @@ def test_get_td_vm_call_info_leaf_1_returns_the_vmm_bitmaps():
 def test_get_td_vm_call_info_other_leaf_is_invalid_operand():
     """Leaf 2: INVALID_OPERAND."""
     rec = call(tdvmcall("get_td_vm_call_info", 2))
-    assert rec["exits"] == [] and rec["regs_out"]["r10"] == INVALID
+    assert rec["exits"] == []
+    assert rec["regs_out"]["r10"] == INVALID
 
 
 # --- anything else -------------------------------------------------------------------------
@@ -438,14 +460,16 @@ def test_get_td_vm_call_info_other_leaf_is_invalid_operand():
 def test_other_sub_functions_are_subfunc_unsupported(leaf):
     """WBINVD, Service and unknown leaves: SUBFUNC_UNSUPPORTED, R11 unchanged."""
     rec = call(tdvmcall(leaf))
-    assert rec["exits"] == [] and out(rec) == (UNSUPPORTED, leaf)
+    assert rec["exits"] == []
+    assert out(rec) == (UNSUPPORTED, leaf)
 
 
 # --- KVM hypercalls (R10 != 0) -------------------------------------------------------------
 def test_kvm_hypercall_vapic_poll_irq_returns_0_in_r10():
     """KVM_HC_VAPIC_POLL_IRQ (1): R10 = 0, in the kernel."""
     rec = call({"op": "tdvmcall", "r10": 1})
-    assert rec["kvm"] == "in_kernel" and rec["regs_out"]["r10"] == 0
+    assert rec["kvm"] == "in_kernel"
+    assert rec["regs_out"]["r10"] == 0
 
 
 @pytest.mark.parametrize("nr", [3, 5, 10, 77])
@@ -460,14 +484,16 @@ def test_kvm_hc_map_gpa_range_hypercall_exits_with_its_arguments():
     VMM's return value."""
     rec = call({"op": "tdvmcall", "r10": 12, "r11": 0x200000, "r12": 4, "r13": 0x10})
     e = rec["exits"][0]
-    assert e["hypercall"]["nr"] == 12 and e["hypercall"]["args"][:3] == [0x200000, 4, 0x10]
+    assert e["hypercall"]["nr"] == 12
+    assert e["hypercall"]["args"][:3] == [0x200000, 4, 0x10]
     assert rec["regs_out"]["r10"] == 0
 
 
 def test_kvm_hc_map_gpa_range_hypercall_unaligned_is_minus_kvm_einval():
     """An unaligned GPA: -KVM_EINVAL without an exit."""
     rec = call({"op": "tdvmcall", "r10": 12, "r11": 0x200010, "r12": 4})
-    assert rec["exits"] == [] and rec["regs_out"]["r10"] == (-22) & U64
+    assert rec["exits"] == []
+    assert rec["regs_out"]["r10"] == (-22) & U64
 
 
 # --- the register ABI ----------------------------------------------------------------------
@@ -475,7 +501,8 @@ def test_registers_not_exposed_reach_kvm_as_zero_and_come_back_unchanged():
     """RCX without R15: an OUT's data reaches userspace as 0; the guest keeps its R15."""
     rec = call(tdvmcall("io", 1, 1, 0x3F8, 0x41, rcx=0x7FCC))
     assert rec["exits"][0]["io"]["data"] == 0
-    assert "r15" not in rec["regs_in"] and rec["regs_out"]["r15"] == 0x41
+    assert "r15" not in rec["regs_in"]
+    assert rec["regs_out"]["r15"] == 0x41
 
 
 def test_r10_r11_not_exposed_reach_kvm_as_a_ghci_leaf_0():

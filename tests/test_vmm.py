@@ -41,7 +41,8 @@ def test_map_gpa_answers_are_per_vcpu_and_the_last_repeats():
     for name in ("td0.vcpu0", "td0.vcpu1"):
         rec = r.details["calls"][name][0]
         assert len(rec["exits"]) == 2
-        assert rec["regs_out"]["r10"] == 1 and rec["regs_out"]["r11"] == SHARED + (2 << 20)
+        assert rec["regs_out"]["r10"] == 1
+        assert rec["regs_out"]["r11"] == SHARED + (2 << 20)
 
 
 def test_fatal_error_reports_are_kept_by_the_vmm():
@@ -49,4 +50,5 @@ def test_fatal_error_reports_are_kept_by_the_vmm():
     prog = [{"op": "tdvmcall", "r11": "report_fatal_error", "r12": 9}]
     r = run(scenario(prog, {}))
     events = r.to_dict()["vmm"]["system_events"]
-    assert len(events) == 1 and events[0]["system_event"]["type"] == 7
+    assert len(events) == 1
+    assert events[0]["system_event"]["type"] == 7
