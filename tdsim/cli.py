@@ -278,7 +278,7 @@ def _print_regs(console: Any, m: dict[str, Any], data: dict[str, Any]) -> None:
     exits = _total_exits(m)
     if not exits or "regs_layout" not in data.get("kvm", {}):
         return
-    table = _table(f"Register marshalling (kvm.regs_layout = {data['kvm']['regs_layout']})",
+    table = _table(f"GPR moves ({data['kvm']['regs_layout']} layout)",
                    ("metric", "total", "per TD exit"))
     for key, label in (("regs.copies", "GPR copies"), ("regs.bytes", "bytes moved")):
         table.add_row(label, _num(m.get(key, 0)), f"{m.get(key, 0) / exits:.2f}")

@@ -1,6 +1,7 @@
 """The tdsim command line: exit statuses, error lines, validate, schema and run --json."""
 
 import importlib.util
+import io
 import json
 import sys
 import types
@@ -151,3 +152,19 @@ def test_log_level_accepted_after_subcommand(capsys):
     """--log-level works before or after the subcommand."""
     assert cli.main(["--log-level", "debug", "schema"]) == 0
     assert cli.main(["schema", "--log-level", "error"]) == 0
+
+
+def test_summary_prints_scripted_guest_calls_and_register_copies():
+    """A scripted guest's summary shows its calls (status, exit fields) and GPR copies."""
+    from rich.console import Console
+
+    from tdsim.scenario import load_scenario
+    from tdsim.sim import run
+
+    console = Console(width=220, record=True, file=io.StringIO())
+    cli.print_summary(run(load_scenario("scenarios/ghci_every_subfunction.toml")), console)
+    text = console.export_text()
+    assert "Calls of td0.vcpu0 (scripted guest): 26 recorded" in text
+    assert "HYPERCALL nr=0xc" in text
+    assert "INVALID_OPERAND" in text
+    assert "GPR moves (in_place layout)" in text
