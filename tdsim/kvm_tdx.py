@@ -149,7 +149,8 @@ class VcpuTdx(KvmVcpu):
             ret = module.tdh_vp_enter_exit(self, cpu, reason)
             if tracer is not None:
                 tracer.emit(self.t_enter, "kvm_entry", cpu.index, self.name)
-        tdvmcall.regs_after_exit(self, cpu)  # issue 5: "copy" layout: args -> regs[]
+        if self.regs_copy:  # issue 5: "copy" layout: vp_enter_args -> regs[]
+            tdvmcall.regs_after_exit(self, cpu)
         self.vp_enter_ret = ret
         sim.strategy.vcpu_enter_exit(self, cpu, ret)
         self.exit_reason = self.tdx_to_vmx_exit_reason(ret)
@@ -243,15 +244,12 @@ class VcpuTdx(KvmVcpu):
             return 1
         return self.handle_tdvmcall(cpu, basic)
 
-    def handle_tdvmcall(self, cpu: "HostCpu", basic: int) -> int:
-        """handle_tdvmcall and the converted-reason handlers (tdx_emulate_*): see
-        `tdsim.tdvmcall` (issue 5)."""
-        return tdvmcall.handle_exit_tdvmcall(self, cpu, basic)
-
-    def complete_userspace_io(self, cpu: "HostCpu") -> int:
-        """The completion callback KVM set before exiting to userspace puts the VMM's answer
-        in the guest's registers; returns 0 to go back to userspace (issue 5)."""
-        return tdvmcall.complete_userspace_io(self, cpu)
+    # issue 5: handle_tdvmcall and the converted-reason handlers (tdx_emulate_*), and the
+    # complete_userspace_io callbacks, live in `tdsim.tdvmcall` (bound here as methods:
+    # handle_tdvmcall(cpu, basic) -> 1 re-enter / 0 userspace; complete_userspace_io(cpu)
+    # -> 0 to go back to userspace, e.g. for MapGPA's next chunk).
+    handle_tdvmcall = tdvmcall.handle_exit_tdvmcall
+    complete_userspace_io = tdvmcall.complete_userspace_io
 
     def vmm_service_ns(self) -> int:
         """The userspace VMM answers the exit (`tdsim.vmm`); its service time."""

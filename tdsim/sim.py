@@ -218,6 +218,8 @@ class Simulation:
                      "migrations", "late_abort"):
             metrics.setdefault(base, 0)
         metrics["wrmsr.ns"] = metrics["wrmsr.total"] * self.c_wrmsr
+        if "regs.copies" in metrics:  # issue 5: GPR moves are 8 bytes each
+            metrics["regs.bytes"] = 8 * metrics["regs.copies"]
         for cpu in self.cpus:
             for cat, name in enumerate(CATEGORY_NAMES):
                 metrics[f"cpu.{cpu.index}.ns.{name}"] = cpu.ns[cat]

@@ -151,6 +151,8 @@ def init_vcpu(vcpu: "VcpuTdx") -> None:
     vcpu.call_log = vcpu.guest if hasattr(vcpu.guest, "record_exit") else None
     if vcpu.vcpu_id != 0:
         vcpu.msr_values[0x1B] &= ~0x100  # only vCPU 0 is the BSP
+    vcpu.c_regs_copy = sim.c_regs_copy
+    vcpu.regs_moves = 0              # moves made by the handler running now
     if sim.scenario.data["kvm"]["regs_layout"] == "copy":
         vcpu.gprs = KvmRegs()        # regs[] separate from vp_enter_args (tdx_module_args)
         vcpu.regs_copy = True
@@ -161,29 +163,26 @@ def init_vcpu(vcpu: "VcpuTdx") -> None:
         vcpu.regs_entry_copy_ns = 0
 
 
-def _moved(vcpu: "VcpuTdx", cpu: "HostCpu", n: int) -> None:
-    """`n` 8-byte register moves between vp_enter_args and regs[]."""
-    stat = vcpu.stat
-    stat["regs.copies"] += n
-    stat["regs.bytes"] += 8 * n
-    cpu.acc += n * vcpu.sim.c_regs_copy
+def _account_moves(vcpu: "VcpuTdx", cpu: "HostCpu") -> None:
+    """Count and charge the register moves a handler made (``vcpu.regs_moves``, 8 bytes
+    each: ``regs.bytes`` is derived as 8 x ``regs.copies`` when metrics are collected)."""
+    n = vcpu.regs_moves
+    vcpu.regs_moves = 0
+    vcpu.stat["regs.copies"] += n
+    cpu.acc += n * vcpu.c_regs_copy
 
 
 def regs_after_exit(vcpu: "VcpuTdx", cpu: "HostCpu") -> None:
     """After TDH.VP.ENTER returned: with the "copy" layout, vp_enter_args -> regs[] (and
     count the copy regs[] -> vp_enter_args that preceded this SEAMCALL; its time is in the
     segment, `regs_entry_copy_ns`)."""
-    if not vcpu.regs_copy:
-        return
     args = vcpu.vp_enter_args
     regs = vcpu.gprs
     for r in TDX_MODULE_ARGS:
         setattr(regs, r, getattr(args, r))
     n = len(TDX_MODULE_ARGS)
-    stat = vcpu.stat
-    stat["regs.copies"] += 2 * n
-    stat["regs.bytes"] += 16 * n
-    cpu.acc += n * vcpu.sim.c_regs_copy
+    vcpu.stat["regs.copies"] += 2 * n
+    cpu.acc += n * vcpu.c_regs_copy
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -206,6 +205,12 @@ def _neg(errno: int) -> int:
 
 
 # --- the dispatcher ------------------------------------------------------------------------
+_CPUID, _MSR_READ, _MSR_WRITE = (arch.EXIT_REASON_CPUID, arch.EXIT_REASON_MSR_READ,
+                                 arch.EXIT_REASON_MSR_WRITE)
+_VMCALL, _HLT, _IO, _MMIO = (arch.EXIT_REASON_VMCALL, arch.EXIT_REASON_HLT,
+                             arch.EXIT_REASON_IO_INSTRUCTION, arch.EXIT_REASON_EPT_MISCONFIG)
+
+
 def handle_exit_tdvmcall(vcpu: "VcpuTdx", cpu: "HostCpu", basic: int) -> int:
     """The TDVMCALL cases of tdx_handle_exit, by the reason tdx_to_vmx_exit_reason derived.
 
@@ -218,30 +223,32 @@ def handle_exit_tdvmcall(vcpu: "VcpuTdx", cpu: "HostCpu", basic: int) -> int:
     vcpu.stat[guest.tdvmcall_key] += 1
     if sim.tracer is not None:
         sim.tracer.emit(sim.env.now, "tdvmcall", cpu.index, vcpu.name, leaf=guest.kind)
-    if basic == arch.EXIT_REASON_CPUID:
+    if basic == _CPUID:
         cpu.acc += sim.c_tdvmcall_cpuid
         r = tdx_emulate_cpuid(vcpu, g)
-    elif basic == arch.EXIT_REASON_MSR_READ:
+    elif basic == _MSR_READ:
         cpu.acc += sim.c_tdvmcall_msr
         r = kvm_emulate_rdmsr(vcpu, cpu, g)
-    elif basic == arch.EXIT_REASON_MSR_WRITE:
+    elif basic == _MSR_WRITE:
         cpu.acc += sim.c_tdvmcall_msr
         r = kvm_emulate_wrmsr(vcpu, cpu, g)
-    elif basic == arch.EXIT_REASON_VMCALL:
+    elif basic == _VMCALL:
         cpu.acc += sim.c_tdvmcall_hypercall
         r = tdx_emulate_vmcall(vcpu, cpu, g)
-    elif basic == arch.EXIT_REASON_HLT:
+    elif basic == _HLT:
         cpu.acc += sim.c_tdvmcall_hlt
         vcpu.mp_state = KVM_MP_STATE_HALTED  # kvm_emulate_halt_noskip
         r = 1
     else:
-        if basic == arch.EXIT_REASON_IO_INSTRUCTION:
+        if basic == _IO:
             r = tdx_emulate_io(vcpu, g)
-        elif basic == arch.EXIT_REASON_EPT_MISCONFIG:
+        elif basic == _MMIO:
             r = tdx_emulate_mmio(vcpu, g)
         else:
             r = handle_tdvmcall(vcpu, g)
         cpu.acc += sim.c_tdvmcall_simple if r else sim.c_tdvmcall_userspace
+    if vcpu.regs_moves:
+        _account_moves(vcpu, cpu)
     if r > 0:
         guest.next_period()
     else:
@@ -258,6 +265,8 @@ def complete_userspace_io(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
     if cui is not None:
         vcpu.pending_completion = None
         r = cui(vcpu, cpu)
+        if vcpu.regs_moves:
+            _account_moves(vcpu, cpu)
     if r > 0:
         if vcpu.tdvmcall_outstanding:
             vcpu.tdvmcall_outstanding = False
@@ -269,11 +278,15 @@ def complete_userspace_io(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
 
 
 # --- CPUID, IO, MMIO -----------------------------------------------------------------------
+_NO_CPUID = (0, 0, 0, 0)
+
+
 def tdx_emulate_cpuid(vcpu: "VcpuTdx", g) -> int:
     """tdx_emulate_cpuid: leaf R12, sub-leaf R13 -> kvm_cpuid -> R12..R15 = EAX..EDX.
     kvm_cpuid is a lookup in the VMM's table; a leaf it lacks reads as zeros."""
-    eax, ebx, ecx, edx = vcpu.sim.vmm.cpuid.get((g.r12 & 0xFFFFFFFF, g.r13 & 0xFFFFFFFF),
-                                                (0, 0, 0, 0))
+    table = vcpu.sim.vmm.cpuid
+    eax, ebx, ecx, edx = table.get((g.r12 & 0xFFFFFFFF, g.r13 & 0xFFFFFFFF),
+                                   _NO_CPUID) if table else _NO_CPUID
     g.r12, g.r13, g.r14, g.r15 = eax, ebx, ecx, edx
     return 1
 
@@ -349,10 +362,9 @@ def tdx_complete_mmio_read(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
 # --- MSRs ----------------------------------------------------------------------------------
 def _msr_allowed(vcpu: "VcpuTdx", index: int, write: bool) -> bool:
     """kvm_msr_allowed: the VMM's filter (default allow); x2APIC MSRs are never filtered."""
-    if 0x800 <= index <= 0x8FF:
-        return True
     vmm = vcpu.sim.vmm
-    return index not in (vmm.msr_deny_write if write else vmm.msr_deny_read)
+    deny = vmm.msr_deny_write if write else vmm.msr_deny_read
+    return not deny or index not in deny or 0x800 <= index <= 0x8FF
 
 
 def _msr_reason(r: int) -> int:
@@ -383,7 +395,7 @@ def kvm_emulate_rdmsr(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
     kvm_get_msr_with_filter (filter, then tdx_get_msr) -> userspace or
     tdx_complete_emulated_msr."""
     g.rcx = g.r12
-    _moved(vcpu, cpu, 1)
+    vcpu.regs_moves += 1
     index = g.rcx & 0xFFFFFFFF
     if not _msr_allowed(vcpu, index, False):
         r = KVM_MSR_RET_FILTERED
@@ -402,7 +414,7 @@ def kvm_emulate_rdmsr(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
 def kvm_emulate_wrmsr(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
     """EXIT_REASON_MSR_WRITE: RCX <- R12, EAX:EDX <- R13; kvm_emulate_wrmsr."""
     g.rcx, g.rax, g.rdx = g.r12, g.r13 & 0xFFFFFFFF, g.r13 >> 32
-    _moved(vcpu, cpu, 3)
+    vcpu.regs_moves += 3
     index = g.rcx & 0xFFFFFFFF
     data = (g.rdx << 32) | g.rax
     if not _msr_allowed(vcpu, index, True):
@@ -438,7 +450,7 @@ def tdx_complete_emulated_msr(vcpu: "VcpuTdx", cpu: "HostCpu", err: int, read: b
         return 1
     if read:
         g.r11 = (g.rdx << 32) | g.rax
-        _moved(vcpu, cpu, 1)
+        vcpu.regs_moves += 1
     return 1
 
 
@@ -447,7 +459,7 @@ def tdx_emulate_vmcall(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
     """tdx_emulate_vmcall: RAX, RBX, RCX, RDX, RSI <- R10..R14, then
     __kvm_emulate_hypercall with complete_hypercall_exit (result -> R10)."""
     g.rax, g.rbx, g.rcx, g.rdx, g.rsi = g.r10, g.r11, g.r12, g.r13, g.r14
-    _moved(vcpu, cpu, 5)
+    vcpu.regs_moves += 5
     r = kvm_emulate_hypercall(vcpu, g, complete_hypercall_exit)
     if r > 0:
         r = complete_hypercall_exit(vcpu, cpu)
@@ -487,7 +499,7 @@ def kvm_emulate_hypercall(vcpu: "VcpuTdx", g, complete) -> int:
 def complete_hypercall_exit(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
     """complete_hypercall_exit (tdx.c): R10 = run->hypercall.ret."""
     vcpu.gprs.r10 = vcpu.run.hypercall["ret"] & U64
-    _moved(vcpu, cpu, 1)
+    vcpu.regs_moves += 1
     return 1
 
 
