@@ -146,3 +146,34 @@ def test_ratio_metric_is_computed_per_run(tmp_path):
     assert s.metric("w/e").value({"w": 6, "e": 3}) == 2.0
     assert s.metric("w/1000").value({"w": 500}) == 0.5
     assert s.metric("w/e").value({"w": 6}) is None
+
+
+def test_lockstep_group_may_name_itself_and_its_levels(tmp_path):
+    """`name` and `labels` make a categorical dimension (e.g. one abort kind per level)."""
+    s = study(tmp_path, HEAD + '\n[[lockstep]]\nname = "abort"\nlabels = ["kick", "zap"]\n'
+              '"f.kick_hz" = [100, 0]\n"f.zap_hz" = [0, 100]' + REPS)
+    dim = s.dimensions[0]
+    assert (dim.label, dim.numeric, dim.level_label(1)) == ("abort", False, "zap")
+    assert dict(s.points()[1].values) == {"f.kick_hz": 0, "f.zap_hz": 100}
+    assert s.point_label(s.points()[0]) == "abort=kick"
+
+
+@pytest.mark.parametrize(
+    ("group", "fragment"),
+    [
+        ('labels = ["a"]\nx = [1, 2]\ny = [3, 4]', "must be 2 non-empty strings"),
+        ('labels = ["a", "a"]\nx = [1, 2]\ny = [3, 4]', "twice"),
+        ('name = 3\nx = [1, 2]\ny = [3, 4]', "must be a string"),
+        ("x = [1, 1]\ny = [3, 3]", "two levels set the same values"),
+    ],
+)
+def test_bad_lockstep_labels_are_errors(tmp_path, group, fragment):
+    """Labels must match the levels one to one."""
+    with pytest.raises(StudyError, match=fragment):
+        study(tmp_path, HEAD + "\n[[lockstep]]\n" + group + REPS)
+
+
+def test_lockstep_column_may_repeat_a_value(tmp_path):
+    """Only whole levels must differ: cpuid stays 1 while io moves."""
+    s = study(tmp_path, HEAD + "\n[[lockstep]]\nio = [0, 1, 2]\ncpuid = [1, 1, 0]" + REPS)
+    assert len(s.points()) == 3

@@ -117,7 +117,7 @@ def describe(study) -> str:
                                         for s in study.strategies),
              "metrics: " + ", ".join(m.name for m in study.metrics),
              f"design points: {len(points)}"]
-    lines += [f"  {p.index:>4}  {p.label()}" for p in points]
+    lines += [f"  {p.index:>4}  {study.point_label(p)}" for p in points]
     lines.append(f"replications: {reps.describe()}")
     per = len(points) * len(study.strategies)
     if reps.sequential:

@@ -119,10 +119,11 @@ def render_report(result: "StudyRun", plots: dict[str, list[Path]], *,
                      + ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in study.overrides))
     lines += ["", "## Design", ""]
     factor_keys = [k for d in study.dimensions for k in d.keys]
+    named = [(i, d) for i, d in enumerate(study.dimensions) if d.labels]
     if factor_keys:
-        lines += _table(["point"] + [f"`{k}`" for k in factor_keys],
-                        [[str(p.index)] + [_val(v) for _, v in p.values]
-                         for p in summary.points])
+        lines += _table(["point"] + [d.label for _, d in named] + [f"`{k}`" for k in factor_keys],
+                        [[str(p.index)] + [d.level_label(p.levels[i]) for i, d in named]
+                         + [_val(v) for _, v in p.values] for p in summary.points])
     else:
         lines.append("One design point: the base scenario.")
     lines.append("")
@@ -137,7 +138,7 @@ def render_report(result: "StudyRun", plots: dict[str, list[Path]], *,
         header += [f"`{s}` − `{study.baseline}`" for s in others]
         rows = []
         for p in summary.points:
-            row = [p.label()]
+            row = [study.point_label(p)]
             row += [fmt_ci(summary.cells[(p.index, s, m.name)]) + _n(summary, p.index, s,
                                                                      m.name)
                     for s in study.strategies]
@@ -198,7 +199,7 @@ def _notes(result: "StudyRun") -> list[str]:
         notes.append("Replications were added until the target half-width held (or the cap "
                      "was reached); a sequential stopping rule makes the nominal coverage "
                      "approximate.")
-        capped = [p.label() for p in result.summary.points
+        capped = [study.point_label(p) for p in result.summary.points
                   if any(r > study.replications.target_rel_halfwidth for r in
                          result.summary.rel_halfwidths(p.index, study.replications.metrics))]
         if capped:

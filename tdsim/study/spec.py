@@ -20,6 +20,8 @@ A study file is TOML::
     [[lockstep]]                               # these lists vary together (one dimension)
     "vm.0.workload.mix.io" = [0.0, 0.5, 1.0]
     "vm.0.workload.mix.cpuid" = [1.0, 0.5, 0.0]
+    name = "io share"                          # optional: the dimension's name in tables
+    labels = ["none", "half", "all"]           # optional: a name per level (categorical)
 
     [replications]
     count = 10                                 # or the sequential rule:
@@ -74,23 +76,31 @@ class Dimension:
 
     keys: tuple[str, ...]
     levels: tuple[tuple[Any, ...], ...]  # one tuple per level, aligned with `keys`
+    name: str | None = None               # lockstep groups may be named ...
+    labels: tuple[str, ...] | None = None  # ... and their levels too
 
     @property
     def label(self) -> str:
-        return " | ".join(self.keys)
+        return self.name or " | ".join(self.keys)
 
     @property
     def slug(self) -> str:
+        if self.name:
+            return "".join(c if c.isalnum() else "_" for c in self.name)
         return "__".join(k.replace(".", "_") for k in self.keys)
 
     def level_label(self, i: int) -> str:
+        if self.labels:
+            return self.labels[i]
         return " | ".join(_fmt(v) for v in self.levels[i])
 
     @property
     def numeric(self) -> bool:
-        """True when the first key's levels are all numbers (plotted on a numeric axis)."""
-        return all(isinstance(lv[0], (int, float)) and not isinstance(lv[0], bool)
-                   for lv in self.levels)
+        """True when the first key's levels are all numbers and the levels carry no labels
+        (plotted on a numeric axis)."""
+        return self.labels is None and all(
+            isinstance(lv[0], (int, float)) and not isinstance(lv[0], bool)
+            for lv in self.levels)
 
 
 @dataclass(frozen=True)
@@ -105,9 +115,6 @@ class DesignPoint:
     def key(self) -> str:
         """Canonical identity of the point (stable across processes and study edits)."""
         return point_key(dict(self.values))
-
-    def label(self) -> str:
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in self.values) or "(base scenario)"
 
 
 def point_key(values: dict[str, Any]) -> str:
@@ -203,6 +210,11 @@ class Study:
         """Replication r of every point and strategy runs with the same seed (common random
         numbers), so strategies see identical guest behaviour and differences pair up."""
         return self.seed + replication
+
+    def point_label(self, point: DesignPoint) -> str:
+        """``dim=level, ...`` using dimension names and level labels where given."""
+        return ", ".join(f"{d.label}={d.level_label(lv)}"
+                         for d, lv in zip(self.dimensions, point.levels)) or "(base scenario)"
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)
@@ -384,21 +396,35 @@ def _factors(table: dict, err: _Errors) -> list[Dimension]:
 def _lockstep(group: Any, where: str, err: _Errors) -> Dimension:
     if not isinstance(group, dict) or not group:
         err(where, "must be a non-empty table of key = list")
+    group = dict(group)
+    name = _get(group, "name", str, err, where=f"{where}.") if "name" in group else None
+    labels = _get(group, "labels", list, err, where=f"{where}.") if "labels" in group else None
+    group.pop("name", None)
+    group.pop("labels", None)
     flat = _flatten(group, where, err, keep_ranges=True)
     if len(flat) < 2:
         err(where, "a lockstep group needs at least two keys (use [factors] for one)")
     columns = {}
     for key, spec in flat.items():
         _check_settable(key, f"{where}.{key}", err)
-        columns[key] = _levels(spec, f"{where}.{key}", err)
+        columns[key] = _levels(spec, f"{where}.{key}", err, unique=False)
     lengths = {k: len(v) for k, v in columns.items()}
     if len(set(lengths.values())) != 1:
         err(where, "lists must have equal lengths, got "
             + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
-    return Dimension(tuple(columns), tuple(zip(*columns.values())))
+    levels = tuple(zip(*columns.values()))
+    if labels is not None:
+        if len(labels) != len(levels) or not all(isinstance(x, str) and x for x in labels):
+            err(f"{where}.labels", f"must be {len(levels)} non-empty strings, one per level")
+        if len(set(labels)) != len(labels):
+            err(f"{where}.labels", "lists a label twice")
+        labels = tuple(labels)
+    if len(set(levels)) != len(levels):
+        err(where, "two levels set the same values")
+    return Dimension(tuple(columns), levels, name, labels)
 
 
-def _levels(spec: Any, kp: str, err: _Errors) -> list[Any]:
+def _levels(spec: Any, kp: str, err: _Errors, *, unique: bool = True) -> list[Any]:
     if isinstance(spec, dict):
         levels = _range(spec, kp, err)
     elif isinstance(spec, list):
@@ -411,7 +437,7 @@ def _levels(spec: Any, kp: str, err: _Errors) -> list[Any]:
     for i, v in enumerate(levels):
         if isinstance(v, (dict, list)):
             err(f"{kp}[{i}]", "a level must be a value, not a table or list")
-    if len({json.dumps(v, sort_keys=True) for v in levels}) != len(levels):
+    if unique and len({json.dumps(v, sort_keys=True) for v in levels}) != len(levels):
         err(kp, "lists a level twice")
     return list(levels)
 
