@@ -182,3 +182,27 @@ def test_outputs_are_written(basic, tmp_path):
     assert design["points"][2]["factors"] == {"x": 2}
     assert design["points"][2]["scenario"]["overrides"]["kvm.host_state"] == "current"
     assert len(result.files) == 5 + len(pngs) + 0  # csv x3, design, report + plots
+
+
+def test_report_lists_violations_per_strategy(basic, tmp_path):
+    """The report's verdict section names the violating strategy, the invariant, an example."""
+    run(basic, tmp_path / "out", violating_runner, write_outputs=True)
+    report = (tmp_path / "out" / "report.md").read_text()
+    section = report.split("## Violations found")[1].split("## ")[0]
+    assert "| x=0 | `eager` | 4 of 4 | 4 | host_state_leak 4 |" in section
+    assert "stale MSR" in section
+    assert "No violations under: `current`, `v6.16`." in section
+
+
+def test_counter_absent_from_some_runs_is_zero_but_unknown_metric_is_missing(tmp_path):
+    """`violations.host_state_leak` appears only under eager, so it is 0 elsewhere; a metric
+    no run reports is flagged as missing, not silently zero."""
+    body = BASIC.replace('"wrmsr.total/exits"]', '"violations.host_state_leak", "no.such"]')
+    study = load_study(write_study(tmp_path, body))
+    result = run(study, tmp_path / "out", violating_runner, write_outputs=True)
+    cells = result.summary.cells
+    assert (cells[(0, "current", "violations.host_state_leak")].mean,
+            cells[(0, "eager", "violations.host_state_leak")].mean) == (0.0, 1.0)
+    assert cells[(0, "current", "no.such")].n == 0
+    assert result.summary.missing == {"no.such": N_RUNS}
+    assert "**Missing** from 36 successful runs" in (tmp_path / "out" / "report.md").read_text()

@@ -92,6 +92,9 @@ def cmd_study(args: argparse.Namespace) -> int:
             executor.close()
     print(f"{study.name}: {len(result.rows)} runs ({result.ran} run now, {result.reused} "
           f"reused, {len(result.errors)} failed) -> {out / 'report.md'}")
+    for name, n in result.summary.missing.items():
+        print(f"warning: metric {name!r}: no run reported it ({n} runs); check its name",
+              file=sys.stderr)
     if result.errors:
         print(f"{len(result.errors)} runs failed; first: {result.errors[0]['error']}",
               file=sys.stderr)

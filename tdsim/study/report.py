@@ -153,6 +153,7 @@ def render_report(result: "StudyRun", plots: dict[str, list[Path]], *,
         for p in plots.get(m.name, ()):
             lines += [f"![{p.stem}]({p.as_posix()})", ""]
 
+    lines += _violations_section(result)
     lines += _errors_section(result)
     lines += _notes(result)
     return "\n".join(lines).rstrip() + "\n"
@@ -175,6 +176,45 @@ def _warmup(study) -> str:
     if study.warmup_us is None:
         return "none (every event from t = 0 counts)"
     return f"{study.warmup_us:g} µs (`sim.warmup_us`: events before it are not counted)"
+
+
+def _violations_section(result: "StudyRun") -> list[str]:
+    """Modelled-system invariants broken, per point and strategy: the study's verdicts."""
+    study = result.study
+    cells: dict[tuple[int, str], dict[str, Any]] = {}
+    for r in result.rows:
+        if r["status"] != "ok" or not r["metrics"].get("violations"):
+            continue
+        c = cells.setdefault((r["point_index"], r["strategy"]),
+                             {"runs": 0, "total": 0, "by": {}, "example": None})
+        c["runs"] += 1
+        c["total"] += r["metrics"]["violations"]
+        for name, n in r["metrics"].items():
+            if name.startswith("violations."):
+                inv = name.removeprefix("violations.")
+                c["by"][inv] = c["by"].get(inv, 0) + n
+        if c["example"] is None and r["violation_examples"]:
+            v = r["violation_examples"][0]
+            c["example"] = (f"seed {r['seed']}, t={v.get('t_ns')} ns, cpu {v.get('cpu')}, "
+                            f"{v.get('vcpu')}: {v.get('invariant')}: {v.get('detail')}")
+    lines = ["## Violations found", ""]
+    if not cells:
+        return lines + ["No run broke a modelled-system invariant.", ""]
+    n_runs = {k: ok for k, (ok, _err) in result.summary.runs.items()}
+    rows = []
+    points = {p.index: p for p in result.summary.points}
+    for (pi, s), c in sorted(cells.items(), key=lambda kv: (kv[0][0],
+                                                             study.strategies.index(kv[0][1]))):
+        rows.append([study.point_label(points[pi]), f"`{s}`",
+                     f"{c['runs']} of {n_runs[(pi, s)]}", str(c["total"]),
+                     ", ".join(f"{k} {v}" for k, v in sorted(c["by"].items())),
+                     c["example"] or ""])
+    lines += _table(["point", "strategy", "runs with violations", "violations",
+                     "by invariant", "first example"], rows)
+    clean = [s for s in study.strategies if not any(k[1] == s for k in cells)]
+    if clean:
+        lines += ["", "No violations under: " + ", ".join(f"`{s}`" for s in clean) + "."]
+    return lines + [""]
 
 
 def _errors_section(result: "StudyRun") -> list[str]:

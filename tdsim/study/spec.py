@@ -129,15 +129,16 @@ class Metric:
     numerator: str
     denominator: str | float | None = None
 
-    def value(self, metrics: dict[str, Any]) -> float | None:
-        """This metric of one run, or None when a needed model metric is absent."""
-        num = metrics.get(self.numerator)
+    def value(self, metrics: dict[str, Any], absent: float | None = None) -> float | None:
+        """This metric of one run; a needed model metric that is not there counts as
+        `absent` (None: the whole value is None)."""
+        num = metrics.get(self.numerator, absent)
         if num is None:
             return None
         if self.denominator is None:
             return float(num)
         den = (self.denominator if isinstance(self.denominator, float)
-               else metrics.get(self.denominator))
+               else metrics.get(self.denominator, absent))
         if den is None:
             return None
         return float(num) / den if den != 0 else math.nan

@@ -69,6 +69,13 @@ def summarize(study: Study, rows: Iterable[dict[str, Any]]) -> Summary:
     counts: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
     values: dict[CellKey, dict[int, float]] = defaultdict(dict)
     missing: dict[str, int] = defaultdict(int)
+    rows = list(rows)
+    # Counter families (late_abort.<kind>, exits.reason.<NAME>, violations.<invariant>) list
+    # only the keys that occurred, so a name some run reported is 0 where it is absent.  A name
+    # no run reported is more likely a typo than a counter that never fired: it stays missing.
+    seen = {n for r in rows if r["status"] == "ok" for n in r["metrics"]}
+    absent = {m.name: 0.0 if all(n in seen or n.startswith("violations.") for n in m.needs)
+              else None for m in study.metrics}
     for row in rows:
         pi = index_of.get(point_key(row["point"]))
         if pi is None:
@@ -78,7 +85,7 @@ def summarize(study: Study, rows: Iterable[dict[str, Any]]) -> Summary:
         if not ok:
             continue
         for m in study.metrics:
-            v = m.value(row["metrics"])
+            v = m.value(row["metrics"], absent[m.name])
             if v is None:
                 missing[m.name] += 1
             else:
