@@ -27,6 +27,7 @@ class Key:
     choices: tuple[Any, ...] | None = None
     optional: bool = False  # default None means "not set"
     item_type: type | None = None  # for list keys
+    index_default: str | None = None  # inside an array of tables: default, "{i}" = item index
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ WORKLOAD = Table(
 
 VM = Table(
     {
-        "name": Key(str, None, "VM name (default vm<index>)", optional=True),
+        "name": Key(str, None, "VM name (default td<index>)", optional=True,
+                    index_default="td{i}"),
         "flavor": Key(str, "tdx", "guest flavor", choices=("tdx",)),
         "vcpus": Key(int, 1, "number of vCPUs", positive),
         "pin": Key(list, None, "host CPU per vCPU (one entry per vCPU); unset = unpinned",

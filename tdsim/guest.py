@@ -1,0 +1,81 @@
+"""Guest vCPU workloads: what a TD vCPU does between exits.
+
+A statistical workload alternates guest compute periods (fixed or exponential) with a
+TDVMCALL drawn from the scenario's mix.  The guest puts the GHCI registers of its call in
+place (R10 = 0 for a GHCI call or the KVM hypercall number, R11 = sub-function, R12.. the
+arguments; reference §4.1/§4.2), exposing the GPRs Linux guests expose
+(TDVMCALL_EXPOSE_REGS_MASK); the TDX module hands them to KVM in ``vp_enter_args``.
+
+Each vCPU draws from its own named stream, so the guest's behaviour is the same whatever the
+host-state strategy (common random numbers).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from itertools import accumulate
+
+from . import arch
+from .schema import TDVMCALL_KINDS
+
+SHARED_BIT = 1 << 47  # GPA shared bit of a TD with a 48-bit GPAW
+KVM_HC_VAPIC_POLL_IRQ = 1
+
+# kind -> (R10, R11, R12, R13, R14, R15): the registers of one representative call.
+TDVMCALL_REGS = {
+    "cpuid": (0, arch.TDVMCALL_CPUID, 0x1, 0, 0, 0),
+    "rdmsr": (0, arch.TDVMCALL_RDMSR, 0x1A0, 0, 0, 0),           # IA32_MISC_ENABLE
+    "wrmsr": (0, arch.TDVMCALL_WRMSR, 0x6E0, 0x1234, 0, 0),     # IA32_TSC_DEADLINE
+    "hypercall": (KVM_HC_VAPIC_POLL_IRQ, 0, 0, 0, 0, 0),
+    "io": (0, arch.TDVMCALL_IO, 1, 1, 0x3F8, 0x41),             # outb 0x41 -> COM1
+    "mmio": (0, arch.TDVMCALL_VE_REQUEST_MMIO, 4, 1, SHARED_BIT | 0xFEB00000, 0x1),
+    "mapgpa": (0, arch.TDVMCALL_MAP_GPA, SHARED_BIT | 0x100000000, 0x200000, 0, 0),
+    "hlt": (0, arch.TDVMCALL_HLT, 0, 0, 0, 0),                  # interrupts enabled
+}
+
+TDVMCALL_KEYS = {k: f"tdvmcall.{k}" for k in TDVMCALL_KINDS}
+
+
+class GuestVcpu:
+    """The guest side of one TD vCPU: remaining compute before its next TDVMCALL."""
+
+    __slots__ = ("rng", "mean_ns", "exp", "kinds", "cum", "total", "c_tdvmcall",
+                 "remaining_ns", "kind", "tdvmcall_key", "irq_debt_ns", "_regs")
+
+    def __init__(self, rng, compute_ns: int, exp: bool, mix: dict[str, float],
+                 c_tdvmcall: int) -> None:
+        self.rng = rng
+        self.mean_ns = compute_ns
+        self.exp = exp
+        self.kinds = [k for k in TDVMCALL_KINDS if mix.get(k, 0) > 0]
+        self.cum = list(accumulate(mix[k] for k in self.kinds))
+        self.total = self.cum[-1]
+        self.c_tdvmcall = c_tdvmcall
+        self.irq_debt_ns = 0
+        self.remaining_ns = 0
+        self.kind = ""
+        self.tdvmcall_key = ""
+        self._regs = TDVMCALL_REGS["cpuid"]
+        self.next_period()
+
+    def next_period(self) -> None:
+        """Start a compute period and choose the TDVMCALL that ends it."""
+        rng = self.rng
+        if self.exp:
+            compute = int(rng.expovariate(1.0 / self.mean_ns))
+        else:
+            compute = self.mean_ns
+        if len(self.kinds) == 1:
+            kind = self.kinds[0]
+        else:
+            kind = self.kinds[bisect_right(self.cum, rng.random() * self.total)]
+        self.kind = kind
+        self.tdvmcall_key = TDVMCALL_KEYS[kind]
+        self._regs = TDVMCALL_REGS[kind]
+        self.remaining_ns = compute + self.c_tdvmcall + self.irq_debt_ns
+        self.irq_debt_ns = 0
+
+    def tdvmcall_regs(self, args) -> None:
+        """TDG.VP.VMCALL: the registers the module passes to KVM in vp_enter_args."""
+        args.rcx = arch.TDVMCALL_EXPOSE_REGS_MASK
+        args.r10, args.r11, args.r12, args.r13, args.r14, args.r15 = self._regs

@@ -1,0 +1,290 @@
+"""TDX vendor code of KVM (arch/x86/kvm/vmx/tdx.c), as ``struct vcpu_tdx``.
+
+Run path: ``tdx_vcpu_load`` (flush on the old CPU when the vCPU moved),
+``tdx_prepare_switch_to_guest`` (the strategy's save work; sets ``guest_state_loaded``),
+``tdx_vcpu_run`` (PI self-IPI, ``tdx_vcpu_enter_exit -> tdh_vp_enter``, post-exit work),
+``tdx_handle_exit`` -> ``handle_tdvmcall``, ``tdx_vcpu_put`` -> ``tdx_prepare_switch_to_host``.
+The raw SEAMCALL return (`vp_enter_ret`) and the exit reason KVM derives from it
+(`exit_reason`) are kept apart, as in KVM.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import arch
+from .kvm_x86 import (
+    IN_GUEST_MODE, KVM_MP_STATE_HALTED, PH_BLOCKED, PH_SEG, KvmVcpu,
+)
+from .tdx_module import TdxModuleArgs
+
+if TYPE_CHECKING:
+    from .host import HostCpu
+
+# tdx_to_vmx_exit_reason conversion of a TDVMCALL by R11 (reference §3.5)
+_TDVMCALL_TO_EXIT_REASON = {
+    arch.TDVMCALL_CPUID: arch.EXIT_REASON_CPUID,
+    arch.TDVMCALL_HLT: arch.EXIT_REASON_HLT,
+    arch.TDVMCALL_IO: arch.EXIT_REASON_IO_INSTRUCTION,
+    arch.TDVMCALL_RDMSR: arch.EXIT_REASON_MSR_READ,
+    arch.TDVMCALL_WRMSR: arch.EXIT_REASON_MSR_WRITE,
+    arch.TDVMCALL_VE_REQUEST_MMIO: arch.EXIT_REASON_EPT_MISCONFIG,
+}
+
+_EXIT_KEYS = {r: f"exits.reason.{n}" for r, n in arch.EXIT_REASON_NAMES.items()}
+
+
+class VcpuTdx(KvmVcpu):
+    """struct vcpu_tdx (with its struct vcpu_vt and the module-side per-vCPU state)."""
+
+    def __init__(self, sim, vm, index, pin, guest) -> None:
+        super().__init__(sim, vm, index, pin)
+        self.guest = guest
+        self.msr_host_kernel_gs_base = 0  # vt->msr_host_kernel_gs_base
+        self.guest_entered = False        # v6.16's flag (free for strategies)
+        self.vp_enter_args = TdxModuleArgs()
+        self.vp_enter_ret = 0             # raw return of the last TDH.VP.ENTER
+        self.exit_reason = 0              # vt->exit_reason, derived by KVM
+        # posted-interrupt descriptor
+        self.pir = 0                      # 256-bit request bitmap
+        self.pi_on = False
+        self.seg_pi = False               # ON was seen at this entry (self-IPI sent)
+        self.seg_status = arch.TDX_SUCCESS
+        # TDX module's view of this vCPU
+        self.module_assoc_cpu = None      # LP the vCPU is associated with
+        self.module_fields: dict[str, int] = {}
+        self.pending_completion = None    # complete_userspace_io callback
+
+    def host_gsbase(self) -> int:
+        """current->thread.gsbase of the vCPU thread (host KERNEL_GS_BASE to restore)."""
+        return self.gsbase
+
+    # --- load / put --------------------------------------------------------------------
+    def vcpu_load_vendor(self, cpu: "HostCpu") -> None:
+        """tdx_vcpu_load: if the vCPU last ran on another CPU, tdx_flush_vp_on_cpu sends a
+        synchronous IPI there to run TDH.VP.FLUSH; then join this CPU's list.
+
+        Simplification: the flush's time is charged to this (waiting) CPU; the old CPU only
+        sees the call-function IPI as a host interrupt."""
+        old = self.cpu_index
+        sim = self.sim
+        if old != -1 and old != cpu.index:
+            old_cpu = sim.cpus[old]
+            old_cpu.host_irq()
+            sim.module.tdh_vp_flush(self, old_cpu)
+            cpu.acc += sim.c_ipi + sim.c_tdh_vp_flush
+            if self in old_cpu.associated_tdvcpus:
+                old_cpu.associated_tdvcpus.remove(self)
+            self.cpu_index = -1
+            self.stat["migrations"] += 1
+        if self.cpu_index != cpu.index:
+            cpu.associated_tdvcpus.append(self)
+            self.cpu_index = cpu.index
+
+    def prepare_switch_to_guest(self, cpu: "HostCpu") -> None:
+        """tdx_prepare_switch_to_guest (called only while not guest_state_loaded)."""
+        self.sim.strategy.prepare_switch_to_guest(self, cpu)
+        self.guest_state_loaded = True
+
+    def vcpu_put_vendor(self, cpu: "HostCpu") -> None:
+        """tdx_vcpu_put -> tdx_prepare_switch_to_host."""
+        if self.guest_state_loaded:
+            self.stat["host_state_reload"] += 1
+            self.sim.strategy.prepare_switch_to_host(self, cpu)
+            self.guest_state_loaded = False
+
+    # --- tdx_vcpu_run ------------------------------------------------------------------
+    def vcpu_run_vendor(self, cpu: "HostCpu", late: int) -> int:
+        """tdx_vcpu_run up to TDH.VP.ENTER, planned: sets the segment's landmarks and returns
+        its length (entry work + SEAMCALL + guest run + TD exit).  Nothing the module does
+        is applied yet; `vcpu_exit_vendor` applies it at the exit."""
+        sim = self.sim
+        now = sim.env.now
+        self.mode = IN_GUEST_MODE
+        # PI descriptor ON -> self-IPI POSTED_INTR_VECTOR; recognised at TD entry.
+        self.seg_pi = self.pi_on
+        status = sim.module.tdh_vp_enter_check(self, cpu)
+        self.seg_status = status
+        if status != arch.TDX_SUCCESS:
+            self.t_enter = self.t_guest_end = now + late + sim.c_seamcall
+            return late + sim.c_seamcall
+        entry = sim.module.entry_cost(self, cpu)
+        g = self.guest.remaining_ns
+        if self.seg_pi:
+            g += sim.c_guest_irq
+        self.t_enter = now + late + entry
+        self.t_guest_end = self.t_enter + g
+        return late + entry + g + sim.c_td_exit
+
+    def vcpu_run_cancel(self, cpu: "HostCpu") -> None:
+        """The planned entry was cut at the late check: nothing of it happened."""
+        self.seg_pi = False
+
+    def vcpu_exit_vendor(self, cpu: "HostCpu", irq: bool) -> int:
+        """The rest of tdx_vcpu_run after TDH.VP.ENTER returned, then tdx_handle_exit.
+
+        `irq`: the TD exited early for a host interrupt (EXTERNAL_INTERRUPT)."""
+        sim = self.sim
+        module = sim.module
+        stat = self.stat
+        tracer = sim.tracer
+        guest = self.guest
+        if self.seg_status != arch.TDX_SUCCESS:
+            ret = module.tdh_vp_enter_fail(self, cpu, self.seg_status)
+        else:
+            if self.seg_pi:
+                self.deliver_pi(cpu, self.t_enter)
+            if irq:
+                guest.remaining_ns -= self.seg_d2
+                reason = arch.EXIT_REASON_EXTERNAL_INTERRUPT
+            else:
+                guest.remaining_ns = 0
+                reason = arch.EXIT_REASON_TDCALL
+                guest.tdvmcall_regs(self.vp_enter_args)
+            ret = module.tdh_vp_enter_exit(self, cpu, reason)
+            if tracer is not None:
+                tracer.emit(self.t_enter, "kvm_entry", cpu.index, self.name)
+        self.vp_enter_ret = ret
+        sim.strategy.vcpu_enter_exit(self, cpu, ret)
+        self.exit_reason = self.tdx_to_vmx_exit_reason(ret)
+        cpu.acc += sim.c_exit_handling
+        stat["exits"] += 1
+        stat[_EXIT_KEYS.get(self.exit_reason & 0xFFFF, "exits.reason.INVALID")] += 1
+        if tracer is not None:
+            tracer.emit(sim.env.now, "kvm_exit", cpu.index, self.name,
+                        reason=arch.EXIT_REASON_NAMES.get(self.exit_reason & 0xFFFF, "?"),
+                        vp_enter_ret=f"{ret:#x}")
+        return self.tdx_handle_exit(cpu)
+
+    def tdx_to_vmx_exit_reason(self, ret: int) -> int:
+        """tdx_to_vmx_exit_reason: bits 15:0 only for the five valid statuses; then the
+        TDCALL conversion by R10/R11 (reference §3.5)."""
+        if (ret & arch.TDX_SEAMCALL_STATUS_MASK) not in arch.TDX_EXIT_REASON_VALID_STATUSES:
+            return arch.EXIT_REASON_INVALID
+        reason = ret & 0xFFFFFFFF
+        if reason == arch.EXIT_REASON_TDCALL:
+            args = self.vp_enter_args
+            if args.r10:
+                return arch.EXIT_REASON_VMCALL
+            return _TDVMCALL_TO_EXIT_REASON.get(args.r11, arch.EXIT_REASON_TDCALL)
+        return reason
+
+    # --- interrupts --------------------------------------------------------------------
+    def deliver_pi(self, cpu: "HostCpu", t: int) -> None:
+        """The CPU processes the PIR into the virtual APIC (at entry or while running);
+        the guest runs its handler (charged to its next compute)."""
+        self.pi_on = False
+        self.pir = 0
+        self.stat["pi_delivered"] += 1
+        if self.sim.tracer is not None:
+            self.sim.tracer.emit(t, "pi_delivered", cpu.index, self.name, vector=-1)
+
+    def pi_post(self, vector: int, source: str) -> None:
+        """__vmx_deliver_posted_interrupt: set PIR; set ON; notify or wake."""
+        bit = 1 << vector
+        if self.pir & bit:
+            self.stat["pi_coalesced"] += 1
+            return
+        self.pir |= bit
+        self.stat["pi_posted"] += 1
+        if self.sim.tracer is not None:
+            cpu = self.cpu
+            self.sim.tracer.emit(self.sim.env.now, "pi_posted", cpu.index if cpu else -1,
+                                 self.name, vector=vector, source=source)
+        if self.pi_on:
+            return
+        self.pi_on = True
+        if self.phase == PH_SEG:
+            now = self.sim.env.now
+            if self.t_enter <= now < self.t_guest_end and self.seg_status == 0:
+                # Notification IPI to a running TD: processed without a TD exit.  The
+                # handler's time delays the guest's next TDVMCALL (paid in its next period).
+                self.guest.irq_debt_ns += self.sim.c_guest_irq
+                self.deliver_pi(self.cpu, now)
+        elif self.phase == PH_BLOCKED:
+            self.kvm_vcpu_wake_up()
+
+    def has_events(self, cpu: "HostCpu") -> bool:
+        """kvm_vcpu_has_events for a halted TD vCPU -> tdx_protected_apic_has_interrupt:
+        PI pending, else (HLT with interrupts enabled) TDH.VP.RD of the state details."""
+        if self.pi_on or self.pir:
+            return True
+        if self.vp_enter_args.r12 == 0 and self.exit_reason == arch.EXIT_REASON_HLT:
+            _, details = self.sim.module.tdh_vp_rd(self, cpu, "STATE_DETAILS_NON_ARCH")
+            return bool(details & 1)
+        return False
+
+    # --- tdx_handle_exit ---------------------------------------------------------------
+    def tdx_handle_exit(self, cpu: "HostCpu") -> int:
+        """tdx_handle_exit: returns 1 to re-enter, 0 to exit to userspace."""
+        reason = self.exit_reason
+        if reason == arch.EXIT_REASON_INVALID:
+            self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
+            return 0
+        basic = reason & 0xFFFF
+        if basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
+            cpu.acc += self.sim.c_host_irq  # handle_exit_irqoff ran the host handler
+            self.stat["irq_exits"] += 1
+            return 1
+        if basic == arch.EXIT_REASON_OTHER_SMI:
+            return 1
+        return self.handle_tdvmcall(cpu, basic)
+
+    def handle_tdvmcall(self, cpu: "HostCpu", basic: int) -> int:
+        """handle_tdvmcall and the converted-reason handlers (tdx_emulate_*)."""
+        sim = self.sim
+        args = self.vp_enter_args
+        guest = self.guest
+        kind = guest.kind
+        self.stat[guest.tdvmcall_key] += 1
+        if sim.tracer is not None:
+            sim.tracer.emit(sim.env.now, "tdvmcall", cpu.index, self.name, leaf=kind)
+        if basic == arch.EXIT_REASON_CPUID:
+            cpu.acc += sim.c_tdvmcall_cpuid
+            args.r10 = arch.TDVMCALL_STATUS_SUCCESS
+            args.r12 = args.r13 = args.r14 = args.r15 = 0
+            guest.next_period()
+            return 1
+        if basic in (arch.EXIT_REASON_MSR_READ, arch.EXIT_REASON_MSR_WRITE):
+            cpu.acc += sim.c_tdvmcall_msr
+            args.r10 = arch.TDVMCALL_STATUS_SUCCESS
+            args.r11 = 0
+            guest.next_period()
+            return 1
+        if basic == arch.EXIT_REASON_VMCALL:
+            cpu.acc += sim.c_tdvmcall_hypercall
+            args.r10 = 0  # KVM hypercall result
+            guest.next_period()
+            return 1
+        if basic == arch.EXIT_REASON_HLT:
+            cpu.acc += sim.c_tdvmcall_hlt
+            args.r10 = arch.TDVMCALL_STATUS_SUCCESS
+            self.mp_state = KVM_MP_STATE_HALTED
+            guest.next_period()
+            return 1
+        cpu.acc += sim.c_tdvmcall_userspace
+        if basic == arch.EXIT_REASON_IO_INSTRUCTION:
+            self.run_exit_reason = arch.KVM_EXIT_IO
+        elif basic == arch.EXIT_REASON_EPT_MISCONFIG:
+            self.run_exit_reason = arch.KVM_EXIT_MMIO
+        elif basic == arch.EXIT_REASON_TDCALL and args.r11 == arch.TDVMCALL_MAP_GPA:
+            self.run_exit_reason = arch.KVM_EXIT_HYPERCALL
+        else:
+            args.r10 = arch.TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED
+            guest.next_period()
+            return 1
+        self.pending_completion = self.run_exit_reason
+        return 0
+
+    def complete_userspace_io(self, cpu: "HostCpu") -> None:
+        """The completion callback KVM set before exiting to userspace: put the VMM's
+        answer in the guest's registers."""
+        if self.pending_completion is None:
+            return
+        self.pending_completion = None
+        args = self.vp_enter_args
+        args.r10 = arch.TDVMCALL_STATUS_SUCCESS
+        self.guest.next_period()
+
+    def vmm_service_ns(self) -> int:
+        return self.sim.vmm_service_ns.get(self.run_exit_reason, 0)

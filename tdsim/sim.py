@@ -1,0 +1,224 @@
+"""Build a simulation from a resolved scenario, run it, collect the result.
+
+Lifecycle (named phases, as in desmod): build (host CPUs, KVM, the TDX module, VMs, vCPU
+threads, host tasks, timers) -> simulate (SimPy until ``sim.duration_us``) -> collect (flush
+the segments in progress, aggregate counters into flat dotted metrics, check that each CPU's
+time adds up).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import simpy
+
+from . import arch
+from ._version import __version__
+from .guest import GuestVcpu
+from .host import CATEGORY_NAMES, IDLE, HostCpu, HostTask, Scheduler, new_stat
+from .invariants import Invariants
+from .kvm_tdx import VcpuTdx
+from .kvm_x86 import KvmX86
+from .rng import stream
+from .scenario import Scenario
+from .strategies import load_strategy
+from .tdx_module import TdxModule
+from .trace import Tracer
+
+
+def us_to_ns(us: float) -> int:
+    return int(round(us * 1000))
+
+
+class Vm:
+    """struct kvm (+ struct kvm_tdx) of one guest."""
+
+    def __init__(self, index: int, name: str, flavor: str) -> None:
+        self.index = index
+        self.name = name
+        self.flavor = flavor
+        self.vcpus: list[VcpuTdx] = []
+
+
+class Simulation:
+    """One run of one scenario."""
+
+    def __init__(self, scenario: Scenario, tracer: Tracer | None = None) -> None:
+        self.scenario = scenario
+        d = scenario.data
+        self.seed = d["sim"]["seed"]
+        self.duration_ns = us_to_ns(d["sim"]["duration_us"])
+        self.tracer = tracer
+        self.env = simpy.Environment()
+        # costs: c_<name> for every costs.<name>_ns
+        for key, value in d["costs"].items():
+            setattr(self, "c_" + key[:-3], int(value))
+        self.host_stat = new_stat()
+        self.invariants = Invariants(self)
+        self.violations = self.invariants
+        host = d["host"]
+        self.cpus = [HostCpu(self, i) for i in range(host["cpus"])]
+        self.sched = Scheduler(self, us_to_ns(host["timeslice_us"]), host["wakeup_preempt"])
+        self.strategy = load_strategy(d["kvm"]["host_state"])
+        self.kvm = KvmX86(self, self.strategy)
+        self.module = TdxModule(self)
+        self.vmm_service_ns = {
+            arch.KVM_EXIT_IO: self.c_vmm_io,
+            arch.KVM_EXIT_MMIO: self.c_vmm_mmio,
+            arch.KVM_EXIT_HYPERCALL: self.c_vmm_mapgpa,
+        }
+        self.userspace_exit_keys = {
+            code: f"userspace_exits.reason.{name}" for code, name in arch.KVM_EXIT_NAMES.items()
+        }
+        self.userspace_exit_keys[0] = "userspace_exits.reason.KVM_EXIT_UNKNOWN"
+        self.vms: list[Vm] = []
+        self.vcpus: list[VcpuTdx] = []
+        self.timers: list[tuple[VcpuTdx, int]] = []
+        self._build_vms(d["vm"])
+        self.tasks: list[HostTask] = []
+        for i in range(host["tasks"]):
+            task = HostTask(self, i, stream(self.seed, f"host.task{i}"),
+                            us_to_ns(host["task_run_us"]), us_to_ns(host["task_sleep_us"]),
+                            host["task_dist"] == "exp")
+            self.tasks.append(task)
+        self.tick_ns = int(1e9 / host["tick_hz"]) if host["tick_hz"] > 0 else 0
+
+    def _build_vms(self, vms: list[dict]) -> None:
+        for vi, vmd in enumerate(vms):
+            vm = Vm(vi, vmd["name"], vmd["flavor"])
+            wl = vmd["workload"]
+            pins = vmd["pin"]
+            for i in range(vmd["vcpus"]):
+                scope = f"vm.{vm.name}.vcpu{i}"
+                guest = GuestVcpu(stream(self.seed, scope + ".workload"),
+                                  us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",
+                                  wl["mix"], self.c_guest_tdvmcall)
+                vcpu = VcpuTdx(self, vm, i, pins[i] if pins else None, guest)
+                vcpu.cpu = self.cpus[pins[i] if pins else (len(self.vcpus) % len(self.cpus))]
+                vm.vcpus.append(vcpu)
+                self.vcpus.append(vcpu)
+                if wl["timer_hz"] > 0:
+                    period = int(1e9 / wl["timer_hz"])
+                    phase = stream(self.seed, scope + ".timer").randrange(period)
+                    self.timers.append((vcpu, period, phase))
+            self.vms.append(vm)
+
+    # --- processes ---------------------------------------------------------------------
+    def _tick(self):
+        """The host timer tick: a host interrupt on every CPU (a TD exit where a TD runs)."""
+        env = self.env
+        cpus = self.cpus
+        period = self.tick_ns
+        while True:
+            yield env.timeout(period)
+            for cpu in cpus:
+                cpu.host_irq()
+
+    def _guest_timer(self, vcpu: VcpuTdx, period: int, phase: int):
+        """The guest's periodic LAPIC timer, a host hrtimer on the vCPU's CPU: the hrtimer
+        interrupt hits that CPU, then the timer vector is posted to the vCPU's PIR."""
+        env = self.env
+        yield env.timeout(phase)
+        while True:
+            vcpu.stat["timer_fired"] += 1
+            if vcpu.cpu is not None:
+                vcpu.cpu.host_irq()
+            vcpu.pi_post(arch.LOCAL_TIMER_VECTOR, "timer")
+            yield env.timeout(period)
+
+    def run(self) -> "Result":
+        env = self.env
+        for vcpu in self.vcpus:
+            vcpu.proc = env.process(vcpu.main())
+        for task in self.tasks:
+            task.proc = env.process(task.main())
+        if self.tick_ns:
+            env.process(self._tick())
+        for vcpu, period, phase in self.timers:
+            env.process(self._guest_timer(vcpu, period, phase))
+        wall0 = time.perf_counter()
+        env.run(until=self.duration_ns)
+        wall = time.perf_counter() - wall0
+        return self._collect(wall)
+
+    # --- collect -----------------------------------------------------------------------
+    def _collect(self, wall_s: float) -> "Result":
+        end = self.duration_ns
+        for cpu in self.cpus:
+            curr = cpu.curr
+            if curr is None:
+                cpu.ns[IDLE] += end - cpu.idle_since
+            elif curr.seg_t0 >= 0:
+                curr.end_seg(end)
+            if sum(cpu.ns) != end:
+                raise AssertionError(f"tdsim bug: cpu{cpu.index} time parts sum to "
+                                     f"{sum(cpu.ns)} ns, not {end}")
+        metrics: dict[str, int | float] = {}
+
+        def add(key: str, value: int | float) -> None:
+            metrics[key] = metrics.get(key, 0) + value
+
+        for vm in self.vms:
+            for vcpu in vm.vcpus:
+                prefix = f"vm.{vm.name}.vcpu.{vcpu.vcpu_id}."
+                for key, value in vcpu.stat.items():
+                    if value:
+                        metrics[prefix + key] = value
+                        add(key, value)
+        for key, value in self.host_stat.items():
+            if value:
+                add(key, value)
+        for key in [k for k in metrics if k.startswith("wrmsr.msr.")]:
+            add("wrmsr.total", metrics[key])
+        metrics.setdefault("wrmsr.total", 0)
+        for base in ("exits", "host_state_reload", "vcpu_load", "vcpu_put", "userspace_exits",
+                     "migrations", "late_abort"):
+            metrics.setdefault(base, 0)
+        metrics["wrmsr.ns"] = metrics["wrmsr.total"] * self.c_wrmsr
+        for cpu in self.cpus:
+            for cat, name in enumerate(CATEGORY_NAMES):
+                metrics[f"cpu.{cpu.index}.ns.{name}"] = cpu.ns[cat]
+        for name, count in self.invariants.counts.items():
+            metrics[f"violations.{name}"] = count
+        metrics["sim.duration_ns"] = end
+        exits = metrics["exits"]
+        # Events scheduled: SimPy numbers every scheduled event from one counter (a private
+        # attribute, read once here; nothing is patched).
+        sim_events = next(self.env._eid)
+        perf = {
+            "wall_s": round(wall_s, 6),
+            "sim_events": sim_events,
+            "td_exits": exits,
+            "events_per_td_exit": round(sim_events / exits, 4) if exits else None,
+            "td_exits_per_s": round(exits / wall_s, 1) if wall_s > 0 else None,
+        }
+        return Result(self.scenario, self.seed, dict(sorted(metrics.items())),
+                      list(self.invariants.records), perf)
+
+
+@dataclass
+class Result:
+    """What a run produced.  `to_dict()` is the JSON result document."""
+
+    scenario: Scenario
+    seed: int
+    metrics: dict[str, int | float]
+    violations: list[dict[str, Any]]
+    perf: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tdsim_version": __version__,
+            "scenario": self.scenario.data,
+            "seed": self.seed,
+            "metrics": self.metrics,
+            "violations": self.violations,
+            "perf": self.perf,
+        }
+
+
+def run(scenario: Scenario, tracer: Tracer | None = None) -> Result:
+    """Run one scenario (deterministic in its data, seed included)."""
+    return Simulation(scenario, tracer).run()

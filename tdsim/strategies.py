@@ -1,0 +1,171 @@
+"""Host-state strategies: how TDX KVM saves and restores the host state the module clobbers.
+
+A strategy is a class with four hooks, called by the TDX vendor code at the points where the
+kernel does host-state work.  KVM itself keeps ``guest_state_loaded`` and counts
+``host_state_reload``; a strategy only decides which MSRs are written, when, and what KVM's
+user-return cache is told.  The three shipped strategies use exactly this interface, so a
+user's strategy (``[kvm] host_state = "mypkg.mod:Class"`` or ``"path/file.py:Class"``) is a
+first-class citizen.  A new strategy is about 20 lines::
+
+    from tdsim.strategies import HostStateStrategy, MODULE_URET_VALUES
+    from tdsim import arch
+
+    class Lazy(HostStateStrategy):
+        name = "lazy"
+        def prepare_switch_to_guest(self, vcpu, cpu):
+            vcpu.msr_host_kernel_gs_base = vcpu.host_gsbase()
+            for slot, value in MODULE_URET_VALUES:
+                cpu.uret.set(slot, value, SITE_PREPARE)
+        def prepare_switch_to_host(self, vcpu, cpu):
+            cpu.wrmsr(arch.MSR_KERNEL_GS_BASE, vcpu.msr_host_kernel_gs_base, SITE_PUT)
+
+What a hook may use:
+
+* ``cpu.wrmsr(msr, value, site)`` / ``cpu.rdmsr(msr)``: the real MSRs of this host CPU (cost
+  charged and counted by MSR and site: `SITE_PREPARE`, `SITE_PUT`, `SITE_POST_EXIT`,
+  `SITE_USER_RETURN`).
+* ``cpu.uret``: KVM's per-CPU user-return MSR state (`tdsim.kvm_x86.KvmUserReturnMsrs`):
+  ``set(slot, value, site)`` = kvm_set_user_return_msr (WRMSR only if the cache differs),
+  ``update_cache(slot, value)`` = kvm_user_return_msr_update_cache (no WRMSR),
+  ``on_user_return(site)`` = the notifier body.  Slots are the MSR indices.
+* ``vcpu.msr_host_kernel_gs_base`` (vt field), ``vcpu.host_gsbase()`` (current->thread.gsbase),
+  ``vcpu.guest_entered`` (free for a strategy's own per-vCPU flag).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import arch
+from .host import SITE_POST_EXIT, SITE_PREPARE, SITE_PUT, SITE_USER_RETURN
+
+if TYPE_CHECKING:
+    from .host import HostCpu
+    from .kvm_tdx import VcpuTdx
+
+__all__ = [
+    "HostStateStrategy", "Current", "V616", "Eager", "load_strategy", "MODULE_URET_VALUES",
+    "SITE_PREPARE", "SITE_PUT", "SITE_POST_EXIT", "SITE_USER_RETURN",
+]
+
+# The user-return MSRs the module clobbers and the values it leaves (reference §2.1/§2.2),
+# in the order tdx_prepare_switch_to_guest sets them.
+MODULE_URET_VALUES = (
+    (arch.MSR_SYSCALL_MASK, arch.TDX_MODULE_EXIT_MSRS[arch.MSR_SYSCALL_MASK]),
+    (arch.MSR_STAR, arch.TDX_MODULE_EXIT_MSRS[arch.MSR_STAR]),
+    (arch.MSR_LSTAR, arch.TDX_MODULE_EXIT_MSRS[arch.MSR_LSTAR]),
+    (arch.MSR_TSC_AUX, arch.TDX_MODULE_EXIT_MSRS[arch.MSR_TSC_AUX]),
+)
+
+
+class HostStateStrategy:
+    """Base class: every hook does nothing.  Override what your design needs."""
+
+    name = "base"
+
+    def prepare_switch_to_guest(self, vcpu: "VcpuTdx", cpu: "HostCpu") -> None:
+        """tdx_prepare_switch_to_guest body, run once per vcpu_load (while
+        ``guest_state_loaded`` is false, before the late exit-request check)."""
+
+    def vcpu_enter_exit(self, vcpu: "VcpuTdx", cpu: "HostCpu", vp_enter_ret: int) -> None:
+        """Right after TDH.VP.ENTER returns (tdx_vcpu_run, after tdx_vcpu_enter_exit), for
+        every SEAMCALL made, whether or not the TD actually ran."""
+
+    def prepare_switch_to_host(self, vcpu: "VcpuTdx", cpu: "HostCpu") -> None:
+        """tdx_prepare_switch_to_host body, at vcpu_put while ``guest_state_loaded``."""
+
+    def user_return(self, cpu: "HostCpu") -> None:
+        """The user-return notifier (kvm_on_user_return) when a task returns to user mode
+        on `cpu` while the notifier is registered."""
+        cpu.uret.on_user_return(SITE_USER_RETURN)
+
+
+class Current(HostStateStrategy):
+    """Today's upstream (commit c0711f8c610e): set the user-return MSRs to the module's
+    post-exit values before entry, so KVM's cache matches the hardware whether or not the
+    TD runs; KERNEL_GS_BASE restored at put; host values restored at user return."""
+
+    name = "current"
+
+    def prepare_switch_to_guest(self, vcpu, cpu):
+        vcpu.msr_host_kernel_gs_base = vcpu.host_gsbase()
+        uret = cpu.uret
+        for slot, value in MODULE_URET_VALUES:
+            uret.set(slot, value, SITE_PREPARE)
+
+    def prepare_switch_to_host(self, vcpu, cpu):
+        cpu.wrmsr(arch.MSR_KERNEL_GS_BASE, vcpu.msr_host_kernel_gs_base, SITE_PUT)
+
+
+class V616(HostStateStrategy):
+    """TDX as first merged (Linux 6.16): ``guest_entered`` is set after every TDH.VP.ENTER
+    return; at put, if set, the user-return *cache* is updated to the module's values
+    without writing the MSRs.  Wrong when the SEAMCALL returned without entering (§2.4)."""
+
+    name = "v6.16"
+
+    def prepare_switch_to_guest(self, vcpu, cpu):
+        vcpu.msr_host_kernel_gs_base = vcpu.host_gsbase()
+
+    def vcpu_enter_exit(self, vcpu, cpu, vp_enter_ret):
+        vcpu.guest_entered = True
+
+    def prepare_switch_to_host(self, vcpu, cpu):
+        cpu.wrmsr(arch.MSR_KERNEL_GS_BASE, vcpu.msr_host_kernel_gs_base, SITE_PUT)
+        if vcpu.guest_entered:
+            uret = cpu.uret
+            for slot, value in MODULE_URET_VALUES:
+                uret.update_cache(slot, value)
+            vcpu.guest_entered = False
+
+
+class Eager(HostStateStrategy):
+    """Hypothetical baseline: after every TDH.VP.ENTER return, write back the host value of
+    every MSR the module may have clobbered (no reliance on the user-return notifier)."""
+
+    name = "eager"
+
+    def prepare_switch_to_guest(self, vcpu, cpu):
+        vcpu.msr_host_kernel_gs_base = vcpu.host_gsbase()
+
+    def vcpu_enter_exit(self, vcpu, cpu, vp_enter_ret):
+        uret = cpu.uret
+        for slot, _ in MODULE_URET_VALUES:
+            cpu.wrmsr(slot, uret.host[slot], SITE_POST_EXIT)
+        cpu.wrmsr(arch.MSR_KERNEL_GS_BASE, vcpu.msr_host_kernel_gs_base, SITE_POST_EXIT)
+
+
+BUILTIN = {"current": Current, "v6.16": V616, "eager": Eager}
+
+
+def load_strategy(spec: str) -> HostStateStrategy:
+    """Instantiate a strategy: a built-in name, ``"package.module:Class"`` or
+    ``"path/file.py:Class"`` (the scenario loader has already made the path absolute)."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]()
+    target, _, cls_name = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        mod_name = f"tdsim_user_strategy_{abs(hash(str(path)))}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            mod_spec = importlib.util.spec_from_file_location(mod_name, path)
+            if mod_spec is None or mod_spec.loader is None:
+                raise ValueError(f"cannot load strategy file {path}")
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[mod_name] = module
+            mod_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise ValueError(f"strategy {spec!r}: no class {cls_name!r} in {target}")
+    strategy = cls()
+    if not isinstance(strategy, HostStateStrategy):
+        raise ValueError(f"strategy {spec!r} does not subclass tdsim.strategies."
+                         "HostStateStrategy")
+    return strategy
