@@ -69,11 +69,15 @@ def run_model(task: RunTask) -> dict[str, Any]:
 
     result = run(scenario_from_dict(task.scenario, name=task.scenario_name))
     metrics = dict(result.metrics)
-    # The measured span, so studies can report rates ("wrmsr.total/run.measured_s").
-    sim = task.scenario["sim"]
-    warmup_us = sim.get("warmup_us") or 0.0  # absent from schemas without a warm-up
-    metrics["run.measured_s"] = (sim["duration_us"] - warmup_us) / 1e6
+    metrics["run.measured_s"] = measured_ns(metrics) / 1e9
     return {"metrics": metrics, "violations": list(result.violations)}
+
+
+def measured_ns(metrics: dict[str, Any]) -> float:
+    """The simulated span the metrics cover, so studies can report rates
+    ("wrmsr.total/run.measured_s"): the whole run unless the model reports a warm-up it
+    left out (``sim.warmup_ns``)."""
+    return metrics["sim.duration_ns"] - metrics.get("sim.warmup_ns", 0)
 
 
 def execute_task(run_one: RunOne, task: RunTask) -> dict[str, Any]:
@@ -96,10 +100,14 @@ def execute_task(run_one: RunOne, task: RunTask) -> dict[str, Any]:
         row.update(status="error", error=f"{type(e).__name__}: {e}".splitlines()[0],
                    traceback=traceback.format_exc(), metrics={}, violation_examples=[])
     else:
-        metrics["violations"] = len(violations)
-        for v in violations:
-            name = f"violations.{v.get('invariant', 'unknown')}"
-            metrics[name] = metrics.get(name, 0) + 1
+        # The model counts every violation as violations.<invariant> (records may be capped);
+        # a runner that only lists records gets them counted here.
+        if not any(k.startswith("violations.") for k in metrics):
+            for v in violations:
+                name = f"violations.{v.get('invariant', 'unknown')}"
+                metrics[name] = metrics.get(name, 0) + 1
+        metrics["violations"] = sum(v for k, v in metrics.items()
+                                    if k.startswith("violations."))
         row.update(status="ok", error=None, traceback=None, metrics=metrics,
                    violation_examples=violations[:MAX_VIOLATION_EXAMPLES])
     row["wall_s"] = time.perf_counter() - start

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -109,22 +110,24 @@ def _metric_vs(summary: Summary, metric: str, d_i: int, out_dir: Path, *, paired
         if ticklabels is not None:
             ax.set_xticks(xs, ticklabels, rotation=20 if len(xs) > 4 else 0)
         elif len(xs) <= 12:
-            ax.set_xticks(xs, [dim.level_label(i) for i in range(len(xs))],
-                          rotation=30 if len(xs) > 6 else 0)
+            ax.set_xticks(xs, [f"{x:g}" for x in xs], rotation=30 if len(xs) > 6 else 0)
         if title:
             ax.set_title(title, fontsize=9)
         ax.grid(True, alpha=0.3)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
+    xlabel = dim.label
+    if dim.numeric and dim.name:
+        xlabel += f" ({dim.keys[0]})"
     for ax in axes[-1]:
-        ax.set_xlabel(dim.label)
+        ax.set_xlabel(xlabel)
     ylabel = f"Δ {metric} vs {study.baseline}" if paired else metric
     for row in axes:
         row[0].set_ylabel(ylabel)
     axes.flat[0].legend(fontsize=8)
     conf = f"{study.confidence * 100:g}% CI"
     kind = "paired difference from the baseline" if paired else "mean"
-    fig.suptitle(f"{study.name}: {metric} ({kind}, {conf})", fontsize=11)
+    fig.suptitle(_wrap(f"{study.name}: {metric} ({kind}, {conf})", 50 * ncols), fontsize=11)
     fig.tight_layout()
     name = f"{'diff_' if paired else ''}{slug(metric)}__vs__{dim.slug}.png"
     return _save(fig, out_dir / name)
@@ -141,7 +144,8 @@ def _strategy_bars(summary: Summary, metric: str, out_dir: Path) -> Path:
     ax.set_xticks(range(len(es)), list(study.strategies))
     ax.set_ylabel(metric)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.set_title(f"{study.name}: {metric} ({study.confidence * 100:g}% CI)", fontsize=11)
+    ax.set_title(_wrap(f"{study.name}: {metric} ({study.confidence * 100:g}% CI)", 50),
+                 fontsize=11)
     fig.tight_layout()
     return _save(fig, out_dir / f"{slug(metric)}__by_strategy.png")
 
@@ -166,9 +170,13 @@ def _heatmap(summary: Summary, metric: str, out_dir: Path) -> Path:
     ax.set_yticks(range(len(study.strategies)), list(study.strategies))
     ax.set_xlabel(dim.label)
     fig.colorbar(im, ax=ax, label=f"mean {metric}")
-    ax.set_title(f"{study.name}: mean {metric} per run", fontsize=11)
+    ax.set_title(_wrap(f"{study.name}: mean {metric} per run", 60), fontsize=11)
     fig.tight_layout()
     return _save(fig, out_dir / f"matrix_{slug(metric)}.png")
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def _save(fig, path: Path) -> Path:

@@ -109,7 +109,7 @@ def render_report(result: "StudyRun", plots: dict[str, list[Path]], *,
         f"- Replications: {study.replications.describe()}; replication r runs with "
         f"`sim.seed` = {study.seed} + r for every strategy and point (common random numbers)",
         f"- Confidence intervals: {conf}, Student t",
-        f"- Warm-up: {_warmup(study)}",
+        f"- Warm-up: {_warmup(result)}",
         f"- Runs: {len(result.rows)} ({result.ran} run now, {result.reused} reused from the "
         f"store, {n_err} failed); executor: {executor_name or 'n/a'}; "
         f"tdsim {tdsim_version()}",
@@ -172,10 +172,17 @@ def _val(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _warmup(study) -> str:
-    if study.warmup_us is None:
+def _warmup(result: "StudyRun") -> str:
+    """The warm-up as requested, and whether the model says it applied it."""
+    study = result.study
+    if not study.warmup_us:
         return "none (every event from t = 0 counts)"
-    return f"{study.warmup_us:g} µs (`sim.warmup_us`: events before it are not counted)"
+    ok = [r for r in result.rows if r["status"] == "ok"]
+    if ok and all("sim.warmup_ns" in r["metrics"] for r in ok):
+        return f"{study.warmup_us:g} µs (`sim.warmup_us`): events before it are not counted"
+    return (f"{study.warmup_us:g} µs requested (`sim.warmup_us`), but **not applied** by this "
+            "model version (its metrics carry no `sim.warmup_ns`): the metrics cover the whole "
+            "run, warm-up included")
 
 
 def _violations_section(result: "StudyRun") -> list[str]:
