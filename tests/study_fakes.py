@@ -51,6 +51,13 @@ def failing_runner(task: RunTask) -> dict[str, Any]:
     return normal_runner(task)
 
 
+def failing_at_x0_runner(task: RunTask) -> dict[str, Any]:
+    """Like `failing_runner`, but only at the design point x = 0."""
+    if dict(task.point).get("x") == 0:
+        return failing_runner(task)
+    return normal_runner(task)
+
+
 def violating_runner(task: RunTask) -> dict[str, Any]:
     """Reports one violation per run under `eager`."""
     out = normal_runner(task)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import study_fakes
-from study_fakes import BASIC, failing_runner, resolve, write_study
+from study_fakes import BASIC, failing_at_x0_runner, resolve, write_study
 
 from tdsim.study.execute import DaskExecutor, InProcessExecutor, LocalExecutor
 from tdsim.study.runner import run_study
@@ -17,7 +17,7 @@ SEQUENTIAL = BASIC.replace("count = 4", "target_rel_halfwidth = 0.1\nmin = 2\nma
 def rows(tmp_path, name, executor):
     study = load_study(write_study(tmp_path, SEQUENTIAL))
     try:
-        result = run_study(study, tmp_path / name, executor=executor, run_one=failing_runner,
+        result = run_study(study, tmp_path / name, executor=executor, run_one=failing_at_x0_runner,
                            resolver=resolve, write_outputs=False)
     finally:
         executor.close()

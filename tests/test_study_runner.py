@@ -206,3 +206,10 @@ def test_counter_absent_from_some_runs_is_zero_but_unknown_metric_is_missing(tmp
     assert cells[(0, "current", "no.such")].n == 0
     assert result.summary.missing == {"no.such": N_RUNS}
     assert "**Missing** from 36 successful runs" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_sequential_rule_gives_up_on_a_failing_point(tmp_path):
+    """v6.16 replication 1 always fails: no point grows past its first failing batch."""
+    body = BASIC.replace("count = 4", "target_rel_halfwidth = 0.01\nmin = 2\nmax = 40")
+    result = run(load_study(write_study(tmp_path, body)), tmp_path / "out", failing_runner)
+    assert max(r["replication"] for r in result.rows) == 1

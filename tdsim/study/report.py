@@ -246,9 +246,14 @@ def _notes(result: "StudyRun") -> list[str]:
         notes.append("Replications were added until the target half-width held (or the cap "
                      "was reached); a sequential stopping rule makes the nominal coverage "
                      "approximate.")
+        failing = {p.index for p in result.summary.points
+                   if any(result.summary.runs[(p.index, s)][1] for s in study.strategies)}
+        if failing:
+            notes.append("Points with failed runs got no further replications.")
         capped = [study.point_label(p) for p in result.summary.points
-                  if any(r > study.replications.target_rel_halfwidth for r in
-                         result.summary.rel_halfwidths(p.index, study.replications.metrics))]
+                  if p.index not in failing
+                  and any(r > study.replications.target_rel_halfwidth for r in
+                          result.summary.rel_halfwidths(p.index, study.replications.metrics))]
         if capped:
             notes.append(f"The target was not reached within max = {study.replications.max} "
                          f"at: {'; '.join(capped)}.")

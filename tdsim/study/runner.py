@@ -142,6 +142,8 @@ def run_study(study: Study, out_dir: str | Path, *, executor=None, run_one: RunO
             partial = summarize(study, _in_order(rows, order))
             for p in points:
                 n = scheduled[p.index]
+                if any(partial.runs[(p.index, s)][1] for s in study.strategies):
+                    continue  # a failing point: more replications would fail alike
                 nxt = replications_needed(
                     n, partial.rel_halfwidths(p.index, study.replications.metrics),
                     study.replications.target_rel_halfwidth, study.replications.max)
