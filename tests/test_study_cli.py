@@ -9,7 +9,7 @@ import study_fakes
 from study_fakes import BASIC, write_study
 
 import tdsim.study.runner
-from tdsim.study.cli import add_study_parser, cmd_study
+from tdsim.study.cli import add_study_parser
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,12 @@ below 0.2% — and the seeds are fixed, so the test is deterministic.
 from __future__ import annotations
 
 from study_fakes import (
-    BASIC, STRATEGY_OFFSET, normal_runner, resolve, true_exits_mean, write_study,
+    BASIC,
+    STRATEGY_OFFSET,
+    normal_runner,
+    resolve,
+    true_exits_mean,
+    write_study,
 )
 
 from tdsim.study.runner import run_study

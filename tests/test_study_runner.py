@@ -7,7 +7,12 @@ import json
 
 import pytest
 from study_fakes import (
-    BASIC, CountingRunner, failing_runner, normal_runner, resolve, violating_runner,
+    BASIC,
+    CountingRunner,
+    failing_runner,
+    normal_runner,
+    resolve,
+    violating_runner,
     write_study,
 )
 

@@ -15,8 +15,9 @@ import logging
 import multiprocessing
 import time
 import traceback
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from tdsim.study.store import RunKey
 
@@ -96,7 +97,7 @@ def execute_task(run_one: RunOne, task: RunTask) -> dict[str, Any]:
         out = run_one(task)
         metrics = dict(out["metrics"])
         violations = list(out.get("violations", ()))
-    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the study goes on
+    except Exception as e:
         row.update(status="error", error=f"{type(e).__name__}: {e}".splitlines()[0],
                    traceback=traceback.format_exc(), metrics={}, violation_examples=[])
     else:
@@ -211,7 +212,7 @@ class DaskExecutor:
             for fut in as_completed(futures):
                 try:
                     yield fut.result()
-                except Exception as e:  # noqa: BLE001 - e.g. KilledWorker: record and go on
+                except Exception as e:
                     yield _lost_row(futures[fut], f"{type(e).__name__}: {e}")
         finally:
             self.client.cancel([f for f in futures if not f.done()])

@@ -17,10 +17,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+import matplotlib.pyplot as plt
 
-from tdsim.study.spec import Dimension, Study  # noqa: E402
-from tdsim.study.summary import Summary  # noqa: E402
+from tdsim.study.spec import Dimension, Study
+from tdsim.study.summary import Summary
 
 MAX_PANELS = 12
 MARKERS = "osD^v<>ph*"
@@ -59,10 +59,10 @@ def _panels(study: Study, d_i: int) -> list[tuple[tuple[int, ...], str]]:
     panels = []
     for combo in combos:
         levels = [-1] * len(study.dimensions)
-        for i, lv in zip(others, combo):
+        for i, lv in zip(others, combo, strict=True):
             levels[i] = lv
         title = ", ".join(f"{study.dimensions[i].label}={study.dimensions[i].level_label(lv)}"
-                          for i, lv in zip(others, combo))
+                          for i, lv in zip(others, combo, strict=True))
         panels.append((tuple(levels), title))
     return panels[:MAX_PANELS]
 
@@ -86,7 +86,7 @@ def _metric_vs(summary: Summary, metric: str, d_i: int, out_dir: Path, *, paired
     span = (max(xs) - min(xs)) or 1.0
     strategies = [s for s in study.strategies if not (paired and s == study.baseline)]
     point_at = {p.levels: p for p in summary.points}
-    for ax, (levels, title) in zip(axes.flat, panels):
+    for ax, (levels, title) in zip(axes.flat, panels, strict=False):
         for s_i, s in enumerate(strategies):
             dodge = (s_i - (len(strategies) - 1) / 2) * 0.012 * span * (1 if dim.numeric
                                                                        else 8)
@@ -100,7 +100,7 @@ def _metric_vs(summary: Summary, metric: str, d_i: int, out_dir: Path, *, paired
                 xv.append(x + dodge)
                 means.append(e.mean)
                 hws.append(0.0 if math.isnan(e.halfwidth) else e.halfwidth)
-            label = f"{s} − {study.baseline}" if paired else s
+            label = f"{s} - {study.baseline}" if paired else s
             # Lines join levels of a numeric factor; categorical levels are not a sequence.
             ax.errorbar(xv, means, yerr=hws, marker=MARKERS[s_i % len(MARKERS)], capsize=3,
                         label=label, linewidth=1.4 if dim.numeric else 0, elinewidth=1.2,
@@ -162,7 +162,7 @@ def _heatmap(summary: Summary, metric: str, out_dir: Path) -> Path:
     im = ax.imshow(grid, cmap="Reds", vmin=0, vmax=vmax, aspect="auto")
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
-            ax.text(j, i, "–" if math.isnan(v) else f"{v:.3g}", ha="center", va="center",
+            ax.text(j, i, "-" if math.isnan(v) else f"{v:.3g}", ha="center", va="center",
                     color="white" if v > 0.6 * vmax else "black", fontsize=9)
     ax.set_xticks(range(len(summary.points)),
                   [dim.level_label(i) for i in range(len(dim.levels))], rotation=25,

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 MAX_ERRORS_LISTED = 20
 
 
-def write_outputs(result: "StudyRun", out_dir: str | Path, *, executor_name: str = ""
+def write_outputs(result: StudyRun, out_dir: str | Path, *, executor_name: str = ""
                   ) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def write_outputs(result: "StudyRun", out_dir: str | Path, *, executor_name: str
     return files + [p for ps in plots.values() for p in ps] + [report]
 
 
-def _design(result: "StudyRun") -> dict[str, Any]:
+def _design(result: StudyRun) -> dict[str, Any]:
     s = result.study
     return {
         "study": str(s.path), "question": s.question, "scenario": str(s.scenario_path),
@@ -64,7 +64,7 @@ def _design(result: "StudyRun") -> dict[str, Any]:
 def fmt_ci(e: Estimate) -> str:
     """``mean ± half-width`` with the half-width to two significant digits."""
     if e.n == 0:
-        return "–"
+        return "-"
     if e.n == 1 or math.isnan(e.halfwidth):
         return f"{e.mean:.4g} (n=1)"
     if e.halfwidth == 0:
@@ -76,7 +76,7 @@ def fmt_ci(e: Estimate) -> str:
 def fmt_diff(d: Estimate, base: Estimate) -> str:
     """A paired difference, its relative size and a mark when its CI excludes zero."""
     if d.n == 0:
-        return "–"
+        return "-"
     text = fmt_ci(d)
     if base.n and base.mean and not math.isnan(base.mean):
         text += f" ({d.mean / abs(base.mean) * 100:+.1f}%)"
@@ -92,7 +92,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def render_report(result: "StudyRun", plots: dict[str, list[Path]], *,
+def render_report(result: StudyRun, plots: dict[str, list[Path]], *,
                   executor_name: str = "") -> str:
     study, summary = result.study, result.summary
     conf = f"{study.confidence * 100:g}%"
@@ -135,7 +135,7 @@ def render_report(result: "StudyRun", plots: dict[str, list[Path]], *,
                       f"did not report {' or '.join(f'`{n}`' for n in m.needs)}.", ""]
         header = ["point"] + [f"`{s}`" for s in study.strategies]
         others = [s for s in study.strategies if s != study.baseline]
-        header += [f"`{s}` − `{study.baseline}`" for s in others]
+        header += [f"`{s}` - `{study.baseline}`" for s in others]
         rows = []
         for p in summary.points:
             row = [study.point_label(p)]
@@ -172,7 +172,7 @@ def _val(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _warmup(result: "StudyRun") -> str:
+def _warmup(result: StudyRun) -> str:
     """The warm-up as requested, and whether the model says it applied it."""
     study = result.study
     if not study.warmup_us:
@@ -185,7 +185,7 @@ def _warmup(result: "StudyRun") -> str:
             "run, warm-up included")
 
 
-def _violations_section(result: "StudyRun") -> list[str]:
+def _violations_section(result: StudyRun) -> list[str]:
     """Modelled-system invariants broken, per point and strategy: the study's verdicts."""
     study = result.study
     cells: dict[tuple[int, str], dict[str, Any]] = {}
@@ -224,7 +224,7 @@ def _violations_section(result: "StudyRun") -> list[str]:
     return lines + [""]
 
 
-def _errors_section(result: "StudyRun") -> list[str]:
+def _errors_section(result: StudyRun) -> list[str]:
     errors = result.errors
     if not errors:
         return []
@@ -239,7 +239,7 @@ def _errors_section(result: "StudyRun") -> list[str]:
     return lines + [""]
 
 
-def _notes(result: "StudyRun") -> list[str]:
+def _notes(result: StudyRun) -> list[str]:
     study = result.study
     notes = []
     if study.replications.sequential:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tdsim.study.execute import (
-    InProcessExecutor, RunOne, RunTask, run_model,
+    InProcessExecutor,
+    RunOne,
+    RunTask,
+    run_model,
 )
 from tdsim.study.spec import DesignPoint, Study, StudyError
 from tdsim.study.stats import replications_needed
@@ -177,11 +181,15 @@ class _Progress:
         self.name = name
         self.errors = 0
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         if self.enabled:
             from rich.console import Console
             from rich.progress import (
-                BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
                 TimeRemainingColumn,
             )
 

@@ -202,8 +202,8 @@ class Study:
         ranges = [range(len(d.levels)) for d in self.dimensions]
         for i, combo in enumerate(itertools.product(*ranges)):
             values: list[tuple[str, Any]] = []
-            for dim, lv in zip(self.dimensions, combo):
-                values.extend(zip(dim.keys, dim.levels[lv]))
+            for dim, lv in zip(self.dimensions, combo, strict=True):
+                values.extend(zip(dim.keys, dim.levels[lv], strict=True))
             points.append(DesignPoint(i, tuple(combo), tuple(values)))
         return points
 
@@ -214,8 +214,9 @@ class Study:
 
     def point_label(self, point: DesignPoint) -> str:
         """``dim=level, ...`` using dimension names and level labels where given."""
-        return ", ".join(f"{d.label}={d.level_label(lv)}"
-                         for d, lv in zip(self.dimensions, point.levels)) or "(base scenario)"
+        parts = [f"{d.label}={d.level_label(lv)}"
+                 for d, lv in zip(self.dimensions, point.levels, strict=True)]
+        return ", ".join(parts) or "(base scenario)"
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)
@@ -413,7 +414,7 @@ def _lockstep(group: Any, where: str, err: _Errors) -> Dimension:
     if len(set(lengths.values())) != 1:
         err(where, "lists must have equal lengths, got "
             + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
-    levels = tuple(zip(*columns.values()))
+    levels = tuple(zip(*columns.values(), strict=True))
     if labels is not None:
         if len(labels) != len(levels) or not all(isinstance(x, str) and x for x in labels):
             err(f"{where}.labels", f"must be {len(levels)} non-empty strings, one per level")

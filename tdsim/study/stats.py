@@ -11,8 +11,8 @@ two independent intervals.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from scipy import stats as _scipy_stats
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tdsim.study.spec import DesignPoint, Study, point_key
 from tdsim.study.stats import Estimate, estimate, paired_difference
