@@ -8,8 +8,9 @@ import pytest
 import study_fakes
 from study_fakes import BASIC, write_study
 
+import tdsim.cli
 import tdsim.study.runner
-from tdsim.study.cli import add_study_parser
+from tdsim.study.cli import STUDY_ARGS, add_study_parser, cmd_study
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +32,7 @@ def test_bad_study_exits_2_with_one_line(tmp_path, capsys):
     path = write_study(tmp_path, BASIC.replace("count = 4", "count = -1"))
     assert tdsim_main(["study", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert err == f"{path}: replications.count: must be >= 1\n"
+    assert err == f"tdsim: error: {path}: replications.count: must be >= 1\n"
 
 
 def test_dry_run_lists_points_and_run_count(tmp_path, capsys):
@@ -71,3 +72,13 @@ def test_scheduler_without_dask_executor_is_an_input_error(tmp_path, capsys):
     """--scheduler only makes sense with --executor dask."""
     path = write_study(tmp_path, BASIC)
     assert tdsim_main(["study", str(path), "--scheduler", "tcp://x:1"]) == 2
+
+
+def test_main_cli_registers_study_with_its_subcommand_registry(tmp_path, monkeypatch, capsys):
+    """`subcommand(*STUDY_ARGS)(cmd_study)` in tdsim.cli gives `tdsim study ...`."""
+    monkeypatch.setattr(tdsim.cli, "_COMMANDS", dict(tdsim.cli._COMMANDS))
+    tdsim.cli.subcommand(*STUDY_ARGS)(cmd_study)
+    path = write_study(tmp_path, BASIC)
+    assert tdsim.cli.main(["study", str(path), "--dry-run", "--log-level", "error"]) == 0
+    assert "= 36" in capsys.readouterr().out
+    assert "sweeps, replications" in tdsim.cli.build_parser().format_help()

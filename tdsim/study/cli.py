@@ -13,34 +13,41 @@ import os
 import sys
 from pathlib import Path
 
+# The arguments, as (flags, add_argument keywords) pairs: the shape of tdsim.cli's `arg()`,
+# so the main CLI registers the subcommand with ``subcommand(*STUDY_ARGS)(cmd_study)``.
+STUDY_ARGS: tuple[tuple[tuple[str, ...], dict], ...] = (
+    (("study",), {"type": Path, "help": "study file (TOML)"}),
+    (("--jobs", "-j"), {"type": int, "default": os.cpu_count() or 1,
+                        "help": "local worker processes (default: the CPU count); with "
+                                "--executor dask and no --scheduler, the workers of a local "
+                                "Dask cluster"}),
+    (("--executor",), {"choices": ("local", "dask"), "default": "local",
+                       "help": "local process pool (default) or Dask distributed"}),
+    (("--scheduler",), {"metavar": "ADDR",
+                        "help": "Dask scheduler address, e.g. tcp://10.0.0.1:8786 (default: "
+                                "start a local cluster)"}),
+    (("--out",), {"type": Path, "help": "output directory (default: out/<study name>)"}),
+    (("--resume",), {"action": "store_true",
+                     "help": "continue a study in --out, reusing every finished run"}),
+    (("--dry-run",), {"action": "store_true",
+                      "help": "validate, list the design points and the run count, run "
+                              "nothing"}),
+)
+
 
 def add_study_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``study`` on the main CLI's subparsers; sets ``func=cmd_study``."""
-    p = subparsers.add_parser(
-        "study", help="run a study: sweeps, replications and paired strategy comparisons",
-        description="Run a study file: every design point x strategy x replication, with "
-                    "confidence intervals, paired differences, plots and a Markdown report.")
+    """Register ``study`` on an argparse subparsers object; sets ``func=cmd_study``."""
+    doc = cmd_study.__doc__.strip()
+    p = subparsers.add_parser("study", help=doc.splitlines()[0], description=doc,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(p)
     p.set_defaults(func=cmd_study)
     return p
 
 
 def add_study_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", type=Path, help="study file (TOML)")
-    p.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1,
-                   help="local worker processes (default: the CPU count); with --executor "
-                        "dask and no --scheduler, the workers of a local Dask cluster")
-    p.add_argument("--executor", choices=("local", "dask"), default="local",
-                   help="local process pool (default) or Dask distributed")
-    p.add_argument("--scheduler", metavar="ADDR",
-                   help="Dask scheduler address, e.g. tcp://10.0.0.1:8786 (default: start a "
-                        "local cluster)")
-    p.add_argument("--out", type=Path,
-                   help="output directory (default: out/<study name>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a study in --out, reusing every finished run")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate, list the design points and the run count, run nothing")
+    for flags, kwargs in STUDY_ARGS:
+        p.add_argument(*flags, **kwargs)
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
@@ -54,15 +61,22 @@ def _input_errors() -> tuple[type[Exception], ...]:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    """Run a study: sweeps, replications and paired strategy comparisons with CIs.
+
+    Every design point x strategy x replication of the study file runs (in parallel), rows go
+    to OUT/results.jsonl as runs finish, and OUT gets CSV tables, plots and report.md.
+    Exit status: 0 all runs ok; 1 some runs failed (recorded, outputs written); 2 bad input;
+    130 interrupted (rerun with --resume).
+    """
     from tdsim.study.runner import resolve_points, run_study
     from tdsim.study.spec import load_study
 
     bad_input = _input_errors()
     if args.jobs < 1:
-        print("tdsim study: --jobs must be >= 1", file=sys.stderr)
+        print("tdsim: error: --jobs must be >= 1", file=sys.stderr)
         return 2
     if args.scheduler and args.executor != "dask":
-        print("tdsim study: --scheduler needs --executor dask", file=sys.stderr)
+        print("tdsim: error: --scheduler needs --executor dask", file=sys.stderr)
         return 2
     try:
         study = load_study(args.study)
@@ -71,7 +85,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             print(describe(study))
             return 0
     except bad_input as e:
-        print(str(e).splitlines()[0], file=sys.stderr)
+        print(f"tdsim: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
 
     out = args.out or Path("out") / study.name
@@ -81,7 +95,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         result = run_study(study, out, executor=executor, resume=args.resume,
                            progress=sys.stderr.isatty())
     except bad_input as e:
-        print(str(e).splitlines()[0], file=sys.stderr)
+        print(f"tdsim: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are in {out / 'results.jsonl'}; rerun with "
