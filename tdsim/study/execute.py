@@ -13,6 +13,8 @@ import concurrent.futures as cf
 import functools
 import logging
 import multiprocessing
+import os
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -123,10 +125,24 @@ def configure_worker() -> None:
 
     if multiprocessing.parent_process() is None:
         return
+    _exit_with_parent()
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         cache_logger_on_first_use=True,
     )
+
+
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """A worker whose study process was killed exits instead of running on as an orphan."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class InProcessExecutor:
