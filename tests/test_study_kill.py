@@ -50,7 +50,8 @@ def test_sigkilled_study_resumes_reusing_every_stored_run(tmp_path):
     store = out / "results.jsonl"
     deadline = time.monotonic() + 60
     while not (store.exists() and store.read_text().count("\n") >= 100):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
         time.sleep(0.05)
     children = [int(c) for c in
                 Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
