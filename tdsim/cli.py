@@ -115,16 +115,24 @@ _SET = arg("--set", dest="overrides", action="append", default=None, metavar="KE
     arg("--seed", type=int, help="run seed (overrides sim.seed)"),
     _SET,
     arg("--json", metavar="FILE", help="write the result document (JSON) to FILE"),
+    arg("--compare", metavar="S1,S2,...",
+        help="run once per host-state strategy (same seed) and compare them side by side "
+             "(overrides kvm.compare)"),
 )
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one scenario and print a summary of its metrics and violations."""
     overrides = list(args.overrides or [])
     if args.seed is not None:
         overrides.append(f"sim.seed={args.seed}")
+    if args.compare is not None:
+        strategies = [s for s in args.compare.split(",") if s]
+        overrides.append("kvm.compare=[" + ",".join(json.dumps(s) for s in strategies) + "]")
     scenario = load_scenario(args.scenario, overrides)
     if args.json is not None and not Path(args.json).resolve().parent.is_dir():
         raise ScenarioError(args.json, "--json", "directory does not exist")
     sim = importlib.import_module("tdsim.sim")
+    if scenario.data["kvm"]["compare"]:
+        return _run_compare(sim, scenario, args)
     log.info("run.start", scenario=scenario.path, seed=scenario.seed)
     result = sim.run(scenario)
     log.info("run.done", violations=len(result.violations), **result.perf)
@@ -133,6 +141,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         Path(args.json).write_text(text + "\n", encoding="utf-8")
     print_summary(result)
     return 1 if result.violations else 0
+
+
+def _run_compare(sim: Any, scenario: Any, args: argparse.Namespace) -> int:
+    """Run `scenario` once per strategy in kvm.compare (same seed: common random numbers)."""
+    results = {}
+    for strategy in scenario.data["kvm"]["compare"]:
+        variant = scenario.replace({"kvm.host_state": strategy, "kvm.compare": []})
+        results[strategy] = sim.run(variant)
+    if args.json is not None:
+        doc = {"tdsim_version": __version__,
+               "comparison": {s: r.to_dict() for s, r in results.items()}}
+        Path(args.json).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n",
+                                   encoding="utf-8")
+    print_comparison(scenario, results)
+    return 1 if any(r.violations for r in results.values()) else 0
 
 
 @subcommand(arg("scenarios", nargs="+", metavar="SCENARIO", help="scenario TOML files"), _SET)
@@ -208,6 +231,44 @@ def print_summary(result: Any, console: Any = None) -> None:
     perf = result.perf
     if perf:
         console.print("[dim]" + ", ".join(f"{k} {_num(v)}" for k, v in perf.items()) + "[/dim]")
+
+
+def print_comparison(scenario: Any, results: dict[str, Any], console: Any = None) -> None:
+    """Side by side, one column per strategy: host-state work per TD exit and per second."""
+    from rich.console import Console
+
+    console = console or Console()
+    duration_s = scenario.data["sim"]["duration_us"] / 1e6
+    name = Path(str(scenario.path)).name
+    console.print(f"[bold]tdsim[/bold] {name}  seed {scenario.seed}  "
+                  f"{scenario.data['sim']['duration_us']:g} us simulated, "
+                  f"{len(results)} strategies (paired: same seed)")
+    table = _table("Host-state work by strategy", ("metric", *results))
+    ms = {s: r.metrics for s, r in results.items()}
+    sites = sorted({k for m in ms.values() for k in _prefixed(m, "wrmsr.site.")})
+    rows: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+        ("TD exits", lambda m: _total_exits(m)),
+        ("userspace exits", lambda m: m.get("userspace_exits", 0)),
+        ("host_state_reload", lambda m: m.get("host_state_reload", 0)),
+        ("WRMSRs", lambda m: m.get("wrmsr.total", 0)),
+        *((f"  WRMSRs at {site}", (lambda m, s=site: m.get(f"wrmsr.site.{s}", 0)))
+          for site in sites),
+        ("WRMSRs per TD exit", lambda m: _ratio(m.get("wrmsr.total", 0), _total_exits(m))),
+        ("WRMSRs per s (simulated)", lambda m: m.get("wrmsr.total", 0) / duration_s),
+        ("time in WRMSR (us)", lambda m: m.get("wrmsr.ns", 0) / 1000),
+        ("violations", lambda m: sum(_prefixed(m, "violations.").values())),
+    ]
+    for label, get in rows:
+        table.add_row(label, *(_num(get(m)) for m in ms.values()))
+    console.print(table)
+    for strategy, r in results.items():
+        if r.violations:
+            console.print(f"[red]{strategy}:[/red]")
+            _print_violations(console, r.violations)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
 
 
 def _print_cpu_split(console: Any, m: dict[str, Any]) -> None:

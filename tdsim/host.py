@@ -152,6 +152,18 @@ class Thread:
             ns[KVM] += rest - d2
         return elapsed
 
+    def split_seg(self, t: int) -> None:
+        """Account the running segment up to `t` and keep its remainder open (warm-up)."""
+        elapsed = t - self.seg_t0
+        k1, d1, k2, d2 = self.seg_k1, self.seg_d1, self.seg_k2, self.seg_d2
+        self.end_seg(t)
+        if elapsed <= d1:
+            self.begin_seg(k1, d1 - elapsed, k2, d2)
+        elif elapsed <= d1 + d2:
+            self.begin_seg(k2, d1 + d2 - elapsed, KVM, 0)
+        else:
+            self.begin_seg(KVM, 0, KVM, 0)
+
     # --- hooks the scheduler calls --------------------------------------------------------
     def resched(self) -> None:
         """need_resched was set for this running thread: act on it where the thread can."""
@@ -226,6 +238,7 @@ class Scheduler:
         self.save_fsgs(cpu, prev)
         prev.need_resched = False
         cpu.curr = None
+        cpu.idle_since = now
         prev.run_event = sim.env.event()
         if runnable:
             prev.state = RUNNABLE
@@ -234,7 +247,6 @@ class Scheduler:
             prev.state = SLEEPING
         nxt = cpu.rq.popleft() if cpu.rq else self._pull(cpu)
         if nxt is None:
-            cpu.idle_since = now
             if sim.tracer is not None:
                 sim.tracer.emit(now, "cpu_state", cpu.index, None, what="idle", thread=None)
             return

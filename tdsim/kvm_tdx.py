@@ -31,6 +31,8 @@ _TDVMCALL_TO_EXIT_REASON = {
     arch.TDVMCALL_VE_REQUEST_MMIO: arch.EXIT_REASON_EPT_MISCONFIG,
 }
 
+SEG_PI_LATE = 2  # seg_pi value: ON was set after the segment was planned
+
 _EXIT_KEYS = {r: f"exits.reason.{n}" for r, n in arch.EXIT_REASON_NAMES.items()}
 
 
@@ -48,7 +50,7 @@ class VcpuTdx(KvmVcpu):
         # posted-interrupt descriptor
         self.pir = 0                      # 256-bit request bitmap
         self.pi_on = False
-        self.seg_pi = False               # ON was seen at this entry (self-IPI sent)
+        self.seg_pi = False  # ON seen at this entry: True (planned) or SEG_PI_LATE
         self.seg_status = arch.TDX_SUCCESS
         # TDX module's view of this vCPU
         self.module_assoc_cpu = None      # LP the vCPU is associated with
@@ -133,6 +135,8 @@ class VcpuTdx(KvmVcpu):
             ret = module.tdh_vp_enter_fail(self, cpu, self.seg_status)
         else:
             if self.seg_pi:
+                if self.seg_pi == SEG_PI_LATE:  # handler time not in the planned run
+                    guest.irq_debt_ns += sim.c_guest_irq
                 self.deliver_pi(cpu, self.t_enter)
             if irq:
                 guest.remaining_ns -= self.seg_d2
@@ -194,9 +198,16 @@ class VcpuTdx(KvmVcpu):
         if self.pi_on:
             return
         self.pi_on = True
-        if self.phase == PH_SEG:
+        if self.phase == PH_SEG and self.seg_status == arch.TDX_SUCCESS:
             now = self.sim.env.now
-            if self.t_enter <= now < self.t_guest_end and self.seg_status == 0:
+            if now < self.t_enter:
+                # Before entry: either tdx_vcpu_run's ON check is still ahead (self-IPI), or
+                # the vCPU is IN_GUEST_MODE with IRQs off and the notification IPI stays
+                # pending; both are recognised at TD entry.  (Posted before the late check,
+                # an abort there leaves ON set for the next entry.)
+                if not self.seg_pi:
+                    self.seg_pi = SEG_PI_LATE
+            elif now < self.t_guest_end:
                 # Notification IPI to a running TD: processed without a TD exit.  The
                 # handler's time delays the guest's next TDVMCALL (paid in its next period).
                 self.guest.irq_debt_ns += self.sim.c_guest_irq

@@ -235,12 +235,12 @@ class KvmVcpu(Thread):
         stat["vcpu_put"] += 1
         stat[cause_key] += 1
         cpu.acc += self.sim.c_vcpu_put
-        self.vcpu_put_vendor(cpu)
-        cpu.loaded_vcpu = None
-        self.sim.invariants.check_after_put(cpu, self)
         if self.sim.tracer is not None:
             self.sim.tracer.emit(self.sim.env.now, "vcpu_put", cpu.index, self.name,
                                  cause=cause_key[15:])
+        self.vcpu_put_vendor(cpu)
+        cpu.loaded_vcpu = None
+        self.sim.invariants.check_after_put(cpu, self)
 
     # --- time ------------------------------------------------------------------------------
     def spend_kernel(self, cpu: "HostCpu"):

@@ -187,6 +187,9 @@ SCHEMA = Table(
                                  "this time (must be below duration_us)", non_negative),
                 "seed": Key(int, 1, "run seed; every random stream derives from it",
                             non_negative),
+                "warmup_us": Key(NUM, 0.0, "warm-up: metrics count only what happens after "
+                                 "it (CPU time parts then sum to duration - warmup); "
+                                 "violations are always all reported", non_negative),
             }
         ),
         "host": Table(
@@ -212,6 +215,10 @@ SCHEMA = Table(
                 "host_state": Key(str, "current", "host-state strategy: current, v6.16, eager, "
                                   'or "package.module:Class" / "path/file.py:Class"',
                                   _strategy_check),
+                "compare": Key(list, [], "strategies to compare on this scenario: `tdsim run` "
+                               "runs it once per strategy with the same seed (paired) and "
+                               "prints them side by side; empty = run host_state only",
+                               item_type=str),
             }
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),

@@ -50,6 +50,8 @@ class Simulation:
         d = scenario.data
         self.seed = d["sim"]["seed"]
         self.duration_ns = us_to_ns(d["sim"]["duration_us"])
+        self.warmup_ns = us_to_ns(d["sim"]["warmup_us"])
+        self._warm: dict | None = None
         self.tracer = tracer
         self.env = simpy.Environment()
         # costs: c_<name> for every costs.<name>_ns
@@ -128,6 +130,25 @@ class Simulation:
             vcpu.pi_post(arch.LOCAL_TIMER_VECTOR, "timer")
             yield env.timeout(period)
 
+    def _warmup(self):
+        """At the end of the warm-up, snapshot every counter and CPU time; `_collect`
+        subtracts the snapshot."""
+        env = self.env
+        yield env.timeout(self.warmup_ns)
+        now = env.now
+        for cpu in self.cpus:
+            curr = cpu.curr
+            if curr is None:
+                cpu.ns[IDLE] += now - cpu.idle_since
+                cpu.idle_since = now
+            elif curr.seg_t0 >= 0:
+                curr.split_seg(now)
+        self._warm = {
+            "host": dict(self.host_stat),
+            "vcpu": [dict(v.stat) for v in self.vcpus],
+            "cpu": [list(c.ns) for c in self.cpus],
+        }
+
     def run(self) -> "Result":
         env = self.env
         for vcpu in self.vcpus:
@@ -136,6 +157,8 @@ class Simulation:
             task.proc = env.process(task.main())
         if self.tick_ns:
             env.process(self._tick())
+        if 0 < self.warmup_ns < self.duration_ns:
+            env.process(self._warmup())
         for vcpu, period, phase in self.timers:
             env.process(self._guest_timer(vcpu, period, phase))
         wall0 = time.perf_counter()
@@ -155,6 +178,15 @@ class Simulation:
             if sum(cpu.ns) != end:
                 raise AssertionError(f"tdsim bug: cpu{cpu.index} time parts sum to "
                                      f"{sum(cpu.ns)} ns, not {end}")
+        warm = self._warm
+        if warm is not None:
+            for cpu, ns in zip(self.cpus, warm["cpu"]):
+                cpu.ns = [a - b for a, b in zip(cpu.ns, ns)]
+            for vcpu, stat in zip(self.vcpus, warm["vcpu"]):
+                for key, value in stat.items():
+                    vcpu.stat[key] -= value
+            for key, value in warm["host"].items():
+                self.host_stat[key] -= value
         metrics: dict[str, int | float] = {}
 
         def add(key: str, value: int | float) -> None:
@@ -183,6 +215,7 @@ class Simulation:
         for name, count in self.invariants.counts.items():
             metrics[f"violations.{name}"] = count
         metrics["sim.duration_ns"] = end
+        metrics["sim.measured_ns"] = end - (self.warmup_ns if warm is not None else 0)
         exits = metrics["exits"]
         # Events scheduled: SimPy numbers every scheduled event from one counter (a private
         # attribute, read once here; nothing is patched).
