@@ -183,8 +183,6 @@ SCHEMA = Table(
         "sim": Table(
             {
                 "duration_us": Key(NUM, 10000.0, "simulated time", positive),
-                "warmup_us": Key(NUM, 0.0, "warm-up: metrics count only events at or after "
-                                 "this time (must be below duration_us)", non_negative),
                 "seed": Key(int, 1, "run seed; every random stream derives from it",
                             non_negative),
                 "warmup_us": Key(NUM, 0.0, "warm-up: metrics count only what happens after "

@@ -178,11 +178,13 @@ def _warmup(result: StudyRun) -> str:
     if not study.warmup_us:
         return "none (every event from t = 0 counts)"
     ok = [r for r in result.rows if r["status"] == "ok"]
-    if ok and all("sim.warmup_ns" in r["metrics"] for r in ok):
-        return f"{study.warmup_us:g} µs (`sim.warmup_us`): events before it are not counted"
-    return (f"{study.warmup_us:g} µs requested (`sim.warmup_us`), but **not applied** by this "
-            "model version (its metrics carry no `sim.warmup_ns`): the metrics cover the whole "
-            "run, warm-up included")
+    if ok and all(r["metrics"].get("sim.measured_ns", math.inf)
+                  < r["metrics"].get("sim.duration_ns", 0) for r in ok):
+        return (f"{study.warmup_us:g} µs (`sim.warmup_us`): metrics count only what follows "
+                "it; violations are counted over the whole run")
+    return (f"{study.warmup_us:g} µs requested (`sim.warmup_us`), but **not applied** (the "
+            "runs' `sim.measured_ns` is not below `sim.duration_ns`): the metrics cover the "
+            "whole run, warm-up included")
 
 
 def _violations_section(result: StudyRun) -> list[str]:
