@@ -70,7 +70,8 @@ def fmt_ci(e: Estimate) -> str:
     if e.halfwidth == 0:
         return f"{e.mean:.6g} ± 0"
     d = max(0, min(6, 1 - math.floor(math.log10(e.halfwidth))))
-    return f"{e.mean:,.{d}f} ± {e.halfwidth:,.{d}f}"
+    mean = round(e.mean, d) + 0.0  # + 0.0 turns a rounded -0.0 into 0.0
+    return f"{mean:,.{d}f} ± {e.halfwidth:,.{d}f}"
 
 
 def fmt_diff(d: Estimate, base: Estimate) -> str:
