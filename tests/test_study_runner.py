@@ -218,3 +218,14 @@ def test_sequential_rule_gives_up_on_a_failing_point(tmp_path):
     body = BASIC.replace("count = 4", "target_rel_halfwidth = 0.01\nmin = 2\nmax = 40")
     result = run(load_study(write_study(tmp_path, body)), tmp_path / "out", failing_runner)
     assert max(r["replication"] for r in result.rows) == 1
+
+
+def test_one_categorical_dimension_gets_a_strategy_by_level_matrix(tmp_path):
+    """A verdict-matrix-shaped study (named lockstep with labels) gets matrix_<metric>.png."""
+    body = BASIC.replace("[factors]\nx = [0, 1, 2]", '[[lockstep]]\nname = "abort kind"\n'
+                         'labels = ["kick", "zap"]\nx = [0, 1]\n"f.zap" = [0, 1]')
+    result = run(load_study(write_study(tmp_path, body)), tmp_path / "out", violating_runner,
+                 write_outputs=True)
+    names = {p.name for p in result.files}
+    assert {"matrix_exits.png", "exits__vs__abort_kind.png"} <= names
+    assert "| abort kind=zap | `eager` | 4 of 4 |" in (tmp_path / "out" / "report.md").read_text()
