@@ -103,8 +103,8 @@ def render_report(result: StudyRun, plots: dict[str, list[Path]], *,
         "",
         f"**Question.** {study.question}",
         "",
-        f"- Study file: `{study.path}`",
-        f"- Base scenario: `{study.scenario_path}`",
+        f"- Study file: `{_shown(study.path)}`",
+        f"- Base scenario: `{_shown(study.scenario_path)}`",
         f"- Strategies (`kvm.host_state`): {', '.join(f'`{s}`' for s in study.strategies)}; "
         f"baseline `{study.baseline}`",
         f"- Replications: {study.replications.describe()}; replication r runs with "
@@ -167,6 +167,14 @@ def _n(summary, point_index: int, strategy: str, metric: str) -> str:
     if len(ns) > 1 or wanted.sequential or (wanted.count and e.n != wanted.count):
         return f" (n={e.n})"
     return ""
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it lies under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _val(v: Any) -> str:
