@@ -54,12 +54,16 @@ def _study(tmp_path: Path, seed: int, count: int):
     return load_study(path)
 
 
+def _tdvmcall_totals(tmp_path: Path) -> set[int]:
+    result = run_study(_study(tmp_path, 1, 6), tmp_path / "premise", write_outputs=False)
+    return {r["metrics"]["tdvmcall.cpuid"] + r["metrics"]["tdvmcall.rdmsr"]
+            for r in result.rows}
+
+
 def test_tdvmcall_total_is_the_same_in_every_run(tmp_path):
     """The premise of the coverage test: N does not depend on seed or strategy."""
-    result = run_study(_study(tmp_path, 1, 6), tmp_path / "out", write_outputs=False)
-    assert {r["metrics"]["exits"] for r in result.rows} == {87}
-    assert {r["metrics"]["tdvmcall.cpuid"] + r["metrics"]["tdvmcall.rdmsr"]
-            for r in result.rows} == {87}
+    (n,) = _tdvmcall_totals(tmp_path)
+    assert n > 50
 
 
 def test_strategies_see_the_same_guest_behaviour(tmp_path):
@@ -72,13 +76,14 @@ def test_strategies_see_the_same_guest_behaviour(tmp_path):
 
 
 def test_ci_covers_the_known_expectation_about_95_percent(tmp_path):
-    """200 studies of 5 replications: the 95% CI of tdvmcall.cpuid covers N/2 = 43.5 in
+    """200 studies of 5 replications: the 95% CI of tdvmcall.cpuid covers N/2 in
     Binomial(200, 0.95) of them if the intervals are right, so 180-198 (0.90-0.99)."""
+    (n,) = _tdvmcall_totals(tmp_path)
     hits = 0
     for k in range(REPETITIONS):
         study = _study(tmp_path, 1 + REPLICATIONS * k, REPLICATIONS)  # disjoint seeds
         summary = run_study(study, tmp_path / f"out{k}", write_outputs=False).summary
-        hits += summary.cells[(0, "current", "tdvmcall.cpuid")].covers(87 / 2)
+        hits += summary.cells[(0, "current", "tdvmcall.cpuid")].covers(n / 2)
     assert 0.90 * REPETITIONS <= hits <= 0.99 * REPETITIONS, hits
 
 
