@@ -456,9 +456,9 @@ def test_get_td_vm_call_info_other_leaf_is_invalid_operand():
 
 
 # --- anything else -------------------------------------------------------------------------
-@pytest.mark.parametrize("leaf", [0, 54, 0x10005, 0x12345])
+@pytest.mark.parametrize("leaf", [0, 54, 65, 0x10005, 0x12345])
 def test_other_sub_functions_are_subfunc_unsupported(leaf):
-    """WBINVD, Service and unknown leaves: SUBFUNC_UNSUPPORTED, R11 unchanged."""
+    """WBINVD, PCONFIG, Service and unknown leaves: SUBFUNC_UNSUPPORTED, R11 unchanged."""
     rec = call(tdvmcall(leaf))
     assert rec["exits"] == []
     assert out(rec) == (UNSUPPORTED, leaf)
@@ -494,6 +494,35 @@ def test_kvm_hc_map_gpa_range_hypercall_unaligned_is_minus_kvm_einval():
     rec = call({"op": "tdvmcall", "r10": 12, "r11": 0x200010, "r12": 4})
     assert rec["exits"] == []
     assert rec["regs_out"]["r10"] == (-22) & U64
+
+
+# --- costs: a TD round trip each; userspace-bound ones a KVM_RUN round trip too -------------
+@pytest.mark.parametrize(("step", "exit_name"), [
+    (tdvmcall("get_quote", SHARED | 0x5000, 0x1000), "KVM_EXIT_TDX"),
+    (tdvmcall("setup_event_notify_interrupt", 40), "KVM_EXIT_TDX"),
+    (tdvmcall("get_td_vm_call_info", 1), "KVM_EXIT_TDX"),
+    (tdvmcall("report_fatal_error"), "KVM_EXIT_SYSTEM_EVENT"),
+    (tdvmcall("map_gpa", GPA, 0x1000), "KVM_EXIT_HYPERCALL"),
+    (tdvmcall("io", 1, 1, 0x80, 0), "KVM_EXIT_IO"),
+    (tdvmcall("mmio", 4, 1, SHARED | 0xFEB00000, 0), "KVM_EXIT_MMIO"),
+])
+def test_userspace_bound_calls_cost_a_kvm_run_round_trip(step, exit_name):
+    """One TD exit, one return to the VMM (vcpu_put, host_state_reload), one new KVM_RUN."""
+    result, _ = run_program([step])
+    m = result.metrics
+    assert m[f"userspace_exits.reason.{exit_name}"] == 1
+    assert m["userspace_exits"] == 1
+    assert m["vcpu_put.cause.kvm_run_return"] == 1
+    assert m["host_state_reload"] == 2  # this return, then the final HLT's put
+    assert m["exits"] == 2  # the call and the final HLT
+
+
+def test_in_kernel_calls_stay_in_kvm_run():
+    """CPUID, MSR, hypercall: TD round trips only, no return to userspace."""
+    result, calls = run_program([{"op": "cpuid"}, {"op": "rdmsr", "index": 0x1A0},
+                                 {"op": "tdvmcall", "r10": 1}])
+    assert result.metrics["userspace_exits"] == 0
+    assert [c["rax"] for c in calls] == [0, 0, 0]
 
 
 # --- the register ABI ----------------------------------------------------------------------
@@ -547,3 +576,25 @@ def test_every_subfunction_scenario_returns_what_its_header_says():
             assert rec["status"] == status, rec
         exit_names = re.findall(r"KVM_EXIT_[A-Z0-9_]+", rest)
         assert {e["exit_reason"] for e in rec["exits"]} == set(exit_names), rec
+
+
+def test_map_gpa_chunks_go_back_to_userspace_without_entering_the_td():
+    """Between MapGPA chunks the completion callback returns 0: KVM_RUN goes straight back
+    to the VMM, with no TD entry until the last chunk is done."""
+    from tdsim.trace import Tracer
+
+    tracer = Tracer(kinds=["kvm_entry", "kvm_exit", "userspace_exit"])
+    scenario = scenario_from_dict({
+        "sim": {"duration_us": 3000, "seed": 1}, "host": {"cpus": 2, "tick_hz": 0},
+        "vm": [{"vcpus": 1, "pin": [1], "workload": {"program": [
+            tdvmcall("map_gpa", GPA, 5 * 1024 * 1024)]}}],
+    }, name="<timeline>")
+    run(scenario, tracer=tracer)
+    log = [(kind, f.get("reason", "")) for _t, kind, _c, _v, f in tracer.sorted_events()]
+    assert log == [
+        ("kvm_entry", ""), ("kvm_exit", "TDCALL"),
+        ("userspace_exit", "KVM_EXIT_HYPERCALL"),
+        ("userspace_exit", "KVM_EXIT_HYPERCALL"),
+        ("userspace_exit", "KVM_EXIT_HYPERCALL"),
+        ("kvm_entry", ""), ("kvm_exit", "HLT"),
+    ]
