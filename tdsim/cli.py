@@ -323,7 +323,7 @@ def _print_calls(console: Any, calls: dict[str, list[dict[str, Any]]]) -> None:
                     kvm += f"; ... ({len(rec['exits'])} exits)"
             else:
                 kvm = "in kernel"
-            status = rec.get("status") or _hex(out.get("r10"))
+            status = rec.get("status") or (_hex(out["r10"]) if out else "(no return)")
             table.add_row(_num(rec["t_ns"]), str(rec["step"]),
                           f"{rec['name']} ({rec['leaf']})", kvm, status,
                           _hex(out.get("r11")),

@@ -152,6 +152,7 @@ class KvmVcpu(Thread):
         self.t_enter = 0
         self.t_guest_end = 0
         self.run_exit_reason = 0     # kvm_run->exit_reason of the last userspace exit
+        self.vm_stopped = False      # issue 5: the VMM stopped the VM; never re-enter KVM_RUN
 
     # --- asynchronous notifications --------------------------------------------------------
     def exit_request_pending(self) -> bool:
@@ -314,6 +315,9 @@ class KvmVcpu(Thread):
                 yield env.timeout(work + remaining)
                 self.end_seg(env.now)
                 self.phase = PH_KERNEL
+                if self.vm_stopped:  # issue 5: the VMM stopped the VM (TDX fatal error)
+                    sim.sched.switch_out(cpu, self, False)
+                    yield self.run_event  # nothing wakes it: the thread stays parked
                 return
             except Interrupt:
                 ran = self.end_seg(env.now)

@@ -15,6 +15,9 @@ A program (``[vm.workload] program = [...]`` or ``program_file = "file.toml"`` h
 * ``{op = "loop", count = 3, steps = [...]}``: repeat (``count = 0``: forever; its body must
   then make a call, so that time passes).
 
+Every vCPU of the VM runs the program; a step with ``vcpus = [0, 2]`` runs only on those
+vCPUs (a call's ``step`` number is the same on every vCPU).
+
 Sending an IPI is not a step: tdsim has no x2APIC ICR model yet (issue 4).
 
 When the program ends the guest parks (``cli; hlt``: TDVMCALL HLT with R12 = 1, not
@@ -109,8 +112,11 @@ def _u64(value: Any, path: tuple) -> int:
     return value
 
 
-def compile_program(steps: Any, path: tuple = (), counter: list | None = None) -> list:
-    """Check `steps` and turn them into Call / Loop / compute-ns items; raises ProgramError."""
+def compile_program(steps: Any, path: tuple = (), counter: list | None = None,
+                    vcpu: int | None = None) -> list:
+    """Check `steps` and turn them into Call / Loop / compute-ns items; raises ProgramError.
+
+    With `vcpu`, steps whose ``vcpus`` list does not name it are left out (all are checked)."""
     counter = counter if counter is not None else [0]
     if not isinstance(steps, list):
         raise ProgramError(path, "expected an array of steps")
@@ -123,24 +129,32 @@ def compile_program(steps: Any, path: tuple = (), counter: list | None = None) -
         if op not in _OPS:
             raise ProgramError(p + ("op",), f"unknown op {op!r} (one of {', '.join(_OPS)})")
         for key in step:
-            if key != "op" and key not in _OPS[op]:
+            if key not in ("op", "vcpus") and key not in _OPS[op]:
                 raise ProgramError(p + (key,), f"unknown key {key!r} for op {op!r}")
+        only = step.get("vcpus")
+        if only is not None and (not isinstance(only, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in only)):
+            raise ProgramError(p + ("vcpus",), "expected an array of vCPU indices")
+        skip = vcpu is not None and only is not None and vcpu not in only
         if op == "compute":
             if ("us" in step) == ("ns" in step):
                 raise ProgramError(p, "give exactly one of `us` or `ns`")
             value = step.get("us", step.get("ns"))
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ProgramError(p, "compute time must be a number >= 0")
-            out.append(round(value * 1000) if "us" in step else int(value))
+            if not skip:
+                out.append(round(value * 1000) if "us" in step else int(value))
             continue
         if op == "loop":
             count = step.get("count", 1)
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise ProgramError(p + ("count",), "expected an integer >= 0 (0 = forever)")
-            body = compile_program(step.get("steps", []), p + ("steps",), counter)
-            if count == 0 and not _makes_call(body):
+            body = compile_program(step.get("steps", []), p + ("steps",), counter,
+                                   None if skip else vcpu)
+            if count == 0 and vcpu is None and not _makes_call(body):
                 raise ProgramError(p + ("steps",), "a loop forever needs a call in its body")
-            out.append(Loop(count, body))
+            if not skip and (count != 0 or _makes_call(body)):
+                out.append(Loop(count, body))
             continue
         regs = dict.fromkeys(ARG_REGS, 0)
         mask = DEFAULT_EXPOSE_MASK
@@ -175,7 +189,8 @@ def compile_program(steps: Any, path: tuple = (), counter: list | None = None) -
         name = step.get("name", "")
         if not isinstance(name, str):
             raise ProgramError(p + ("name",), "expected a string")
-        out.append(Call(counter[0], name or op, mask, regs))
+        if not skip:
+            out.append(Call(counter[0], name or op, mask, regs))
         counter[0] += 1
     return out
 
@@ -299,12 +314,14 @@ class ScriptedGuest:
             rec["regs_in"] = {"rcx": mask, **{r: getattr(args, r) for r in ARG_REGS
                                               if mask & GPR_BIT[r]}}
             rec["exits"] = []
+            rec["kvm"] = "pending"  # until the call returns (never, if the VM stopped)
             self.record = rec
 
     def record_exit(self, exit_fields: dict) -> None:
         """KVM exited to userspace for the call in progress (fields + the VMM's answer)."""
         if self.record is not None:
             self.record["exits"].append(exit_fields)
+            self.record["kvm"] = "userspace"
 
     def _open(self, call: Call, t: int) -> dict:
         regs = call.regs

@@ -267,6 +267,9 @@ VMM = Table(
                              "GetTdVmCallInfo leaf 1 (QEMU: bit 0 GetQuote [UNVERIFIED], bit 1 "
                              "SetupEventNotifyInterrupt)", item_type=int,
                              check=lambda v: None if len(v) == 4 else "needs 4 values"),
+        "fatal_error": Key(str, "stop", "what the VMM does on KVM_SYSTEM_EVENT_TDX_FATAL: stop "
+                           "the VM (QEMU: its vCPUs are signalled out of KVM_RUN and never "
+                           "resume) or resume the reporting vCPU", choices=("stop", "resume")),
         "unassigned_read": Key(int, 0xFFFFFFFFFFFFFFFF, "value a read of a port/GPA no device "
                                "claims returns (truncated to the access size)", _u64),
         "msr_exits": Key(list, [], "KVM_CAP_X86_USER_SPACE_MSR reasons that exit to the VMM "

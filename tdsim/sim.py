@@ -98,7 +98,7 @@ class Simulation:
             for i in range(vmd["vcpus"]):
                 scope = f"vm.{vm.name}.vcpu{i}"
                 if wl["program"]:  # issue 5: a scripted guest
-                    guest = ScriptedGuest(compile_program(wl["program"]),
+                    guest = ScriptedGuest(compile_program(wl["program"], vcpu=i),
                                           self.c_guest_tdvmcall, wl["record_calls"])
                 else:
                     guest = GuestVcpu(stream(self.seed, scope + ".workload"),

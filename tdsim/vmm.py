@@ -18,8 +18,8 @@ and returns the service time, which the vCPU thread then spends as preemptible u
   ``setup_event_notify_ret``; GetTdVmCallInfo leaf 1 -> ``tdvmcall_info`` in R11..R14.
 * KVM_EXIT_X86_RDMSR / WRMSR: ``[[vmm.msr]]`` entries (reads return ``value``, writes store
   it; ``error = true`` or an unlisted MSR fails the access).
-* KVM_EXIT_SYSTEM_EVENT (TDX fatal error): recorded.  Simplification: tdsim's VMM then
-  resumes the vCPU (QEMU would stop the VM).
+* KVM_EXIT_SYSTEM_EVENT (TDX fatal error): recorded; with ``fatal_error = "stop"`` (as
+  QEMU) the VM stops: every vCPU thread parks and never re-enters KVM_RUN.
 
 A scripted guest's call record gets each exit with the VMM's answer (``answer``).
 """
@@ -74,6 +74,7 @@ class Vmm:
         self.setup_event_notify_ret = cfg["setup_event_notify_ret"]
         self.tdvmcall_info = list(cfg["tdvmcall_info"])
         self.unassigned_read = cfg["unassigned_read"]
+        self.fatal_error = cfg["fatal_error"]
         self.user_space_msr_mask = 0
         for reason in cfg["msr_exits"]:
             self.user_space_msr_mask |= MSR_EXIT_REASON_BITS[reason]
@@ -143,6 +144,8 @@ class Vmm:
         elif reason == arch.KVM_EXIT_SYSTEM_EVENT:
             self.system_events.append({"t_ns": sim.env.now, "vcpu": vcpu.name,
                                        **run.snapshot()})
+            if self.fatal_error == "stop":
+                self.stop_vm(vcpu)
             ns = sim.c_vmm_system_event
         else:
             return 0
@@ -152,6 +155,15 @@ class Vmm:
             snap["t_ns"] = sim.env.now
             log.record_exit(snap)
         return ns
+
+    def stop_vm(self, vcpu: "VcpuTdx") -> None:
+        """Stop the VM (QEMU's vm_stop): every vCPU thread parks at its next return to the
+        VMM; the others are signalled out of KVM_RUN (-EINTR, KVM_EXIT_INTR)."""
+        for other in vcpu.vm.vcpus:
+            other.vm_stopped = True
+            if other is not vcpu:
+                other.sigpending = True
+                other.kvm_vcpu_kick()
 
     def _access(self, fields: dict, space: str, addr: int, size: int, write: bool,
                 default_ns: int) -> int:

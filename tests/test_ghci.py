@@ -508,7 +508,7 @@ def test_kvm_hc_map_gpa_range_hypercall_unaligned_is_minus_kvm_einval():
 ])
 def test_userspace_bound_calls_cost_a_kvm_run_round_trip(step, exit_name):
     """One TD exit, one return to the VMM (vcpu_put, host_state_reload), one new KVM_RUN."""
-    result, _ = run_program([step])
+    result, _ = run_program([step], vmm={"fatal_error": "resume"})
     m = result.metrics
     assert m[f"userspace_exits.reason.{exit_name}"] == 1
     assert m["userspace_exits"] == 1

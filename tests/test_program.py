@@ -106,3 +106,14 @@ def test_statistical_workload_has_no_calls_in_the_result():
     """Only scripted guests add the `calls` key to the result document."""
     r = run(scenario_from_dict({"sim": {"duration_us": 200}}, name="<stat>"))
     assert "calls" not in r.to_dict()
+
+
+def test_vcpus_key_runs_a_step_only_on_the_named_vcpus():
+    """A step with vcpus = [1] runs on vCPU 1 only; unfiltered steps run everywhere."""
+    r = run(scenario_from_dict({
+        "sim": {"duration_us": 500, "seed": 1}, "host": {"cpus": 3, "tick_hz": 0},
+        "vm": [{"vcpus": 2, "pin": [1, 2], "workload": {"program": [
+            {"op": "cpuid", "name": "all"}, {"op": "cpuid", "name": "one", "vcpus": [1]}]}}],
+    }, name="<vcpus>"))
+    assert [c["name"] for c in r.details["calls"]["td0.vcpu0"]] == ["all"]
+    assert [c["name"] for c in r.details["calls"]["td0.vcpu1"]] == ["all", "one"]

@@ -13,6 +13,7 @@ def scenario(layout, program=PROGRAM, regs_copy_ns=0):
     return scenario_from_dict({
         "sim": {"duration_us": 1000, "seed": 1},
         "host": {"cpus": 2, "tick_hz": 0},
+        "vmm": {"fatal_error": "resume"},
         "kvm": {"regs_layout": layout},
         "costs": {"regs_copy_ns": regs_copy_ns},
         "vm": [{"vcpus": 1, "pin": [1], "workload": {"program": program}}],

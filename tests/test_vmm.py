@@ -52,3 +52,39 @@ def test_fatal_error_reports_are_kept_by_the_vmm():
     events = r.to_dict()["vmm"]["system_events"]
     assert len(events) == 1
     assert events[0]["system_event"]["type"] == 7
+
+
+def stop_scenario(duration_us):
+    return scenario_from_dict({
+        "sim": {"duration_us": duration_us, "seed": 1},
+        "host": {"cpus": 3, "tick_hz": 0},
+        "vm": [{"vcpus": 2, "pin": [1, 2], "workload": {"program": [
+            {"op": "compute", "us": 30, "vcpus": [0]},
+            {"op": "tdvmcall", "r11": "report_fatal_error", "name": "fatal", "vcpus": [0]},
+            {"op": "loop", "count": 0, "vcpus": [1], "steps": [
+                {"op": "compute", "us": 2}, {"op": "cpuid", "name": "spin"}]}]}}],
+    }, name="<stop>")
+
+
+def test_fatal_error_stops_every_vcpu_of_the_vm():
+    """fatal_error = stop (default): the reporting vCPU never returns from its call, the
+    other is signalled out of KVM_RUN (KVM_EXIT_INTR); nothing runs afterwards."""
+    short, long = run(stop_scenario(500)), run(stop_scenario(1500))
+    assert short.metrics["exits"] == long.metrics["exits"]
+    fatal = long.details["calls"]["td0.vcpu0"]
+    assert [c["name"] for c in fatal] == ["fatal"]
+    assert fatal[0]["kvm"] == "userspace"
+    assert "regs_out" not in fatal[0]
+    spin = long.details["calls"]["td0.vcpu1"]
+    assert 0 < spin[-1]["t_ns"] < fatal[0]["t_ns"] + 20_000
+    assert long.metrics["vm.td0.vcpu.1.userspace_exits.reason.KVM_EXIT_INTR"] == 1
+    assert long.metrics["cpu.2.ns.idle"] > 1_400_000
+
+
+def test_fatal_error_resume_lets_the_vcpu_go_on():
+    """fatal_error = resume: the call returns (R10 unchanged: SUCCESS) and the program goes
+    on."""
+    r = run(scenario([{"op": "tdvmcall", "r11": "report_fatal_error"}, {"op": "cpuid"}],
+                     {"fatal_error": "resume"}))
+    calls = r.details["calls"]["td0.vcpu0"]
+    assert [c["status"] for c in calls] == ["SUCCESS", "SUCCESS"]
