@@ -180,7 +180,8 @@ WORKLOAD = Table(
                        "statistical workload (compute_us, compute_dist and mix are then "
                        "unused); see tdsim.program for the step forms", item_type=dict),
         "program_file": Key(str, None, "TOML file (relative to the scenario) whose `program` "
-                            "array is the program of this VM's vCPUs; inlined into `program` at load",
+                            "array is the program of this VM's vCPUs; inlined into `program` "
+                            "at load",
                             optional=True),
         "record_calls": Key(int, 1000, "scripted guests: calls recorded per vCPU in the "
                             "result (later calls still run and count)", non_negative),
