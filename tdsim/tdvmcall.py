@@ -397,7 +397,7 @@ def kvm_emulate_rdmsr(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
     g.rcx = g.r12
     vcpu.regs_moves += 1
     index = g.rcx & 0xFFFFFFFF
-    if not _msr_allowed(vcpu, index, False):
+    if vcpu.sim.vmm.msr_deny_read and not _msr_allowed(vcpu, index, False):
         r = KVM_MSR_RET_FILTERED
     elif index in vcpu.msr_values:
         r = 0
@@ -408,7 +408,7 @@ def kvm_emulate_rdmsr(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
     if r and kvm_msr_user_space(vcpu, index, arch.KVM_EXIT_X86_RDMSR, 0,
                                 complete_fast_rdmsr, r):
         return 0
-    return tdx_complete_emulated_msr(vcpu, cpu, r, read=True)
+    return tdx_complete_emulated_msr(vcpu, cpu, r, True)
 
 
 def kvm_emulate_wrmsr(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
@@ -417,7 +417,7 @@ def kvm_emulate_wrmsr(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
     vcpu.regs_moves += 3
     index = g.rcx & 0xFFFFFFFF
     data = (g.rdx << 32) | g.rax
-    if not _msr_allowed(vcpu, index, True):
+    if vcpu.sim.vmm.msr_deny_write and not _msr_allowed(vcpu, index, True):
         r = KVM_MSR_RET_FILTERED
     elif index in vcpu.msr_values and TDX_EMULATED_MSRS[index][1]:
         r = 0
@@ -427,7 +427,7 @@ def kvm_emulate_wrmsr(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
     if r and kvm_msr_user_space(vcpu, index, arch.KVM_EXIT_X86_WRMSR, data,
                                 complete_fast_msr_access, r):
         return 0
-    return tdx_complete_emulated_msr(vcpu, cpu, r, read=False)
+    return tdx_complete_emulated_msr(vcpu, cpu, r, False)
 
 
 def complete_fast_rdmsr(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
@@ -435,11 +435,11 @@ def complete_fast_rdmsr(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
     if not msr["error"]:
         g = vcpu.gprs
         g.rax, g.rdx = msr["data"] & 0xFFFFFFFF, msr["data"] >> 32
-    return tdx_complete_emulated_msr(vcpu, cpu, msr["error"], read=True)
+    return tdx_complete_emulated_msr(vcpu, cpu, msr["error"], True)
 
 
 def complete_fast_msr_access(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
-    return tdx_complete_emulated_msr(vcpu, cpu, vcpu.run.msr["error"], read=False)
+    return tdx_complete_emulated_msr(vcpu, cpu, vcpu.run.msr["error"], False)
 
 
 def tdx_complete_emulated_msr(vcpu: "VcpuTdx", cpu: "HostCpu", err: int, read: bool) -> int:
