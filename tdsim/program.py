@@ -228,6 +228,7 @@ class ScriptedGuest:
         self.kind = ""
         self.tdvmcall_key = ""
         self.parked = False
+        self.awaiting = False  # a TDVMCALL issued and not yet completed (as GuestVcpu's)
         self.next_period()
 
     def bind(self, vcpu) -> None:
@@ -260,6 +261,7 @@ class ScriptedGuest:
 
     def next_period(self) -> None:
         """The previous call returned: record it; run to the next call."""
+        self.awaiting = False
         now = self._now()
         if self.record is not None:
             self._finish(self.record, now)
@@ -297,6 +299,7 @@ class ScriptedGuest:
     def tdvmcall_regs(self, args) -> None:
         """TDG.VP.VMCALL as the TDX module hands it to KVM: RCX = the bitmap, exposed GPRs
         with the guest's values, the others 0."""
+        self.awaiting = True
         call = self.call
         if call is None:  # parked: cli; hlt
             args.rcx = DEFAULT_EXPOSE_MASK

@@ -117,3 +117,16 @@ def test_vcpus_key_runs_a_step_only_on_the_named_vcpus():
     }, name="<vcpus>"))
     assert [c["name"] for c in r.details["calls"]["td0.vcpu0"]] == ["all"]
     assert [c["name"] for c in r.details["calls"]["td0.vcpu1"]] == ["all", "one"]
+
+
+def test_scripted_guest_awaits_its_call_until_kvm_completes_it():
+    """`awaiting` is set by the TDCALL and cleared at completion: a completed program ends
+    clear; a call that never returns (fatal error, VM stopped) leaves it set."""
+    from tdsim.sim import Simulation
+
+    done = Simulation(scenario([{"op": "cpuid"}]))
+    done.run()
+    assert done.vcpus[0].guest.awaiting is False
+    stopped = Simulation(scenario([{"op": "tdvmcall", "r11": "report_fatal_error"}]))
+    stopped.run()
+    assert stopped.vcpus[0].guest.awaiting is True
