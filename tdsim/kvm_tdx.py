@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import arch
 from .kvm_x86 import (
-    IN_GUEST_MODE, KVM_MP_STATE_HALTED, PH_BLOCKED, PH_SEG, KvmVcpu,
+    IN_GUEST_MODE, KVM_MP_STATE_HALTED, KVM_REQ_NMI, PH_BLOCKED, PH_POLL, PH_SEG, KvmVcpu,
 )
 from .tdx_module import TdxModuleArgs
 
@@ -32,6 +32,7 @@ _TDVMCALL_TO_EXIT_REASON = {
 }
 
 SEG_PI_LATE = 2  # seg_pi value: ON was set after the segment was planned
+SEG_SEPT_SPIN = -1  # seg_status: tdx_vcpu_run saw wait_for_sept_zap (no SEAMCALL; issue 4)
 
 _EXIT_KEYS = {r: f"exits.reason.{n}" for r, n in arch.EXIT_REASON_NAMES.items()}
 
@@ -56,6 +57,17 @@ class VcpuTdx(KvmVcpu):
         self.module_assoc_cpu = None      # LP the vCPU is associated with
         self.module_fields: dict[str, int] = {}
         self.pending_completion = None    # complete_userspace_io callback
+        # issue 4 (tdsim.interrupts): vector -> (t_posted, source) of what the PIR holds;
+        # shootdowns waiting for this vCPU's ack; NMI state (vcpu->arch.nmi_queued /
+        # nmi_pending; time of the oldest undelivered NMI); a host NMI cut this segment;
+        # the event a KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait waits on (tdsim.sept).
+        self.pi_src: dict[int, tuple[int, str]] = {}
+        self.sd_waiters: list = []
+        self.nmi_queued = 0
+        self.nmi_pending = 0
+        self.nmi_t0 = None
+        self.seg_host_nmi = False
+        self.outside_ack = None
 
     def host_gsbase(self) -> int:
         """current->thread.gsbase of the vCPU thread (host KERNEL_GS_BASE to restore)."""
@@ -103,6 +115,13 @@ class VcpuTdx(KvmVcpu):
         sim = self.sim
         now = sim.env.now
         self.mode = IN_GUEST_MODE
+        if self.vm.wait_for_sept_zap:
+            # issue 4, minimal abort path D (reference §1.3 D): another thread retries a
+            # SEPT-zap SEAMCALL; return EXIT_FASTPATH_EXIT_HANDLED without a SEAMCALL.
+            self.seg_status = SEG_SEPT_SPIN
+            self.seg_pi = False
+            self.t_enter = self.t_guest_end = now + late
+            return late
         # PI descriptor ON -> self-IPI POSTED_INTR_VECTOR; recognised at TD entry.
         self.seg_pi = self.pi_on
         status = sim.module.tdh_vp_enter_check(self, cpu)
@@ -131,6 +150,12 @@ class VcpuTdx(KvmVcpu):
         stat = self.stat
         tracer = sim.tracer
         guest = self.guest
+        ack = self.outside_ack  # issue 4: a kick-and-wait waits for this vCPU's IRQ window
+        if ack is not None:
+            self.outside_ack = None
+            ack.succeed()
+        if self.seg_status == SEG_SEPT_SPIN:
+            return self.sept_spin_exit(cpu)
         if self.seg_status != arch.TDX_SUCCESS:
             ret = module.tdh_vp_enter_fail(self, cpu, self.seg_status)
         else:
@@ -138,9 +163,23 @@ class VcpuTdx(KvmVcpu):
                 if self.seg_pi == SEG_PI_LATE:  # handler time not in the planned run
                     guest.irq_debt_ns += sim.c_guest_irq
                 self.deliver_pi(cpu, self.t_enter)
+            # issue 4: PEND_NMI is injected by the module at entry; oracles
+            if self.module_fields.get("PEND_NMI", 0):
+                sim.irq.deliver_nmi(self, self.t_enter)
+            if self.pi_src and not (irq and self.seg_d2 == 0):
+                # (an entry cut by a pending host interrupt runs no guest instruction; the
+                # hrtimer's own vector is posted by that interrupt's handler, after it)
+                sim.irq.check_entry(self)
+            if self.vm.zap_excl_t0 <= self.t_enter < self.vm.zap_excl_t1:
+                sim.invariants.record("td_entry_during_zap", cpu.index, self.name,
+                                      f"TD entry at {self.t_enter} while a SEPT zap needs "
+                                      f"every vCPU out (since {self.vm.zap_excl_t0})")
             if irq:
                 guest.remaining_ns -= self.seg_d2
                 reason = arch.EXIT_REASON_EXTERNAL_INTERRUPT
+                if self.seg_host_nmi:  # issue 4: a host NMI, not an interrupt
+                    self.seg_host_nmi = False
+                    reason = arch.EXIT_REASON_EXCEPTION_NMI
             else:
                 guest.remaining_ns = 0
                 reason = arch.EXIT_REASON_TDCALL
@@ -173,6 +212,16 @@ class VcpuTdx(KvmVcpu):
             return _TDVMCALL_TO_EXIT_REASON.get(args.r11, arch.EXIT_REASON_TDCALL)
         return reason
 
+    def sept_spin_exit(self, cpu: "HostCpu") -> int:
+        """issue 4, minimal abort path D: tdx_vcpu_run returned EXIT_FASTPATH_EXIT_HANDLED
+        without a SEAMCALL (no exit reason); the IRQ window, then handle_exit returns 1."""
+        stat = self.stat
+        stat["late_abort.wait_for_sept_zap"] += 1
+        stat["late_abort"] += 1
+        stat["sept.wait_ns"] += self.sim.env.now - self.t_seg0 + self.sim.c_exit_handling
+        cpu.acc += self.sim.c_exit_handling
+        return 1
+
     # --- interrupts --------------------------------------------------------------------
     def deliver_pi(self, cpu: "HostCpu", t: int) -> None:
         """The CPU processes the PIR into the virtual APIC (at entry or while running);
@@ -180,17 +229,27 @@ class VcpuTdx(KvmVcpu):
         self.pi_on = False
         self.pir = 0
         self.stat["pi_delivered"] += 1
+        self.sim.irq.taken(self, t)  # issue 4: latency per source, shootdown acks
         if self.sim.tracer is not None:
             self.sim.tracer.emit(t, "pi_delivered", cpu.index, self.name, vector=-1)
 
     def pi_post(self, vector: int, source: str) -> None:
         """__vmx_deliver_posted_interrupt: set PIR; set ON; notify or wake."""
         bit = 1 << vector
+        if (self.seg_pi and self.phase == PH_SEG and self.seg_status == arch.TDX_SUCCESS
+                and self.t_enter <= self.sim.env.now < self.t_guest_end):
+            # issue 4: the entry's PI processing (applied lazily at the exit) has already
+            # happened: the guest runs with ON clear and the PIR drained.
+            if self.seg_pi == SEG_PI_LATE:
+                self.guest.irq_debt_ns += self.sim.c_guest_irq
+            self.seg_pi = False
+            self.deliver_pi(self.cpu, self.t_enter)
         if self.pir & bit:
             self.stat["pi_coalesced"] += 1
             return
         self.pir |= bit
         self.stat["pi_posted"] += 1
+        self.sim.irq.posted(self, vector, source)  # issue 4
         if self.sim.tracer is not None:
             cpu = self.cpu
             self.sim.tracer.emit(self.sim.env.now, "pi_posted", cpu.index if cpu else -1,
@@ -212,13 +271,15 @@ class VcpuTdx(KvmVcpu):
                 # handler's time delays the guest's next TDVMCALL (paid in its next period).
                 self.guest.irq_debt_ns += self.sim.c_guest_irq
                 self.deliver_pi(self.cpu, now)
-        elif self.phase == PH_BLOCKED:
+        else:  # issue 4: kvm_vcpu_wake_up whenever not delivered (a no-op unless halting)
             self.kvm_vcpu_wake_up()
 
     def has_events(self, cpu: "HostCpu") -> bool:
         """kvm_vcpu_has_events for a halted TD vCPU -> tdx_protected_apic_has_interrupt:
         PI pending, else (HLT with interrupts enabled) TDH.VP.RD of the state details."""
         if self.pi_on or self.pir:
+            return True
+        if self.requests & KVM_REQ_NMI or self.nmi_pending:  # issue 4: kvm_vcpu_has_events
             return True
         if self.vp_enter_args.r12 == 0 and self.exit_reason == arch.EXIT_REASON_HLT:
             _, details = self.sim.module.tdh_vp_rd(self, cpu, "STATE_DETAILS_NON_ARCH")
@@ -229,6 +290,12 @@ class VcpuTdx(KvmVcpu):
     def tdx_handle_exit(self, cpu: "HostCpu") -> int:
         """tdx_handle_exit: returns 1 to re-enter, 0 to exit to userspace."""
         reason = self.exit_reason
+        if (self.vp_enter_ret & arch.TDX_SEAMCALL_STATUS_MASK) == arch.TDX_OPERAND_BUSY:
+            # issue 4, minimal: tdx_exit_handlers_fastpath -> EXIT_FASTPATH_EXIT_HANDLED, the
+            # run loop retries TDH.VP.ENTER (reference §7.2); e.g. TDH.MEM.TRACK holds the
+            # TD epoch (operand 0xA9).
+            self.stat["vp_enter_busy"] += 1
+            return 1
         if reason == arch.EXIT_REASON_INVALID:
             self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
             return 0
@@ -238,6 +305,9 @@ class VcpuTdx(KvmVcpu):
             self.stat["irq_exits"] += 1
             return 1
         if basic == arch.EXIT_REASON_OTHER_SMI:
+            return 1
+        if basic == arch.EXIT_REASON_EXCEPTION_NMI:  # issue 4: host NMI, handled at exit
+            cpu.acc += self.sim.c_host_nmi
             return 1
         return self.handle_tdvmcall(cpu, basic)
 
@@ -258,6 +328,9 @@ class VcpuTdx(KvmVcpu):
             return 1
         if basic in (arch.EXIT_REASON_MSR_READ, arch.EXIT_REASON_MSR_WRITE):
             cpu.acc += sim.c_tdvmcall_msr
+            if basic == arch.EXIT_REASON_MSR_WRITE and args.r12 == 0x830:
+                # issue 4: x2APIC ICR write = a guest IPI (tdsim.interrupts)
+                sim.irq.kvm_x2apic_icr_write(self, cpu, args.r13)
             args.r10 = arch.TDVMCALL_STATUS_SUCCESS
             args.r11 = 0
             guest.next_period()
@@ -296,6 +369,13 @@ class VcpuTdx(KvmVcpu):
         args = self.vp_enter_args
         args.r10 = arch.TDVMCALL_STATUS_SUCCESS
         self.guest.next_period()
+
+    def kvm_check_requests(self, cpu: "HostCpu") -> int:
+        """Request processing; issue 4: KVM_REQ_NMI -> process_nmi, then (KVM_REQ_EVENT)
+        tdx_inject_nmi's TDH.VP.WR of PEND_NMI, before prepare_switch_to_guest."""
+        if self.requests & KVM_REQ_NMI:
+            self.sim.irq.process_nmi(self, cpu)
+        return super().kvm_check_requests(cpu)
 
     def vmm_service_ns(self) -> int:
         return self.sim.vmm_service_ns.get(self.run_exit_reason, 0)

@@ -146,6 +146,18 @@ COSTS = Table(
         "tdh_vp_wr_ns": _cost(400, "placeholder", "TDH.VP.WR, SEAMCALL included"),
         "guest_irq_ns": _cost(1000, "placeholder", "guest interrupt handler for a delivered "
                               "posted interrupt (guest time)"),
+        # --- issue 4: interrupts, NMIs, SEPT zaps ---
+        "icr_write_ns": _cost(150, "placeholder", "KVM emulation of an x2APIC ICR write, per "
+                              "destination (kvm_apic_send_ipi -> __apic_accept_irq -> PI post)"),
+        "host_nmi_ns": _cost(1500, "placeholder", "host NMI handler (perf / watchdog) run in "
+                             "tdx_vcpu_enter_exit after an EXCEPTION_NMI exit"),
+        "guest_nmi_ns": _cost(2000, "placeholder", "guest NMI handler (guest time)"),
+        "tdh_mem_range_block_ns": _cost(800, "placeholder", "TDH.MEM.RANGE.BLOCK, SEAMCALL "
+                                        "included"),
+        "tdh_mem_track_ns": _cost(500, "placeholder", "TDH.MEM.TRACK, SEAMCALL included (holds "
+                                  "the TD epoch lock exclusively meanwhile)"),
+        "tdh_mem_page_remove_ns": _cost(1000, "placeholder", "TDH.MEM.PAGE.REMOVE, SEAMCALL "
+                                        "included"),
     },
     doc="Per-operation costs in ns.",
 )
@@ -165,6 +177,47 @@ WORKLOAD = Table(
     doc="What the guest vCPUs do.",
 )
 
+# --- issue 4: interrupt sources and SEPT zaps of one TD (all off by default) ---------------
+IPI_PATTERNS = ("unicast", "multicast", "broadcast", "shootdown")
+
+INTERRUPTS = Table(
+    {
+        "ipi_hz": Key(NUM, 0.0, "guest IPIs sent per vCPU per second of guest run time: the "
+                      "guest ends a compute period with an x2APIC ICR write (TDVMCALL WRMSR "
+                      "0x830) instead of its mix call; 0 = off", non_negative),
+        "ipi_pattern": Key(str, "unicast", "destinations of one guest IPI: unicast (one random "
+                           "other vCPU), multicast (ipi_targets random others), broadcast (all "
+                           "others), shootdown (like multicast to shootdown_targets others, "
+                           "and the sender spins in guest until every receiver has acked)",
+                           choices=IPI_PATTERNS),
+        "ipi_targets": Key(int, 2, "destinations of a multicast IPI", positive),
+        "shootdown_targets": Key(int, 0, "receivers of one TLB shootdown; 0 = all other "
+                                 "vCPUs", non_negative),
+        "device_irq_hz": Key(NUM, 0.0, "device interrupts per second (MSI via irqfd, posted "
+                             "from a host CPU outside the TD's); 0 = off", non_negative),
+        "device_irq_vcpus": Key(list, [0], "vCPUs the device interrupts are routed to "
+                                "(round robin)", item_type=int),
+        "nmi_hz": Key(NUM, 0.0, "NMIs injected per vCPU per second by the VMM / a watchdog "
+                      "(kvm_inject_nmi); 0 = off", non_negative),
+    },
+    doc="Interrupt sources of the TD besides the guest timer (workload.timer_hz).",
+)
+
+SEPT = Table(
+    {
+        "zap_hz": Key(NUM, 0.0, "private-page zaps per second (e.g. private->shared "
+                      "conversions); each runs TDH.MEM.RANGE.BLOCK, TDH.MEM.TRACK + kick-and-"
+                      "wait, TDH.MEM.PAGE.REMOVE under mmu_lock; 0 = off", non_negative),
+        "zap_pages": Key(int, 1, "4K pages removed per zap (one TDH.MEM.PAGE.REMOVE each)",
+                         positive),
+        "remove_busy_p": Key(NUM, 0.0, "probability that TDH.MEM.PAGE.REMOVE returns "
+                             "TDX_OPERAND_BUSY (SEPT lock held by a vCPU's TDH.VP.ENTER or a "
+                             "guest TDG.MEM.PAGE.ACCEPT); the retry goes through "
+                             "tdh_do_no_vcpus (wait_for_sept_zap)", probability),
+    },
+    doc="SEPT zaps of this TD's private memory (reference §7.3).",
+)
+
 VM = Table(
     {
         "name": Key(str, None, "VM name (default td<index>)", optional=True,
@@ -174,6 +227,8 @@ VM = Table(
         "pin": Key(list, None, "host CPU per vCPU (one entry per vCPU); unset = unpinned",
                    optional=True, item_type=int),
         "workload": WORKLOAD,
+        "interrupts": INTERRUPTS,
+        "sept": SEPT,
     },
     doc="A guest (TD).",
 )
@@ -206,6 +261,9 @@ SCHEMA = Table(
                                     "than one runnable thread", positive),
                 "wakeup_preempt": Key(bool, True, "a waking thread preempts the running one "
                                       "(otherwise it waits for the slice to end)"),
+                "nmi_hz": Key(NUM, 0.0, "host NMIs (perf / NMI watchdog) per CPU per second; "
+                              "one hitting a running TD is an EXCEPTION_NMI exit; 0 = off",
+                              non_negative),
             }
         ),
         "kvm": Table(
@@ -217,6 +275,10 @@ SCHEMA = Table(
                                "runs it once per strategy with the same seed (paired) and "
                                "prints them side by side; empty = run host_state only",
                                item_type=str),
+                "halt_poll_ns": Key(int, 0, "halt polling (kvm.halt_poll_ns): a halted vCPU "
+                                    "polls for events this long before blocking; fixed (the "
+                                    "grow/shrink heuristics are not modelled); 0 = off",
+                                    non_negative),
             }
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),

@@ -14,9 +14,10 @@ from typing import Any
 
 import simpy
 
-from . import arch
+from . import arch, sept
 from ._version import __version__
 from .guest import GuestVcpu
+from .interrupts import _ICR_SHORTHAND, _IPI_VECTOR, IpiGuestVcpu, IrqStats
 from .host import CATEGORY_NAMES, IDLE, HostCpu, HostTask, Scheduler, new_stat
 from .invariants import Invariants
 from .kvm_tdx import VcpuTdx
@@ -40,6 +41,15 @@ class Vm:
         self.name = name
         self.flavor = flavor
         self.vcpus: list[VcpuTdx] = []
+        # issue 4: interrupt sources and SEPT zaps ([vm.interrupts], [vm.sept]);
+        # kvm_tdx->wait_for_sept_zap; TDH.MEM.TRACK holding the TD epoch lock; the window in
+        # which no vCPU may enter the TD (tdsim.sept oracle)
+        self.interrupts: dict = {}
+        self.sept: dict = {}
+        self.ipi_rng = None
+        self.wait_for_sept_zap = False
+        self.epoch_locked = False
+        self.zap_excl_t0 = self.zap_excl_t1 = -1
 
 
 class Simulation:
@@ -58,6 +68,7 @@ class Simulation:
         for key, value in d["costs"].items():
             setattr(self, "c_" + key[:-3], int(value))
         self.host_stat = new_stat()
+        self.halt_poll_ns = int(d["kvm"]["halt_poll_ns"])  # issue 4
         self.invariants = Invariants(self)
         self.violations = self.invariants
         host = d["host"]
@@ -78,6 +89,7 @@ class Simulation:
         self.vms: list[Vm] = []
         self.vcpus: list[VcpuTdx] = []
         self.timers: list[tuple[VcpuTdx, int]] = []
+        self.irq = IrqStats(self)  # issue 4: interrupt sources, latencies, oracles
         self._build_vms(d["vm"])
         self.tasks: list[HostTask] = []
         for i in range(host["tasks"]):
@@ -92,11 +104,24 @@ class Simulation:
             vm = Vm(vi, vmd["name"], vmd["flavor"])
             wl = vmd["workload"]
             pins = vmd["pin"]
+            intr = vm.interrupts = vmd["interrupts"]
+            vm.sept = vmd["sept"]
+            vm.ipi_rng = stream(self.seed, f"vm.{vm.name}.ipi.dest")
             for i in range(vmd["vcpus"]):
                 scope = f"vm.{vm.name}.vcpu{i}"
-                guest = GuestVcpu(stream(self.seed, scope + ".workload"),
-                                  us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",
-                                  wl["mix"], self.c_guest_tdvmcall)
+                if intr["ipi_hz"] > 0:  # issue 4: the guest also sends IPIs
+                    pattern = intr["ipi_pattern"]
+                    guest = IpiGuestVcpu(stream(self.seed, scope + ".workload"),
+                                         us_to_ns(wl["compute_us"]),
+                                         wl["compute_dist"] == "exp", wl["mix"],
+                                         self.c_guest_tdvmcall,
+                                         stream(self.seed, scope + ".ipi"),
+                                         int(1e9 / intr["ipi_hz"]),
+                                         _IPI_VECTOR[pattern] | _ICR_SHORTHAND[pattern])
+                else:
+                    guest = GuestVcpu(stream(self.seed, scope + ".workload"),
+                                      us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",
+                                      wl["mix"], self.c_guest_tdvmcall)
                 vcpu = VcpuTdx(self, vm, i, pins[i] if pins else None, guest)
                 vcpu.cpu = self.cpus[pins[i] if pins else (len(self.vcpus) % len(self.cpus))]
                 vm.vcpus.append(vcpu)
@@ -127,7 +152,7 @@ class Simulation:
             vcpu.stat["timer_fired"] += 1
             if vcpu.cpu is not None:
                 vcpu.cpu.host_irq()
-            vcpu.pi_post(arch.LOCAL_TIMER_VECTOR, "timer")
+            self.irq.post(vcpu, arch.LOCAL_TIMER_VECTOR, "timer")  # issue 4: via the oracle
             yield env.timeout(period)
 
     def _warmup(self):
@@ -161,6 +186,8 @@ class Simulation:
             env.process(self._warmup())
         for vcpu, period, phase in self.timers:
             env.process(self._guest_timer(vcpu, period, phase))
+        self.irq.start()  # issue 4: IPI/device/NMI sources
+        sept.start(self)
         wall0 = time.perf_counter()
         env.run(until=self.duration_ns)
         wall = time.perf_counter() - wall0
@@ -178,6 +205,7 @@ class Simulation:
             if sum(cpu.ns) != end:
                 raise AssertionError(f"tdsim bug: cpu{cpu.index} time parts sum to "
                                      f"{sum(cpu.ns)} ns, not {end}")
+        self.irq.check_end()  # issue 4: end-of-run interrupt oracles
         warm = self._warm
         if warm is not None:
             for cpu, ns in zip(self.cpus, warm["cpu"]):
@@ -212,6 +240,7 @@ class Simulation:
         for cpu in self.cpus:
             for cat, name in enumerate(CATEGORY_NAMES):
                 metrics[f"cpu.{cpu.index}.ns.{name}"] = cpu.ns[cat]
+        self.irq.collect(metrics)  # issue 4: latency percentiles
         for name, count in self.invariants.counts.items():
             metrics[f"violations.{name}"] = count
         metrics["sim.duration_ns"] = end

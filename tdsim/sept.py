@@ -1,0 +1,148 @@
+"""SEPT zaps of a TD's private memory and their contention with TDH.VP.ENTER (reference §7).
+
+One zap (``tdx_sept_zap``) models KVM removing private pages, e.g. on a private->shared
+conversion, with ``kvm->mmu_lock`` held for write:
+
+1. TDH.MEM.RANGE.BLOCK;
+2. ``tdx_track``: TDH.MEM.TRACK, which holds the TD epoch lock exclusively -- a TDH.VP.ENTER
+   issued meanwhile fails with TDX_OPERAND_BUSY (operand 0xA9) and the vCPU's run loop
+   retries (``vp_enter_busy``) -- then ``kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)``:
+   every vCPU in guest mode is kicked and the caller waits until each has passed its IRQ
+   window after the TD exit (``kick_and_wait``);
+3. per page TDH.MEM.PAGE.REMOVE; with probability ``remove_busy_p`` it returns
+   TDX_OPERAND_BUSY (operand 0x92, the SEPT lock) and goes through ``tdh_do_no_vcpus``: set
+   ``wait_for_sept_zap``, kick-and-wait again, retry (which succeeds: no vCPU is in the TD and
+   none can enter), clear the flag.  While the flag is set every vCPU of the TD spins through
+   ``vcpu_enter_guest`` (abort path D, ``late_abort.wait_for_sept_zap``; time in
+   ``sept.wait_ns``).
+
+Simplifications: the zapping thread runs on a housekeeping CPU outside the model (its time is
+not in any modelled CPU); one zap at a time per TD (mmu_lock is not contended by anything
+else in the model); a vCPU that planned its entry before the flag was set but had not yet
+reached the late exit-request check is aborted there as a kick (the real one would see the
+flag a few hundred ns later in tdx_vcpu_run).
+
+Oracle ``td_entry_during_zap``: no TD entry between the end of tdh_do_no_vcpus's
+kick-and-wait and the clearing of ``wait_for_sept_zap`` (checked at each TD exit against the
+VM's ``zap_excl_t0`` / ``zap_excl_t1``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from simpy import AllOf
+
+from . import arch
+from .kvm_x86 import CAUSE_LATE_ABORT, EXITING_GUEST_MODE, PH_KERNEL, PH_SEG
+from .rng import stream
+from .tdx_module import seamcall_keys
+
+if TYPE_CHECKING:
+    from .sim import Simulation
+
+NEVER = 1 << 62
+
+
+class SeptZapper:
+    """The zapping side of one TD (kvm_tdx's private-SPTE removal path)."""
+
+    def __init__(self, sim: "Simulation", vm, cfg: dict) -> None:
+        self.sim = sim
+        self.vm = vm
+        self.rate_hz = cfg["zap_hz"]
+        self.pages = cfg["zap_pages"]
+        self.busy_p = cfg["remove_busy_p"]
+        self.rng = stream(sim.seed, f"vm.{vm.name}.sept")
+        self.stat = sim.host_stat
+
+    def count(self, leaf: int, status: int) -> None:
+        """Count a SEAMCALL of the zapping thread (host-wide counters)."""
+        k_leaf, k_status = seamcall_keys(leaf, status)
+        self.stat[k_leaf] += 1
+        self.stat[k_status] += 1
+
+    def run(self):
+        env = self.sim.env
+        mean = 1e9 / self.rate_hz
+        while True:
+            yield env.timeout(max(1, int(self.rng.expovariate(1.0 / mean))))
+            yield from self.tdx_sept_zap()
+
+    def tdx_sept_zap(self):
+        """tdx_sept_remove_private_spte and friends, under mmu_lock (write)."""
+        sim = self.sim
+        env = sim.env
+        vm = self.vm
+        stat = self.stat
+        t0 = env.now
+        stat["sept.zaps"] += 1
+        yield env.timeout(sim.c_tdh_mem_range_block)
+        self.count(arch.TDH_MEM_RANGE_BLOCK, arch.TDX_SUCCESS)
+        # tdx_track: TDH.MEM.TRACK holds the epoch lock exclusively
+        vm.epoch_locked = True
+        yield env.timeout(sim.c_tdh_mem_track)
+        vm.epoch_locked = False
+        self.count(arch.TDH_MEM_TRACK, arch.TDX_SUCCESS)
+        yield from self.kick_and_wait()
+        for _ in range(self.pages):
+            yield env.timeout(sim.c_tdh_mem_page_remove)
+            if self.rng.random() < self.busy_p:
+                self.count(arch.TDH_MEM_PAGE_REMOVE,
+                           arch.TDX_OPERAND_BUSY | arch.TDX_OPERAND_ID_SEPT)
+                stat["sept.remove_busy"] += 1
+                yield from self.tdh_do_no_vcpus(arch.TDH_MEM_PAGE_REMOVE,
+                                                sim.c_tdh_mem_page_remove)
+            else:
+                self.count(arch.TDH_MEM_PAGE_REMOVE, arch.TDX_SUCCESS)
+        stat["sept.zap_ns"] += env.now - t0
+
+    def tdh_do_no_vcpus(self, leaf: int, cost_ns: int):
+        """tdh_do_no_vcpus: after OPERAND_BUSY, block entries (wait_for_sept_zap), kick
+        every vCPU out and wait, retry the SEAMCALL, unblock."""
+        sim = self.sim
+        env = sim.env
+        vm = self.vm
+        t0 = env.now
+        vm.wait_for_sept_zap = True
+        yield from self.kick_and_wait()
+        vm.zap_excl_t0 = env.now
+        vm.zap_excl_t1 = NEVER
+        yield env.timeout(cost_ns)
+        self.count(leaf, arch.TDX_SUCCESS)
+        vm.zap_excl_t1 = env.now
+        vm.wait_for_sept_zap = False
+        self.stat["sept.no_vcpus_ns"] += env.now - t0
+
+    def kick_and_wait(self):
+        """kvm_make_all_cpus_request(kvm, KVM_REQ_OUTSIDE_GUEST_MODE): NO_ACTION | WAIT |
+        NO_WAKEUP.  Every vCPU not OUTSIDE_GUEST_MODE is kicked and waited for."""
+        sim = self.sim
+        env = sim.env
+        events = []
+        for vcpu in self.vm.vcpus:
+            if vcpu.phase != PH_SEG:
+                continue  # OUTSIDE_GUEST_MODE: no IPI, nothing to wait for
+            if env.now < vcpu.t_late:
+                # planned but not yet past the late check: it will not enter
+                vcpu.mode = EXITING_GUEST_MODE
+                vcpu.phase = PH_KERNEL
+                vcpu.proc.interrupt(CAUSE_LATE_ABORT)
+                continue
+            if vcpu.outside_ack is None:
+                vcpu.outside_ack = env.event()
+            events.append(vcpu.outside_ack)
+            vcpu.kvm_vcpu_kick()
+        self.stat["sept.kicks"] += len(events)
+        if events:
+            t0 = env.now
+            yield AllOf(env, events)
+            self.stat["sept.kick_wait_ns"] += env.now - t0
+
+
+def start(sim: "Simulation") -> None:
+    """Start the zap process of every TD that has ``[vm.sept] zap_hz > 0``."""
+    for vm in sim.vms:
+        cfg = vm.sept
+        if cfg["zap_hz"] > 0:
+            sim.env.process(SeptZapper(sim, vm, cfg).run())
