@@ -68,6 +68,7 @@ class VcpuTdx(KvmVcpu):
         self.nmi_t0 = None
         self.seg_host_nmi = False
         self.outside_ack = None
+        self.t_seamcall = 0
 
     def host_gsbase(self) -> int:
         """current->thread.gsbase of the vCPU thread (host KERNEL_GS_BASE to restore)."""
@@ -124,6 +125,7 @@ class VcpuTdx(KvmVcpu):
             return late
         # PI descriptor ON -> self-IPI POSTED_INTR_VECTOR; recognised at TD entry.
         self.seg_pi = self.pi_on
+        self.t_seamcall = now + late  # issue 4: when TDH.VP.ENTER is issued
         status = sim.module.tdh_vp_enter_check(self, cpu)
         self.seg_status = status
         if status != arch.TDX_SUCCESS:
@@ -157,11 +159,13 @@ class VcpuTdx(KvmVcpu):
         if self.seg_status == SEG_SEPT_SPIN:
             return self.sept_spin_exit(cpu)
         if self.seg_status != arch.TDX_SUCCESS:
+            self.seg_pi = False
             ret = module.tdh_vp_enter_fail(self, cpu, self.seg_status)
         else:
             if self.seg_pi:
                 if self.seg_pi == SEG_PI_LATE:  # handler time not in the planned run
                     guest.irq_debt_ns += sim.c_guest_irq
+                self.seg_pi = False  # issue 4: done (pi_post tests it)
                 self.deliver_pi(cpu, self.t_enter)
             # issue 4: PEND_NMI is injected by the module at entry; oracles
             if self.module_fields.get("PEND_NMI", 0):
@@ -236,10 +240,10 @@ class VcpuTdx(KvmVcpu):
     def pi_post(self, vector: int, source: str) -> None:
         """__vmx_deliver_posted_interrupt: set PIR; set ON; notify or wake."""
         bit = 1 << vector
-        if (self.seg_pi and self.phase == PH_SEG and self.seg_status == arch.TDX_SUCCESS
-                and self.t_enter <= self.sim.env.now < self.t_guest_end):
+        if (self.seg_pi and self.seg_status == arch.TDX_SUCCESS
+                and self.t_enter <= self.sim.env.now):
             # issue 4: the entry's PI processing (applied lazily at the exit) has already
-            # happened: the guest runs with ON clear and the PIR drained.
+            # happened: the guest runs (or has exited) with ON clear and the PIR drained.
             if self.seg_pi == SEG_PI_LATE:
                 self.guest.irq_debt_ns += self.sim.c_guest_irq
             self.seg_pi = False

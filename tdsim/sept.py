@@ -5,7 +5,8 @@ conversion, with ``kvm->mmu_lock`` held for write:
 
 1. TDH.MEM.RANGE.BLOCK;
 2. ``tdx_track``: TDH.MEM.TRACK, which holds the TD epoch lock exclusively -- a TDH.VP.ENTER
-   issued meanwhile fails with TDX_OPERAND_BUSY (operand 0xA9) and the vCPU's run loop
+   issued meanwhile (judged at the SEAMCALL instant of an entry planned after the lock was
+   taken) fails with TDX_OPERAND_BUSY (operand 0xA9) and the vCPU's run loop
    retries (``vp_enter_busy``) -- then ``kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)``:
    every vCPU in guest mode is kicked and the caller waits until each has passed its IRQ
    window after the TD exit (``kick_and_wait``);
@@ -77,12 +78,13 @@ class SeptZapper:
         stat = self.stat
         t0 = env.now
         stat["sept.zaps"] += 1
+        # tdx_track's TDH.MEM.TRACK will hold the epoch lock exclusively right after the
+        # BLOCK; published now so that entries planned meanwhile see it at their SEAMCALL
+        vm.epoch_lock_t0 = t0 + sim.c_tdh_mem_range_block
+        vm.epoch_lock_t1 = vm.epoch_lock_t0 + sim.c_tdh_mem_track
         yield env.timeout(sim.c_tdh_mem_range_block)
         self.count(arch.TDH_MEM_RANGE_BLOCK, arch.TDX_SUCCESS)
-        # tdx_track: TDH.MEM.TRACK holds the epoch lock exclusively
-        vm.epoch_locked = True
         yield env.timeout(sim.c_tdh_mem_track)
-        vm.epoch_locked = False
         self.count(arch.TDH_MEM_TRACK, arch.TDX_SUCCESS)
         yield from self.kick_and_wait()
         for _ in range(self.pages):

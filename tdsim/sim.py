@@ -48,7 +48,7 @@ class Vm:
         self.sept: dict = {}
         self.ipi_rng = None
         self.wait_for_sept_zap = False
-        self.epoch_locked = False
+        self.epoch_lock_t0 = self.epoch_lock_t1 = -1
         self.zap_excl_t0 = self.zap_excl_t1 = -1
 
 
