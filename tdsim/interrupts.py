@@ -145,6 +145,7 @@ class IrqStats:
     def posted(self, vcpu: "VcpuTdx", vector: int, source: str) -> None:
         """Called by pi_post when `vector` newly enters the PIR."""
         vcpu.pi_src[vector] = (self.sim.env.now, source)
+        vcpu.stat["irq.posted." + source] += 1
 
     def taken(self, vcpu: "VcpuTdx", t: int) -> None:
         """Called by deliver_pi: the guest takes every pending vector at time `t`."""
