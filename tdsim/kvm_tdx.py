@@ -60,14 +60,13 @@ class VcpuTdx(KvmVcpu):
         # issue 4 (tdsim.interrupts): vector -> (t_posted, source) of what the PIR holds;
         # shootdowns waiting for this vCPU's ack; NMI state (vcpu->arch.nmi_queued /
         # nmi_pending; time of the oldest undelivered NMI); a host NMI cut this segment;
-        # the event a KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait waits on (tdsim.sept).
+        # (outside_ack, the kick-and-wait's event, is in KvmVcpu)
         self.pi_src: dict[int, tuple[int, str]] = {}
         self.sd_waiters: list = []
         self.nmi_queued = 0
         self.nmi_pending = 0
         self.nmi_t0 = None
         self.seg_host_nmi = False
-        self.outside_ack = None
         self.t_seamcall = 0
 
     def host_gsbase(self) -> int:

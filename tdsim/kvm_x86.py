@@ -159,6 +159,9 @@ class KvmVcpu(Thread):
         # that arrived after it but before schedule() (which then does not sleep)
         self.halting = False
         self.halt_woken = False
+        # issue 4: event a KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait waits on (tdsim.sept);
+        # succeeded when the vCPU next runs with IRQs enabled (late abort or after the exit)
+        self.outside_ack = None
 
     # --- asynchronous notifications --------------------------------------------------------
     def exit_request_pending(self) -> bool:
@@ -420,6 +423,10 @@ class KvmVcpu(Thread):
     def late_abort(self, cpu: "HostCpu", kind: str) -> int:
         """The late kvm_vcpu_exit_request() fired: IRQs back on, r = 1 (cancel_injection)."""
         self.mode = OUTSIDE_GUEST_MODE
+        ack = self.outside_ack  # issue 4: the pending call-function IPI runs now
+        if ack is not None:
+            self.outside_ack = None
+            ack.succeed()
         self.stat[f"late_abort.{kind}"] += 1
         self.stat["late_abort"] += 1
         if self.sim.tracer is not None:

@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING
 from simpy import AllOf
 
 from . import arch
-from .kvm_x86 import CAUSE_LATE_ABORT, EXITING_GUEST_MODE, PH_KERNEL, PH_SEG
+from .kvm_x86 import (
+    CAUSE_LATE_ABORT, EXITING_GUEST_MODE, IN_GUEST_MODE, OUTSIDE_GUEST_MODE, PH_KERNEL, PH_SEG,
+)
 from .rng import stream
 from .tdx_module import seamcall_keys
 
@@ -123,18 +125,18 @@ class SeptZapper:
         env = sim.env
         events = []
         for vcpu in self.vm.vcpus:
-            if vcpu.phase != PH_SEG:
-                continue  # OUTSIDE_GUEST_MODE: no IPI, nothing to wait for
-            if env.now < vcpu.t_late:
+            if vcpu.mode == OUTSIDE_GUEST_MODE:
+                continue  # no IPI, nothing to wait for
+            if vcpu.outside_ack is None:
+                vcpu.outside_ack = env.event()
+            events.append(vcpu.outside_ack)
+            if vcpu.phase == PH_SEG and env.now < vcpu.t_late:
                 # planned but not yet past the late check: it will not enter
                 vcpu.mode = EXITING_GUEST_MODE
                 vcpu.phase = PH_KERNEL
                 vcpu.proc.interrupt(CAUSE_LATE_ABORT)
-                continue
-            if vcpu.outside_ack is None:
-                vcpu.outside_ack = env.event()
-            events.append(vcpu.outside_ack)
-            vcpu.kvm_vcpu_kick()
+            elif vcpu.mode == IN_GUEST_MODE:
+                vcpu.kvm_vcpu_kick()
         self.stat["sept.kicks"] += len(events)
         if events:
             t0 = env.now

@@ -208,12 +208,14 @@ def _conserved(r, sim):
     device_hz=st.sampled_from([0, 50000]),
     nmi_hz=st.sampled_from([0, 30000]),
     poll_ns=st.sampled_from([0, 3000]),
+    zap_hz=st.sampled_from([0, 50000]),
     seed=st.integers(0, 2**16),
 )
 def test_no_lost_interrupt_wakeup_or_stuck_halt_on_random_mixes(
-        cpus, vcpus, pinned, tasks, hlt, ipi_hz, pattern, device_hz, nmi_hz, poll_ns, seed):
-    """Random IPI/timer/halt/NMI mixes on small hosts, pinned or migrating: no violation and
-    every posted interrupt is taken or still pending."""
+        cpus, vcpus, pinned, tasks, hlt, ipi_hz, pattern, device_hz, nmi_hz, poll_ns, zap_hz,
+        seed):
+    """Random IPI/timer/halt/NMI/zap mixes on small hosts, pinned or migrating: no violation
+    and every posted interrupt is taken or still pending."""
     sc = scenario_from_dict({
         "sim": {"duration_us": 1000, "seed": seed},
         "host": {"cpus": cpus, "tick_hz": 4000, "tasks": tasks, "task_run_us": 30,
@@ -224,7 +226,8 @@ def test_no_lost_interrupt_wakeup_or_stuck_halt_on_random_mixes(
                              "mix": {"cpuid": 1.0, "io": 0.2, "hlt": hlt}},
                 "interrupts": {"ipi_hz": ipi_hz, "ipi_pattern": pattern,
                                "device_irq_hz": device_hz, "device_irq_vcpus": [0],
-                               "nmi_hz": nmi_hz}}],
+                               "nmi_hz": nmi_hz},
+                "sept": {"zap_hz": zap_hz, "remove_busy_p": 0.5}}],
     }, name="<hyp-irq>")
     sim = Simulation(sc)
     r = sim.run()

@@ -1,0 +1,79 @@
+"""SEPT zaps: TDH.MEM.TRACK contention with TDH.VP.ENTER, kick-and-wait, wait_for_sept_zap."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tdsim.kvm_tdx import VcpuTdx
+from tdsim.scenario import scenario_from_dict
+from tdsim.sim import run
+
+
+def zap_td(duration_us=3000, vcpus=4, busy_p=0.0, zap_hz=20000, pages=1, seed=1):
+    return scenario_from_dict({
+        "sim": {"duration_us": duration_us, "seed": seed},
+        "host": {"cpus": vcpus + 1, "tick_hz": 0},
+        "vm": [{"vcpus": vcpus, "pin": list(range(vcpus)),
+                "workload": {"compute_us": 10, "mix": {"cpuid": 1.0}},
+                "sept": {"zap_hz": zap_hz, "zap_pages": pages, "remove_busy_p": busy_p}}],
+    }, name="<sept>")
+
+
+def test_each_zap_blocks_tracks_and_removes():
+    """One RANGE.BLOCK and one TRACK per zap, one PAGE.REMOVE per page."""
+    m = run(zap_td(pages=3)).metrics
+    zaps = m["sept.zaps"]
+    assert zaps >= 20
+    assert m["seamcall.TDH_MEM_RANGE_BLOCK"] == m["seamcall.TDH_MEM_TRACK"] == zaps
+    # (the zap in progress at the end may not have removed all its pages yet)
+    assert 3 * zaps - 3 < m["seamcall.TDH_MEM_PAGE_REMOVE"] <= 3 * zaps
+
+
+def test_track_kicks_every_vcpu_in_the_guest():
+    """Busy vCPUs are in the guest at almost every zap: each zap kicks nearly all of them."""
+    m = run(zap_td(vcpus=4)).metrics
+    assert m["sept.kicks"] > 3 * m["sept.zaps"]
+    assert m["sept.kick_wait_ns"] > 0
+    assert m.get("late_abort.wait_for_sept_zap", 0) == 0  # no BUSY remove: no spin
+
+
+def test_busy_remove_makes_every_vcpu_spin():
+    """A PAGE.REMOVE that returns OPERAND_BUSY sets wait_for_sept_zap: vCPUs spin (path D)."""
+    r = run(zap_td(busy_p=1.0))
+    m = r.metrics
+    assert m["seamcall.TDH_MEM_PAGE_REMOVE.status.TDX_OPERAND_BUSY"] == m["sept.remove_busy"]
+    assert m["late_abort.wait_for_sept_zap"] > m["sept.remove_busy"]
+    assert m["sept.wait_ns"] > 0
+    assert r.violations == []
+
+
+def test_entry_during_track_gets_operand_busy_and_is_retried():
+    """A TDH.VP.ENTER issued while TDH.MEM.TRACK holds the epoch fails with OPERAND_BUSY
+    and the run loop retries without exiting to userspace."""
+    m = run(zap_td(duration_us=20000, vcpus=8, zap_hz=50000)).metrics
+    assert m["seamcall.TDH_VP_ENTER.status.TDX_OPERAND_BUSY"] == m["vp_enter_busy"] > 0
+    assert m["userspace_exits"] == 0
+
+
+def test_entry_oracle_fires_if_vcpus_ignore_wait_for_sept_zap(monkeypatch):
+    """With the wait_for_sept_zap check removed, vCPUs enter during the retry: recorded."""
+    orig = VcpuTdx.vcpu_run_vendor
+
+    def ignore_flag(self, cpu, late):
+        flag = self.vm.wait_for_sept_zap
+        self.vm.wait_for_sept_zap = False
+        try:
+            return orig(self, cpu, late)
+        finally:
+            self.vm.wait_for_sept_zap = flag
+    monkeypatch.setattr(VcpuTdx, "vcpu_run_vendor", ignore_flag)
+    r = run(zap_td(busy_p=1.0, vcpus=8, pages=4))
+    assert r.metrics["violations.td_entry_during_zap"] > 0
+
+
+@given(vcpus=st.integers(1, 4), busy_p=st.sampled_from([0.0, 0.5, 1.0]),
+       pages=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_no_entry_during_zap_on_random_storms(vcpus, busy_p, pages, seed):
+    """Random zap storms never let a vCPU enter while a zap needs all vCPUs out."""
+    r = run(zap_td(duration_us=400, vcpus=vcpus, busy_p=busy_p, zap_hz=50000, pages=pages,
+                   seed=seed))
+    assert r.violations == []
