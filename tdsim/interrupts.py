@@ -39,8 +39,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import arch
-from .kvm_x86 import KVM_REQ_EVENT, KVM_REQ_NMI, PH_BLOCKED, PH_SEG
 from .guest import GuestVcpu
+from .kvm_x86 import KVM_REQ_EVENT, KVM_REQ_NMI, PH_BLOCKED, PH_SEG
 from .rng import stream
 
 if TYPE_CHECKING:

@@ -461,9 +461,23 @@ def _resolve_strategy_path(data: dict[str, Any], base_dir: str | os.PathLike[str
     data["kvm"]["host_state"] = f"{os.path.abspath(target)}:{cls}"
 
 
+def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
+    """issue 4: device interrupts are routed to existing vCPUs."""
+    for i, vm in enumerate(data["vm"]):
+        targets = vm["interrupts"]["device_irq_vcpus"]
+        if vm["interrupts"]["device_irq_hz"] > 0 and not targets:
+            raise _Bad(("vm", i, "interrupts", "device_irq_vcpus"), "empty: route the device "
+                       "interrupts to at least one vCPU")
+        for j, v in enumerate(targets):
+            if not 0 <= v < vm["vcpus"]:
+                raise _Bad(("vm", i, "interrupts", "device_irq_vcpus", j),
+                           f"vCPU {v} does not exist (valid 0..{vm['vcpus'] - 1})")
+
+
 # Run in order on the resolved data; each raises _Bad at the first problem.  Add new
 # relations between keys here.
-CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_syntax]
+CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_syntax,
+                _check_device_irq_vcpus]
 
 
 # --- reference documentation ------------------------------------------------------------------

@@ -36,7 +36,12 @@ from simpy import AllOf
 
 from . import arch
 from .kvm_x86 import (
-    CAUSE_LATE_ABORT, EXITING_GUEST_MODE, IN_GUEST_MODE, OUTSIDE_GUEST_MODE, PH_KERNEL, PH_SEG,
+    CAUSE_LATE_ABORT,
+    EXITING_GUEST_MODE,
+    IN_GUEST_MODE,
+    OUTSIDE_GUEST_MODE,
+    PH_KERNEL,
+    PH_SEG,
 )
 from .rng import stream
 from .tdx_module import seamcall_keys

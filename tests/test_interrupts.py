@@ -2,14 +2,14 @@
 
 import io
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from tdsim import arch
 from tdsim.cli import print_summary
 from tdsim.interrupts import percentiles
-from tdsim.scenario import scenario_from_dict
+from tdsim.scenario import ScenarioError, scenario_from_dict
 from tdsim.sim import Simulation, run
 from tdsim.trace import Tracer
 
@@ -161,7 +161,8 @@ def test_latency_percentiles_in_result_document_and_summary():
     print_summary(r, Console(file=out, width=120))
     text = out.getvalue()
     assert "Delivery latency (ns)" in text
-    assert "timer" in text and "ipi" in text
+    assert "timer" in text
+    assert "ipi" in text
 
 
 def test_stuck_halt_oracle_fires_when_wakeups_are_lost(monkeypatch):
@@ -233,3 +234,9 @@ def test_no_lost_interrupt_wakeup_or_stuck_halt_on_random_mixes(
     r = sim.run()
     assert r.violations == []
     _conserved(r, sim)
+
+
+def test_device_irq_to_a_missing_vcpu_is_refused():
+    """Routing device interrupts to a vCPU the TD does not have is a scenario error."""
+    with pytest.raises(ScenarioError, match="device_irq_vcpus"):
+        td(100, vcpus=2, interrupts={"device_irq_hz": 10, "device_irq_vcpus": [2]})
