@@ -53,6 +53,7 @@ RESCHEDULE_VECTOR = 0xFD
 CALL_FUNCTION_VECTOR = 0xFC
 DEVICE_VECTOR = 0x22  # first vector the guest hands to a device MSI (any external vector)
 MSR_X2APIC_ICR = 0x830
+MSR_IA32_TSC_DEADLINE = 0x6E0
 
 PERCENTILES = (("p50", 50), ("p90", 90), ("p99", 99))
 SOURCES = ("timer", "ipi", "device", "nmi")
@@ -84,22 +85,51 @@ class Shootdown:
         self.pending = pending
 
 
-class IpiGuestVcpu(GuestVcpu):
-    """A guest that also sends IPIs: a Poisson clock in guest compute time (its own stream)
-    decides when a compute period ends with an ICR write (TDVMCALL WRMSR 0x830) instead of
-    the mix call.  The mix stream is consumed exactly as without IPIs."""
+class IrqGuestVcpu(GuestVcpu):
+    """A guest that also sends IPIs and/or re-arms a one-shot (TSC-deadline) timer.
 
-    __slots__ = ("ipi_rng", "ipi_mean_ns", "ipi_left_ns", "icr")
+    IPIs: a Poisson clock in guest compute time (its own stream) decides when a compute period
+    ends with an ICR write (TDVMCALL WRMSR 0x830) instead of the mix call.  The mix stream is
+    consumed exactly as without IPIs.
+
+    One-shot timer: when the guest is about to take its timer vector (planned at the entry
+    that delivers it), its handler re-arms the deadline first: the current period is set
+    aside and the guest runs only to a WRMSR(IA32_TSC_DEADLINE) TDVMCALL
+    (``tdvmcall.tsc_deadline``); the set-aside period resumes after it."""
+
+    __slots__ = ("ipi_rng", "ipi_mean_ns", "ipi_left_ns", "icr", "oneshot", "saved",
+                 "rearm_due", "rearm_planned")
 
     def __init__(self, rng, compute_ns, exp, mix, c_tdvmcall, ipi_rng, ipi_mean_ns: int,
-                 icr: int) -> None:
+                 icr: int, oneshot: bool = False) -> None:
         self.ipi_rng = ipi_rng
         self.ipi_mean_ns = ipi_mean_ns
         self.icr = icr
-        self.ipi_left_ns = max(1, int(ipi_rng.expovariate(1.0 / ipi_mean_ns)))
+        self.oneshot = oneshot
+        self.saved = None
+        self.rearm_due = False      # a timer was taken without a planned re-arm
+        self.rearm_planned = False  # the re-arm call is planned for a pending timer vector
+        self.ipi_left_ns = (max(1, int(ipi_rng.expovariate(1.0 / ipi_mean_ns)))
+                            if ipi_mean_ns else 1 << 62)
         super().__init__(rng, compute_ns, exp, mix, c_tdvmcall)
 
+    def preempt_with_rearm(self) -> None:
+        """The timer handler's WRMSR(IA32_TSC_DEADLINE) comes before the rest of the period."""
+        if self.saved is None:
+            self.saved = (self.remaining_ns, self.kind, self.tdvmcall_key, self._regs)
+            self.remaining_ns = self.c_tdvmcall
+            self.kind = "tsc_deadline"
+            self.tdvmcall_key = "tdvmcall.tsc_deadline"
+            self._regs = (0, arch.TDVMCALL_WRMSR, MSR_IA32_TSC_DEADLINE, 1, 0, 0)
+        self.rearm_due = False
+
     def next_period(self) -> None:
+        if self.saved is not None:
+            self.remaining_ns, self.kind, self.tdvmcall_key, self._regs = self.saved
+            self.saved = None
+            self.remaining_ns += self.irq_debt_ns
+            self.irq_debt_ns = 0
+            return
         debt = self.irq_debt_ns
         super().next_period()
         compute = self.remaining_ns - self.c_tdvmcall - debt
@@ -160,6 +190,12 @@ class IrqStats:
             self.sample(source, t_post, lat)
             if vector == CALL_FUNCTION_VECTOR and vcpu.sd_waiters:
                 self._ack_shootdowns(vcpu, t)
+            elif vector == arch.LOCAL_TIMER_VECTOR and vcpu.oneshot_period:
+                guest = vcpu.guest
+                if guest.rearm_planned:
+                    guest.rearm_planned = False
+                else:
+                    guest.rearm_due = True  # re-armed at its next planned entry
         vcpu.pi_src.clear()
 
     def check_entry(self, vcpu: "VcpuTdx") -> None:
@@ -173,6 +209,44 @@ class IrqStats:
                     f"vector {vector:#x} ({source}) posted at {t_post} still pending after "
                     f"the TD entry at {t_enter}")
                 break
+
+    # --- one-shot timers ------------------------------------------------------------------
+    def arm_oneshot(self, vcpu: "VcpuTdx", period: int, first_ns: int) -> None:
+        """Build phase: the guest's first deadline, `first_ns` from now."""
+        vcpu.oneshot_period = period
+        self._hrtimer_start(vcpu, first_ns)
+
+    def _hrtimer_start(self, vcpu: "VcpuTdx", delay_ns: int) -> None:
+        vcpu.timer_gen += 1
+        gen = vcpu.timer_gen
+        ev = self.sim.env.timeout(delay_ns)
+        ev.callbacks.append(lambda _e: self._oneshot_fire(vcpu, gen))
+
+    def _oneshot_fire(self, vcpu: "VcpuTdx", gen: int) -> None:
+        """apic_timer_fn on the vCPU's CPU: the hrtimer interrupt, then the timer vector is
+        posted (as the periodic timer does)."""
+        if gen != vcpu.timer_gen:
+            return
+        vcpu.stat["timer_fired"] += 1
+        if vcpu.cpu is not None:
+            vcpu.cpu.host_irq()
+        self.post(vcpu, arch.LOCAL_TIMER_VECTOR, "timer")
+
+    def plan_entry(self, vcpu: "VcpuTdx") -> None:
+        """tdx_vcpu_run planning, one-shot guests only: if this entry delivers the timer
+        vector (or a timer was taken without a re-arm), the guest re-arms first."""
+        guest = vcpu.guest
+        if guest.rearm_due or (vcpu.seg_pi and arch.LOCAL_TIMER_VECTOR in vcpu.pi_src):
+            if not guest.rearm_due:
+                guest.rearm_planned = True
+            guest.preempt_with_rearm()
+
+    def kvm_set_lapic_tscdeadline_msr(self, vcpu: "VcpuTdx") -> None:
+        """The guest's re-arm WRMSR(IA32_TSC_DEADLINE): start the hrtimer one period out.
+        (Only the one-shot re-arm call arms it; the mix's representative WRMSR of the same
+        MSR carries a placeholder value.)"""
+        vcpu.stat["timer_armed"] += 1
+        self._hrtimer_start(vcpu, vcpu.oneshot_period)
 
     # --- guest IPIs ----------------------------------------------------------------------
     def kvm_x2apic_icr_write(self, sender: "VcpuTdx", cpu: "HostCpu", icr: int) -> None:
@@ -345,6 +419,15 @@ class IrqStats:
                 self.sim.invariants.record("stuck_halt", vcpu.cpu.index, vcpu.name,
                                            "halted at the end of the run with a deliverable "
                                            "interrupt or NMI")
+            if vcpu.oneshot_period:
+                # a fired one-shot timer must be re-armed or on its way to be
+                guest = vcpu.guest
+                fired_unarmed = vcpu.stat["timer_fired"] - vcpu.stat["timer_armed"]
+                if fired_unarmed > 1 or (fired_unarmed == 1 and not (
+                        arch.LOCAL_TIMER_VECTOR in vcpu.pi_src or guest.rearm_due
+                        or guest.rearm_planned or guest.kind == "tsc_deadline")):
+                    self.sim.invariants.record("lost_interrupt", vcpu.cpu.index, vcpu.name,
+                                               "one-shot timer fired but never re-armed")
         if self.nmi_injected != self.nmi_delivered + self.nmi_coalesced + outstanding:
             self.sim.invariants.record(
                 "nmi_accounting", -1, None,

@@ -68,6 +68,8 @@ class VcpuTdx(KvmVcpu):
         self.nmi_t0 = None
         self.seg_host_nmi = False
         self.t_seamcall = 0
+        self.oneshot_period = 0  # one-shot (TSC-deadline) guest timer period, 0 = not one-shot
+        self.timer_gen = 0
 
     def host_gsbase(self) -> int:
         """current->thread.gsbase of the vCPU thread (host KERNEL_GS_BASE to restore)."""
@@ -130,6 +132,8 @@ class VcpuTdx(KvmVcpu):
         if status != arch.TDX_SUCCESS:
             self.t_enter = self.t_guest_end = now + late + sim.c_seamcall
             return late + sim.c_seamcall
+        if self.oneshot_period:  # issue 4: the timer handler re-arms before anything else
+            sim.irq.plan_entry(self)
         entry = sim.module.entry_cost(self, cpu)
         g = self.guest.remaining_ns
         if self.seg_pi:
@@ -334,6 +338,8 @@ class VcpuTdx(KvmVcpu):
             if basic == arch.EXIT_REASON_MSR_WRITE and args.r12 == 0x830:
                 # issue 4: x2APIC ICR write = a guest IPI (tdsim.interrupts)
                 sim.irq.kvm_x2apic_icr_write(self, cpu, args.r13)
+            elif guest.kind == "tsc_deadline":  # issue 4: one-shot timer re-armed
+                sim.irq.kvm_set_lapic_tscdeadline_msr(self)
             args.r10 = arch.TDVMCALL_STATUS_SUCCESS
             args.r11 = 0
             guest.next_period()

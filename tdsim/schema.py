@@ -173,6 +173,11 @@ WORKLOAD = Table(
                    default={"cpuid": 1.0},
                    doc="relative weights of the TDVMCALLs the guest issues after each compute "
                        "period; kinds not named have weight 0"),
+        "timer_mode": Key(str, "periodic", "guest LAPIC timer: periodic (the hrtimer re-arms "
+                          "itself) or oneshot (TSC-deadline, as a tickless Linux guest: the "
+                          "guest's timer handler re-arms it with a WRMSR(IA32_TSC_DEADLINE) "
+                          "TDVMCALL, one more TD exit per tick; issue 4)",
+                          choices=("periodic", "oneshot")),
     },
     doc="What the guest vCPUs do.",
 )

@@ -17,7 +17,7 @@ import simpy
 from . import arch, sept
 from ._version import __version__
 from .guest import GuestVcpu
-from .interrupts import _ICR_SHORTHAND, _IPI_VECTOR, IpiGuestVcpu, IrqStats
+from .interrupts import _ICR_SHORTHAND, _IPI_VECTOR, IrqGuestVcpu, IrqStats
 from .host import CATEGORY_NAMES, IDLE, HostCpu, HostTask, Scheduler, new_stat
 from .invariants import Invariants
 from .kvm_tdx import VcpuTdx
@@ -109,15 +109,17 @@ class Simulation:
             vm.ipi_rng = stream(self.seed, f"vm.{vm.name}.ipi.dest")
             for i in range(vmd["vcpus"]):
                 scope = f"vm.{vm.name}.vcpu{i}"
-                if intr["ipi_hz"] > 0:  # issue 4: the guest also sends IPIs
+                oneshot = wl["timer_mode"] == "oneshot" and wl["timer_hz"] > 0
+                if intr["ipi_hz"] > 0 or oneshot:  # issue 4: IPIs / timer re-arm calls
                     pattern = intr["ipi_pattern"]
-                    guest = IpiGuestVcpu(stream(self.seed, scope + ".workload"),
+                    guest = IrqGuestVcpu(stream(self.seed, scope + ".workload"),
                                          us_to_ns(wl["compute_us"]),
                                          wl["compute_dist"] == "exp", wl["mix"],
                                          self.c_guest_tdvmcall,
                                          stream(self.seed, scope + ".ipi"),
-                                         int(1e9 / intr["ipi_hz"]),
-                                         _IPI_VECTOR[pattern] | _ICR_SHORTHAND[pattern])
+                                         int(1e9 / intr["ipi_hz"]) if intr["ipi_hz"] else 0,
+                                         _IPI_VECTOR[pattern] | _ICR_SHORTHAND[pattern],
+                                         oneshot)
                 else:
                     guest = GuestVcpu(stream(self.seed, scope + ".workload"),
                                       us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",
@@ -129,7 +131,10 @@ class Simulation:
                 if wl["timer_hz"] > 0:
                     period = int(1e9 / wl["timer_hz"])
                     phase = stream(self.seed, scope + ".timer").randrange(period)
-                    self.timers.append((vcpu, period, phase))
+                    if oneshot:  # issue 4: armed once; the guest re-arms it
+                        self.irq.arm_oneshot(vcpu, period, phase)
+                    else:
+                        self.timers.append((vcpu, period, phase))
             self.vms.append(vm)
 
     # --- processes ---------------------------------------------------------------------

@@ -89,6 +89,36 @@ def test_halt_polling_catches_wakeups_without_blocking():
     assert m["halt.poll_ns"] > 0
 
 
+def test_oneshot_timer_costs_one_rearm_exit_per_tick():
+    """A one-shot (TSC-deadline) guest timer: each tick taken is followed by exactly one
+    WRMSR(IA32_TSC_DEADLINE) exit that re-arms it."""
+    r = run(td(5000, workload={"compute_us": 30, "compute_dist": "exp", "timer_hz": 10000,
+                               "timer_mode": "oneshot", "mix": {"cpuid": 1.0, "hlt": 1.0}}))
+    m = r.metrics
+    assert m["timer_fired"] >= 30
+    assert m["tdvmcall.tsc_deadline"] == m["exits.reason.MSR_WRITE"] == m["timer_armed"]
+    assert m["timer_armed"] in (m["irq.taken.timer"], m["irq.taken.timer"] - 1)
+    assert m["timer_fired"] - m["timer_armed"] in (0, 1)
+    assert r.violations == []
+
+
+def test_lost_rearm_is_reported(monkeypatch):
+    """If KVM dropped the re-arm WRMSR, the guest loses its tick: recorded as a lost
+    interrupt."""
+    from tdsim.interrupts import IrqStats
+    monkeypatch.setattr(IrqStats, "kvm_set_lapic_tscdeadline_msr", lambda self, vcpu: None)
+    r = run(td(2000, workload={"compute_us": 30, "timer_hz": 10000, "timer_mode": "oneshot"}))
+    assert r.metrics["violations.lost_interrupt"] == 1
+
+
+def test_periodic_timer_needs_no_rearm_exit():
+    """The periodic timer of the same guest has no WRMSR exits at all."""
+    m = run(td(5000, workload={"compute_us": 30, "compute_dist": "exp", "timer_hz": 10000,
+                               "mix": {"cpuid": 1.0, "hlt": 1.0}})).metrics
+    assert m["timer_fired"] >= 30
+    assert m.get("exits.reason.MSR_WRITE", 0) == 0
+
+
 def _nmi_sim(inject_at_us, count, late_signal=False):
     """One vCPU in the guest; `count` NMIs injected at `inject_at_us`."""
     sim = Simulation(td(300, workload={"compute_us": 20}))
@@ -210,11 +240,12 @@ def _conserved(r, sim):
     nmi_hz=st.sampled_from([0, 30000]),
     poll_ns=st.sampled_from([0, 3000]),
     zap_hz=st.sampled_from([0, 50000]),
+    timer_mode=st.sampled_from(["periodic", "oneshot"]),
     seed=st.integers(0, 2**16),
 )
 def test_no_lost_interrupt_wakeup_or_stuck_halt_on_random_mixes(
         cpus, vcpus, pinned, tasks, hlt, ipi_hz, pattern, device_hz, nmi_hz, poll_ns, zap_hz,
-        seed):
+        timer_mode, seed):
     """Random IPI/timer/halt/NMI/zap mixes on small hosts, pinned or migrating: no violation
     and every posted interrupt is taken or still pending."""
     sc = scenario_from_dict({
@@ -223,7 +254,7 @@ def test_no_lost_interrupt_wakeup_or_stuck_halt_on_random_mixes(
                  "task_sleep_us": 40, "timeslice_us": 40},
         "kvm": {"halt_poll_ns": poll_ns},
         "vm": [{"vcpus": vcpus, "pin": [i % cpus for i in range(vcpus)] if pinned else None,
-                "workload": {"compute_us": 4, "timer_hz": 20000,
+                "workload": {"compute_us": 4, "timer_hz": 20000, "timer_mode": timer_mode,
                              "mix": {"cpuid": 1.0, "io": 0.2, "hlt": hlt}},
                 "interrupts": {"ipi_hz": ipi_hz, "ipi_pattern": pattern,
                                "device_irq_hz": device_hz, "device_irq_vcpus": [0],

@@ -41,6 +41,9 @@ def test_idle_timers_scenario_claims():
     assert long["irq.latency_ns.timer.p50"] < base["irq.latency_ns.timer.p50"]
     idle = sum(v for k, v in long.items() if k.endswith(".ns.idle"))
     assert idle < 0.2 * sum(v for k, v in base.items() if k.endswith(".ns.idle"))
+    oneshot = metrics("irq_idle_timers.toml", **{"vm.0.workload.timer_mode": "oneshot"})
+    assert oneshot["tdvmcall.tsc_deadline"] == oneshot["timer_fired"]
+    assert oneshot["exits"] == base["exits"] + oneshot["timer_fired"]
 
 
 def test_nmi_watchdog_scenario_claims():
