@@ -274,12 +274,26 @@ class VcpuTdx(KvmVcpu):
                 if not self.seg_pi:
                     self.seg_pi = SEG_PI_LATE
             elif now < self.t_guest_end:
-                # Notification IPI to a running TD: processed without a TD exit.  The
-                # handler's time delays the guest's next TDVMCALL (paid in its next period).
-                self.guest.irq_debt_ns += self.sim.c_guest_irq
-                self.deliver_pi(self.cpu, now)
+                # Notification IPI to a running TD: processed without a TD exit when it
+                # arrives (issue 4: after the IPI latency; if the TD has exited by then, ON
+                # stays set for the next entry).  The handler's time delays the guest's
+                # next TDVMCALL (paid in its next period).
+                seg0 = self.t_seg0
+                ev = self.sim.env.timeout(self.sim.c_ipi)
+                ev.callbacks.append(lambda _e: self.pi_notification(seg0))
         else:  # issue 4: kvm_vcpu_wake_up whenever not delivered (a no-op unless halting)
             self.kvm_vcpu_wake_up()
+
+    def pi_notification(self, seg0: int) -> None:
+        """POSTED_INTR_VECTOR reaches the CPU of a vCPU that was in the TD when the
+        interrupt was posted: if it still runs the same entry, the CPU processes the PIR
+        without a TD exit; otherwise the IPI is a plain host interrupt (already handled as
+        such by the run loop) and ON waits for the next entry."""
+        now = self.sim.env.now
+        if (self.phase == PH_SEG and self.t_seg0 == seg0 and self.pi_on
+                and self.t_enter <= now < self.t_guest_end):
+            self.guest.irq_debt_ns += self.sim.c_guest_irq
+            self.deliver_pi(self.cpu, now)
 
     def has_events(self, cpu: "HostCpu") -> bool:
         """kvm_vcpu_has_events for a halted TD vCPU -> tdx_protected_apic_has_interrupt:
