@@ -229,7 +229,7 @@ class IrqStats:
             return
         vcpu.stat["timer_fired"] += 1
         if vcpu.cpu is not None:
-            vcpu.cpu.host_irq()
+            vcpu.cpu.host_irq("timer")
         self.post(vcpu, arch.LOCAL_TIMER_VECTOR, "timer")
 
     def plan_entry(self, vcpu: "VcpuTdx") -> None:
@@ -358,7 +358,7 @@ class IrqStats:
         now = self.sim.env.now
         if v.seg_status == arch.TDX_SUCCESS and v.t_enter <= now < v.t_guest_end:
             v.seg_host_nmi = True
-            v.notify_host_irq()
+            v.notify_host_irq("nmi")
 
     # --- processes -----------------------------------------------------------------------
     def _device_irqs(self, vm, rate_hz: float, targets: list):

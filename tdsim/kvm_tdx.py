@@ -35,6 +35,9 @@ SEG_PI_LATE = 2  # seg_pi value: ON was set after the segment was planned
 SEG_SEPT_SPIN = -1  # seg_status: tdx_vcpu_run saw wait_for_sept_zap (no SEAMCALL; issue 4)
 
 _EXIT_KEYS = {r: f"exits.reason.{n}" for r, n in arch.EXIT_REASON_NAMES.items()}
+# issue 4: EXTERNAL_INTERRUPT exits by the host interrupt that caused them
+_IRQ_EXIT_KEYS = {w: f"irq_exits.{w}" for w in
+                  ("tick", "timer", "kick", "resched", "flush_ipi", "other")}
 
 
 class VcpuTdx(KvmVcpu):
@@ -86,7 +89,7 @@ class VcpuTdx(KvmVcpu):
         sim = self.sim
         if old != -1 and old != cpu.index:
             old_cpu = sim.cpus[old]
-            old_cpu.host_irq()
+            old_cpu.host_irq("flush_ipi")
             sim.module.tdh_vp_flush(self, old_cpu)
             cpu.acc += sim.c_ipi + sim.c_tdh_vp_flush
             if self in old_cpu.associated_tdvcpus:
@@ -324,6 +327,7 @@ class VcpuTdx(KvmVcpu):
         if basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
             cpu.acc += self.sim.c_host_irq  # handle_exit_irqoff ran the host handler
             self.stat["irq_exits"] += 1
+            self.stat[_IRQ_EXIT_KEYS.get(self.seg_irq_why, "irq_exits.other")] += 1  # issue 4
             return 1
         if basic == arch.EXIT_REASON_OTHER_SMI:
             return 1

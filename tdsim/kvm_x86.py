@@ -162,6 +162,7 @@ class KvmVcpu(Thread):
         # issue 4: event a KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait waits on (tdsim.sept);
         # succeeded when the vCPU next runs with IRQs enabled (late abort or after the exit)
         self.outside_ack = None
+        self.seg_irq_why = "other"  # issue 4: what cut the current entry (irq_exits.<why>)
 
     # --- asynchronous notifications --------------------------------------------------------
     def exit_request_pending(self) -> bool:
@@ -169,7 +170,7 @@ class KvmVcpu(Thread):
         return (self.mode == EXITING_GUEST_MODE or self.requests != 0 or self.need_resched
                 or self.sigpending)
 
-    def notify_host_irq(self) -> None:
+    def notify_host_irq(self, why: str = "other") -> None:
         """A host interrupt reaches this vCPU's CPU now (tick, hrtimer, IPI)."""
         if self.phase != PH_SEG:
             return
@@ -182,6 +183,7 @@ class KvmVcpu(Thread):
                 self.proc.interrupt(CAUSE_LATE_ABORT)
         elif now < self.t_guest_end:
             self.phase = PH_KERNEL
+            self.seg_irq_why = why  # issue 4: source of the EXTERNAL_INTERRUPT exit
             self.proc.interrupt(CAUSE_IRQ)
 
     def resched(self) -> None:
@@ -195,6 +197,7 @@ class KvmVcpu(Thread):
             elif now < self.t_guest_end:
                 # the reschedule IPI / timer interrupt makes the TD exit
                 self.phase = PH_KERNEL
+                self.seg_irq_why = "resched"  # issue 4
                 self.proc.interrupt(CAUSE_IRQ)
         elif phase == PH_USER or phase == PH_POLL:  # issue 4: polling stops on need_resched
             self.phase = PH_KERNEL
@@ -213,7 +216,7 @@ class KvmVcpu(Thread):
                 self.stat["kicks"] += 1
                 cpu = self.cpu
                 ev = self.sim.env.timeout(self.sim.c_ipi)
-                ev.callbacks.append(lambda _e: cpu.host_irq())
+                ev.callbacks.append(lambda _e: cpu.host_irq("kick"))
         elif self.phase == PH_SEG:
             self.notify_host_irq()  # before the late check: it will see the request
 

@@ -146,7 +146,7 @@ class Simulation:
         while True:
             yield env.timeout(period)
             for cpu in cpus:
-                cpu.host_irq()
+                cpu.host_irq("tick")
 
     def _guest_timer(self, vcpu: VcpuTdx, period: int, phase: int):
         """The guest's periodic LAPIC timer, a host hrtimer on the vCPU's CPU: the hrtimer
@@ -156,7 +156,7 @@ class Simulation:
         while True:
             vcpu.stat["timer_fired"] += 1
             if vcpu.cpu is not None:
-                vcpu.cpu.host_irq()
+                vcpu.cpu.host_irq("timer")
             self.irq.post(vcpu, arch.LOCAL_TIMER_VECTOR, "timer")  # issue 4: via the oracle
             yield env.timeout(period)
 

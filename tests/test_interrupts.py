@@ -122,6 +122,14 @@ def test_periodic_timer_needs_no_rearm_exit():
     assert m.get("exits.reason.MSR_WRITE", 0) == 0
 
 
+def test_external_interrupt_exits_are_attributed_to_their_source():
+    """Ticks and the guest timer's hrtimer each show up under irq_exits.<source>."""
+    m = run(td(5000, workload={"timer_hz": 2000}, host={"tick_hz": 1000})).metrics
+    assert m["irq_exits.tick"] == 4  # ticks at 1..4 ms (the 5 ms one is the end)
+    assert m["irq_exits.timer"] == m["timer_fired"] == 10
+    assert m["irq_exits"] == m["irq_exits.tick"] + m["irq_exits.timer"]
+
+
 def _nmi_sim(inject_at_us, count, late_signal=False):
     """One vCPU in the guest; `count` NMIs injected at `inject_at_us`."""
     sim = Simulation(td(300, workload={"compute_us": 20}))
