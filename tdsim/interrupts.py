@@ -98,13 +98,18 @@ class IrqGuestVcpu(GuestVcpu):
     (``tdvmcall.tsc_deadline``); the set-aside period resumes after it."""
 
     __slots__ = ("ipi_rng", "ipi_mean_ns", "ipi_left_ns", "icr", "oneshot", "saved",
-                 "rearm_due", "rearm_planned")
+                 "rearm_due", "rearm_planned", "fault_mean_ns", "fault_left_ns", "fault_gpa")
 
     def __init__(self, rng, compute_ns, exp, mix, c_tdvmcall, ipi_rng, ipi_mean_ns: int,
-                 icr: int, oneshot: bool = False) -> None:
+                 icr: int, oneshot: bool = False, fault_mean_ns: int = 0) -> None:
         self.ipi_rng = ipi_rng
         self.ipi_mean_ns = ipi_mean_ns
         self.icr = icr
+        # private-page faults (tdsim.sept): a second Poisson clock in guest time, same stream
+        self.fault_mean_ns = fault_mean_ns
+        self.fault_left_ns = (max(1, int(ipi_rng.expovariate(1.0 / fault_mean_ns)))
+                              if fault_mean_ns else 1 << 62)
+        self.fault_gpa = 0x100000000
         self.oneshot = oneshot
         self.saved = None
         self.rearm_due = False      # a timer was taken without a planned re-arm
@@ -112,6 +117,14 @@ class IrqGuestVcpu(GuestVcpu):
         self.ipi_left_ns = (max(1, int(ipi_rng.expovariate(1.0 / ipi_mean_ns)))
                             if ipi_mean_ns else 1 << 62)
         super().__init__(rng, compute_ns, exp, mix, c_tdvmcall)
+
+    def ept_violation_regs(self, args) -> None:
+        """What the module returns for an EPT violation: RCX = exit qualification (a
+        write), R8 = the faulting GPA (private: shared bit clear)."""
+        args.rcx = 0x2
+        args.rdx = 0
+        args.r8 = self.fault_gpa
+        args.r9 = 0
 
     def preempt_with_rearm(self) -> None:
         """The timer handler's WRMSR(IA32_TSC_DEADLINE) comes before the rest of the period."""
@@ -133,6 +146,18 @@ class IrqGuestVcpu(GuestVcpu):
         debt = self.irq_debt_ns
         super().next_period()
         compute = self.remaining_ns - self.c_tdvmcall - debt
+        fault = self.fault_left_ns
+        if fault <= compute and fault <= self.ipi_left_ns:
+            # the period ends in an EPT violation on a private page (a hardware exit: no
+            # #VE / TDCALL set-up in the guest)
+            self.remaining_ns = fault + debt
+            self.kind = "ept_violation"
+            self.tdvmcall_key = ""
+            self.fault_gpa += 0x1000
+            self.ipi_left_ns -= fault
+            self.fault_left_ns = max(1, int(self.ipi_rng.expovariate(1.0 / self.fault_mean_ns)))
+            return
+        self.fault_left_ns -= min(compute, self.ipi_left_ns)
         if self.ipi_left_ns <= compute:
             self.remaining_ns = self.ipi_left_ns + self.c_tdvmcall + debt
             self.kind = "ipi"

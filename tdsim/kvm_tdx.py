@@ -16,6 +16,7 @@ from . import arch
 from .kvm_x86 import (
     IN_GUEST_MODE, KVM_MP_STATE_HALTED, KVM_REQ_NMI, PH_BLOCKED, PH_POLL, PH_SEG, KvmVcpu,
 )
+from .sept import tdx_handle_ept_violation
 from .tdx_module import TdxModuleArgs
 
 if TYPE_CHECKING:
@@ -190,6 +191,10 @@ class VcpuTdx(KvmVcpu):
                 if self.seg_host_nmi:  # issue 4: a host NMI, not an interrupt
                     self.seg_host_nmi = False
                     reason = arch.EXIT_REASON_EXCEPTION_NMI
+            elif guest.kind == "ept_violation":  # issue 4: a private-page fault (tdsim.sept)
+                guest.remaining_ns = 0
+                reason = arch.EXIT_REASON_EPT_VIOLATION
+                guest.ept_violation_regs(self.vp_enter_args)
             else:
                 guest.remaining_ns = 0
                 reason = arch.EXIT_REASON_TDCALL
@@ -331,6 +336,8 @@ class VcpuTdx(KvmVcpu):
             return 1
         if basic == arch.EXIT_REASON_OTHER_SMI:
             return 1
+        if basic == arch.EXIT_REASON_EPT_VIOLATION:  # issue 4: private fault, local retries
+            return tdx_handle_ept_violation(self, cpu)
         if basic == arch.EXIT_REASON_EXCEPTION_NMI:  # issue 4: host NMI, handled at exit
             cpu.acc += self.sim.c_host_nmi
             return 1

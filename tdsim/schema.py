@@ -158,6 +158,11 @@ COSTS = Table(
                                   "the TD epoch lock exclusively meanwhile)"),
         "tdh_mem_page_remove_ns": _cost(1000, "placeholder", "TDH.MEM.PAGE.REMOVE, SEAMCALL "
                                         "included"),
+        "tdh_mem_page_aug_ns": _cost(1000, "placeholder", "TDH.MEM.PAGE.AUG, SEAMCALL "
+                                     "included"),
+        "kvm_private_fault_ns": _cost(500, "placeholder", "KVM's TDP MMU fault path for one "
+                                      "try on a private GPA (kvm_mmu_page_fault, mmu_lock "
+                                      "read, walk), SEAMCALL excluded"),
     },
     doc="Per-operation costs in ns.",
 )
@@ -219,6 +224,13 @@ SEPT = Table(
                              "TDX_OPERAND_BUSY (SEPT lock held by a vCPU's TDH.VP.ENTER or a "
                              "guest TDG.MEM.PAGE.ACCEPT); the retry goes through "
                              "tdh_do_no_vcpus (wait_for_sept_zap)", probability),
+        "private_fault_hz": Key(NUM, 0.0, "EPT violations on not-yet-mapped private pages "
+                                "per vCPU per second of guest run time; 0 = off",
+                                non_negative),
+        "aug_busy_p": Key(NUM, 0.0, "probability that one TDH.MEM.PAGE.AUG of the fault path "
+                          "returns TDX_OPERAND_BUSY (RET_PF_RETRY: KVM retries locally, "
+                          "without re-entering the TD); must be < 1",
+                          lambda v: None if 0 <= v < 1 else "must be >= 0 and < 1"),
     },
     doc="SEPT zaps of this TD's private memory (reference §7.3).",
 )

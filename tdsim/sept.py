@@ -23,6 +23,10 @@ else in the model); a vCPU that planned its entry before the flag was set but ha
 reached the late exit-request check is aborted there as a kick (the real one would see the
 flag a few hundred ns later in tdx_vcpu_run).
 
+Private-page faults (``private_fault_hz``; ``tdx_handle_ept_violation``): the guest's EPT
+violation on a private page not yet mapped, and KVM's local retry loop while TDH.MEM.PAGE.AUG
+is busy (``aug_busy_p``).
+
 Oracle ``td_entry_during_zap``: no TD entry between the end of tdh_do_no_vcpus's
 kick-and-wait and the clearing of ``wait_for_sept_zap`` (checked at each TD exit against the
 VM's ``zap_excl_t0`` / ``zap_excl_t1``).
@@ -155,3 +159,40 @@ def start(sim: "Simulation") -> None:
         cfg = vm.sept
         if cfg["zap_hz"] > 0:
             sim.env.process(SeptZapper(sim, vm, cfg).run())
+
+
+def tdx_handle_ept_violation(vcpu, cpu) -> int:
+    """tdx_handle_ept_violation on a private GPA -> __vmx_handle_ept_violation ->
+    kvm_mmu_page_fault (forced write) -> TDP MMU fault path -> TDH.MEM.PAGE.AUG, with TDX's
+    local retry loop (reference §7.4): while the result is RET_PF_RETRY (AUG returned
+    OPERAND_BUSY) KVM retries *without re-entering the TD* -- re-entering to re-fault would
+    feed the module's zero-step counter -- bailing out (r = 1, the guest re-faults) if a
+    signal is pending or ``kvm_vcpu_has_events`` (a pending interrupt or NMI), with
+    ``cond_resched`` between tries.
+
+    Simplified: straight-line work (each try costs the fault path plus one AUG); whether an
+    AUG is busy is drawn per try (``aug_busy_p``; < 1, so the loop ends); cond_resched never
+    schedules; the fault path does not wait for a SEPT zap in progress."""
+    sim = vcpu.sim
+    vm = vcpu.vm
+    busy_p = vm.sept["aug_busy_p"]
+    rng = vm.fault_rng
+    stat = vcpu.stat
+    stat["ept.private_faults"] += 1
+    c_try = sim.c_kvm_private_fault + sim.c_tdh_mem_page_aug
+    k_ok = seamcall_keys(arch.TDH_MEM_PAGE_AUG, arch.TDX_SUCCESS)
+    k_busy = seamcall_keys(arch.TDH_MEM_PAGE_AUG, arch.TDX_OPERAND_BUSY)
+    while True:
+        cpu.acc += c_try
+        if busy_p == 0 or rng.random() >= busy_p:
+            stat[k_ok[0]] += 1
+            stat[k_ok[1]] += 1
+            vcpu.guest.next_period()  # mapped: the guest's access completes
+            return 1
+        stat[k_busy[0]] += 1
+        stat[k_busy[1]] += 1
+        stat["ept.local_retries"] += 1
+        if vcpu.sigpending or vcpu.has_events(cpu):
+            # re-enter; the guest re-executes the access and faults again
+            stat["ept.retry_bailouts"] += 1
+            return 1

@@ -47,6 +47,7 @@ class Vm:
         self.interrupts: dict = {}
         self.sept: dict = {}
         self.ipi_rng = None
+        self.fault_rng = None  # issue 4: TDH.MEM.PAGE.AUG outcomes of the fault path
         self.wait_for_sept_zap = False
         self.epoch_lock_t0 = self.epoch_lock_t1 = -1
         self.zap_excl_t0 = self.zap_excl_t1 = -1
@@ -107,10 +108,12 @@ class Simulation:
             intr = vm.interrupts = vmd["interrupts"]
             vm.sept = vmd["sept"]
             vm.ipi_rng = stream(self.seed, f"vm.{vm.name}.ipi.dest")
+            vm.fault_rng = stream(self.seed, f"vm.{vm.name}.private_fault")
             for i in range(vmd["vcpus"]):
                 scope = f"vm.{vm.name}.vcpu{i}"
                 oneshot = wl["timer_mode"] == "oneshot" and wl["timer_hz"] > 0
-                if intr["ipi_hz"] > 0 or oneshot:  # issue 4: IPIs / timer re-arm calls
+                fault_hz = vmd["sept"]["private_fault_hz"]
+                if intr["ipi_hz"] > 0 or oneshot or fault_hz > 0:  # issue 4
                     pattern = intr["ipi_pattern"]
                     guest = IrqGuestVcpu(stream(self.seed, scope + ".workload"),
                                          us_to_ns(wl["compute_us"]),
@@ -119,7 +122,7 @@ class Simulation:
                                          stream(self.seed, scope + ".ipi"),
                                          int(1e9 / intr["ipi_hz"]) if intr["ipi_hz"] else 0,
                                          _IPI_VECTOR[pattern] | _ICR_SHORTHAND[pattern],
-                                         oneshot)
+                                         oneshot, int(1e9 / fault_hz) if fault_hz else 0)
                 else:
                     guest = GuestVcpu(stream(self.seed, scope + ".workload"),
                                       us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",

@@ -270,7 +270,8 @@ def test_no_lost_interrupt_wakeup_or_stuck_halt_on_random_mixes(
                 "interrupts": {"ipi_hz": ipi_hz, "ipi_pattern": pattern,
                                "device_irq_hz": device_hz, "device_irq_vcpus": [0],
                                "nmi_hz": nmi_hz},
-                "sept": {"zap_hz": zap_hz, "remove_busy_p": 0.5}}],
+                "sept": {"zap_hz": zap_hz, "remove_busy_p": 0.5,
+                         "private_fault_hz": zap_hz, "aug_busy_p": 0.5}}],
     }, name="<hyp-irq>")
     sim = Simulation(sc)
     r = sim.run()

@@ -64,6 +64,8 @@ def test_sept_zap_storm_scenario_claims():
     assert m["sept.kicks"] > m["sept.zaps"]
     assert m["vp_enter_busy"] > 0
     assert m["userspace_exits"] == 0
+    assert m["exits.reason.EPT_VIOLATION"] == m["ept.private_faults"] > 100
+    assert m["ept.local_retries"] > 0
 
 
 def test_overcommit_migration_scenario_claims():

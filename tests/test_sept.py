@@ -8,13 +8,16 @@ from tdsim.scenario import scenario_from_dict
 from tdsim.sim import run
 
 
-def zap_td(duration_us=3000, vcpus=4, busy_p=0.0, zap_hz=20000, pages=1, seed=1):
+def zap_td(duration_us=3000, vcpus=4, busy_p=0.0, zap_hz=20000, pages=1, seed=1,
+           fault_hz=0, aug_busy_p=0.0, interrupts=None):
     return scenario_from_dict({
         "sim": {"duration_us": duration_us, "seed": seed},
         "host": {"cpus": vcpus + 1, "tick_hz": 0},
         "vm": [{"vcpus": vcpus, "pin": list(range(vcpus)),
                 "workload": {"compute_us": 10, "mix": {"cpuid": 1.0}},
-                "sept": {"zap_hz": zap_hz, "zap_pages": pages, "remove_busy_p": busy_p}}],
+                "interrupts": interrupts or {},
+                "sept": {"zap_hz": zap_hz, "zap_pages": pages, "remove_busy_p": busy_p,
+                         "private_fault_hz": fault_hz, "aug_busy_p": aug_busy_p}}],
     }, name="<sept>")
 
 
@@ -71,9 +74,33 @@ def test_entry_oracle_fires_if_vcpus_ignore_wait_for_sept_zap(monkeypatch):
 
 
 @given(vcpus=st.integers(1, 4), busy_p=st.sampled_from([0.0, 0.5, 1.0]),
-       pages=st.integers(1, 3), seed=st.integers(0, 2**16))
-def test_no_entry_during_zap_on_random_storms(vcpus, busy_p, pages, seed):
-    """Random zap storms never let a vCPU enter while a zap needs all vCPUs out."""
+       pages=st.integers(1, 3), fault_hz=st.sampled_from([0, 100000]),
+       seed=st.integers(0, 2**16))
+def test_no_entry_during_zap_on_random_storms(vcpus, busy_p, pages, fault_hz, seed):
+    """Random zap storms (with private faults) never let a vCPU enter while a zap needs all
+    vCPUs out."""
     r = run(zap_td(duration_us=400, vcpus=vcpus, busy_p=busy_p, zap_hz=50000, pages=pages,
-                   seed=seed))
+                   seed=seed, fault_hz=fault_hz, aug_busy_p=0.5))
     assert r.violations == []
+
+
+def test_private_fault_retries_locally_without_reentering():
+    """AUG busy -> RET_PF_RETRY is retried inside KVM: one EPT-violation exit per fault,
+    however many AUG tries it took."""
+    r = run(zap_td(zap_hz=0, fault_hz=50000, aug_busy_p=0.6))
+    m = r.metrics
+    assert m["ept.private_faults"] >= 100
+    assert m["exits.reason.EPT_VIOLATION"] == m["ept.private_faults"]
+    assert m["seamcall.TDH_MEM_PAGE_AUG.status.TDX_SUCCESS"] == m["ept.private_faults"]
+    assert m["seamcall.TDH_MEM_PAGE_AUG.status.TDX_OPERAND_BUSY"] == m["ept.local_retries"]
+    assert m["ept.local_retries"] > m["ept.private_faults"]  # mean 1.5 busy tries per fault
+    assert r.violations == []
+
+
+def test_private_fault_retry_bails_out_on_pending_interrupt():
+    """With interrupts pending the loop gives up and re-enters: the guest faults again."""
+    m = run(zap_td(zap_hz=0, vcpus=1, fault_hz=50000, aug_busy_p=0.9,
+                   interrupts={"device_irq_hz": 200000, "device_irq_vcpus": [0]})).metrics
+    assert m["ept.retry_bailouts"] > 0
+    assert m["exits.reason.EPT_VIOLATION"] == \
+        m["seamcall.TDH_MEM_PAGE_AUG.status.TDX_SUCCESS"] + m["ept.retry_bailouts"]
