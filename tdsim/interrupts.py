@@ -98,10 +98,13 @@ class IrqGuestVcpu(GuestVcpu):
     (``tdvmcall.tsc_deadline``); the set-aside period resumes after it."""
 
     __slots__ = ("ipi_rng", "ipi_mean_ns", "ipi_left_ns", "icr", "oneshot", "saved",
-                 "rearm_due", "rearm_planned", "fault_mean_ns", "fault_left_ns", "fault_gpa")
+                 "rearm_due", "rearm_planned", "fault_mean_ns", "fault_left_ns", "fault_gpa",
+                 "hlt_irqs_off_p")
 
     def __init__(self, rng, compute_ns, exp, mix, c_tdvmcall, ipi_rng, ipi_mean_ns: int,
-                 icr: int, oneshot: bool = False, fault_mean_ns: int = 0) -> None:
+                 icr: int, oneshot: bool = False, fault_mean_ns: int = 0,
+                 hlt_irqs_off_p: float = 0.0) -> None:
+        self.hlt_irqs_off_p = hlt_irqs_off_p
         self.ipi_rng = ipi_rng
         self.ipi_mean_ns = ipi_mean_ns
         self.icr = icr
@@ -158,6 +161,10 @@ class IrqGuestVcpu(GuestVcpu):
             self.fault_left_ns = max(1, int(self.ipi_rng.expovariate(1.0 / self.fault_mean_ns)))
             return
         self.fault_left_ns -= min(compute, self.ipi_left_ns)
+        if (self.kind == "hlt" and self.hlt_irqs_off_p
+                and self.ipi_rng.random() < self.hlt_irqs_off_p):
+            # HLT with interrupts disabled: R12 = 1 (only an NMI wakes the vCPU)
+            self._regs = (0, arch.TDVMCALL_HLT, 1, 0, 0, 0)
         if self.ipi_left_ns <= compute:
             self.remaining_ns = self.ipi_left_ns + self.c_tdvmcall + debt
             self.kind = "ipi"
@@ -192,7 +199,7 @@ class IrqStats:
         """Post `vector` to `vcpu` (``__vmx_deliver_posted_interrupt``) and check the
         stuck-halt oracle: after a post, a blocked vCPU must have been woken."""
         vcpu.pi_post(vector, source)
-        if vcpu.phase == PH_BLOCKED:
+        if vcpu.phase == PH_BLOCKED and vcpu.tdx_interrupt_allowed():
             self.sim.invariants.record(
                 "stuck_halt", vcpu.cpu.index if vcpu.cpu else -1, vcpu.name,
                 f"vector {vector:#x} ({source}) posted but the halted vCPU was not woken")
@@ -439,8 +446,8 @@ class IrqStats:
             nmi_out = (vcpu.nmi_queued + vcpu.nmi_pending
                        + vcpu.module_fields.get("PEND_NMI", 0))
             outstanding += nmi_out
-            if vcpu.phase == PH_BLOCKED and (vcpu.pi_on or vcpu.pir or nmi_out
-                                             or vcpu.requests & KVM_REQ_NMI):
+            irq = (vcpu.pi_on or vcpu.pir) and vcpu.tdx_interrupt_allowed()
+            if vcpu.phase == PH_BLOCKED and (irq or nmi_out or vcpu.requests & KVM_REQ_NMI):
                 self.sim.invariants.record("stuck_halt", vcpu.cpu.index, vcpu.name,
                                            "halted at the end of the run with a deliverable "
                                            "interrupt or NMI")

@@ -304,16 +304,24 @@ class VcpuTdx(KvmVcpu):
             self.deliver_pi(self.cpu, now)
 
     def has_events(self, cpu: "HostCpu") -> bool:
-        """kvm_vcpu_has_events for a halted TD vCPU -> tdx_protected_apic_has_interrupt:
-        PI pending, else (HLT with interrupts enabled) TDH.VP.RD of the state details."""
-        if self.pi_on or self.pir:
-            return True
+        """kvm_vcpu_has_events for a halted TD vCPU: an NMI (KVM_REQ_NMI / nmi_pending), or,
+        if tdx_interrupt_allowed, tdx_protected_apic_has_interrupt: PI pending, else (HLT with
+        interrupts enabled) TDH.VP.RD of the state details."""
         if self.requests & KVM_REQ_NMI or self.nmi_pending:  # issue 4: kvm_vcpu_has_events
+            return True
+        if not self.tdx_interrupt_allowed():  # issue 4: HLT with interrupts disabled
+            return False
+        if self.pi_on or self.pir:
             return True
         if self.vp_enter_args.r12 == 0 and self.exit_reason == arch.EXIT_REASON_HLT:
             _, details = self.sim.module.tdh_vp_rd(self, cpu, "STATE_DETAILS_NON_ARCH")
             return bool(details & 1)
         return False
+
+    def tdx_interrupt_allowed(self) -> bool:
+        """tdx_interrupt_allowed: false only after a HLT TDVMCALL with R12 != 0 (the guest
+        halted with interrupts disabled); otherwise KVM assumes interrupts are allowed."""
+        return not (self.exit_reason == arch.EXIT_REASON_HLT and self.vp_enter_args.r12)
 
     # --- tdx_handle_exit ---------------------------------------------------------------
     def tdx_handle_exit(self, cpu: "HostCpu") -> int:

@@ -448,7 +448,12 @@ class KvmVcpu(Thread):
             if poll_ns and not self.has_events(cpu):
                 yield from self.halt_poll(cpu, poll_ns)
             self.halting = True  # issue 4: set_current_state(TASK_INTERRUPTIBLE)
-            if not self.has_events(cpu):
+            blocked = False
+            while not self.has_events(cpu):  # issue 4: spurious wake-ups sleep again
+                if blocked:
+                    self.stat["halt.spurious_wakeup"] += 1
+                    self.halting = True
+                blocked = True
                 self.stat["halt_block"] += 1
                 t0 = self.sim.env.now
                 cpu = yield from self.schedule_out(cpu, False, PUT_HALT)
@@ -458,7 +463,6 @@ class KvmVcpu(Thread):
                 # issue 4: wake-up latency (kvm_vcpu_wake_up -> running again)
                 self.stat["halt.wakeup_latency_ns_sum"] += now - self.t_wake
                 self.sim.irq.sample("wakeup", self.t_wake, now - self.t_wake)
-                self.has_events(cpu)
             self.halting = False
         self.mp_state = KVM_MP_STATE_RUNNABLE
         return 1

@@ -462,8 +462,13 @@ def _resolve_strategy_path(data: dict[str, Any], base_dir: str | os.PathLike[str
 
 
 def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
-    """issue 4: device interrupts are routed to existing vCPUs."""
+    """issue 4: device interrupts are routed to existing vCPUs; a guest halting with
+    interrupts disabled has NMIs to wake it."""
     for i, vm in enumerate(data["vm"]):
+        if vm["interrupts"]["hlt_irqs_off_p"] > 0 and not vm["interrupts"]["nmi_hz"] > 0:
+            raise _Bad(("vm", i, "interrupts", "hlt_irqs_off_p"),
+                       f"a vCPU halted with interrupts disabled wakes only on an NMI: set "
+                       f"vm[{i}].interrupts.nmi_hz > 0")
         targets = vm["interrupts"]["device_irq_vcpus"]
         if vm["interrupts"]["device_irq_hz"] > 0 and not targets:
             raise _Bad(("vm", i, "interrupts", "device_irq_vcpus"), "empty: route the device "

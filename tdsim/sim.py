@@ -113,7 +113,8 @@ class Simulation:
                 scope = f"vm.{vm.name}.vcpu{i}"
                 oneshot = wl["timer_mode"] == "oneshot" and wl["timer_hz"] > 0
                 fault_hz = vmd["sept"]["private_fault_hz"]
-                if intr["ipi_hz"] > 0 or oneshot or fault_hz > 0:  # issue 4
+                if (intr["ipi_hz"] > 0 or oneshot or fault_hz > 0
+                        or intr["hlt_irqs_off_p"] > 0):  # issue 4
                     pattern = intr["ipi_pattern"]
                     guest = IrqGuestVcpu(stream(self.seed, scope + ".workload"),
                                          us_to_ns(wl["compute_us"]),
@@ -122,7 +123,8 @@ class Simulation:
                                          stream(self.seed, scope + ".ipi"),
                                          int(1e9 / intr["ipi_hz"]) if intr["ipi_hz"] else 0,
                                          _IPI_VECTOR[pattern] | _ICR_SHORTHAND[pattern],
-                                         oneshot, int(1e9 / fault_hz) if fault_hz else 0)
+                                         oneshot, int(1e9 / fault_hz) if fault_hz else 0,
+                                         intr["hlt_irqs_off_p"])
                 else:
                     guest = GuestVcpu(stream(self.seed, scope + ".workload"),
                                       us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",

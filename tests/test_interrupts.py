@@ -81,6 +81,26 @@ def test_halted_vcpu_is_woken_by_a_device_interrupt():
     assert r.violations == []
 
 
+def test_halt_with_interrupts_disabled_wakes_only_on_nmi():
+    """After HLT with R12 = 1, posted interrupts only wake the thread spuriously (it sleeps
+    again); the vCPU runs again when an NMI arrives."""
+    r = run(td(5000, workload={"compute_us": 5, "mix": {"hlt": 1.0}, "timer_hz": 1},
+               interrupts={"device_irq_hz": 20000, "device_irq_vcpus": [0], "nmi_hz": 2000,
+                           "hlt_irqs_off_p": 1.0}))
+    m = r.metrics
+    assert m["halt.spurious_wakeup"] > 0
+    assert m["nmi.delivered"] > 0
+    assert m["tdvmcall.hlt"] == m["nmi.delivered"] + 1  # each NMI ends one halt
+    assert r.violations == []
+
+
+def test_halt_with_interrupts_disabled_needs_nmis():
+    """A scenario whose guest halts with interrupts disabled but has no NMI is refused."""
+    with pytest.raises(ScenarioError, match="nmi_hz"):
+        td(100, workload={"mix": {"hlt": 1.0}, "timer_hz": 1},
+           interrupts={"hlt_irqs_off_p": 0.5})
+
+
 def test_halt_polling_catches_wakeups_without_blocking():
     """With halt_poll_ns longer than the gap to the next interrupt, halts end in polling."""
     sc = td(3000, workload={"compute_us": 5, "mix": {"hlt": 1.0}, "timer_hz": 1},
@@ -249,14 +269,15 @@ def _conserved(r, sim):
     pattern=st.sampled_from(["unicast", "multicast", "broadcast", "shootdown"]),
     device_hz=st.sampled_from([0, 50000]),
     nmi_hz=st.sampled_from([0, 30000]),
+    hlt_off=st.sampled_from([0.0, 0.5]),
     poll_ns=st.sampled_from([0, 3000]),
     zap_hz=st.sampled_from([0, 50000]),
     timer_mode=st.sampled_from(["periodic", "oneshot"]),
     seed=st.integers(0, 2**16),
 )
 def test_no_lost_interrupt_wakeup_or_stuck_halt_on_random_mixes(
-        cpus, vcpus, pinned, tasks, hlt, ipi_hz, pattern, device_hz, nmi_hz, poll_ns, zap_hz,
-        timer_mode, seed):
+        cpus, vcpus, pinned, tasks, hlt, ipi_hz, pattern, device_hz, nmi_hz, hlt_off, poll_ns,
+        zap_hz, timer_mode, seed):
     """Random IPI/timer/halt/NMI/zap mixes on small hosts, pinned or migrating: no violation
     and every posted interrupt is taken or still pending."""
     sc = scenario_from_dict({
@@ -269,7 +290,7 @@ def test_no_lost_interrupt_wakeup_or_stuck_halt_on_random_mixes(
                              "mix": {"cpuid": 1.0, "io": 0.2, "hlt": hlt}},
                 "interrupts": {"ipi_hz": ipi_hz, "ipi_pattern": pattern,
                                "device_irq_hz": device_hz, "device_irq_vcpus": [0],
-                               "nmi_hz": nmi_hz},
+                               "nmi_hz": nmi_hz, "hlt_irqs_off_p": hlt_off if nmi_hz else 0.0},
                 "sept": {"zap_hz": zap_hz, "remove_busy_p": 0.5,
                          "private_fault_hz": zap_hz, "aug_busy_p": 0.5}}],
     }, name="<hyp-irq>")
