@@ -249,16 +249,20 @@ class IrqStats:
         self._hrtimer_start(vcpu, first_ns)
 
     def _hrtimer_start(self, vcpu: "VcpuTdx", delay_ns: int) -> None:
+        """hrtimer_start for the deadline `delay_ns` from now (advanced by
+        lapic_timer_advance_ns)."""
         vcpu.timer_gen += 1
         gen = vcpu.timer_gen
-        ev = self.sim.env.timeout(delay_ns)
-        ev.callbacks.append(lambda _e: self._oneshot_fire(vcpu, gen))
+        deadline = self.sim.env.now + delay_ns
+        ev = self.sim.env.timeout(max(0, delay_ns - self.sim.lapic_timer_advance_ns))
+        ev.callbacks.append(lambda _e: self._oneshot_fire(vcpu, gen, deadline))
 
-    def _oneshot_fire(self, vcpu: "VcpuTdx", gen: int) -> None:
+    def _oneshot_fire(self, vcpu: "VcpuTdx", gen: int, deadline: int) -> None:
         """apic_timer_fn on the vCPU's CPU: the hrtimer interrupt, then the timer vector is
         posted (as the periodic timer does)."""
         if gen != vcpu.timer_gen:
             return
+        vcpu.timer_deadline = deadline
         vcpu.stat["timer_fired"] += 1
         if vcpu.cpu is not None:
             vcpu.cpu.host_irq("timer")

@@ -74,6 +74,7 @@ class VcpuTdx(KvmVcpu):
         self.t_seamcall = 0
         self.oneshot_period = 0  # one-shot (TSC-deadline) guest timer period, 0 = not one-shot
         self.timer_gen = 0
+        self.timer_deadline = 0  # issue 4: deadline of the last timer that fired
 
     def host_gsbase(self) -> int:
         """current->thread.gsbase of the vCPU thread (host KERNEL_GS_BASE to restore)."""
@@ -139,6 +140,15 @@ class VcpuTdx(KvmVcpu):
         if self.oneshot_period:  # issue 4: the timer handler re-arms before anything else
             sim.irq.plan_entry(self)
         entry = sim.module.entry_cost(self, cpu)
+        if (self.seg_pi and sim.lapic_timer_advance_ns
+                and arch.LOCAL_TIMER_VECTOR in self.pi_src):
+            # issue 4: kvm_wait_lapic_expire (after the late check, IRQs off): spin until
+            # the deadline of the early-fired timer
+            wait = self.timer_deadline - (now + late)
+            if wait > 0:
+                self.stat["lapic.expire_waits"] += 1
+                self.stat["lapic.expire_wait_ns"] += wait
+                late += wait  # (vcpu_run's t_late keeps its own value)
         g = self.guest.remaining_ns
         if self.seg_pi:
             g += sim.c_guest_irq

@@ -300,6 +300,12 @@ SCHEMA = Table(
                                     "polls for events this long before blocking; fixed (the "
                                     "grow/shrink heuristics are not modelled); 0 = off",
                                     non_negative),
+                "lapic_timer_advance_ns": Key(int, 0, "kvm.lapic_timer_advance_ns: the guest "
+                                              "timer's hrtimer fires this much before the "
+                                              "deadline and kvm_wait_lapic_expire spins at "
+                                              "entry until the deadline when the timer vector "
+                                              "is pending; fixed (no adaptive tuning); 0 = off",
+                                              non_negative),
             }
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),

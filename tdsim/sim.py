@@ -70,6 +70,7 @@ class Simulation:
             setattr(self, "c_" + key[:-3], int(value))
         self.host_stat = new_stat()
         self.halt_poll_ns = int(d["kvm"]["halt_poll_ns"])  # issue 4
+        self.lapic_timer_advance_ns = int(d["kvm"]["lapic_timer_advance_ns"])
         self.invariants = Invariants(self)
         self.violations = self.invariants
         host = d["host"]
@@ -157,8 +158,11 @@ class Simulation:
         """The guest's periodic LAPIC timer, a host hrtimer on the vCPU's CPU: the hrtimer
         interrupt hits that CPU, then the timer vector is posted to the vCPU's PIR."""
         env = self.env
-        yield env.timeout(phase)
+        adv = self.lapic_timer_advance_ns  # issue 4: fire early, KVM waits at entry
+        first = phase if phase >= adv else phase + period
+        yield env.timeout(first - adv)
         while True:
+            vcpu.timer_deadline = env.now + adv
             vcpu.stat["timer_fired"] += 1
             if vcpu.cpu is not None:
                 vcpu.cpu.host_irq("timer")

@@ -150,6 +150,26 @@ def test_external_interrupt_exits_are_attributed_to_their_source():
     assert m["irq_exits"] == m["irq_exits.tick"] + m["irq_exits.timer"]
 
 
+def test_lapic_timer_advance_waits_at_entry_until_the_deadline():
+    """With lapic_timer_advance_ns the hrtimer fires early and kvm_wait_lapic_expire spins at
+    entry: the guest takes the tick one TD entry after its deadline instead of a whole
+    exit/re-entry after it."""
+    adv = 5000
+    sc = td(5000, workload={"timer_hz": 2000}, kvm={"lapic_timer_advance_ns": adv})
+    c = sc.data["costs"]
+    m = run(sc).metrics
+    entry = c["seamcall_ns"] + c["td_entry_ns"]
+    to_entry = (c["td_exit_ns"] + c["exit_handling_ns"] + c["host_irq_ns"]
+                + c["vcpu_enter_guest_ns"])  # hrtimer interrupt -> TDH.VP.ENTER
+    assert m["lapic.expire_waits"] == m["timer_fired"] == 10
+    # (an entry's PI delivery is recorded at its TD exit: the last one is past the end)
+    assert m["irq.taken.timer"] == 9
+    assert m["lapic.expire_wait_ns"] == 10 * (adv - to_entry)
+    assert m["irq.latency_ns.timer.max"] == m["irq.latency_ns.timer.p50"] == adv + entry
+    base = run(td(5000, workload={"timer_hz": 2000})).metrics
+    assert base["irq.latency_ns.timer.p50"] == to_entry + entry  # lateness without advance
+
+
 def _nmi_sim(inject_at_us, count, late_signal=False):
     """One vCPU in the guest; `count` NMIs injected at `inject_at_us`."""
     sim = Simulation(td(300, workload={"compute_us": 20}))
@@ -271,20 +291,21 @@ def _conserved(r, sim):
     nmi_hz=st.sampled_from([0, 30000]),
     hlt_off=st.sampled_from([0.0, 0.5]),
     poll_ns=st.sampled_from([0, 3000]),
+    adv_ns=st.sampled_from([0, 2000]),
     zap_hz=st.sampled_from([0, 50000]),
     timer_mode=st.sampled_from(["periodic", "oneshot"]),
     seed=st.integers(0, 2**16),
 )
 def test_no_lost_interrupt_wakeup_or_stuck_halt_on_random_mixes(
         cpus, vcpus, pinned, tasks, hlt, ipi_hz, pattern, device_hz, nmi_hz, hlt_off, poll_ns,
-        zap_hz, timer_mode, seed):
+        adv_ns, zap_hz, timer_mode, seed):
     """Random IPI/timer/halt/NMI/zap mixes on small hosts, pinned or migrating: no violation
     and every posted interrupt is taken or still pending."""
     sc = scenario_from_dict({
         "sim": {"duration_us": 1000, "seed": seed},
         "host": {"cpus": cpus, "tick_hz": 4000, "tasks": tasks, "task_run_us": 30,
                  "task_sleep_us": 40, "timeslice_us": 40},
-        "kvm": {"halt_poll_ns": poll_ns},
+        "kvm": {"halt_poll_ns": poll_ns, "lapic_timer_advance_ns": adv_ns},
         "vm": [{"vcpus": vcpus, "pin": [i % cpus for i in range(vcpus)] if pinned else None,
                 "workload": {"compute_us": 4, "timer_hz": 20000, "timer_mode": timer_mode,
                              "mix": {"cpuid": 1.0, "io": 0.2, "hlt": hlt}},
