@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING
 
 from . import arch
 from .guest import GuestVcpu
-from .kvm_x86 import KVM_REQ_EVENT, KVM_REQ_NMI, PH_BLOCKED, PH_SEG
+from .kvm_x86 import (
+    KVM_REQ_EVENT, KVM_REQ_NMI, KVM_REQ_TLB_FLUSH, OUTSIDE_GUEST_MODE, PH_BLOCKED, PH_SEG,
+)
 from .rng import stream
 
 if TYPE_CHECKING:
@@ -409,6 +411,22 @@ class IrqStats:
             vcpu.stat["device_irq"] += 1
             self.post(vcpu, DEVICE_VECTOR, "device")
 
+    def _tlb_flushes(self, vm, rate_hz: float):
+        """kvm_flush_remote_tlbs -> kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH) from a host
+        thread outside the model: every vCPU gets the request; vCPUs in guest mode are
+        kicked (the requester's wait is not modelled); halted ones are not woken
+        (KVM_REQUEST_NO_WAKEUP)."""
+        env = self.sim.env
+        rng = stream(self.sim.seed, f"vm.{vm.name}.tlb_flush")
+        mean = 1e9 / rate_hz
+        while True:
+            yield env.timeout(max(1, int(rng.expovariate(1.0 / mean))))
+            for vcpu in vm.vcpus:
+                vcpu.kvm_make_request(KVM_REQ_TLB_FLUSH)
+                vcpu.stat["tlb_flush_requests"] += 1
+                if vcpu.mode != OUTSIDE_GUEST_MODE:  # kvm_request_needs_ipi
+                    vcpu.kvm_vcpu_kick()
+
     def _nmi_source(self, vcpu: "VcpuTdx", rate_hz: float):
         env = self.sim.env
         rng = stream(self.sim.seed, f"vm.{vcpu.vm.name}.vcpu{vcpu.vcpu_id}.nmi")
@@ -434,6 +452,8 @@ class IrqStats:
             if intr["device_irq_hz"] > 0:
                 targets = [vm.vcpus[i] for i in intr["device_irq_vcpus"]]
                 env.process(self._device_irqs(vm, intr["device_irq_hz"], targets))
+            if intr["tlb_flush_hz"] > 0:
+                env.process(self._tlb_flushes(vm, intr["tlb_flush_hz"]))
             if intr["nmi_hz"] > 0:
                 for vcpu in vm.vcpus:
                     env.process(self._nmi_source(vcpu, intr["nmi_hz"]))

@@ -209,6 +209,10 @@ INTERRUPTS = Table(
                                 "(round robin)", item_type=int),
         "nmi_hz": Key(NUM, 0.0, "NMIs injected per vCPU per second by the VMM / a watchdog "
                       "(kvm_inject_nmi); 0 = off", non_negative),
+        "tlb_flush_hz": Key(NUM, 0.0, "host-side remote TLB flushes of this VM per second "
+                            "(kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH), e.g. from MMU "
+                            "notifiers): a request bit on every vCPU plus a kick of those in "
+                            "guest mode; 0 = off", non_negative),
         "hlt_irqs_off_p": Key(NUM, 0.0, "fraction of the guest's HLTs issued with interrupts "
                               "disabled (TDVMCALL HLT with R12 = 1: tdx_interrupt_allowed is "
                               "false, only an NMI wakes the vCPU; needs nmi_hz > 0)",

@@ -311,7 +311,8 @@ def test_no_lost_interrupt_wakeup_or_stuck_halt_on_random_mixes(
                              "mix": {"cpuid": 1.0, "io": 0.2, "hlt": hlt}},
                 "interrupts": {"ipi_hz": ipi_hz, "ipi_pattern": pattern,
                                "device_irq_hz": device_hz, "device_irq_vcpus": [0],
-                               "nmi_hz": nmi_hz, "hlt_irqs_off_p": hlt_off if nmi_hz else 0.0},
+                               "nmi_hz": nmi_hz, "hlt_irqs_off_p": hlt_off if nmi_hz else 0.0,
+                               "tlb_flush_hz": device_hz},
                 "sept": {"zap_hz": zap_hz, "remove_busy_p": 0.5,
                          "private_fault_hz": zap_hz, "aug_busy_p": 0.5}}],
     }, name="<hyp-irq>")
@@ -325,3 +326,16 @@ def test_device_irq_to_a_missing_vcpu_is_refused():
     """Routing device interrupts to a vCPU the TD does not have is a scenario error."""
     with pytest.raises(ScenarioError, match="device_irq_vcpus"):
         td(100, vcpus=2, interrupts={"device_irq_hz": 10, "device_irq_vcpus": [2]})
+
+
+def test_remote_tlb_flush_requests_cut_running_vcpus():
+    """KVM_REQ_TLB_FLUSH from another thread kicks vCPUs in the guest: each flush costs every
+    running vCPU one exit (or a late abort on the request) and no userspace exit."""
+    r = run(td(2000, vcpus=2, interrupts={"tlb_flush_hz": 10000}))
+    m = r.metrics
+    flushes = m["vm.td0.vcpu.0.tlb_flush_requests"]
+    assert flushes >= 10
+    assert m["kicks"] + m.get("late_abort.request", 0) >= flushes
+    assert m["exits.reason.EXTERNAL_INTERRUPT"] == m["irq_exits.kick"] > 0
+    assert m["userspace_exits"] == 0
+    assert r.violations == []
