@@ -27,6 +27,17 @@ Sources (all off by default, see ``[vm.interrupts]`` and ``[host] nmi_hz``):
   (``nmi.coalesced``).
 * **Host NMIs** (``[host] nmi_hz``): an NMI on a CPU running a TD makes it exit with
   EXCEPTION_NMI; elsewhere it is handled in place (not charged).
+* **Guest timer modes** (``workload.timer_mode``): periodic (the foundation's hrtimer) or
+  one-shot TSC-deadline, whose handler re-arms it with a WRMSR(IA32_TSC_DEADLINE) TDVMCALL;
+  ``[kvm] lapic_timer_advance_ns`` fires the hrtimer early and ``kvm_wait_lapic_expire``
+  spins at entry until the deadline (in `tdsim.kvm_tdx`).
+* **Remote TLB flushes** (``tlb_flush_hz``): KVM_REQ_TLB_FLUSH on every vCPU plus a kick.
+* **HLT with interrupts disabled** (``hlt_irqs_off_p``): R12 = 1, ``tdx_interrupt_allowed``
+  is false, only an NMI wakes the vCPU (posted interrupts wake its thread spuriously).
+
+A posted interrupt reaches a running TD when the notification IPI arrives (``ipi_ns`` after
+the post); a vCPU that exited meanwhile takes it at its next entry.  ``irq_exits.<source>``
+splits EXTERNAL_INTERRUPT exits by the host interrupt behind them.
 
 Oracles (recorded as violations, see `tdsim.invariants`): ``lost_interrupt`` (a vector posted
 before a TD entry is still pending after it), ``stuck_halt`` (a vCPU left blocked while it
@@ -175,6 +186,24 @@ class IrqGuestVcpu(GuestVcpu):
             self.ipi_left_ns = max(1, int(self.ipi_rng.expovariate(1.0 / self.ipi_mean_ns)))
         else:
             self.ipi_left_ns -= compute
+
+
+def irq_guest(sim: "Simulation", scope: str, vmd: dict) -> IrqGuestVcpu | None:
+    """The guest of one vCPU of the VM described by `vmd` if it needs `IrqGuestVcpu` (IPIs,
+    one-shot timer re-arms, private faults, HLT with interrupts disabled), else None."""
+    wl = vmd["workload"]
+    intr = vmd["interrupts"]
+    oneshot = wl["timer_mode"] == "oneshot" and wl["timer_hz"] > 0
+    fault_hz = vmd["sept"]["private_fault_hz"]
+    if not (intr["ipi_hz"] > 0 or oneshot or fault_hz > 0 or intr["hlt_irqs_off_p"] > 0):
+        return None
+    pattern = intr["ipi_pattern"]
+    return IrqGuestVcpu(stream(sim.seed, scope + ".workload"),
+                        int(round(wl["compute_us"] * 1000)), wl["compute_dist"] == "exp",
+                        wl["mix"], sim.c_guest_tdvmcall, stream(sim.seed, scope + ".ipi"),
+                        int(1e9 / intr["ipi_hz"]) if intr["ipi_hz"] else 0,
+                        _IPI_VECTOR[pattern] | _ICR_SHORTHAND[pattern], oneshot,
+                        int(1e9 / fault_hz) if fault_hz else 0, intr["hlt_irqs_off_p"])
 
 
 class IrqStats:

@@ -17,7 +17,7 @@ import simpy
 from . import arch, sept
 from ._version import __version__
 from .guest import GuestVcpu
-from .interrupts import _ICR_SHORTHAND, _IPI_VECTOR, IrqGuestVcpu, IrqStats
+from .interrupts import IrqStats, irq_guest
 from .host import CATEGORY_NAMES, IDLE, HostCpu, HostTask, Scheduler, new_stat
 from .invariants import Invariants
 from .kvm_tdx import VcpuTdx
@@ -113,20 +113,8 @@ class Simulation:
             for i in range(vmd["vcpus"]):
                 scope = f"vm.{vm.name}.vcpu{i}"
                 oneshot = wl["timer_mode"] == "oneshot" and wl["timer_hz"] > 0
-                fault_hz = vmd["sept"]["private_fault_hz"]
-                if (intr["ipi_hz"] > 0 or oneshot or fault_hz > 0
-                        or intr["hlt_irqs_off_p"] > 0):  # issue 4
-                    pattern = intr["ipi_pattern"]
-                    guest = IrqGuestVcpu(stream(self.seed, scope + ".workload"),
-                                         us_to_ns(wl["compute_us"]),
-                                         wl["compute_dist"] == "exp", wl["mix"],
-                                         self.c_guest_tdvmcall,
-                                         stream(self.seed, scope + ".ipi"),
-                                         int(1e9 / intr["ipi_hz"]) if intr["ipi_hz"] else 0,
-                                         _IPI_VECTOR[pattern] | _ICR_SHORTHAND[pattern],
-                                         oneshot, int(1e9 / fault_hz) if fault_hz else 0,
-                                         intr["hlt_irqs_off_p"])
-                else:
+                guest = irq_guest(self, scope, vmd)  # issue 4: IPIs, re-arms, faults
+                if guest is None:
                     guest = GuestVcpu(stream(self.seed, scope + ".workload"),
                                       us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",
                                       wl["mix"], self.c_guest_tdvmcall)
