@@ -17,8 +17,9 @@ import simpy
 from . import arch, sept
 from ._version import __version__
 from .guest import GuestVcpu
-from .interrupts import IrqStats, irq_guest
+from .guest_irq import irq_guest
 from .host import CATEGORY_NAMES, IDLE, HostCpu, HostTask, Scheduler, new_stat
+from .interrupts import IrqStats
 from .invariants import Invariants
 from .kvm_tdx import VcpuTdx
 from .kvm_x86 import KvmX86
@@ -106,7 +107,7 @@ class Simulation:
             vm = Vm(vi, vmd["name"], vmd["flavor"])
             wl = vmd["workload"]
             pins = vmd["pin"]
-            intr = vm.interrupts = vmd["interrupts"]
+            vm.interrupts = vmd["interrupts"]
             vm.sept = vmd["sept"]
             vm.ipi_rng = stream(self.seed, f"vm.{vm.name}.ipi.dest")
             vm.fault_rng = stream(self.seed, f"vm.{vm.name}.private_fault")
