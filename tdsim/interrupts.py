@@ -108,18 +108,23 @@ class IrqStats:
     def __init__(self, sim: "Simulation") -> None:
         self.sim = sim
         self.samples: dict[str, list[int]] = {}
+        self.vcpu_samples: dict[tuple, list[int]] = {}  # (vcpu, key) -> samples
         self.nmi_injected = 0
         self.nmi_delivered = 0
         self.nmi_coalesced = 0
         self.t_measure = sim.warmup_ns if 0 < sim.warmup_ns < sim.duration_ns else 0
 
-    def sample(self, key: str, t0: int, value: int) -> None:
-        """Keep one sample (only for events that started after the warm-up)."""
+    def sample(self, key: str, t0: int, value: int, vcpu) -> None:
+        """Keep one sample of `vcpu` (only for events that started after the warm-up)."""
         if t0 >= self.t_measure:
             lst = self.samples.get(key)
             if lst is None:
                 self.samples[key] = lst = []
             lst.append(value)
+            per = self.vcpu_samples.get((vcpu, key))
+            if per is None:
+                self.vcpu_samples[(vcpu, key)] = per = []
+            per.append(value)
 
     # --- posted interrupts ---------------------------------------------------------------
     def post(self, vcpu: "VcpuTdx", vector: int, source: str) -> None:
@@ -146,7 +151,7 @@ class IrqStats:
                                      f"before it was posted at {t_post}")
             stat["irq.taken." + source] += 1
             stat["irq.latency_ns_sum." + source] += lat
-            self.sample(source, t_post, lat)
+            self.sample(source, t_post, lat, vcpu)
             if vector == CALL_FUNCTION_VECTOR and vcpu.sd_waiters:
                 self._ack_shootdowns(vcpu, t)
             elif vector == arch.LOCAL_TIMER_VECTOR and vcpu.oneshot_period:
@@ -258,7 +263,7 @@ class IrqStats:
                 sender.stat["ipi.shootdowns"] += 1
                 sender.stat["ipi.shootdown_spin_ns"] += spin
                 sender.guest.irq_debt_ns += spin
-                self.sample("shootdown", sd.t0, spin)
+                self.sample("shootdown", sd.t0, spin, sender)
         vcpu.sd_waiters.clear()
 
     # --- NMIs ----------------------------------------------------------------------------
@@ -307,7 +312,7 @@ class IrqStats:
         vcpu.nmi_t0 = None
         vcpu.stat["irq.taken.nmi"] += 1
         vcpu.stat["irq.latency_ns_sum.nmi"] += t - t0
-        self.sample("nmi", t0, t - t0)
+        self.sample("nmi", t0, t - t0, vcpu)
         if self.sim.tracer is not None:
             self.sim.tracer.emit(t, "nmi_delivered", vcpu.cpu.index, vcpu.name)
 
@@ -416,13 +421,21 @@ class IrqStats:
                 f"{self.nmi_coalesced} coalesced + {outstanding} outstanding")
 
     def collect(self, metrics: dict) -> None:
-        """Latency percentiles as flat keys."""
+        """Latency percentiles as flat keys: all vCPUs (p50/p90/p99/max/count), and per vCPU
+        (p50/p99/max under ``vm.<name>.vcpu.<i>.``)."""
         for key, samples in self.samples.items():
-            if key == "shootdown":
-                prefix = "ipi.shootdown_ns."
-            elif key == "wakeup":
-                prefix = "halt.wakeup_latency_ns."
-            else:
-                prefix = f"irq.latency_ns.{key}."
             for name, value in percentiles(samples).items():
-                metrics[prefix + name] = value
+                metrics[_prefix(key) + name] = value
+        for (vcpu, key), samples in self.vcpu_samples.items():
+            prefix = f"vm.{vcpu.vm.name}.vcpu.{vcpu.vcpu_id}." + _prefix(key)
+            p = percentiles(samples)
+            for name in ("p50", "p99", "max"):
+                metrics[prefix + name] = p[name]
+
+
+def _prefix(key: str) -> str:
+    if key == "shootdown":
+        return "ipi.shootdown_ns."
+    if key == "wakeup":
+        return "halt.wakeup_latency_ns."
+    return f"irq.latency_ns.{key}."

@@ -462,7 +462,7 @@ class KvmVcpu(Thread):
                 self.stat["halt_ns"] += now - t0
                 # issue 4: wake-up latency (kvm_vcpu_wake_up -> running again)
                 self.stat["halt.wakeup_latency_ns_sum"] += now - self.t_wake
-                self.sim.irq.sample("wakeup", self.t_wake, now - self.t_wake)
+                self.sim.irq.sample("wakeup", self.t_wake, now - self.t_wake, self)
             self.halting = False
         self.mp_state = KVM_MP_STATE_RUNNABLE
         return 1

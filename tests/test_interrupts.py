@@ -238,6 +238,11 @@ def test_latency_percentiles_in_result_document_and_summary():
     for src in ("timer", "ipi"):
         for p in ("p50", "p90", "p99", "max", "count"):
             assert f"irq.latency_ns.{src}.{p}" in doc
+        for i in (0, 1):  # per vCPU too
+            assert doc[f"vm.td0.vcpu.{i}.irq.latency_ns.{src}.max"] <= \
+                doc[f"irq.latency_ns.{src}.max"]
+    assert max(doc[f"vm.td0.vcpu.{i}.irq.latency_ns.timer.max"] for i in (0, 1)) == \
+        doc["irq.latency_ns.timer.max"]
     out = io.StringIO()
     print_summary(r, Console(file=out, width=120))
     text = out.getvalue()
