@@ -344,3 +344,17 @@ def test_remote_tlb_flush_requests_cut_running_vcpus():
     assert m["exits.reason.EXTERNAL_INTERRUPT"] == m["irq_exits.kick"] > 0
     assert m["userspace_exits"] == 0
     assert r.violations == []
+
+
+def test_latency_samples_count_only_after_the_warm_up():
+    """With a warm-up, latency samples cover only interrupts posted after it."""
+    wl = {"compute_us": 20, "compute_dist": "exp", "timer_hz": 2000}
+    full = run(td(10000, workload=wl)).metrics
+    sc = scenario_from_dict({
+        "sim": {"duration_us": 10000, "seed": 1, "warmup_us": 5000},
+        "host": {"cpus": 2, "tick_hz": 0},
+        "vm": [{"vcpus": 1, "pin": [0], "workload": {"mix": {"cpuid": 1.0}} | wl}],
+    }, name="<warm>")
+    warm = run(sc).metrics
+    assert full["irq.latency_ns.timer.count"] == 20
+    assert warm["irq.latency_ns.timer.count"] == 10
