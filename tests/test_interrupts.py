@@ -358,3 +358,26 @@ def test_latency_samples_count_only_after_the_warm_up():
     warm = run(sc).metrics
     assert full["irq.latency_ns.timer.count"] == 20
     assert warm["irq.latency_ns.timer.count"] == 10
+
+
+def test_vector_posted_during_a_run_that_began_with_pi_is_taken_when_notified():
+    """A TD entered with ON set (PIR drained at entry) takes a vector posted later when the
+    notification IPI arrives, not at that entry."""
+    sim = Simulation(td(300))
+    vcpu = sim.vcpus[0]
+
+    def poster():
+        yield sim.env.timeout(50_000)
+        vcpu.cpu.host_irq("timer")  # the hrtimer interrupt: the TD exits, re-enters with ON
+        sim.irq.post(vcpu, 0xEC, "timer")
+        yield sim.env.timeout(10_000)
+        sim.irq.post(vcpu, 0x22, "device")
+    sim.env.process(poster())
+    r = sim.run()
+    m = r.metrics
+    c = sim.scenario.data["costs"]
+    assert m["irq.latency_ns.device.max"] == c["ipi_ns"]
+    assert m["irq.latency_ns.timer.max"] == (c["td_exit_ns"] + c["exit_handling_ns"]
+                                              + c["host_irq_ns"] + c["vcpu_enter_guest_ns"]
+                                              + c["seamcall_ns"] + c["td_entry_ns"])
+    assert m["exits"] == 1
