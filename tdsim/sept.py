@@ -27,7 +27,7 @@ Private-page faults (``private_fault_hz``; ``tdx_handle_ept_violation``): the gu
 violation on a private page not yet mapped, and KVM's local retry loop while TDH.MEM.PAGE.AUG
 is busy (``aug_busy_p``).
 
-Oracle ``td_entry_during_zap``: no TD entry between the end of tdh_do_no_vcpus's
+Oracles: ``zap_stuck`` (a kick-and-wait never acked) and ``td_entry_during_zap``: no TD entry between the end of tdh_do_no_vcpus's
 kick-and-wait and the clearing of ``wait_for_sept_zap`` (checked at each TD exit against the
 VM's ``zap_excl_t0`` / ``zap_excl_t1``).
 """
@@ -67,6 +67,7 @@ class SeptZapper:
         self.busy_p = cfg["remove_busy_p"]
         self.rng = stream(sim.seed, f"vm.{vm.name}.sept")
         self.stat = sim.host_stat
+        self.waiting_since = -1  # start of the kick-and-wait in progress, -1 = none
 
     def count(self, leaf: int, status: int) -> None:
         """Count a SEAMCALL of the zapping thread (host-wide counters)."""
@@ -148,17 +149,35 @@ class SeptZapper:
                 vcpu.kvm_vcpu_kick()
         self.stat["sept.kicks"] += len(events)
         if events:
-            t0 = env.now
+            t0 = self.waiting_since = env.now
             yield AllOf(env, events)
+            self.waiting_since = -1
             self.stat["sept.kick_wait_ns"] += env.now - t0
 
 
-def start(sim: "Simulation") -> None:
+def start(sim: "Simulation") -> list[SeptZapper]:
     """Start the zap process of every TD that has ``[vm.sept] zap_hz > 0``."""
+    zappers = []
     for vm in sim.vms:
         cfg = vm.sept
         if cfg["zap_hz"] > 0:
-            sim.env.process(SeptZapper(sim, vm, cfg).run())
+            zapper = SeptZapper(sim, vm, cfg)
+            zappers.append(zapper)
+            sim.env.process(zapper.run())
+    return zappers
+
+
+STUCK_WAIT_NS = 100_000
+
+
+def check_end(sim: "Simulation", zappers: list[SeptZapper]) -> None:
+    """Oracle ``zap_stuck``: a kick-and-wait still waiting at the end of the run after
+    `STUCK_WAIT_NS` (an ack is due one IPI and one TD exit after the kick)."""
+    for z in zappers:
+        if z.waiting_since >= 0 and sim.env.now - z.waiting_since > STUCK_WAIT_NS:
+            sim.invariants.record("zap_stuck", -1, None,
+                                  f"{z.vm.name}: KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait "
+                                  f"waiting since {z.waiting_since}")
 
 
 def tdx_handle_ept_violation(vcpu, cpu) -> int:

@@ -93,6 +93,7 @@ class Simulation:
         self.vcpus: list[VcpuTdx] = []
         self.timers: list[tuple[VcpuTdx, int]] = []
         self.irq = IrqStats(self)  # issue 4: interrupt sources, latencies, oracles
+        self.zappers: list = []    # issue 4: SEPT zap processes (tdsim.sept)
         self._build_vms(d["vm"])
         self.tasks: list[HostTask] = []
         for i in range(host["tasks"]):
@@ -190,7 +191,7 @@ class Simulation:
         for vcpu, period, phase in self.timers:
             env.process(self._guest_timer(vcpu, period, phase))
         self.irq.start()  # issue 4: IPI/device/NMI sources
-        sept.start(self)
+        self.zappers = sept.start(self)
         wall0 = time.perf_counter()
         env.run(until=self.duration_ns)
         wall = time.perf_counter() - wall0
@@ -208,7 +209,8 @@ class Simulation:
             if sum(cpu.ns) != end:
                 raise AssertionError(f"tdsim bug: cpu{cpu.index} time parts sum to "
                                      f"{sum(cpu.ns)} ns, not {end}")
-        self.irq.check_end()  # issue 4: end-of-run interrupt oracles
+        self.irq.check_end()  # issue 4: end-of-run interrupt and zap oracles
+        sept.check_end(self, self.zappers)
         warm = self._warm
         if warm is not None:
             for cpu, ns in zip(self.cpus, warm["cpu"]):

@@ -104,3 +104,19 @@ def test_private_fault_retry_bails_out_on_pending_interrupt():
     assert m["ept.retry_bailouts"] > 0
     assert m["exits.reason.EPT_VIOLATION"] == \
         m["seamcall.TDH_MEM_PAGE_AUG.status.TDX_SUCCESS"] + m["ept.retry_bailouts"]
+
+
+def test_stuck_kick_and_wait_is_reported(monkeypatch):
+    """If vCPUs never acknowledged the kick (no IRQ window after the exit), the zap hangs
+    and the oracle says so."""
+    from tdsim.kvm_x86 import KvmVcpu
+
+    def dropping_ack(orig):
+        def f(self, *args):
+            self.outside_ack = None
+            return orig(self, *args)
+        return f
+    monkeypatch.setattr(KvmVcpu, "late_abort", dropping_ack(KvmVcpu.late_abort))
+    monkeypatch.setattr(VcpuTdx, "vcpu_exit_vendor", dropping_ack(VcpuTdx.vcpu_exit_vendor))
+    r = run(zap_td(duration_us=1000))
+    assert r.metrics["violations.zap_stuck"] == 1
