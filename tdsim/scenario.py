@@ -38,6 +38,7 @@ from tdsim.schema import (
     non_negative,
     positive,
     probability,
+    probability_below_one,
 )
 
 PathT = tuple[str | int, ...]
@@ -487,7 +488,8 @@ CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_syntax
 
 # --- reference documentation ------------------------------------------------------------------
 
-_CHECK_TEXT = {positive: "> 0", non_negative: ">= 0", probability: "0 to 1"}
+_CHECK_TEXT = {positive: "> 0", non_negative: ">= 0", probability: "0 to 1",
+               probability_below_one: "0 to < 1"}
 
 
 def describe_schema(schema: Table = SCHEMA) -> str:

@@ -70,6 +70,11 @@ def probability(v: Any) -> str | None:
     return None if 0 <= v <= 1 else "must be between 0 and 1"
 
 
+def probability_below_one(v: Any) -> str | None:
+    """issue 4: a per-try failure probability whose retry loop must end."""
+    return None if 0 <= v < 1 else "must be >= 0 and < 1"
+
+
 NUM = (int, float)
 
 # Kinds of TDVMCALL a statistical workload can issue (reference §4.2).  The first four are
@@ -237,8 +242,7 @@ SEPT = Table(
                                 non_negative),
         "aug_busy_p": Key(NUM, 0.0, "probability that one TDH.MEM.PAGE.AUG of the fault path "
                           "returns TDX_OPERAND_BUSY (RET_PF_RETRY: KVM retries locally, "
-                          "without re-entering the TD); must be < 1",
-                          lambda v: None if 0 <= v < 1 else "must be >= 0 and < 1"),
+                          "without re-entering the TD)", probability_below_one),
     },
     doc="SEPT zaps of this TD's private memory (reference §7.3).",
 )
