@@ -18,7 +18,9 @@ A program (``[vm.workload] program = [...]`` or ``program_file = "file.toml"`` h
 Every vCPU of the VM runs the program; a step with ``vcpus = [0, 2]`` runs only on those
 vCPUs (a call's ``step`` number is the same on every vCPU).
 
-Sending an IPI is not a step: tdsim has no x2APIC ICR model yet (issue 4).
+* ``{op = "ipi", vector = 0xfd, dest = 1}`` (or ``shorthand = "self" | "all" | "others"``):
+  the x2APIC ICR write a guest sends an IPI with (TDVMCALL WRMSR 0x830); KVM posts the vector
+  to the destination vCPUs.
 
 When the program ends the guest parks (``cli; hlt``: TDVMCALL HLT with R12 = 1, not
 recorded).  Every call is recorded (up to ``record_calls`` per vCPU): when it exited, the
@@ -69,9 +71,13 @@ _OPS = {
     "cpuid": {"name", "leaf", "subleaf"},
     "rdmsr": {"name", "index"},
     "wrmsr": {"name", "index", "value"},
+    "ipi": {"name", "vector", "dest", "shorthand"},
     "loop": {"count", "steps"},
 }
 U64 = (1 << 64) - 1
+X2APIC_ICR = 0x830
+# x2APIC ICR destination shorthand (bits 19:18)
+_SHORTHAND = {"none": 0, "self": 1, "all": 2, "others": 3}
 
 
 class ProgramError(Exception):
@@ -182,6 +188,16 @@ def compile_program(steps: Any, path: tuple = (), counter: list | None = None,
         elif op == "rdmsr":
             regs["r11"], regs["r12"] = arch.TDVMCALL_RDMSR, _u64(step.get("index", 0),
                                                                  p + ("index",))
+        elif op == "ipi":
+            vector = _u64(step.get("vector", 0), p + ("vector",))
+            shorthand = step.get("shorthand", "none")
+            if shorthand not in _SHORTHAND:
+                raise ProgramError(p + ("shorthand",), f"one of {', '.join(_SHORTHAND)}")
+            if vector > 0xFF:
+                raise ProgramError(p + ("vector",), "a vector is 0..255")
+            dest = _u64(step.get("dest", 0), p + ("dest",)) & 0xFFFFFFFF
+            regs["r11"], regs["r12"] = arch.TDVMCALL_WRMSR, X2APIC_ICR
+            regs["r13"] = (dest << 32) | (_SHORTHAND[shorthand] << 18) | vector
         elif op == "wrmsr":
             regs["r11"] = arch.TDVMCALL_WRMSR
             regs["r12"] = _u64(step.get("index", 0), p + ("index",))

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from . import arch
 from .guest import SHARED_BIT
-from .kvm_x86 import KVM_MP_STATE_HALTED
+from .kvm_x86 import KVM_MP_STATE_HALTED, KVM_REQ_NMI
 
 if TYPE_CHECKING:
     from .host import HostCpu
@@ -82,7 +82,7 @@ TDX_EMULATED_MSRS = {
     0x17A: (0, True),                # IA32_MCG_STATUS
     0x1A0: (0x1800, True),           # IA32_MISC_ENABLE: PEBS/BTS unavailable
     0x6E0: (0, True),                # IA32_TSC_DEADLINE
-    X2APIC_ICR: (0, True),           # x2APIC ICR (the IPI itself is not modelled here)
+    X2APIC_ICR: (0, True),           # x2APIC ICR: the IPI is tdsim.interrupts' (issue 4)
 }
 _MSR_EXIT_KEY = "userspace_msr"
 
@@ -422,12 +422,44 @@ def kvm_emulate_wrmsr(vcpu: "VcpuTdx", cpu: "HostCpu", g) -> int:
     elif index in vcpu.msr_values and TDX_EMULATED_MSRS[index][1]:
         r = 0
         vcpu.msr_values[index] = data
+        if index == X2APIC_ICR:  # an x2APIC ICR write is a guest IPI
+            if vcpu.call_log is not None:  # a scripted guest: the ICR says where
+                kvm_x2apic_icr_write(vcpu, cpu, data)
+            else:  # issue 4's statistical IPI stream: targets by [vm.interrupts] pattern
+                vcpu.sim.irq.kvm_x2apic_icr_write(vcpu, cpu, data)
+        elif vcpu.guest.kind == "tsc_deadline":  # issue 4: the one-shot timer is re-armed
+            vcpu.sim.irq.kvm_set_lapic_tscdeadline_msr(vcpu)
     else:
         r = 1
     if r and kvm_msr_user_space(vcpu, index, arch.KVM_EXIT_X86_WRMSR, data,
                                 complete_fast_msr_access, r):
         return 0
     return tdx_complete_emulated_msr(vcpu, cpu, r, False)
+
+
+def kvm_x2apic_icr_write(vcpu: "VcpuTdx", cpu: "HostCpu", icr: int) -> None:
+    """kvm_x2apic_icr_write -> kvm_apic_send_ipi for a scripted guest: fixed delivery of
+    vector bits 7:0 to the destination shorthand (bits 19:18: 0 = the x2APIC ID in bits
+    63:32, here the vCPU index; 1 self; 2 all; 3 all but self); each destination gets a
+    posted interrupt (tdsim.interrupts).  Logical destinations are not modelled."""
+    vector = icr & 0xFF
+    shorthand = (icr >> 18) & 3
+    vcpus = vcpu.vm.vcpus
+    if shorthand == 0:
+        dest = icr >> 32
+        targets = [vcpus[dest]] if dest < len(vcpus) else []
+    elif shorthand == 1:
+        targets = [vcpu]
+    elif shorthand == 2:
+        targets = list(vcpus)
+    else:
+        targets = [v for v in vcpus if v is not vcpu]
+    vcpu.stat["ipi.sent"] += 1
+    irq = vcpu.sim.irq
+    for v in targets:
+        cpu.acc += vcpu.sim.c_icr_write
+        v.stat["ipi.received"] += 1
+        irq.post(v, vector, "ipi")
 
 
 def complete_fast_rdmsr(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
@@ -564,8 +596,9 @@ def _tdx_map_gpa(vcpu: "VcpuTdx") -> None:
 def tdx_complete_vmcall_map_gpa(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
     """tdx_complete_vmcall_map_gpa: a VMM error ends the call (current design: -EAGAIN ->
     RETRY, else INVALID_OPERAND; v6.16: any error -> INVALID_OPERAND) with R11 = the GPA not
-    yet mapped; else the next chunk, unless an interrupt is pending (kvm_vcpu_has_events
-    without the RVI check: the PI descriptor) -> RETRY with R11 = the next GPA."""
+    yet mapped; else the next chunk, unless an interrupt or NMI is pending
+    (kvm_vcpu_has_events without the RVI check: the PI descriptor, KVM_REQ_NMI /
+    nmi_pending) -> RETRY with R11 = the next GPA."""
     g = vcpu.gprs
     ret = vcpu.run.hypercall["ret"] & U64
     if ret:
@@ -578,7 +611,7 @@ def tdx_complete_vmcall_map_gpa(vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
     vcpu.map_gpa_next += TDX_MAP_GPA_MAX_LEN
     if vcpu.map_gpa_next >= vcpu.map_gpa_end:
         return 1
-    if vcpu.pi_on or vcpu.pir:
+    if vcpu.pi_on or vcpu.pir or vcpu.requests & KVM_REQ_NMI or vcpu.nmi_pending:
         g.r10 = arch.TDVMCALL_STATUS_RETRY
         g.r11 = vcpu.map_gpa_next
         return 1

@@ -17,7 +17,8 @@ MiB2 = 2 * 1024 * 1024
 U64 = (1 << 64) - 1
 
 
-def run_program(program, vmm=None, kvm=None, timer_hz=0, duration_us=3000, costs=None):
+def run_program(program, vmm=None, kvm=None, timer_hz=0, duration_us=3000, costs=None,
+                interrupts=None):
     """Run one pinned scripted vCPU; returns (result, its call records)."""
     scenario = scenario_from_dict({
         "sim": {"duration_us": duration_us, "seed": 1},
@@ -25,7 +26,7 @@ def run_program(program, vmm=None, kvm=None, timer_hz=0, duration_us=3000, costs
         "kvm": kvm or {},
         "vmm": vmm or {},
         "costs": costs or {},
-        "vm": [{"vcpus": 1, "pin": [1],
+        "vm": [{"vcpus": 1, "pin": [1], "interrupts": interrupts or {},
                 "workload": {"program": program, "timer_hz": timer_hz}}],
     }, name="<ghci>")
     result = run(scenario)
@@ -365,6 +366,13 @@ def test_map_gpa_stops_with_retry_when_an_interrupt_is_pending_after_a_chunk():
     assert out(rec) == (RETRY, GPA + MiB2)
 
 
+def test_map_gpa_stops_with_retry_when_an_nmi_is_pending_after_a_chunk():
+    """An NMI injected while the VMM maps chunk 1 (KVM_REQ_NMI): RETRY, R11 = the next GPA."""
+    rec = call(tdvmcall("map_gpa", GPA, 3 * MiB2), interrupts={"nmi_hz": 200_000})
+    assert len(rec["exits"]) == 1
+    assert out(rec) == (RETRY, GPA + MiB2)
+
+
 # --- GetQuote ------------------------------------------------------------------------------
 def test_get_quote_exits_to_userspace_with_the_stripped_gpa():
     """KVM_EXIT_TDX nr GetQuote with GPA (shared bit stripped) and size; R10 = VMM status."""
@@ -598,3 +606,38 @@ def test_map_gpa_chunks_go_back_to_userspace_without_entering_the_td():
         ("userspace_exit", "KVM_EXIT_HYPERCALL"),
         ("kvm_entry", ""), ("kvm_exit", "HLT"),
     ]
+
+
+def test_ipi_step_posts_the_vector_to_the_destination_vcpu():
+    """An ipi step is WRMSR(x2APIC ICR) with the destination in bits 63:32: SUCCESS, and
+    the destination halted vCPU is woken by the posted vector (its next step runs)."""
+    scenario = scenario_from_dict({
+        "sim": {"duration_us": 500, "seed": 1}, "host": {"cpus": 3, "tick_hz": 0},
+        "vm": [{"vcpus": 2, "pin": [1, 2], "workload": {"program": [
+            {"op": "hlt", "vcpus": [1]},
+            {"op": "cpuid", "name": "woken", "vcpus": [1]},
+            {"op": "compute", "us": 20, "vcpus": [0]},
+            {"op": "ipi", "vector": 0xFD, "dest": 1, "vcpus": [0]}]}}],
+    }, name="<ipi>")
+    result = run(scenario)
+    sender = result.details["calls"]["td0.vcpu0"]
+    receiver = result.details["calls"]["td0.vcpu1"]
+    assert sender[0]["regs_in"]["r12"] == 0x830
+    assert sender[0]["regs_in"]["r13"] == (1 << 32) | 0xFD
+    assert sender[0]["status"] == "SUCCESS"
+    assert [c["name"] for c in receiver] == ["hlt", "woken"]
+    assert receiver[1]["t_ns"] > sender[0]["t_ns"]
+    assert result.metrics["vm.td0.vcpu.1.ipi.received"] == 1
+    assert result.metrics["vm.td0.vcpu.0.ipi.sent"] == 1
+
+
+def test_ipi_to_others_reaches_every_other_vcpu():
+    """shorthand = others: every vCPU but the sender receives the vector."""
+    scenario = scenario_from_dict({
+        "sim": {"duration_us": 300, "seed": 1}, "host": {"cpus": 4, "tick_hz": 0},
+        "vm": [{"vcpus": 3, "pin": [1, 2, 3], "workload": {"program": [
+            {"op": "ipi", "vector": 0xFB, "shorthand": "others", "vcpus": [0]}]}}],
+    }, name="<ipi>")
+    m = run(scenario).metrics
+    assert m.get("vm.td0.vcpu.0.ipi.received", 0) == 0
+    assert m["vm.td0.vcpu.1.ipi.received"] == m["vm.td0.vcpu.2.ipi.received"] == 1

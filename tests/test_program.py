@@ -130,3 +130,10 @@ def test_scripted_guest_awaits_its_call_until_kvm_completes_it():
     stopped = Simulation(scenario([{"op": "tdvmcall", "r11": "report_fatal_error"}]))
     stopped.run()
     assert stopped.vcpus[0].guest.awaiting is True
+
+
+def test_statistical_guest_behaviours_do_not_combine_with_a_program():
+    """ipi_hz (a statistical IPI stream) with a program is an error naming the key."""
+    with pytest.raises(ScenarioError, match=r"vm\[0\]\.interrupts\.ipi_hz: not with a scripted"):
+        scenario_from_dict({"vm": [{"interrupts": {"ipi_hz": 10.0},
+                                    "workload": {"program": [{"op": "cpuid"}]}}]})
