@@ -136,6 +136,8 @@ class Thread:
     def end_seg(self, t: int) -> int:
         """Account the running segment up to time t; returns the elapsed ns."""
         elapsed = t - self.seg_t0
+        if self.sim.tracer is not None:
+            self.trace_seg(self.sim.tracer, elapsed)
         self.seg_t0 = -1
         ns = self.cpu.ns
         d1 = self.seg_d1
@@ -151,6 +153,23 @@ class Thread:
             ns[self.seg_k2] += d2
             ns[KVM] += rest - d2
         return elapsed
+
+    def trace_seg(self, tracer, elapsed: int) -> None:
+        """Emit ``cpu_state`` for each part of the segment that ran (up to three: k1, k2, KVM),
+        at the instant the part began (so these events are emitted after the fact)."""
+        t0 = self.seg_t0
+        cpu = self.cpu.index
+        name = self.name
+        d1 = self.seg_d1
+        if elapsed > 0 and d1 > 0:
+            tracer.emit(t0, "cpu_state", cpu, name, what=CATEGORY_NAMES[self.seg_k1],
+                        thread=name)
+        if elapsed > d1 and self.seg_d2 > 0:
+            tracer.emit(t0 + d1, "cpu_state", cpu, name, what=CATEGORY_NAMES[self.seg_k2],
+                        thread=name)
+        if elapsed > d1 + self.seg_d2:
+            tracer.emit(t0 + d1 + self.seg_d2, "cpu_state", cpu, name,
+                        what=CATEGORY_NAMES[KVM], thread=name)
 
     def split_seg(self, t: int) -> None:
         """Account the running segment up to `t` and keep its remainder open (warm-up)."""
