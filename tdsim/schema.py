@@ -40,9 +40,11 @@ class Table:
 
 @dataclass(frozen=True)
 class Map:
-    """A TOML table whose keys are drawn from `allowed` and whose values share one Key spec."""
+    """A TOML table whose keys are drawn from `allowed` and whose values share one Key spec.
 
-    allowed: tuple[str, ...]
+    ``allowed=None``: any key (free-form names, e.g. metric names in ``[expect.metrics]``)."""
+
+    allowed: tuple[str, ...] | None
     value: Key
     default: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
@@ -178,6 +180,38 @@ VM = Table(
     doc="A guest (TD).",
 )
 
+def _metric_bound(v: Any) -> str | None:
+    """An expected metric: a number (exact) or ``{min = .., max = ..}`` (either optional)."""
+    if not isinstance(v, dict):
+        return None
+    if not v or set(v) - {"min", "max"}:
+        return "expected a number or { min = N, max = N }"
+    for k, bound in v.items():
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            return f"{k} must be a number"
+    if "min" in v and "max" in v and v["min"] > v["max"]:
+        return "min > max"
+    return None
+
+
+# Expectations of a scenario used as a regression test (`tdsim check`, pytest); issue 7.
+EXPECT = Table(
+    {
+        "metrics": Map(None, Key((int, float, dict), None, "exact value, or { min = N, max = N } "
+                                 "(inclusive; either bound may be left out); a metric the run "
+                                 "does not report counts as 0", _metric_bound),
+                       doc="expected metrics of the run, by metric name (as in the JSON "
+                           "result's `metrics`)"),
+        "violations_none": Key(bool, False, "the run must record no invariant violation"),
+        "violations_must": Key(list, [], "invariants (by name) that must be violated at least "
+                               "once", item_type=str),
+        "violations_must_not": Key(list, [], "invariants (by name) that must not be violated",
+                                   item_type=str),
+    },
+    doc="Expectations checked by `tdsim check` and by the test suite (a scenario with any "
+        "expectation is a test).",
+)
+
 SCHEMA = Table(
     {
         "sim": Table(
@@ -221,5 +255,6 @@ SCHEMA = Table(
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),
         "costs": COSTS,
+        "expect": EXPECT,
     }
 )
