@@ -1,4 +1,4 @@
-"""The ``tdsim`` command line: ``run``, ``validate`` and ``schema``.
+"""The ``tdsim`` command line: ``run``, ``check``, ``validate`` and ``schema``.
 
 Exit status: 0 ok; 1 the run recorded invariant violations (results are still printed and
 written); 2 bad input (one line on stderr, ``tdsim: error: <file>: <key path>: <message>``,
@@ -170,6 +170,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
             status = 2
         else:
             print(f"ok {path}")
+    return status
+
+
+@subcommand(
+    arg("scenarios", nargs="+", metavar="SCENARIO", help="scenario TOML files"),
+    _SET,
+    arg("--update-fingerprints", action="store_true",
+        help="store this run's trajectory fingerprint beside each scenario instead of "
+             "comparing with it"),
+)
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run scenarios as regression tests: their [expect] tables and stored fingerprints.
+
+Prints one line per scenario and, for a failure, what differs (a broken expectation, or the
+first event where the trajectory leaves the stored fingerprint).  With --set, fingerprints
+are not compared (they belong to the scenario as written).  Exit status 1 if any fails."""
+    from tdsim.expect import check_scenario
+
+    scenarios = [load_scenario(path, args.overrides) for path in args.scenarios]
+    status = 0
+    for scenario in scenarios:
+        report = check_scenario(scenario, update_fingerprints=args.update_fingerprints,
+                                fingerprints=not args.overrides)
+        print(report.render())
+        if not report.ok:
+            status = 1
     return status
 
 
