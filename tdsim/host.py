@@ -123,6 +123,8 @@ class Thread:
         self.seg_k2 = HOST_TASK
         self.seg_d2 = 0
         self.run_event = sim.env.event()
+        if sim.tracer is not None:  # cpu_state events; untraced, end_seg stays untouched
+            self.end_seg = self._end_seg_traced
 
     # --- time accounting ------------------------------------------------------------------
     def begin_seg(self, k1: int, d1: int, k2: int = KVM, d2: int = 0) -> None:
@@ -136,8 +138,6 @@ class Thread:
     def end_seg(self, t: int) -> int:
         """Account the running segment up to time t; returns the elapsed ns."""
         elapsed = t - self.seg_t0
-        if self.sim.tracer is not None:
-            self.trace_seg(self.sim.tracer, elapsed)
         self.seg_t0 = -1
         ns = self.cpu.ns
         d1 = self.seg_d1
@@ -153,6 +153,11 @@ class Thread:
             ns[self.seg_k2] += d2
             ns[KVM] += rest - d2
         return elapsed
+
+    def _end_seg_traced(self, t: int) -> int:
+        """`end_seg` when tracing: emit the segment's ``cpu_state`` events first."""
+        self.trace_seg(self.sim.tracer, t - self.seg_t0)
+        return Thread.end_seg(self, t)
 
     def trace_seg(self, tracer, elapsed: int) -> None:
         """Emit ``cpu_state`` for each part of the segment that ran (up to three: k1, k2, KVM),

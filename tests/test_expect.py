@@ -158,3 +158,9 @@ def test_trajectory_is_time_ordered_and_deterministic():
     assert runs[0] == runs[1]
     times = [int(line.split()[0]) for line in runs[0]]
     assert times == sorted(times)
+
+
+def test_tracing_does_not_change_the_run():
+    """A traced run has the same metrics as an untraced one (the fingerprint's premise)."""
+    s = load_scenario(Path(__file__).parent.parent / "scenarios" / "baseline.toml")
+    assert run(s, tracer=Tracer()).metrics == run(s).metrics
