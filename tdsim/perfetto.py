@@ -8,8 +8,9 @@ Built after the run from the tracer's events:
 * one process per VM (pid 2 + VM index), one track per vCPU (tid = vCPU index + 1): slices of
   the vCPU thread's state (``running`` in KVM_RUN, ``userspace``, ``runnable``, ``halted``)
   from the ``vcpu_state`` events;
-* flow arrows ("s" -> "f"): a kick to the IPI's arrival on the vCPU's CPU, and a posted
-  interrupt (``pi_posted``) to its delivery (``pi_delivered``);
+* flow arrows ("s" -> "f"), from the vCPU's track to its CPU's: a kick to the IPI's arrival,
+  and a posted interrupt (``pi_posted``) to its delivery (``pi_delivered``); both ends lie
+  inside a slice of their track, which is what the importer binds them to;
 * instant markers ("i", thread scope) for late aborts and invariant violations;
 * counters ("C") on the host process: WRMSRs and TD exits per millisecond of simulated time;
 * metadata ("M") naming every process and track.
@@ -140,10 +141,9 @@ def build_trace(data: dict[str, Any], events: list[Event], end_ns: int) -> dict[
             kicks[vcpu].append((t, tracks.vcpu[vcpu]))
         elif kind == "ipi" and fields.get("why") == "kick" and kicks.get(vcpu):
             flow("kick IPI", kicks[vcpu].pop(0), t, tracks.cpu(fields["dst_cpu"]))
-        elif kind == "pi_posted":
-            track = tracks.of(cpu, vcpu)
-            if track is not None:
-                posted[vcpu].append((t, track))
+        elif kind == "pi_posted" and vcpu in tracks.vcpu:
+            # from the vCPU's track, which always has a state slice to bind the arrow to
+            posted[vcpu].append((t, tracks.vcpu[vcpu]))
         elif kind == "pi_delivered" and posted.get(vcpu):
             flow("posted interrupt", posted[vcpu].pop(0), t, tracks.cpu(cpu))
         elif kind in ("late_abort", "violation"):

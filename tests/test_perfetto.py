@@ -56,6 +56,9 @@ def validate(doc):
             assert a["ts"] + a["dur"] <= b["ts"] + 1e-9, f"overlap on {key}: {a} {b}"
     starts = {e["id"] for e in by_ph["s"]}
     assert starts == {e["id"] for e in by_ph["f"]}
+    for e in by_ph["s"] + by_ph["f"]:  # the importer binds flow ends to enclosing slices
+        assert any(x["ts"] <= e["ts"] <= x["ts"] + x["dur"]
+                   for x in tracks[(e["pid"], e["tid"])]), f"flow end outside a slice: {e}"
     return by_ph
 
 
@@ -142,3 +145,21 @@ def test_cli_writes_log_and_trace(tmp_path):
     assert records[0].keys() >= {"event", "t_ns", "timestamp", "cpu", "vcpu"}
     exits = json.loads(res.read_text())["metrics"]["exits"]
     assert sum(r["event"] == "kvm_exit" for r in records) == exits > 0
+
+
+def test_violations_are_instant_markers_on_their_cpu(tmp_path):
+    """Each recorded violation is an "i" marker on its CPU's track, at its time."""
+    (tmp_path / "wrong.py").write_text(
+        "from tdsim.strategies import Current\n"
+        "class NoKgsRestore(Current):\n"
+        "    def prepare_switch_to_host(self, vcpu, cpu):\n"
+        "        pass\n")
+    scenario, result, tracer = traced({
+        "sim": {"duration_us": 100, "seed": 4}, "host": {"cpus": 2, "tick_hz": 0},
+        "kvm": {"host_state": f"{tmp_path / 'wrong.py'}:NoKgsRestore"},
+        "vm": [{"vcpus": 1, "pin": [1], "workload": {"compute_us": 5, "mix": {"io": 1}}}]})
+    by_ph = validate(build_trace(scenario.data, tracer.events, 100_000))
+    marks = [(e["name"], e["ts"], e["tid"]) for e in by_ph["i"]]
+    assert marks == [(f"violation: {v['invariant']}", v["t_ns"] / 1000, v["cpu"] + 1)
+                     for v in result.violations]
+    assert marks
