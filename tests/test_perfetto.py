@@ -5,6 +5,9 @@ from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tdsim.cli import main
 from tdsim.perfetto import build_trace
 from tdsim.scenario import load_scenario, scenario_from_dict
@@ -163,3 +166,29 @@ def test_violations_are_instant_markers_on_their_cpu(tmp_path):
     assert marks == [(f"violation: {v['invariant']}", v["t_ns"] / 1000, v["cpu"] + 1)
                      for v in result.violations]
     assert marks
+
+
+@given(cpus=st.integers(1, 3), vcpus=st.integers(1, 3), tasks=st.integers(0, 2),
+       seed=st.integers(0, 1000), io=st.sampled_from([0.0, 1.0]),
+       hlt=st.sampled_from([0.0, 0.3]), tick=st.sampled_from([0, 1000]))
+@settings(max_examples=30, deadline=None)
+def test_random_runs_give_valid_traces_matching_the_cpu_split(cpus, vcpus, tasks, seed, io, hlt,
+                                                           tick):
+    """Over small random scenarios the trace validates, and each CPU track's slices add up,
+    per kind of work, to the CPU time split in the metrics."""
+    scenario, result, tracer = traced({
+        "sim": {"duration_us": 300, "seed": seed},
+        "host": {"cpus": cpus, "tick_hz": tick, "tasks": tasks, "task_run_us": 40,
+                 "task_sleep_us": 60},
+        "vm": [{"vcpus": vcpus, "workload": {"compute_us": 5, "timer_hz": 20000,
+                                             "mix": {"cpuid": 1.0, "io": io, "hlt": hlt}}}]})
+    doc = build_trace(scenario.data, tracer.events, 300_000)
+    validate(doc)
+    split = defaultdict(float)
+    for e in doc["traceEvents"]:
+        if e["ph"] == "X" and e["pid"] == 1:
+            split[(e["tid"] - 1, e["args"]["what"])] += e["dur"] * 1000
+    for cpu in range(cpus):
+        for what in ("guest", "kvm", "vmm", "host_task"):
+            assert abs(split[(cpu, what)] - result.metrics[f"cpu.{cpu}.ns.{what}"]) < 1e-3, \
+                (cpu, what)
