@@ -152,14 +152,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                                 "not available with a strategy comparison (kvm.compare)")
         return _run_compare(sim, scenario, args)
     tracer = None
+    # A log alone records only what it keeps; the timeline (and explain) need every event.
+    filtered = args.trace is None and any(filters.values())
     if args.log is not None or args.trace is not None:
         from tdsim.trace import Tracer
 
-        tracer = Tracer()
+        tracer = Tracer(**filters) if filtered else Tracer()
     log.info("run.start", scenario=scenario.path, seed=scenario.seed)
     result = sim.run(scenario) if tracer is None else sim.run(scenario, tracer=tracer)
     log.info("run.done", violations=len(result.violations), **result.perf)
-    explain.explain(scenario, result, tracer.events if tracer is not None else None, sim.run)
+    full = tracer.events if tracer is not None and not filtered else None
+    explain.explain(scenario, result, full, sim.run)
     if args.json is not None:
         text = json.dumps(result.to_dict(), indent=1, sort_keys=True)
         Path(args.json).write_text(text + "\n", encoding="utf-8")
