@@ -54,10 +54,9 @@ def test_clean_run_is_not_repeated(monkeypatch):
     assert result.violations == []
 
 
-def test_summary_and_json_show_the_events(tmp_path, capsys):
-    """`tdsim run` prints the leading events and writes them into the JSON result."""
+def leaky_toml(tmp_path):
+    """The `leaky` scenario as a file."""
     path = tmp_path / "leaky.toml"
-    d = leaky(tmp_path)
     path.write_text(textwrap.dedent(f"""
         [sim]
         duration_us = 100
@@ -66,16 +65,32 @@ def test_summary_and_json_show_the_events(tmp_path, capsys):
         cpus = 2
         tick_hz = 0
         [kvm]
-        host_state = "{d['kvm']['host_state']}"
+        host_state = "{leaky(tmp_path)['kvm']['host_state']}"
         [[vm]]
         pin = [1]
         [vm.workload]
         compute_us = 5
         mix = {{ io = 1 }}
     """))
+    return path
+
+
+def test_summary_and_json_show_the_events(tmp_path, capsys):
+    """`tdsim run` prints the leading events and writes them into the JSON result."""
     out_json = tmp_path / "r.json"
-    assert main(["run", str(path), "--json", str(out_json)]) == 1
+    assert main(["run", str(leaky_toml(tmp_path)), "--json", str(out_json)]) == 1
     out = capsys.readouterr().out
     assert "events leading to violation 1 (kernel_gs_base_not_restored" in out
     doc = json.loads(out_json.read_text())
     assert doc["violations"][0]["events"][-1].split()[1] == "violation"
+
+
+def test_filtered_log_still_explains_in_full(tmp_path):
+    """With `--log-kind kvm_exit` the log holds only exits, but violations still carry every
+    kind of event that led to them."""
+    log, res = tmp_path / "log.jsonl", tmp_path / "r.json"
+    assert main(["run", str(leaky_toml(tmp_path)), "--log", str(log), "--log-kind", "kvm_exit",
+                 "--json", str(res)]) == 1
+    assert {json.loads(x)["event"] for x in log.read_text().splitlines()} == {"kvm_exit"}
+    events = json.loads(res.read_text())["violations"][0]["events"]
+    assert " vcpu_put " in events[-2]
