@@ -139,7 +139,11 @@ class VcpuTdx(KvmVcpu):
                     guest.irq_debt_ns += sim.c_guest_irq
                 self.deliver_pi(cpu, self.t_enter)
             if irq:
-                guest.remaining_ns -= self.seg_d2
+                # A PI seen at planning ran its handler first (it is in the planned run), so
+                # the compute period advanced only by what followed it; never below 0, which
+                # would plan the next run to end before its entry (found by a trace property).
+                ran = self.seg_d2 - (sim.c_guest_irq if self.seg_pi is True else 0)
+                guest.remaining_ns -= max(0, ran)
                 reason = arch.EXIT_REASON_EXTERNAL_INTERRUPT
             else:
                 guest.remaining_ns = 0
