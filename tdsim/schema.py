@@ -42,10 +42,11 @@ class Table:
 class Map:
     """A TOML table whose keys are drawn from `allowed` and whose values share one Key spec.
 
-    ``allowed=None``: any key (free-form names, e.g. metric names in ``[expect.metrics]``)."""
+    ``allowed=None``: any key (free-form names, e.g. metric names in ``[expect.metrics]``);
+    then `value` may also be a `Table` (one table per name, e.g. ``[expect.strategy.eager]``)."""
 
     allowed: tuple[str, ...] | None
-    value: Key
+    value: "Key | Table"
     default: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
 
@@ -195,8 +196,8 @@ def _metric_bound(v: Any) -> str | None:
 
 
 # Expectations of a scenario used as a regression test (`tdsim check`, pytest); issue 7.
-EXPECT = Table(
-    {
+def _expect_keys() -> dict[str, Any]:
+    return {
         "metrics": Map(None, Key((int, float, dict), None, "exact value, or { min = N, max = N } "
                                  "(inclusive; either bound may be left out); a metric the run "
                                  "does not report counts as 0", _metric_bound),
@@ -207,9 +208,20 @@ EXPECT = Table(
                                "once", item_type=str),
         "violations_must_not": Key(list, [], "invariants (by name) that must not be violated",
                                    item_type=str),
+    }
+
+
+EXPECT = Table(
+    {
+        **_expect_keys(),
+        "strategy": Map(None, Table(_expect_keys()),
+                        doc="more expectations for the run of one strategy, added to the "
+                            "ones above; the keys of `[expect.strategy]` are strategy names "
+                            '(`[expect.strategy."v6.16"]`)'),
     },
     doc="Expectations checked by `tdsim check` and by the test suite (a scenario with any "
-        "expectation is a test).",
+        "expectation is a test).  They apply to the run of every strategy in `kvm.compare` "
+        "(or of `kvm.host_state` alone).",
 )
 
 SCHEMA = Table(
