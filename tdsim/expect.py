@@ -15,8 +15,9 @@ broken expectation.
   first divergent event and show the events around it in both runs without re-running the
   old model.
 
-A scenario without a stored fingerprint is checked on its expectations only.  A run with
-``kvm.compare`` set is checked on ``kvm.host_state`` alone.
+A scenario without a stored fingerprint is checked on its expectations only.  A scenario
+with ``kvm.compare`` runs once per strategy; each run meets ``[expect]`` and its own
+``[expect.strategy.<name>]``; the fingerprint is that of the ``kvm.host_state`` run.
 """
 
 from __future__ import annotations
@@ -35,11 +36,21 @@ CONTEXT_EVENTS = 5  # events shown before the first divergent one
 AFTER_EVENTS = 3    # and after it, in each run
 
 
+def _asks(e: dict[str, Any]) -> int:
+    """How many expectations one table (``[expect]`` or a strategy's section) states."""
+    return (len(e["metrics"]) + len(e["violations_must"]) + len(e["violations_must_not"])
+            + int(e["violations_none"]))
+
+
 def has_expectations(data: dict[str, Any]) -> bool:
     """The scenario's ``[expect]`` table asks for anything (a scenario with none is no test)."""
     e = data["expect"]
-    return bool(e["metrics"] or e["violations_none"] or e["violations_must"]
-                or e["violations_must_not"])
+    return bool(_asks(e) or any(_asks(s) for s in e["strategy"].values()))
+
+
+def strategies_run(data: dict[str, Any]) -> list[str]:
+    """The strategies a check runs: those of ``kvm.compare``, else ``kvm.host_state``."""
+    return list(data["kvm"]["compare"]) or [data["kvm"]["host_state"]]
 
 
 # --- expectations -----------------------------------------------------------------------------
@@ -60,12 +71,12 @@ def _meets(got: float, want: Any) -> bool:
     return want.get("min", got) <= got <= want.get("max", got)
 
 
-def check_expectations(data: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
-    """One line per broken expectation of ``data["expect"]`` against `metrics` (empty: all
-    met).  A metric absent from `metrics` counts as 0 (zero counters are left out)."""
+def check_expectations(expect: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """One line per broken expectation of `expect` (the ``[expect]`` table or one strategy's
+    section of it) against `metrics` (empty: all met).  A metric absent from `metrics`
+    counts as 0 (zero counters are left out)."""
     from .invariants import INVARIANTS
 
-    expect = data["expect"]
     out = []
     for name, want in expect["metrics"].items():
         got = metrics.get(name, 0)
@@ -208,32 +219,46 @@ class CheckReport:
 
 def check_scenario(scenario: Scenario, update_fingerprints: bool = False,
                    fingerprints: bool = True) -> CheckReport:
-    """Run `scenario` (traced) and check its expectations and its stored fingerprint;
-    with `update_fingerprints`, store the fingerprint of this run instead of comparing."""
+    """Run `scenario` once per strategy it names (`strategies_run`) and check each run
+    against ``[expect]`` plus that strategy's ``[expect.strategy.<name>]``; the run of
+    ``kvm.host_state`` (else the first) is traced and checked against the stored fingerprint.
+    With `update_fingerprints`, store that run's fingerprint instead of comparing."""
     from .sim import run
 
-    if scenario.data["kvm"]["compare"]:
-        scenario = scenario.replace({"kvm.compare": []})
+    data = scenario.data
+    expect = data["expect"]
+    strategies = strategies_run(data)
+    traced = data["kvm"]["host_state"] if data["kvm"]["host_state"] in strategies \
+        else strategies[0]
     report = CheckReport(scenario.path, scenario.seed)
-    tracer = Tracer() if fingerprints else None
-    result = run(scenario, tracer=tracer)
-    if has_expectations(scenario.data):
-        report.failures += check_expectations(scenario.data, result.metrics)
-        n = (len(scenario.data["expect"]["metrics"])
-             + len(scenario.data["expect"]["violations_must"])
-             + len(scenario.data["expect"]["violations_must_not"])
-             + scenario.data["expect"]["violations_none"])
-        report.notes.append(f"{n} expectation(s)")
-    else:
-        report.notes.append("no expectations")
-    if tracer is None:
+    for name in expect["strategy"]:
+        if name not in strategies:
+            report.failures.append(f"expect.strategy.{name}: {name!r} is not run "
+                                   f"(strategies: {', '.join(strategies)})")
+    asked = 0
+    lines: list[str] = []
+    for strategy in strategies:
+        variant = scenario.replace({"kvm.host_state": strategy, "kvm.compare": []})
+        tracer = Tracer() if fingerprints and strategy == traced else None
+        metrics = run(variant, tracer=tracer).metrics
+        if tracer is not None:
+            lines = trajectory(tracer.events)
+        tag = f"[{strategy}] " if len(strategies) > 1 else ""
+        for table in (expect, expect["strategy"].get(strategy)):
+            if table is not None:
+                asked += _asks(table)
+                report.failures += [tag + line for line in check_expectations(table, metrics)]
+    report.notes.append(f"{asked} expectation(s)" if asked else "no expectations")
+    if len(strategies) > 1:
+        report.notes.append(f"{len(strategies)} strategies")
+    if not fingerprints:
         return report
-    lines = trajectory(tracer.events)
+    fingerprinted = scenario.replace({"kvm.host_state": traced, "kvm.compare": []})
     if update_fingerprints:
-        path = write_fingerprint(scenario, lines)
+        path = write_fingerprint(fingerprinted, lines)
         report.notes.append(f"fingerprint stored in {path} ({len(lines)} events)")
         return report
-    mismatch = check_fingerprint(scenario, lines)
+    mismatch = check_fingerprint(fingerprinted, lines)
     if mismatch is None:
         report.notes.append("no stored fingerprint")
     elif mismatch:

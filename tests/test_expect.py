@@ -43,7 +43,7 @@ def test_met_expectations_give_no_lines():
     """Exact values and bounds that the run meets report nothing."""
     s = scenario_from_dict(tiny(metrics={"exits": 2, "tdvmcall.cpuid": {"min": 1, "max": 2},
                                          "late_abort": {"max": 0}}, violations_none=True))
-    assert check_expectations(s.data, run(s).metrics) == []
+    assert check_expectations(s.data["expect"], run(s).metrics) == []
 
 
 def test_broken_expectations_are_each_one_readable_line():
@@ -51,7 +51,7 @@ def test_broken_expectations_are_each_one_readable_line():
     s = scenario_from_dict(tiny(metrics={"exits": 3, "wrmsr.total": {"min": 10},
                                          "never.reported": {"min": 1, "max": 2}},
                                 violations_must=["host_state_leak"]))
-    assert check_expectations(s.data, run(s).metrics) == [
+    assert check_expectations(s.data["expect"], run(s).metrics) == [
         "metric exits: expected = 3, got 2",
         "metric wrmsr.total: expected >= 10, got 4",
         "metric never.reported: expected in [1, 2], got 0",
@@ -62,7 +62,7 @@ def test_broken_expectations_are_each_one_readable_line():
 def test_unknown_invariant_name_is_reported():
     """A misspelt oracle name in violations_must_not fails instead of passing silently."""
     s = scenario_from_dict(tiny(violations_must_not=["host_state_leek"]))
-    lines = check_expectations(s.data, run(s).metrics)
+    lines = check_expectations(s.data["expect"], run(s).metrics)
     assert len(lines) == 1
     assert lines[0].startswith("invariant 'host_state_leek' is unknown")
 
@@ -164,3 +164,23 @@ def test_tracing_does_not_change_the_run():
     """A traced run has the same metrics as an untraced one (the fingerprint's premise)."""
     s = load_scenario(Path(__file__).parent.parent / "scenarios" / "baseline.toml")
     assert run(s, tracer=Tracer()).metrics == run(s).metrics
+
+
+def test_each_compared_strategy_meets_its_own_section():
+    """With kvm.compare every strategy is run; a strategy's section adds to [expect] and a
+    broken one is reported under the strategy's name."""
+    d = tiny(violations_none=True,
+             strategy={"eager": {"metrics": {"wrmsr.total": {"max": 4}}},
+                       "current": {"metrics": {"wrmsr.total": 4}}})
+    d["kvm"] = {"compare": ["current", "eager"]}
+    report = check_scenario(scenario_from_dict(d, name="<cmp>"), fingerprints=False)
+    assert report.notes == ["4 expectation(s)", "2 strategies"]
+    assert len(report.failures) == 1
+    assert report.failures[0].startswith("[eager] metric wrmsr.total: expected <= 4, got ")
+
+
+def test_section_for_a_strategy_not_run_fails():
+    """[expect.strategy.X] for a strategy the scenario does not run is reported."""
+    s = scenario_from_dict(tiny(strategy={"eager": {"violations_none": True}}), name="<x>")
+    report = check_scenario(s, fingerprints=False)
+    assert report.failures == ["expect.strategy.eager: 'eager' is not run (strategies: current)"]
