@@ -333,6 +333,7 @@ def print_summary(result: Any, console: Any = None) -> None:
             table.add_row(key, _num(counts[key]), _pct(counts[key], total))
         console.print(table)
 
+    _print_latencies(console, m)  # issue 4
     _print_cpu_split(console, m)
     _print_violations(console, result.violations)
     perf = result.perf
@@ -392,6 +393,29 @@ def _print_cpu_split(console: Any, m: dict[str, Any]) -> None:
     for cpu in sorted(split):
         total = sum(split[cpu].values())
         table.add_row(str(cpu), *(_pct(split[cpu].get(s, 0), total) for s in states))
+    console.print(table)
+
+
+def _print_latencies(console: Any, m: dict[str, Any]) -> None:
+    """issue 4: one row per latency family (irq.latency_ns.<source>, NMI included; wake-up;
+    shootdown) with its percentiles."""
+    rows = []
+    for key in sorted(k for k in m if k.endswith(".count")):
+        base = key[:-len(".count")]
+        if base.startswith("irq.latency_ns."):
+            label = base[len("irq.latency_ns."):]
+        elif base in ("halt.wakeup_latency_ns", "ipi.shootdown_ns"):
+            label = {"halt.wakeup_latency_ns": "wake-up (scheduling)",
+                     "ipi.shootdown_ns": "shootdown (to last ack)"}[base]
+        else:
+            continue
+        rows.append((label, *(m.get(f"{base}.{p}", 0) for p in ("p50", "p90", "p99", "max")),
+                     m[key]))
+    if not rows:
+        return
+    table = _table("Delivery latency (ns)", ("source", "p50", "p90", "p99", "max", "count"))
+    for label, *values in rows:
+        table.add_row(label, *(_num(v) for v in values))
     console.print(table)
 
 

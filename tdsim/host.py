@@ -94,11 +94,12 @@ class HostCpu:
         self.stat[_RDMSR_MSR_KEYS[msr]] += 1
         return self.msr[msr]
 
-    def host_irq(self) -> None:
-        """A host interrupt (tick, hrtimer, call-function IPI) arrives on this CPU now."""
+    def host_irq(self, why: str = "other") -> None:
+        """A host interrupt (tick, hrtimer, call-function IPI) arrives on this CPU now.
+        `why` names its source for the ``irq_exits.<why>`` breakdown (issue 4)."""
         curr = self.curr
         if curr is not None and curr.is_vcpu:
-            curr.notify_host_irq()
+            curr.notify_host_irq(why)
 
 
 class Thread:
@@ -192,7 +193,7 @@ class Thread:
     def resched(self) -> None:
         """need_resched was set for this running thread: act on it where the thread can."""
 
-    def notify_host_irq(self) -> None:  # only vCPU threads care
+    def notify_host_irq(self, why: str = "other") -> None:  # only vCPU threads care
         pass
 
 

@@ -38,6 +38,7 @@ from tdsim.schema import (
     non_negative,
     positive,
     probability,
+    probability_below_one,
 )
 
 PathT = tuple[str | int, ...]
@@ -466,14 +467,34 @@ def _resolve_strategy_path(data: dict[str, Any], base_dir: str | os.PathLike[str
     data["kvm"]["host_state"] = f"{os.path.abspath(target)}:{cls}"
 
 
+def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
+    """issue 4: device interrupts are routed to existing vCPUs; a guest halting with
+    interrupts disabled has NMIs to wake it."""
+    for i, vm in enumerate(data["vm"]):
+        if vm["interrupts"]["hlt_irqs_off_p"] > 0 and not vm["interrupts"]["nmi_hz"] > 0:
+            raise _Bad(("vm", i, "interrupts", "hlt_irqs_off_p"),
+                       f"a vCPU halted with interrupts disabled wakes only on an NMI: set "
+                       f"vm[{i}].interrupts.nmi_hz > 0")
+        targets = vm["interrupts"]["device_irq_vcpus"]
+        if vm["interrupts"]["device_irq_hz"] > 0 and not targets:
+            raise _Bad(("vm", i, "interrupts", "device_irq_vcpus"), "empty: route the device "
+                       "interrupts to at least one vCPU")
+        for j, v in enumerate(targets):
+            if not 0 <= v < vm["vcpus"]:
+                raise _Bad(("vm", i, "interrupts", "device_irq_vcpus", j),
+                           f"vCPU {v} does not exist (valid 0..{vm['vcpus'] - 1})")
+
+
 # Run in order on the resolved data; each raises _Bad at the first problem.  Add new
 # relations between keys here.
-CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_syntax]
+CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_syntax,
+                _check_device_irq_vcpus]
 
 
 # --- reference documentation ------------------------------------------------------------------
 
-_CHECK_TEXT = {positive: "> 0", non_negative: ">= 0", probability: "0 to 1"}
+_CHECK_TEXT = {positive: "> 0", non_negative: ">= 0", probability: "0 to 1",
+               probability_below_one: "0 to < 1"}
 
 
 def describe_schema(schema: Table = SCHEMA) -> str:

@@ -73,6 +73,11 @@ def probability(v: Any) -> str | None:
     return None if 0 <= v <= 1 else "must be between 0 and 1"
 
 
+def probability_below_one(v: Any) -> str | None:
+    """issue 4: a per-try failure probability whose retry loop must end."""
+    return None if 0 <= v < 1 else "must be >= 0 and < 1"
+
+
 NUM = (int, float)
 
 # Kinds of TDVMCALL a statistical workload can issue (reference §4.2).  The first four are
@@ -149,6 +154,23 @@ COSTS = Table(
         "tdh_vp_wr_ns": _cost(400, "placeholder", "TDH.VP.WR, SEAMCALL included"),
         "guest_irq_ns": _cost(1000, "placeholder", "guest interrupt handler for a delivered "
                               "posted interrupt (guest time)"),
+        # --- issue 4: interrupts, NMIs, SEPT zaps ---
+        "icr_write_ns": _cost(150, "placeholder", "KVM emulation of an x2APIC ICR write, per "
+                              "destination (kvm_apic_send_ipi -> __apic_accept_irq -> PI post)"),
+        "host_nmi_ns": _cost(1500, "placeholder", "host NMI handler (perf / watchdog) run in "
+                             "tdx_vcpu_enter_exit after an EXCEPTION_NMI exit"),
+        "guest_nmi_ns": _cost(2000, "placeholder", "guest NMI handler (guest time)"),
+        "tdh_mem_range_block_ns": _cost(800, "placeholder", "TDH.MEM.RANGE.BLOCK, SEAMCALL "
+                                        "included"),
+        "tdh_mem_track_ns": _cost(500, "placeholder", "TDH.MEM.TRACK, SEAMCALL included (holds "
+                                  "the TD epoch lock exclusively meanwhile)"),
+        "tdh_mem_page_remove_ns": _cost(1000, "placeholder", "TDH.MEM.PAGE.REMOVE, SEAMCALL "
+                                        "included"),
+        "tdh_mem_page_aug_ns": _cost(1000, "placeholder", "TDH.MEM.PAGE.AUG, SEAMCALL "
+                                     "included"),
+        "kvm_private_fault_ns": _cost(500, "placeholder", "KVM's TDP MMU fault path for one "
+                                      "try on a private GPA (kvm_mmu_page_fault, mmu_lock "
+                                      "read, walk), SEAMCALL excluded"),
     },
     doc="Per-operation costs in ns.",
 )
@@ -164,8 +186,68 @@ WORKLOAD = Table(
                    default={"cpuid": 1.0},
                    doc="relative weights of the TDVMCALLs the guest issues after each compute "
                        "period; kinds not named have weight 0"),
+        "timer_mode": Key(str, "periodic", "guest LAPIC timer: periodic (the hrtimer re-arms "
+                          "itself) or oneshot (TSC-deadline, as a tickless Linux guest: the "
+                          "guest's timer handler re-arms it with a WRMSR(IA32_TSC_DEADLINE) "
+                          "TDVMCALL, one more TD exit per tick; issue 4)",
+                          choices=("periodic", "oneshot")),
     },
     doc="What the guest vCPUs do.",
+)
+
+# --- issue 4: interrupt sources and SEPT zaps of one TD (all off by default) ---------------
+IPI_PATTERNS = ("unicast", "multicast", "broadcast", "shootdown")
+
+INTERRUPTS = Table(
+    {
+        "ipi_hz": Key(NUM, 0.0, "guest IPIs sent per vCPU per second of guest run time: the "
+                      "guest ends a compute period with an x2APIC ICR write (TDVMCALL WRMSR "
+                      "0x830) instead of its mix call; 0 = off", non_negative),
+        "ipi_pattern": Key(str, "unicast", "destinations of one guest IPI: unicast (one random "
+                           "other vCPU), multicast (ipi_targets random others), broadcast (all "
+                           "others), shootdown (like multicast to shootdown_targets others, "
+                           "and the sender spins in guest until every receiver has acked)",
+                           choices=IPI_PATTERNS),
+        "ipi_targets": Key(int, 2, "destinations of a multicast IPI", positive),
+        "shootdown_targets": Key(int, 0, "receivers of one TLB shootdown; 0 = all other "
+                                 "vCPUs", non_negative),
+        "device_irq_hz": Key(NUM, 0.0, "device interrupts per second (MSI via irqfd, posted "
+                             "from a host CPU outside the TD's); 0 = off", non_negative),
+        "device_irq_vcpus": Key(list, [0], "vCPUs the device interrupts are routed to "
+                                "(round robin)", item_type=int),
+        "nmi_hz": Key(NUM, 0.0, "NMIs injected per vCPU per second by the VMM / a watchdog "
+                      "(kvm_inject_nmi); 0 = off", non_negative),
+        "tlb_flush_hz": Key(NUM, 0.0, "host-side remote TLB flushes of this VM per second "
+                            "(kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH), e.g. from MMU "
+                            "notifiers): a request bit on every vCPU plus a kick of those in "
+                            "guest mode; 0 = off", non_negative),
+        "hlt_irqs_off_p": Key(NUM, 0.0, "fraction of the guest's HLTs issued with interrupts "
+                              "disabled (TDVMCALL HLT with R12 = 1: tdx_interrupt_allowed is "
+                              "false, only an NMI wakes the vCPU; needs nmi_hz > 0)",
+                              probability),
+    },
+    doc="Interrupt sources of the TD besides the guest timer (workload.timer_hz).",
+)
+
+SEPT = Table(
+    {
+        "zap_hz": Key(NUM, 0.0, "private-page zaps per second (e.g. private->shared "
+                      "conversions); each runs TDH.MEM.RANGE.BLOCK, TDH.MEM.TRACK + kick-and-"
+                      "wait, TDH.MEM.PAGE.REMOVE under mmu_lock; 0 = off", non_negative),
+        "zap_pages": Key(int, 1, "4K pages removed per zap (one TDH.MEM.PAGE.REMOVE each)",
+                         positive),
+        "remove_busy_p": Key(NUM, 0.0, "probability that TDH.MEM.PAGE.REMOVE returns "
+                             "TDX_OPERAND_BUSY (SEPT lock held by a vCPU's TDH.VP.ENTER or a "
+                             "guest TDG.MEM.PAGE.ACCEPT); the retry goes through "
+                             "tdh_do_no_vcpus (wait_for_sept_zap)", probability),
+        "private_fault_hz": Key(NUM, 0.0, "EPT violations on not-yet-mapped private pages "
+                                "per vCPU per second of guest run time; 0 = off",
+                                non_negative),
+        "aug_busy_p": Key(NUM, 0.0, "probability that one TDH.MEM.PAGE.AUG of the fault path "
+                          "returns TDX_OPERAND_BUSY (RET_PF_RETRY: KVM retries locally, "
+                          "without re-entering the TD)", probability_below_one),
+    },
+    doc="SEPT zaps of this TD's private memory (reference §7.3).",
 )
 
 VM = Table(
@@ -177,6 +259,8 @@ VM = Table(
         "pin": Key(list, None, "host CPU per vCPU (one entry per vCPU); unset = unpinned",
                    optional=True, item_type=int),
         "workload": WORKLOAD,
+        "interrupts": INTERRUPTS,
+        "sept": SEPT,
     },
     doc="A guest (TD).",
 )
@@ -252,6 +336,9 @@ SCHEMA = Table(
                                     "than one runnable thread", positive),
                 "wakeup_preempt": Key(bool, True, "a waking thread preempts the running one "
                                       "(otherwise it waits for the slice to end)"),
+                "nmi_hz": Key(NUM, 0.0, "host NMIs (perf / NMI watchdog) per CPU per second; "
+                              "one hitting a running TD is an EXCEPTION_NMI exit; 0 = off",
+                              non_negative),
             }
         ),
         "kvm": Table(
@@ -263,6 +350,16 @@ SCHEMA = Table(
                                "runs it once per strategy with the same seed (paired) and "
                                "prints them side by side; empty = run host_state only",
                                item_type=str),
+                "halt_poll_ns": Key(int, 0, "halt polling (kvm.halt_poll_ns): a halted vCPU "
+                                    "polls for events this long before blocking; fixed (the "
+                                    "grow/shrink heuristics are not modelled); 0 = off",
+                                    non_negative),
+                "lapic_timer_advance_ns": Key(int, 0, "kvm.lapic_timer_advance_ns: the guest "
+                                              "timer's hrtimer fires this much before the "
+                                              "deadline and kvm_wait_lapic_expire spins at "
+                                              "entry until the deadline when the timer vector "
+                                              "is pending; fixed (no adaptive tuning); 0 = off",
+                                              non_negative),
             }
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),

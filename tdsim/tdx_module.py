@@ -83,6 +83,10 @@ class TdxModule:
         assoc = vcpu.module_assoc_cpu
         if assoc is not None and assoc is not cpu:
             return arch.TDX_VCPU_ASSOCIATED
+        vm = vcpu.vm
+        if vm.epoch_lock_t0 <= vcpu.t_seamcall < vm.epoch_lock_t1:
+            # issue 4: TDH.MEM.TRACK holds the TD epoch lock exclusively (reference §7.1)
+            return arch.TDX_OPERAND_BUSY | arch.TDX_OPERAND_ID_TD_EPOCH
         return arch.TDX_SUCCESS
 
     def entry_cost(self, vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
