@@ -180,6 +180,7 @@ class VcpuTdx(KvmVcpu):
             self.seg_pi = False
             ret = module.tdh_vp_enter_fail(self, cpu, self.seg_status)
         else:
+            planned_pi = self.seg_pi is True  # its handler ran first, inside the planned run
             if self.seg_pi:
                 if self.seg_pi == SEG_PI_LATE:  # handler time not in the planned run
                     guest.irq_debt_ns += sim.c_guest_irq
@@ -197,7 +198,11 @@ class VcpuTdx(KvmVcpu):
                                       f"TD entry at {self.t_enter} while a SEPT zap needs "
                                       f"every vCPU out (since {self.vm.zap_excl_t0})")
             if irq:
-                guest.remaining_ns -= self.seg_d2
+                # A PI seen at planning ran its handler first (it is in the planned run), so
+                # the compute period advanced only by what followed it; never below 0, which
+                # would plan the next run to end before its entry (found by a trace property).
+                ran = self.seg_d2 - (sim.c_guest_irq if planned_pi else 0)
+                guest.remaining_ns -= max(0, ran)
                 reason = arch.EXIT_REASON_EXTERNAL_INTERRUPT
                 if self.seg_host_nmi:  # issue 4: a host NMI, not an interrupt
                     self.seg_host_nmi = False

@@ -217,6 +217,12 @@ class KvmVcpu(Thread):
                 self.stat["kicks"] += 1
                 cpu = self.cpu
                 ev = self.sim.env.timeout(self.sim.c_ipi)
+                if self.sim.tracer is not None:  # the kick, then the IPI's arrival
+                    self.sim.tracer.emit(self.sim.env.now, "kick", cpu.index, self.name,
+                                         by=None)
+                    ev.callbacks.append(lambda _e: self.sim.tracer.emit(
+                        self.sim.env.now, "ipi", cpu.index, self.name, src_cpu=-1,
+                        dst_cpu=cpu.index, why="kick"))
                 ev.callbacks.append(lambda _e: cpu.host_irq("kick"))
         elif self.phase == PH_SEG:
             self.notify_host_irq()  # before the late check: it will see the request
@@ -286,8 +292,14 @@ class KvmVcpu(Thread):
         if self.halt_woken:  # issue 4: woken after the final check: do not sleep
             runnable = True
         self.phase = PH_WAIT if runnable else PH_BLOCKED
+        if self.sim.tracer is not None:
+            self.sim.tracer.emit(self.sim.env.now, "vcpu_state", cpu.index, self.name,
+                                 state="runnable" if runnable else "halted")
         self.sim.sched.switch_out(cpu, self, runnable)
         cpu = yield self.run_event
+        if self.sim.tracer is not None:  # back where it was: KVM_RUN, or the VMM (no put)
+            self.sim.tracer.emit(self.sim.env.now, "vcpu_state", cpu.index, self.name,
+                                 state="running" if put_cause is not None else "userspace")
         if put_cause is not None:
             self.vcpu_load(cpu)
         return cpu
@@ -296,6 +308,8 @@ class KvmVcpu(Thread):
     def main(self):
         """The VMM's vCPU thread: KVM_RUN, service the exit in userspace, repeat."""
         sim = self.sim
+        if sim.tracer is not None:
+            sim.tracer.emit(sim.env.now, "vcpu_state", -1, self.name, state="runnable")
         sim.sched.wake_up(self)
         cpu = yield self.run_event
         sim.kvm.return_to_user(cpu, self)
@@ -309,6 +323,8 @@ class KvmVcpu(Thread):
         """kvm_arch_vcpu_ioctl_run: vcpu_load, complete_userspace_io, vcpu_run, vcpu_put,
         return to user mode (where the user-return notifier fires)."""
         sim = self.sim
+        if sim.tracer is not None:
+            sim.tracer.emit(sim.env.now, "vcpu_state", cpu.index, self.name, state="running")
         cpu.acc += sim.c_kvm_run_ioctl
         self.vcpu_load(cpu)
         # issue 5: a completion may return 0 (MapGPA's next chunk): straight back to the VMM
@@ -331,6 +347,8 @@ class KvmVcpu(Thread):
         sim = self.sim
         env = sim.env
         remaining = self.vmm_service_ns()
+        if sim.tracer is not None:
+            sim.tracer.emit(env.now, "vcpu_state", cpu.index, self.name, state="userspace")
         while True:
             work = cpu.acc
             cpu.acc = 0

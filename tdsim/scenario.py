@@ -280,8 +280,13 @@ def _resolve_map(spec: Map, raw: Any, path: PathT) -> dict[str, Any]:
     elif not isinstance(raw, dict):
         raise _Bad(path, f"expected a table, got {_describe(raw)}")
     else:
-        _reject_unknown(raw, spec.allowed, path, list_allowed=True)
+        if spec.allowed is not None:
+            _reject_unknown(raw, spec.allowed, path, list_allowed=True)
+        if isinstance(spec.value, Table):
+            return {k: _resolve_table(spec.value, v, path + (k,), None) for k, v in raw.items()}
         given = {k: _check_value(spec.value, v, path + (k,)) for k, v in raw.items()}
+    if spec.allowed is None:  # free-form keys: only those given
+        return given
     return {k: given.get(k, spec.value.default) for k in spec.allowed}
 
 
@@ -559,6 +564,9 @@ def _describe_table(table: Table, name: str, out: list[str], heading: str | None
             item = Table(s.item.keys, doc=" ".join(filter(None, [s.doc, s.item.doc, (
                 f"At least {s.min_items}; {s.default_items} created when absent.")])))
             _describe_table(item, sub, out, heading=f"[[{sub}]]")
+        elif isinstance(s, Map) and isinstance(s.value, Table):
+            _describe_table(Table(s.value.keys, doc=s.doc[0].upper() + s.doc[1:] + "."),
+                            f"{sub}.<name>", out)
         elif isinstance(s, Map):
             out += [f"## `[{sub}]`", ""]
             if s.doc:
@@ -569,7 +577,11 @@ def _describe_table(table: Table, name: str, out: list[str], heading: str | None
             if s.default:
                 out[-2:-2] = ["The defaults apply when the table is absent; when it is given, "
                               f"keys it does not name are {_toml(s.value.default)}.", ""]
-            out += [f"| `{a}` | {_toml(s.default.get(a, s.value.default))} |" for a in s.allowed]
+            if s.allowed is None:
+                out[-2:] = ["Keys: any name."]
+            else:
+                out += [f"| `{a}` | {_toml(s.default.get(a, s.value.default))} |"
+                        for a in s.allowed]
             out.append("")
 
 

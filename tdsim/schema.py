@@ -40,10 +40,13 @@ class Table:
 
 @dataclass(frozen=True)
 class Map:
-    """A TOML table whose keys are drawn from `allowed` and whose values share one Key spec."""
+    """A TOML table whose keys are drawn from `allowed` and whose values share one Key spec.
 
-    allowed: tuple[str, ...]
-    value: Key
+    ``allowed=None``: any key (free-form names, e.g. metric names in ``[expect.metrics]``);
+    then `value` may also be a `Table` (one table per name, e.g. ``[expect.strategy.eager]``)."""
+
+    allowed: tuple[str, ...] | None
+    value: "Key | Table"
     default: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
 
@@ -374,6 +377,50 @@ VMM = Table(
     doc="The userspace VMM: its answers to KVM's exits and the KVM capabilities it enables.",
 )
 
+
+def _metric_bound(v: Any) -> str | None:
+    """An expected metric: a number (exact) or ``{min = .., max = ..}`` (either optional)."""
+    if not isinstance(v, dict):
+        return None
+    if not v or set(v) - {"min", "max"}:
+        return "expected a number or { min = N, max = N }"
+    for k, bound in v.items():
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            return f"{k} must be a number"
+    if "min" in v and "max" in v and v["min"] > v["max"]:
+        return "min > max"
+    return None
+
+
+# Expectations of a scenario used as a regression test (`tdsim check`, pytest); issue 7.
+def _expect_keys() -> dict[str, Any]:
+    return {
+        "metrics": Map(None, Key((int, float, dict), None, "exact value, or { min = N, max = N } "
+                                 "(inclusive; either bound may be left out); a metric the run "
+                                 "does not report counts as 0", _metric_bound),
+                       doc="expected metrics of the run, by metric name (as in the JSON "
+                           "result's `metrics`)"),
+        "violations_none": Key(bool, False, "the run must record no invariant violation"),
+        "violations_must": Key(list, [], "invariants (by name) that must be violated at least "
+                               "once", item_type=str),
+        "violations_must_not": Key(list, [], "invariants (by name) that must not be violated",
+                                   item_type=str),
+    }
+
+
+EXPECT = Table(
+    {
+        **_expect_keys(),
+        "strategy": Map(None, Table(_expect_keys()),
+                        doc="more expectations for the run of one strategy, added to the "
+                            "ones above; the keys of `[expect.strategy]` are strategy names "
+                            '(`[expect.strategy."v6.16"]`)'),
+    },
+    doc="Expectations checked by `tdsim check` and by the test suite (a scenario with any "
+        "expectation is a test).  They apply to the run of every strategy in `kvm.compare` "
+        "(or of `kvm.host_state` alone).",
+)
+
 SCHEMA = Table(
     {
         "sim": Table(
@@ -444,5 +491,6 @@ SCHEMA = Table(
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),
         "costs": COSTS,
         "vmm": VMM,  # issue 5
+        "expect": EXPECT,
     }
 )
