@@ -217,3 +217,10 @@ KVM_HC_MAP_GPA_RANGE = 12
 POSTED_INTR_VECTOR = 0xF2
 POSTED_INTR_WAKEUP_VECTOR = 0xF1
 LOCAL_TIMER_VECTOR = 0xEC  # the guest's LAPIC timer vector (Linux guests)
+
+# --- issue 3: late entry aborts -------------------------------------------------------------
+KVM_EXIT_DIRTY_RING_FULL = 31
+KVM_EXIT_NAMES[KVM_EXIT_DIRTY_RING_FULL] = "KVM_EXIT_DIRTY_RING_FULL"
+EXIT_REASON_INVALID_STATE = 33   # "VM-entry failure due to invalid guest state"
+# Errno values KVM_RUN returns.
+EINTR, ENOMEM, EIO = 4, 12, 5

@@ -16,6 +16,7 @@ from . import arch
 from .kvm_x86 import (
     IN_GUEST_MODE, KVM_MP_STATE_HALTED, PH_BLOCKED, PH_SEG, KvmVcpu,
 )
+from .faults import EPT_VIOLATION_WRITE_QUAL, FAULT_KEYS, ZERO_STEP_GPA
 from .tdx_module import TdxModuleArgs
 
 if TYPE_CHECKING:
@@ -32,8 +33,21 @@ _TDVMCALL_TO_EXIT_REASON = {
 }
 
 SEG_PI_LATE = 2  # seg_pi value: ON was set after the segment was planned
+SEG_SEPT_ZAP = -1  # issue 3: seg_status of an abort-D segment (no SEAMCALL made)
+
+# issue 3: statuses tdx_to_vmx_exit_reason accepts (reference §3.5) and error bits (§1.5)
+_VALID = arch.TDX_EXIT_REASON_VALID_STATUSES
+_ERROR_OR_NR = arch.TDX_ERROR | arch.TDX_NON_RECOVERABLE
+_STATUS = arch.TDX_SEAMCALL_STATUS_MASK
 
 _EXIT_KEYS = {r: f"exits.reason.{n}" for r, n in arch.EXIT_REASON_NAMES.items()}
+# issue 3: basic reasons tdx_handle_exit dispatches to a handler (reference §1.5 step 6)
+_DISPATCHED = frozenset({
+    arch.EXIT_REASON_EXTERNAL_INTERRUPT, arch.EXIT_REASON_OTHER_SMI, arch.EXIT_REASON_CPUID,
+    arch.EXIT_REASON_HLT, arch.EXIT_REASON_IO_INSTRUCTION, arch.EXIT_REASON_MSR_READ,
+    arch.EXIT_REASON_MSR_WRITE, arch.EXIT_REASON_EPT_MISCONFIG, arch.EXIT_REASON_VMCALL,
+    arch.EXIT_REASON_TDCALL, arch.EXIT_REASON_EPT_VIOLATION,
+})
 
 
 class VcpuTdx(KvmVcpu):
@@ -52,6 +66,8 @@ class VcpuTdx(KvmVcpu):
         self.pi_on = False
         self.seg_pi = False  # ON seen at this entry: True (planned) or SEG_PI_LATE
         self.seg_status = arch.TDX_SUCCESS
+        self.seg_exit = None              # issue 3: injected exit status of an entered TD
+        self.seg_fault = None             # issue 3: kind of the injected module outcome
         # TDX module's view of this vCPU
         self.module_assoc_cpu = None      # LP the vCPU is associated with
         self.module_fields: dict[str, int] = {}
@@ -103,14 +119,33 @@ class VcpuTdx(KvmVcpu):
         sim = self.sim
         now = sim.env.now
         self.mode = IN_GUEST_MODE
+        if self.vm.wait_for_sept_zap:
+            # issue 3, abort D (reference §1.3 D, §7.3): tdx_vcpu_run returns
+            # EXIT_FASTPATH_EXIT_HANDLED at once, without a SEAMCALL.
+            self.seg_pi = False
+            self.seg_status = SEG_SEPT_ZAP
+            self.t_enter = self.t_guest_end = now + late
+            return late
         # PI descriptor ON -> self-IPI POSTED_INTR_VECTOR; recognised at TD entry.
         self.seg_pi = self.pi_on
         status = sim.module.tdh_vp_enter_check(self, cpu)
+        self.seg_exit = None
+        self.seg_fault = None
+        if status == arch.TDX_SUCCESS:
+            faults = sim.faults
+            if faults.module_on:  # issue 3: injected module outcomes (aborts E, F, G)
+                status, self.seg_exit, self.seg_fault = faults.vp_enter_outcome(self)
+        else:
+            self.seg_fault = "vcpu_associated"
         self.seg_status = status
         if status != arch.TDX_SUCCESS:
             self.t_enter = self.t_guest_end = now + late + sim.c_seamcall
             return late + sim.c_seamcall
         entry = sim.module.entry_cost(self, cpu)
+        if self.seg_exit is not None:
+            # issue 3: the TD is entered and exits at once with the injected status
+            self.t_enter = self.t_guest_end = now + late + entry
+            return late + entry + sim.c_td_exit
         g = self.guest.remaining_ns
         if self.seg_pi:
             g += sim.c_guest_irq
@@ -131,9 +166,35 @@ class VcpuTdx(KvmVcpu):
         stat = self.stat
         tracer = sim.tracer
         guest = self.guest
-        if self.seg_status != arch.TDX_SUCCESS:
-            ret = module.tdh_vp_enter_fail(self, cpu, self.seg_status)
+        status = self.seg_status
+        if status == SEG_SEPT_ZAP:
+            # issue 3, abort D: no SEAMCALL, no strategy hook; the vt exit fields keep the
+            # previous exit's values; fastpath EXIT_HANDLED -> tdx_handle_exit returns 1.
+            self.count_abort(cpu, "sept_zap")
+            cpu.acc += sim.c_exit_handling
+            return 1
+        if status != arch.TDX_SUCCESS:
+            ret = module.tdh_vp_enter_fail(self, cpu, status, self.seg_fault)
+            self.count_abort(cpu, self.seg_fault)
+            if status == arch.EXIT_REASON_EPT_VIOLATION:  # abort F: synthesized registers
+                args = self.vp_enter_args
+                args.clear()
+                args.rcx = EPT_VIOLATION_WRITE_QUAL
+                args.r8 = ZERO_STEP_GPA
+        elif self.seg_exit is not None:
+            # issue 3: entered, then exited at once with an injected status; the module
+            # zeroes the GPRs it does not expose.
+            ret = module.tdh_vp_enter_exit_status(self, cpu, self.seg_exit)
+            self.vp_enter_args.clear()
+            if self.seg_fault == "failed_vmentry":
+                self.count_abort(cpu, "failed_vmentry")
+            else:
+                self.stat[FAULT_KEYS[self.seg_fault]] += 1
         else:
+            if guest.awaiting:
+                sim.invariants.record("tdvmcall_completion", cpu.index, self.name,
+                                      f"TD entered with its TDVMCALL ({guest.kind}) not "
+                                      "completed")
             if self.seg_pi:
                 if self.seg_pi == SEG_PI_LATE:  # handler time not in the planned run
                     guest.irq_debt_ns += sim.c_guest_irq
@@ -151,6 +212,7 @@ class VcpuTdx(KvmVcpu):
         self.vp_enter_ret = ret
         sim.strategy.vcpu_enter_exit(self, cpu, ret)
         self.exit_reason = self.tdx_to_vmx_exit_reason(ret)
+        self.handle_exit_irqoff(cpu, irq)
         cpu.acc += sim.c_exit_handling
         stat["exits"] += 1
         stat[_EXIT_KEYS.get(self.exit_reason & 0xFFFF, "exits.reason.INVALID")] += 1
@@ -158,12 +220,43 @@ class VcpuTdx(KvmVcpu):
             tracer.emit(sim.env.now, "kvm_exit", cpu.index, self.name,
                         reason=arch.EXIT_REASON_NAMES.get(self.exit_reason & 0xFFFF, "?"),
                         vp_enter_ret=f"{ret:#x}")
-        return self.tdx_handle_exit(cpu)
+        return self.tdx_handle_exit(cpu, self.tdx_exit_handlers_fastpath(ret))
+
+    def tdx_exit_handlers_fastpath(self, ret: int) -> bool:
+        """The end of tdx_vcpu_run (reference §1.4 steps 10-12): EXIT_FASTPATH_EXIT_HANDLED
+        (True) only for OPERAND_BUSY; a raw 49, a software error or a failed VM entry are
+        EXIT_FASTPATH_NONE."""
+        if ret == arch.EXIT_REASON_EPT_MISCONFIG or (
+                ret & arch.TDX_SW_ERROR) == arch.TDX_SW_ERROR:
+            return False
+        return (ret & _STATUS) == arch.TDX_OPERAND_BUSY
+
+    def handle_exit_irqoff(self, cpu: "HostCpu", irq: bool) -> None:
+        """issue 3: the irqoff exit handling (tdx_vcpu_enter_exit's NMI check and
+        vmx_handle_exit_irqoff), acting on the derived basic reason.  tdsim never makes a
+        TD exit for a real NMI, so any NMI-handler run is spurious; an EXTERNAL_INTERRUPT
+        reason is genuine only for a successful exit caused by a host interrupt.
+        Simplification: the NMI check's interruption-info test is taken as passing."""
+        basic = self.exit_reason & 0xFFFF
+        if basic == arch.EXIT_REASON_EXCEPTION_NMI:
+            cpu.acc += self.sim.c_host_irq
+            self.sim.invariants.record(
+                "spurious_nmi", cpu.index, self.name,
+                f"host NMI handler run for vp_enter_ret={self.vp_enter_ret:#x} (no NMI)")
+        elif basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT and (
+                not irq or (self.vp_enter_ret & _STATUS) != arch.TDX_SUCCESS):
+            self.sim.invariants.record(
+                "spurious_external_interrupt", cpu.index, self.name,
+                f"EXTERNAL_INTERRUPT exit handled for vp_enter_ret={self.vp_enter_ret:#x} "
+                "with no host interrupt")
 
     def tdx_to_vmx_exit_reason(self, ret: int) -> int:
         """tdx_to_vmx_exit_reason: bits 15:0 only for the five valid statuses; then the
-        TDCALL conversion by R10/R11 (reference §3.5)."""
-        if (ret & arch.TDX_SEAMCALL_STATUS_MASK) not in arch.TDX_EXIT_REASON_VALID_STATUSES:
+        TDCALL conversion by R10/R11 (reference §3.5).
+
+        issue 3: with ``[kvm] exit_reason = "raw"`` the low 32 bits are taken whatever the
+        status, as the early ``union tdx_exit_reason`` code did."""
+        if not self.sim.exit_reason_raw and (ret & _STATUS) not in _VALID:
             return arch.EXIT_REASON_INVALID
         reason = ret & 0xFFFFFFFF
         if reason == arch.EXIT_REASON_TDCALL:
@@ -226,13 +319,46 @@ class VcpuTdx(KvmVcpu):
         return False
 
     # --- tdx_handle_exit ---------------------------------------------------------------
-    def tdx_handle_exit(self, cpu: "HostCpu") -> int:
-        """tdx_handle_exit: returns 1 to re-enter, 0 to exit to userspace."""
+    def tdx_handle_exit(self, cpu: "HostCpu", fastpath: bool = False) -> int:
+        """tdx_handle_exit (reference §1.5): returns 1 to re-enter, 0 to exit to userspace,
+        < 0 for an error.  The status checks read the raw `vp_enter_ret`; the dispatch reads
+        the derived `exit_reason`.  KVM_BUG_ON marks the VM bugged (every vCPU then leaves
+        with -EIO at its next request check)."""
+        if fastpath:
+            return 1  # OPERAND_BUSY: pass the IRQ window, then retry (§7.2)
+        ret = self.vp_enter_ret
         reason = self.exit_reason
-        if reason == arch.EXIT_REASON_INVALID:
+        basic = reason & 0xFFFF
+        if ret == arch.EXIT_REASON_EPT_MISCONFIG:
+            # a genuine EPT misconfig must not happen for a TD (§3.5 collision hazard)
+            self.sim.faults.kvm_vm_bugged(self.vm, cpu, self, "raw EPT_MISCONFIG")
+            self.run_exit_reason = 0
+            return -arch.EIO
+        if (ret & arch.TDX_SW_ERROR) == arch.TDX_SW_ERROR:
+            self.sim.faults.kvm_vm_bugged(self.vm, cpu, self, "SEAMCALL software error")
             self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
             return 0
-        basic = reason & 0xFFFF
+        if reason != arch.EXIT_REASON_INVALID and reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY:
+            self.run_exit_reason = arch.KVM_EXIT_FAIL_ENTRY
+            return 0
+        if ret & _ERROR_OR_NR and basic != arch.EXIT_REASON_TRIPLE_FAULT:
+            self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
+            return 0
+        if basic == arch.EXIT_REASON_TRIPLE_FAULT:
+            self.run_exit_reason = arch.KVM_EXIT_SHUTDOWN
+            return 0
+        if basic == arch.EXIT_REASON_EXCEPTION_NMI:
+            return 1  # NMI already handled in handle_exit_irqoff
+        if basic not in _DISPATCHED:
+            self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR  # unhandled exit
+            return 0
+        if (ret & _STATUS) not in _VALID and basic != arch.EXIT_REASON_EXTERNAL_INTERRUPT:
+            self.sim.invariants.record(
+                "error_status_dispatched", cpu.index, self.name,
+                f"vp_enter_ret={ret:#x} dispatched as exit reason "
+                f"{arch.EXIT_REASON_NAMES.get(basic, basic)}")
+        if basic == arch.EXIT_REASON_EPT_VIOLATION:
+            return self.tdx_handle_ept_violation(cpu)
         if basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
             cpu.acc += self.sim.c_host_irq  # handle_exit_irqoff ran the host handler
             self.stat["irq_exits"] += 1
@@ -241,11 +367,22 @@ class VcpuTdx(KvmVcpu):
             return 1
         return self.handle_tdvmcall(cpu, basic)
 
+    def tdx_handle_ept_violation(self, cpu: "HostCpu") -> int:
+        """tdx_handle_ept_violation for the module's synthesized zero-step exit (abort F): the
+        page is mapped by the fault path; the guest re-executes the instruction."""
+        cpu.acc += self.sim.c_ept_violation
+        self.stat["ept_violation"] += 1
+        return 1
+
     def handle_tdvmcall(self, cpu: "HostCpu", basic: int) -> int:
         """handle_tdvmcall and the converted-reason handlers (tdx_emulate_*)."""
         sim = self.sim
         args = self.vp_enter_args
         guest = self.guest
+        if not guest.awaiting:  # issue 3 oracle
+            sim.invariants.record("tdvmcall_completion", cpu.index, self.name,
+                                  f"completing a TDVMCALL the guest did not issue "
+                                  f"(vp_enter_ret={self.vp_enter_ret:#x})")
         kind = guest.kind
         self.stat[guest.tdvmcall_key] += 1
         if sim.tracer is not None:

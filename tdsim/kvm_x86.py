@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from simpy import Interrupt
 
 from . import arch
+from .faults import KVM_REQ_ABORT_MASK, KVM_REQ_VM_DEAD, LATE_ABORT_KEYS
 from .host import GUEST, KVM, VMM, SLEEPING, Thread, new_stat
 
 if TYPE_CHECKING:
@@ -46,10 +47,16 @@ PH_KERNEL = 1    # KVM straight-line work (flags only; checked when the work end
 PH_SEG = 2       # entry work + TD run (interruptible: late abort or TD exit)
 PH_BLOCKED = 3   # halted in kvm_vcpu_block, scheduled out
 PH_WAIT = 4      # runnable, waiting for a CPU
+PH_STOPPED = 5   # issue 3: the VMM stopped the vCPU after a fatal exit (never runs again)
 
 # Causes of an interrupt of the PH_SEG timeout
 CAUSE_LATE_ABORT = "late_abort"
 CAUSE_IRQ = "irq"
+
+# issue 3: fatal userspace exits (the VMM stops the vCPU) and abort keys not in late_abort()
+_FATAL_RUN_EXITS = frozenset({arch.KVM_EXIT_INTERNAL_ERROR, arch.KVM_EXIT_FAIL_ENTRY,
+                              arch.KVM_EXIT_SHUTDOWN})
+_ABORT_KEYS = dict(LATE_ABORT_KEYS, vm_dead="late_abort.vm_dead")
 
 PUT_PREEMPT = "vcpu_put.cause.preempt"
 PUT_KVM_RUN_RETURN = "vcpu_put.cause.kvm_run_return"
@@ -144,6 +151,7 @@ class KvmVcpu(Thread):
         self.cpu_index = -1          # vcpu->cpu
         self.guest_state_loaded = False  # vt->guest_state_loaded
         self.sigpending = False
+        self.notify_resume = False   # issue 3: TIF_NOTIFY_RESUME (abort C(e))
         self.phase = PH_WAIT
         self.proc = None
         # landmarks of the current PH_SEG segment (absolute ns)
@@ -157,7 +165,7 @@ class KvmVcpu(Thread):
     def exit_request_pending(self) -> bool:
         """kvm_vcpu_exit_request: kicked, a request bit, or transfer-to-guest work."""
         return (self.mode == EXITING_GUEST_MODE or self.requests != 0 or self.need_resched
-                or self.sigpending)
+                or self.sigpending or self.notify_resume)
 
     def notify_host_irq(self) -> None:
         """A host interrupt reaches this vCPU's CPU now (tick, hrtimer, IPI)."""
@@ -274,10 +282,26 @@ class KvmVcpu(Thread):
         cpu = yield self.run_event
         sim.kvm.return_to_user(cpu, self)
         while True:
-            yield from self.kvm_arch_vcpu_ioctl_run(cpu)
+            r = yield from self.kvm_arch_vcpu_ioctl_run(cpu)
             cpu = self.cpu
+            if self.vmm_stops_vcpu(r):
+                yield from self.vmm_stop(cpu)
+                return
             yield from self.vmm_run(cpu)
             cpu = self.cpu
+
+    def vmm_stops_vcpu(self, r: int) -> bool:
+        """issue 3: what the VMM does after a fatal exit.  KVM_RUN failed (an errno other than
+        EINTR) or reported KVM_EXIT_INTERNAL_ERROR / FAIL_ENTRY / SHUTDOWN: like QEMU, the VMM
+        stops running this vCPU (it stays stopped until the end of the run)."""
+        return (r < 0 and r != -arch.EINTR) or self.run_exit_reason in _FATAL_RUN_EXITS
+
+    def vmm_stop(self, cpu: "HostCpu"):
+        """The vCPU thread stops for good: it sleeps and nothing wakes it."""
+        self.stat["vcpu_stopped"] += 1
+        yield from self.spend_kernel(cpu)
+        self.phase = PH_STOPPED
+        self.sim.sched.switch_out(cpu, self, False)
 
     def kvm_arch_vcpu_ioctl_run(self, cpu: "HostCpu"):
         """kvm_arch_vcpu_ioctl_run: vcpu_load, complete_userspace_io, vcpu_run, vcpu_put,
@@ -339,6 +363,12 @@ class KvmVcpu(Thread):
                 r = self.kvm_check_requests(cpu)
                 if r <= 0:
                     return r
+            if sim.faults.mmu_reload_fails():
+                # issue 3, abort B: kvm_mmu_reload failed; the error leaves KVM_RUN
+                # (an NMI already written to PEND_NMI would stay committed).
+                self.count_abort(cpu, "mmu_reload_fail")
+                self.run_exit_reason = 0
+                return -arch.ENOMEM
             if not self.guest_state_loaded:
                 self.prepare_switch_to_guest(cpu)
             cpu.acc += c_enter
@@ -381,6 +411,11 @@ class KvmVcpu(Thread):
             # ---- vcpu_run tail --------------------------------------------------------
             if r <= 0:
                 return r
+            if self.notify_resume:
+                # issue 3: xfer_to_guest_mode_handle_work runs resume_user_mode_work
+                self.notify_resume = False
+                stat["notify_resume"] += 1
+                cpu.acc += sim.c_notify_resume
             if self.need_resched or self.sigpending:
                 if self.sigpending:
                     self.sigpending = False
@@ -396,6 +431,8 @@ class KvmVcpu(Thread):
             return "request"
         if self.sigpending:
             return "signal"
+        if self.notify_resume:
+            return "notify_resume"
         return "need_resched"
 
     def late_abort(self, cpu: "HostCpu", kind: str) -> int:
@@ -425,6 +462,28 @@ class KvmVcpu(Thread):
         return 1
 
     def kvm_check_requests(self, cpu: "HostCpu") -> int:
-        """Request processing at the top of vcpu_enter_guest (reference §1.2 step 1)."""
+        """Request processing at the top of vcpu_enter_guest (reference §1.2 step 1).
+
+        issue 3, abort A: KVM_REQ_VM_DEAD ends the run with -EIO; the dirty ring's soft
+        limit (KVM_REQ_DIRTY_RING_SOFT_FULL) exits to userspace with KVM_EXIT_DIRTY_RING_FULL
+        (the VMM harvests the ring and re-enters)."""
+        requests = self.requests
         self.requests = 0
+        if requests & KVM_REQ_ABORT_MASK:
+            if requests & KVM_REQ_VM_DEAD:
+                self.count_abort(cpu, "vm_dead")
+                self.run_exit_reason = 0
+                return -arch.EIO
+            self.count_abort(cpu, "request_exit")
+            self.run_exit_reason = arch.KVM_EXIT_DIRTY_RING_FULL
+            return 0
         return 1
+
+    def count_abort(self, cpu: "HostCpu", kind: str) -> None:
+        """issue 3: count an entry abort that is not the late exit-request check."""
+        stat = self.stat
+        stat[_ABORT_KEYS[kind]] += 1
+        stat["late_abort"] += 1
+        if self.sim.tracer is not None:
+            self.sim.tracer.emit(self.sim.env.now, "late_abort", cpu.index, self.name,
+                                 abort=kind)

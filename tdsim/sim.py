@@ -18,8 +18,10 @@ from . import arch
 from ._version import __version__
 from .guest import GuestVcpu
 from .host import CATEGORY_NAMES, IDLE, HostCpu, HostTask, Scheduler, new_stat
+from .faults import Faults
 from .invariants import Invariants
 from .kvm_tdx import VcpuTdx
+from .kvm_vmx import VcpuVmx
 from .kvm_x86 import KvmX86
 from .rng import stream
 from .scenario import Scenario
@@ -40,6 +42,10 @@ class Vm:
         self.name = name
         self.flavor = flavor
         self.vcpus: list[VcpuTdx] = []
+        # issue 3: kvm_tdx->wait_for_sept_zap (abort D; raised by a SEPT zap retry) and
+        # kvm->vm_bugged (KVM_BUG_ON)
+        self.wait_for_sept_zap = False
+        self.bugged = False
 
 
 class Simulation:
@@ -66,6 +72,9 @@ class Simulation:
         self.strategy = load_strategy(d["kvm"]["host_state"])
         self.kvm = KvmX86(self, self.strategy)
         self.module = TdxModule(self)
+        # issue 3: exit-status handling variant and fault injection
+        self.exit_reason_raw = d["kvm"]["exit_reason"] == "raw"
+        self.faults = Faults(self, d["faults"])
         self.vmm_service_ns = {
             arch.KVM_EXIT_IO: self.c_vmm_io,
             arch.KVM_EXIT_MMIO: self.c_vmm_mmio,
@@ -97,7 +106,11 @@ class Simulation:
                 guest = GuestVcpu(stream(self.seed, scope + ".workload"),
                                   us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",
                                   wl["mix"], self.c_guest_tdvmcall)
-                vcpu = VcpuTdx(self, vm, i, pins[i] if pins else None, guest)
+                if vm.flavor == "vmx":  # issue 3: VMX co-tenants
+                    vcpu = VcpuVmx(self, vm, i, pins[i] if pins else None, guest,
+                                   wl["tsc_aux_read_hz"])
+                else:
+                    vcpu = VcpuTdx(self, vm, i, pins[i] if pins else None, guest)
                 vcpu.cpu = self.cpus[pins[i] if pins else (len(self.vcpus) % len(self.cpus))]
                 vm.vcpus.append(vcpu)
                 self.vcpus.append(vcpu)
@@ -161,6 +174,7 @@ class Simulation:
             env.process(self._warmup())
         for vcpu, period, phase in self.timers:
             env.process(self._guest_timer(vcpu, period, phase))
+        self.faults.start()
         wall0 = time.perf_counter()
         env.run(until=self.duration_ns)
         wall = time.perf_counter() - wall0

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import arch
+from .faults import ASSOCIATES
 
 if TYPE_CHECKING:
     from .host import HostCpu
@@ -82,6 +83,10 @@ class TdxModule:
         with another LP cannot be entered here (TDX_VCPU_ASSOCIATED)."""
         assoc = vcpu.module_assoc_cpu
         if assoc is not None and assoc is not cpu:
+            # issue 3 oracle: KVM must have flushed the vCPU off the old LP (reference §6)
+            self.sim.invariants.record(
+                "entry_on_associated_vcpu", cpu.index, vcpu.name,
+                f"TDH.VP.ENTER on cpu{cpu.index} while associated with cpu{assoc.index}")
             return arch.TDX_VCPU_ASSOCIATED
         return arch.TDX_SUCCESS
 
@@ -110,11 +115,31 @@ class TdxModule:
         self.count(cpu, arch.TDH_VP_ENTER, arch.TDX_SUCCESS)
         return ret
 
-    def tdh_vp_enter_fail(self, vcpu: "VcpuTdx", cpu: "HostCpu", status: int) -> int:
-        """TDH.VP.ENTER returned an error without entering: no MSR was touched."""
+    def tdh_vp_enter_fail(self, vcpu: "VcpuTdx", cpu: "HostCpu", status: int,
+                          kind: str | None = None) -> int:
+        """TDH.VP.ENTER returned an error without entering: no MSR was touched.
+
+        issue 3: refusals raised after check_and_associate_vcpu (§3.4 step 3: TSC_ROLLBACK,
+        INCONSISTENT_MSR, the epoch/SEPT OPERAND_BUSY, the zero-step exit) leave the vCPU
+        associated with this LP."""
+        if kind in ASSOCIATES:
+            vcpu.module_assoc_cpu = cpu
         self.count(cpu, arch.TDH_VP_ENTER, status & arch.TDX_SEAMCALL_STATUS_MASK
                    if (status & arch.TDX_SW_ERROR) != arch.TDX_SW_ERROR else status)
         return status
+
+    def tdh_vp_enter_exit_status(self, vcpu: "VcpuTdx", cpu: "HostCpu", ret: int) -> int:
+        """issue 3: the TD was entered (guest state loaded, so the TD exit leaves the module's
+        fixed values in host MSRs) and the SEAMCALL returned the injected status `ret`
+        (non-recoverable, failed VM entry, detail-less error, genuine EPT misconfig).
+        Assumption: a failed VM entry happens after the guest-state load (§3.4 steps 8, 10)."""
+        vcpu.module_assoc_cpu = cpu
+        cpu.last_tdvpr = vcpu
+        msr = cpu.msr
+        for index, value in arch.TDX_MODULE_EXIT_MSRS.items():
+            msr[index] = value
+        self.count(cpu, arch.TDH_VP_ENTER, ret & arch.TDX_SEAMCALL_STATUS_MASK)
+        return ret
 
     # --- other vCPU-scope leaves ---------------------------------------------------------
     def tdh_vp_flush(self, vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
