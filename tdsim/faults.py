@@ -184,6 +184,8 @@ class Faults:
         """Abort C(e): TIF_NOTIFY_RESUME (e.g. task work) is queued; no IPI."""
         vcpu.stat["faults.notify_resume"] += 1
         vcpu.notify_resume = True
+        if vcpu.phase == _PH_SEG and self.sim.env.now < vcpu.t_late:
+            vcpu.notify_host_irq()  # the late check, still ahead, will see it
 
     # --- per-attempt outcomes --------------------------------------------------------------
     def mmu_reload_fails(self) -> bool:

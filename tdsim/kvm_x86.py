@@ -213,6 +213,14 @@ class KvmVcpu(Thread):
                 ev = self.sim.env.timeout(self.sim.c_ipi)
                 ev.callbacks.append(lambda _e: cpu.host_irq())
         elif self.phase == PH_SEG:
+            # issue 3, abort C(a): vcpu->mode = IN_GUEST_MODE is stored shortly before the
+            # late check (reference §1.2 steps 5-7); a kick in that window wins the cmpxchg
+            # and the late check sees EXITING_GUEST_MODE.  (Its IPI is taken in the IRQ
+            # window the abort opens.)
+            if (self.mode == IN_GUEST_MODE
+                    and self.sim.env.now >= self.t_late - self.sim.c_in_guest_mode_window):
+                self.mode = EXITING_GUEST_MODE
+                self.stat["kicks"] += 1
             self.notify_host_irq()  # before the late check: it will see the request
 
     def kvm_make_request(self, req: int) -> None:

@@ -157,6 +157,9 @@ COSTS = Table(
                                   "already mapped)"),
         "notify_resume_ns": _cost(300, "placeholder", "resume_user_mode_work run from "
                                   "xfer_to_guest_mode_handle_work"),
+        "in_guest_mode_window_ns": _cost(50, "placeholder", "from vcpu->mode = IN_GUEST_MODE "
+                                         "to the late kvm_vcpu_exit_request check (a kick "
+                                         "in it aborts the entry)"),
     },
     doc="Per-operation costs in ns.",
 )
