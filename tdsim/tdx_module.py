@@ -124,6 +124,8 @@ class TdxModule:
         associated with this LP."""
         if kind in ASSOCIATES:
             vcpu.module_assoc_cpu = cpu
+        if (status & arch.TDX_SEAMCALL_STATUS_MASK) == arch.TDX_OPERAND_BUSY:
+            cpu.stat[f"seamcall.TDH_VP_ENTER.operand_busy.{status & 0xFFFF:#x}"] += 1
         self.count(cpu, arch.TDH_VP_ENTER, status & arch.TDX_SEAMCALL_STATUS_MASK
                    if (status & arch.TDX_SW_ERROR) != arch.TDX_SW_ERROR else status)
         return status

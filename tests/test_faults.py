@@ -156,6 +156,9 @@ def test_abort_e_operand_busy_retries_forever_without_touching_msrs():
     assert cpu.msr[arch.MSR_KERNEL_GS_BASE] == vcpu.gsbase
     assert vcpu.guest_entered is True
     assert vcpu.vp_enter_ret & 0xFF in (0x92, 0xA9, 0x82, 0x80)
+    by_id = {k[-4:]: v for k, v in m.items()
+             if k.startswith("seamcall.TDH_VP_ENTER.operand_busy.")}
+    assert set(by_id) == {"0x92", "0xa9", "0x82", "0x80"} and sum(by_id.values()) == n
 
 
 @pytest.mark.parametrize("knob,status,run_exit", [
