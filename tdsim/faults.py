@@ -26,33 +26,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import arch
+from .host import RUNNING
+from .kvm_x86 import (
+    KVM_REQ_DIRTY_RING_SOFT_FULL, KVM_REQ_EVENT, KVM_REQ_VM_DEAD, PH_KERNEL, PH_SEG,
+    PH_STOPPED, PH_WAIT,
+)
 from .rng import stream
 
 if TYPE_CHECKING:
     from .sim import Simulation
 
-# Request bits the model uses beyond those of tdsim.kvm_x86 (bit numbers are the kernel's).
-KVM_REQ_VM_DEAD = 1 << 1                 # KVM_REQ_VM_DEAD (1 | WAIT | NO_WAKEUP)
-KVM_REQ_DIRTY_RING_SOFT_FULL = 1 << 3    # arch request, ends the run with DIRTY_RING_FULL
-KVM_REQ_ABORT_MASK = KVM_REQ_VM_DEAD | KVM_REQ_DIRTY_RING_SOFT_FULL
-KVM_REQ_EVENT = 1 << 4
-
-# Where a vCPU thread is (mirrors tdsim.kvm_x86 without importing it: no cycle).
-_PH_USER, _PH_KERNEL, _PH_SEG, _PH_BLOCKED, _PH_WAIT, PH_STOPPED = range(6)
-
-# Outcome of one TDH.VP.ENTER: (status if refused else TDX_SUCCESS, exit status if the TD was
-# entered and exited at once with it else None, kind).  Refusals return from the SEAMCALL
-# without loading guest state (host MSRs untouched, reference §1.3 E/F).
-REFUSED = 0
-ENTERED = 1
-
-# per-SEAMCALL module outcomes, in the order they are drawn: (knob, kind, refused-or-entered)
-_MODULE_KNOBS = (
-    ("operand_busy", REFUSED), ("tsc_rollback", REFUSED), ("inconsistent_msr", REFUSED),
-    ("vcpu_associated", REFUSED), ("sw_error", REFUSED), ("zero_step", REFUSED),
-    ("failed_vmentry", ENTERED), ("non_recoverable", ENTERED), ("error_exit", ENTERED),
-    ("genuine_ept_misconfig", ENTERED),
-)
+# Per-SEAMCALL module outcomes, in the order they are drawn.  The first six are refusals:
+# the SEAMCALL returns without loading guest state (host MSRs untouched, reference §1.3 E/F).
+# The last four enter the TD, which exits at once with the drawn status.
+_MODULE_KNOBS = ("operand_busy", "tsc_rollback", "inconsistent_msr", "vcpu_associated",
+                 "sw_error", "zero_step", "failed_vmentry", "non_recoverable", "error_exit",
+                 "genuine_ept_misconfig")
 _SW_ERRORS = (arch.TDX_SEAMCALL_VMFAILINVALID, arch.TDX_SEAMCALL_GP, arch.TDX_SEAMCALL_UD)
 # Refusals raised after check_and_associate_vcpu (reference §3.4 step 3): the vCPU is
 # associated with the LP even though the TD is not entered.
@@ -62,10 +51,6 @@ EPT_VIOLATION_WRITE_QUAL = 0x2
 ZERO_STEP_GPA = 0x7FF000
 
 _ASYNC_KNOBS = ("request_exit", "kick", "request", "signal", "need_resched", "notify_resume")
-LATE_ABORT_KEYS = {k: f"late_abort.{k}" for k in (
-    "request_exit", "mmu_reload_fail", "sept_zap", "operand_busy", "tsc_rollback",
-    "inconsistent_msr", "vcpu_associated", "sw_error", "zero_step", "failed_vmentry")}
-LATE_ABORT_KEYS["operand_busy_late"] = "late_abort.operand_busy"
 FAULT_KEYS = {k: f"faults.{k}" for k in ("non_recoverable", "error_exit",
                                          "genuine_ept_misconfig")}
 
@@ -79,9 +64,9 @@ class Faults:
         seed = sim.seed
         self.busy_ids = list(cfg["operand_busy_ids"])
         self.low_bits = list(cfg["error_exit_low_bits"])
-        # (probability, kind, refused-or-entered, stream) for each enabled module outcome
-        self.module = [(cfg[name], name, how, stream(seed, f"faults.{name}"))
-                       for name, how in _MODULE_KNOBS if cfg[name] > 0]
+        # (probability, kind, stream) for each enabled module outcome
+        self.module = [(cfg[name], name, stream(seed, f"faults.{name}"))
+                       for name in _MODULE_KNOBS if cfg[name] > 0]
         self.module_on = bool(self.module)
         self.mmu_reload_fail = cfg["mmu_reload_fail"]
         self.mmu_rng = stream(seed, "faults.mmu_reload_fail") if self.mmu_reload_fail else None
@@ -131,7 +116,7 @@ class Faults:
             vm.wait_for_sept_zap = True
             self.sim.host_stat["faults.sept_zap"] += 1
             for vcpu in vm.vcpus:
-                if vcpu.phase == _PH_SEG:
+                if vcpu.phase == PH_SEG:
                     vcpu.kvm_vcpu_kick()
             yield env.timeout(hold_ns)
             vm.wait_for_sept_zap = False
@@ -141,20 +126,20 @@ class Faults:
         """Abort A: the dirty ring hit its soft limit (KVM_REQ_DIRTY_RING_SOFT_FULL)."""
         vcpu.stat["faults.request_exit"] += 1
         vcpu.kvm_make_request(KVM_REQ_DIRTY_RING_SOFT_FULL)
-        if vcpu.phase == _PH_SEG:
+        if vcpu.phase == PH_SEG:
             vcpu.kvm_vcpu_kick()
 
     def inject_kick(self, vcpu) -> None:
         """Abort C(a): another thread kicks the vCPU (no request bit)."""
         vcpu.stat["faults.kick"] += 1
-        if vcpu.phase == _PH_SEG:
+        if vcpu.phase == PH_SEG:
             vcpu.kvm_vcpu_kick()
 
     def inject_request(self, vcpu) -> None:
         """Abort C(b): another vCPU makes a request (KVM_REQ_EVENT) and kicks."""
         vcpu.stat["faults.request"] += 1
         vcpu.kvm_make_request(KVM_REQ_EVENT)
-        if vcpu.phase == _PH_SEG:
+        if vcpu.phase == PH_SEG:
             vcpu.kvm_vcpu_kick()
 
     def inject_signal(self, vcpu) -> None:
@@ -163,10 +148,10 @@ class Faults:
         Only a thread on its way into or in the guest is modelled; a signal that finds the
         thread in user mode or halted is counted and dropped (the VMM handles it there)."""
         phase = vcpu.phase
-        if phase in (_PH_SEG, _PH_KERNEL, _PH_WAIT):
+        if phase in (PH_SEG, PH_KERNEL, PH_WAIT):
             vcpu.stat["faults.signal"] += 1
             vcpu.sigpending = True
-            if phase == _PH_SEG:
+            if phase == PH_SEG:
                 vcpu.notify_host_irq()
         else:
             vcpu.stat["faults.signal.dropped"] += 1
@@ -176,7 +161,7 @@ class Faults:
 
         Simplification: the woken task's run is not modelled; the vCPU thread goes through
         schedule() (vcpu_put, context switch, vcpu_load) and runs again."""
-        if vcpu.state == 0 and vcpu.cpu is not None and vcpu.cpu.curr is vcpu:  # RUNNING
+        if vcpu.state == RUNNING and vcpu.cpu.curr is vcpu:
             vcpu.stat["faults.need_resched"] += 1
             self.sim.sched.resched_curr(vcpu.cpu)
 
@@ -184,7 +169,7 @@ class Faults:
         """Abort C(e): TIF_NOTIFY_RESUME (e.g. task work) is queued; no IPI."""
         vcpu.stat["faults.notify_resume"] += 1
         vcpu.notify_resume = True
-        if vcpu.phase == _PH_SEG and self.sim.env.now < vcpu.t_late:
+        if vcpu.phase == PH_SEG and self.sim.env.now < vcpu.t_late:
             vcpu.notify_host_irq()  # the late check, still ahead, will see it
 
     # --- per-attempt outcomes --------------------------------------------------------------
@@ -196,13 +181,12 @@ class Faults:
         """Draw what TDH.VP.ENTER does this time: (refusal status or TDX_SUCCESS, exit status
         of an entered-and-failed TD or None, kind or None).  Every enabled stream draws once
         per SEAMCALL, so streams stay aligned whatever fires first."""
-        hit = None
-        for p, kind, how, rng in self.module:
-            if rng.random() < p and hit is None:
-                hit = (kind, how)
-        if hit is None:
+        kind = None
+        for p, name, rng in self.module:
+            if rng.random() < p and kind is None:
+                kind = name
+        if kind is None:
             return arch.TDX_SUCCESS, None, None
-        kind, how = hit
         rng = self.detail_rng
         if kind == "operand_busy":
             op = rng.choice(self.busy_ids)
@@ -239,5 +223,5 @@ class Faults:
         vm.bugged = True
         for other in vm.vcpus:
             other.kvm_make_request(KVM_REQ_VM_DEAD)
-            if other is not vcpu and other.phase == _PH_SEG:
+            if other is not vcpu and other.phase == PH_SEG:
                 other.kvm_vcpu_kick()

@@ -41,13 +41,16 @@ _ERROR_OR_NR = arch.TDX_ERROR | arch.TDX_NON_RECOVERABLE
 _STATUS = arch.TDX_SEAMCALL_STATUS_MASK
 
 _EXIT_KEYS = {r: f"exits.reason.{n}" for r, n in arch.EXIT_REASON_NAMES.items()}
-# issue 3: basic reasons tdx_handle_exit dispatches to a handler (reference §1.5 step 6)
-_DISPATCHED = frozenset({
-    arch.EXIT_REASON_EXTERNAL_INTERRUPT, arch.EXIT_REASON_OTHER_SMI, arch.EXIT_REASON_CPUID,
-    arch.EXIT_REASON_HLT, arch.EXIT_REASON_IO_INSTRUCTION, arch.EXIT_REASON_MSR_READ,
-    arch.EXIT_REASON_MSR_WRITE, arch.EXIT_REASON_EPT_MISCONFIG, arch.EXIT_REASON_VMCALL,
-    arch.EXIT_REASON_TDCALL, arch.EXIT_REASON_EPT_VIOLATION,
+# issue 3: basic reasons tdx_handle_exit hands to handle_tdvmcall (after the TDCALL
+# conversion), and those dispatched to a handler by reason (reference §1.5 step 6; the
+# NMI/IRQ paths have their own oracles)
+_TDVMCALL_REASONS = frozenset({
+    arch.EXIT_REASON_CPUID, arch.EXIT_REASON_HLT, arch.EXIT_REASON_IO_INSTRUCTION,
+    arch.EXIT_REASON_MSR_READ, arch.EXIT_REASON_MSR_WRITE, arch.EXIT_REASON_EPT_MISCONFIG,
+    arch.EXIT_REASON_VMCALL, arch.EXIT_REASON_TDCALL,
 })
+_DISPATCHED = _TDVMCALL_REASONS | {arch.EXIT_REASON_EPT_VIOLATION,
+                                   arch.EXIT_REASON_OTHER_SMI}
 
 
 class VcpuTdx(KvmVcpu):
@@ -167,31 +170,8 @@ class VcpuTdx(KvmVcpu):
         tracer = sim.tracer
         guest = self.guest
         status = self.seg_status
-        if status == SEG_SEPT_ZAP:
-            # issue 3, abort D: no SEAMCALL, no strategy hook; the vt exit fields keep the
-            # previous exit's values; fastpath EXIT_HANDLED -> tdx_handle_exit returns 1.
-            self.count_abort(cpu, "sept_zap")
-            cpu.acc += sim.c_exit_handling
-            return 1
-        if status != arch.TDX_SUCCESS:
-            ret = module.tdh_vp_enter_fail(self, cpu, status, self.seg_fault)
-            self.count_abort(cpu, self.seg_fault)
-            if status == arch.EXIT_REASON_EPT_VIOLATION:  # abort F: synthesized registers
-                args = self.vp_enter_args
-                args.clear()
-                args.rcx = EPT_VIOLATION_WRITE_QUAL
-                args.r8 = ZERO_STEP_GPA
-        elif self.seg_exit is not None:
-            # issue 3: entered, then exited at once with an injected status; the module
-            # zeroes the GPRs it does not expose.
-            ret = module.tdh_vp_enter_exit_status(self, cpu, self.seg_exit)
-            self.vp_enter_args.clear()
-            if self.seg_fault == "failed_vmentry":
-                self.count_abort(cpu, "failed_vmentry")
-            else:
-                self.stat[FAULT_KEYS[self.seg_fault]] += 1
-        else:
-            if guest.awaiting:
+        if status == arch.TDX_SUCCESS and self.seg_exit is None:
+            if guest.awaiting:  # issue 3 oracle
                 sim.invariants.record("tdvmcall_completion", cpu.index, self.name,
                                       f"TD entered with its TDVMCALL ({guest.kind}) not "
                                       "completed")
@@ -209,35 +189,60 @@ class VcpuTdx(KvmVcpu):
             ret = module.tdh_vp_enter_exit(self, cpu, reason)
             if tracer is not None:
                 tracer.emit(self.t_enter, "kvm_entry", cpu.index, self.name)
+        elif status == SEG_SEPT_ZAP:
+            # issue 3, abort D: no SEAMCALL, no strategy hook; the vt exit fields keep the
+            # previous exit's values; fastpath EXIT_HANDLED -> tdx_handle_exit returns 1.
+            self.count_abort(cpu, "sept_zap")
+            cpu.acc += sim.c_exit_handling
+            return 1
+        else:
+            ret = self.vcpu_exit_fault(cpu, status)
         self.vp_enter_ret = ret
         sim.strategy.vcpu_enter_exit(self, cpu, ret)
-        self.exit_reason = self.tdx_to_vmx_exit_reason(ret)
-        self.handle_exit_irqoff(cpu, irq)
+        self.exit_reason = exit_reason = self.tdx_to_vmx_exit_reason(ret)
+        basic = exit_reason & 0xFFFF
+        if basic <= arch.EXIT_REASON_EXTERNAL_INTERRUPT:  # issue 3: NMI / IRQ irqoff work
+            self.handle_exit_irqoff(cpu, irq, basic)
         cpu.acc += sim.c_exit_handling
         stat["exits"] += 1
-        stat[_EXIT_KEYS.get(self.exit_reason & 0xFFFF, "exits.reason.INVALID")] += 1
+        stat[_EXIT_KEYS.get(basic, "exits.reason.INVALID")] += 1
         if tracer is not None:
             tracer.emit(sim.env.now, "kvm_exit", cpu.index, self.name,
-                        reason=arch.EXIT_REASON_NAMES.get(self.exit_reason & 0xFFFF, "?"),
+                        reason=arch.EXIT_REASON_NAMES.get(basic, "?"),
                         vp_enter_ret=f"{ret:#x}")
-        return self.tdx_handle_exit(cpu, self.tdx_exit_handlers_fastpath(ret))
+        # tdx_exit_handlers_fastpath (reference §1.4 steps 10-12): EXIT_FASTPATH_EXIT_HANDLED
+        # only for OPERAND_BUSY (a raw 49, a software error, a failed VM entry: NONE).
+        return self.tdx_handle_exit(cpu, (ret & _STATUS) == arch.TDX_OPERAND_BUSY)
 
-    def tdx_exit_handlers_fastpath(self, ret: int) -> bool:
-        """The end of tdx_vcpu_run (reference §1.4 steps 10-12): EXIT_FASTPATH_EXIT_HANDLED
-        (True) only for OPERAND_BUSY; a raw 49, a software error or a failed VM entry are
-        EXIT_FASTPATH_NONE."""
-        if ret == arch.EXIT_REASON_EPT_MISCONFIG or (
-                ret & arch.TDX_SW_ERROR) == arch.TDX_SW_ERROR:
-            return False
-        return (ret & _STATUS) == arch.TDX_OPERAND_BUSY
+    def vcpu_exit_fault(self, cpu: "HostCpu", status: int) -> int:
+        """issue 3: an injected module outcome.  Refused entry (aborts E, F): the SEAMCALL
+        returned without loading guest state.  Otherwise the TD was entered and exited at
+        once with the injected status (the module zeroes the GPRs it does not expose).
+        Returns vp_enter_ret."""
+        module = self.sim.module
+        if status != arch.TDX_SUCCESS:
+            ret = module.tdh_vp_enter_fail(self, cpu, status, self.seg_fault)
+            self.count_abort(cpu, self.seg_fault)
+            if status == arch.EXIT_REASON_EPT_VIOLATION:  # abort F: synthesized registers
+                args = self.vp_enter_args
+                args.clear()
+                args.rcx = EPT_VIOLATION_WRITE_QUAL
+                args.r8 = ZERO_STEP_GPA
+            return ret
+        ret = module.tdh_vp_enter_exit_status(self, cpu, self.seg_exit)
+        self.vp_enter_args.clear()
+        if self.seg_fault == "failed_vmentry":
+            self.count_abort(cpu, "failed_vmentry")
+        else:
+            self.stat[FAULT_KEYS[self.seg_fault]] += 1
+        return ret
 
-    def handle_exit_irqoff(self, cpu: "HostCpu", irq: bool) -> None:
+    def handle_exit_irqoff(self, cpu: "HostCpu", irq: bool, basic: int) -> None:
         """issue 3: the irqoff exit handling (tdx_vcpu_enter_exit's NMI check and
         vmx_handle_exit_irqoff), acting on the derived basic reason.  tdsim never makes a
         TD exit for a real NMI, so any NMI-handler run is spurious; an EXTERNAL_INTERRUPT
         reason is genuine only for a successful exit caused by a host interrupt.
         Simplification: the NMI check's interruption-info test is taken as passing."""
-        basic = self.exit_reason & 0xFFFF
         if basic == arch.EXIT_REASON_EXCEPTION_NMI:
             cpu.acc += self.sim.c_host_irq
             self.sim.invariants.record(
@@ -256,7 +261,7 @@ class VcpuTdx(KvmVcpu):
 
         issue 3: with ``[kvm] exit_reason = "raw"`` the low 32 bits are taken whatever the
         status, as the early ``union tdx_exit_reason`` code did."""
-        if not self.sim.exit_reason_raw and (ret & _STATUS) not in _VALID:
+        if (ret & _STATUS) not in _VALID and not self.sim.exit_reason_raw:
             return arch.EXIT_REASON_INVALID
         reason = ret & 0xFFFFFFFF
         if reason == arch.EXIT_REASON_TDCALL:
@@ -322,20 +327,46 @@ class VcpuTdx(KvmVcpu):
     def tdx_handle_exit(self, cpu: "HostCpu", fastpath: bool = False) -> int:
         """tdx_handle_exit (reference §1.5): returns 1 to re-enter, 0 to exit to userspace,
         < 0 for an error.  The status checks read the raw `vp_enter_ret`; the dispatch reads
-        the derived `exit_reason`.  KVM_BUG_ON marks the VM bugged (every vCPU then leaves
-        with -EIO at its next request check)."""
+        the derived `exit_reason`."""
         if fastpath:
             return 1  # OPERAND_BUSY: pass the IRQ window, then retry (§7.2)
         ret = self.vp_enter_ret
         reason = self.exit_reason
         basic = reason & 0xFFFF
+        if ret >> 32 or ret == arch.EXIT_REASON_EPT_MISCONFIG or (
+                reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY):
+            r = self.tdx_handle_exit_status(cpu, ret, reason, basic)
+            if r is not None:
+                return r
+        if basic in _TDVMCALL_REASONS:
+            return self.handle_tdvmcall(cpu, basic)
+        if basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
+            cpu.acc += self.sim.c_host_irq  # handle_exit_irqoff ran the host handler
+            self.stat["irq_exits"] += 1
+            return 1
+        if basic == arch.EXIT_REASON_EPT_VIOLATION:
+            return self.tdx_handle_ept_violation(cpu)
+        if basic == arch.EXIT_REASON_TRIPLE_FAULT:
+            self.run_exit_reason = arch.KVM_EXIT_SHUTDOWN
+            return 0
+        if basic in (arch.EXIT_REASON_EXCEPTION_NMI, arch.EXIT_REASON_OTHER_SMI):
+            return 1  # NMI already handled in handle_exit_irqoff; SMI: nothing to do
+        self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR  # unhandled exit
+        return 0
+
+    def tdx_handle_exit_status(self, cpu: "HostCpu", ret: int, reason: int,
+                               basic: int) -> int | None:
+        """issue 3: tdx_handle_exit's checks of a non-success return (reference §1.5 steps
+        2-5), in order; None = go on to the dispatch.  KVM_BUG_ON marks the VM bugged (every
+        vCPU then leaves with -EIO at its next request check)."""
+        faults = self.sim.faults
         if ret == arch.EXIT_REASON_EPT_MISCONFIG:
             # a genuine EPT misconfig must not happen for a TD (§3.5 collision hazard)
-            self.sim.faults.kvm_vm_bugged(self.vm, cpu, self, "raw EPT_MISCONFIG")
+            faults.kvm_vm_bugged(self.vm, cpu, self, "raw EPT_MISCONFIG")
             self.run_exit_reason = 0
             return -arch.EIO
         if (ret & arch.TDX_SW_ERROR) == arch.TDX_SW_ERROR:
-            self.sim.faults.kvm_vm_bugged(self.vm, cpu, self, "SEAMCALL software error")
+            faults.kvm_vm_bugged(self.vm, cpu, self, "SEAMCALL software error")
             self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
             return 0
         if reason != arch.EXIT_REASON_INVALID and reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY:
@@ -344,28 +375,12 @@ class VcpuTdx(KvmVcpu):
         if ret & _ERROR_OR_NR and basic != arch.EXIT_REASON_TRIPLE_FAULT:
             self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
             return 0
-        if basic == arch.EXIT_REASON_TRIPLE_FAULT:
-            self.run_exit_reason = arch.KVM_EXIT_SHUTDOWN
-            return 0
-        if basic == arch.EXIT_REASON_EXCEPTION_NMI:
-            return 1  # NMI already handled in handle_exit_irqoff
-        if basic not in _DISPATCHED:
-            self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR  # unhandled exit
-            return 0
-        if (ret & _STATUS) not in _VALID and basic != arch.EXIT_REASON_EXTERNAL_INTERRUPT:
+        if (ret & _STATUS) not in _VALID and basic in _DISPATCHED:
             self.sim.invariants.record(
                 "error_status_dispatched", cpu.index, self.name,
                 f"vp_enter_ret={ret:#x} dispatched as exit reason "
                 f"{arch.EXIT_REASON_NAMES.get(basic, basic)}")
-        if basic == arch.EXIT_REASON_EPT_VIOLATION:
-            return self.tdx_handle_ept_violation(cpu)
-        if basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
-            cpu.acc += self.sim.c_host_irq  # handle_exit_irqoff ran the host handler
-            self.stat["irq_exits"] += 1
-            return 1
-        if basic == arch.EXIT_REASON_OTHER_SMI:
-            return 1
-        return self.handle_tdvmcall(cpu, basic)
+        return None
 
     def tdx_handle_ept_violation(self, cpu: "HostCpu") -> int:
         """tdx_handle_ept_violation for the module's synthesized zero-step exit (abort F): the

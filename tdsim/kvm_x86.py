@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 from simpy import Interrupt
 
 from . import arch
-from .faults import KVM_REQ_ABORT_MASK, KVM_REQ_VM_DEAD, LATE_ABORT_KEYS
 from .host import GUEST, KVM, VMM, SLEEPING, Thread, new_stat
 
 if TYPE_CHECKING:
@@ -40,6 +39,10 @@ KVM_REQ_EVENT = 1 << 4
 KVM_REQ_NMI = 1 << 6
 KVM_REQ_TLB_FLUSH = 1 << 0
 KVM_REQ_UNBLOCK = 1 << 11
+# issue 3: requests whose processing ends the run (reference §1.3 A)
+KVM_REQ_VM_DEAD = 1 << 1                 # KVM_REQ_VM_DEAD (| WAIT | NO_WAKEUP)
+KVM_REQ_DIRTY_RING_SOFT_FULL = 1 << 3    # -> KVM_EXIT_DIRTY_RING_FULL
+KVM_REQ_ABORT_MASK = KVM_REQ_VM_DEAD | KVM_REQ_DIRTY_RING_SOFT_FULL
 
 # What the vCPU thread is doing, i.e. what an asynchronous notification can do to it.
 PH_USER = 0      # VMM code in user mode (preemptible)
@@ -56,7 +59,10 @@ CAUSE_IRQ = "irq"
 # issue 3: fatal userspace exits (the VMM stops the vCPU) and abort keys not in late_abort()
 _FATAL_RUN_EXITS = frozenset({arch.KVM_EXIT_INTERNAL_ERROR, arch.KVM_EXIT_FAIL_ENTRY,
                               arch.KVM_EXIT_SHUTDOWN})
-_ABORT_KEYS = dict(LATE_ABORT_KEYS, vm_dead="late_abort.vm_dead")
+_ABORT_KEYS = {k: f"late_abort.{k}" for k in (
+    "request_exit", "vm_dead", "mmu_reload_fail", "sept_zap", "operand_busy", "tsc_rollback",
+    "inconsistent_msr", "vcpu_associated", "sw_error", "zero_step", "failed_vmentry")}
+_ABORT_KEYS["operand_busy_late"] = "late_abort.operand_busy"  # associated (tdsim.faults)
 
 PUT_PREEMPT = "vcpu_put.cause.preempt"
 PUT_KVM_RUN_RETURN = "vcpu_put.cause.kvm_run_return"
@@ -359,6 +365,7 @@ class KvmVcpu(Thread):
         env = sim.env
         stat = self.stat
         c_enter = sim.c_vcpu_enter_guest
+        faults = sim.faults
         while True:
             if self.mp_state != KVM_MP_STATE_RUNNABLE:
                 r = yield from self.vcpu_block(cpu)
@@ -371,7 +378,7 @@ class KvmVcpu(Thread):
                 r = self.kvm_check_requests(cpu)
                 if r <= 0:
                     return r
-            if sim.faults.mmu_reload_fails():
+            if faults.mmu_rng is not None and faults.mmu_reload_fails():
                 # issue 3, abort B: kvm_mmu_reload failed; the error leaves KVM_RUN
                 # (an NMI already written to PEND_NMI would stay committed).
                 self.count_abort(cpu, "mmu_reload_fail")
