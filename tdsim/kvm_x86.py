@@ -497,8 +497,9 @@ class KvmVcpu(Thread):
     def count_abort(self, cpu: "HostCpu", kind: str) -> None:
         """issue 3: count an entry abort that is not the late exit-request check."""
         stat = self.stat
-        stat[_ABORT_KEYS[kind]] += 1
+        key = _ABORT_KEYS[kind]
+        stat[key] += 1
         stat["late_abort"] += 1
         if self.sim.tracer is not None:
             self.sim.tracer.emit(self.sim.env.now, "late_abort", cpu.index, self.name,
-                                 abort=kind)
+                                 abort=key[11:])
