@@ -180,6 +180,12 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+# Statistical studies (tdsim/study): registered from their own module.
+from tdsim.study.cli import STUDY_ARGS, cmd_study  # noqa: E402
+
+subcommand(*STUDY_ARGS)(cmd_study)
+
+
 # --- the run summary --------------------------------------------------------------------------
 
 

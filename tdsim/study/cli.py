@@ -1,0 +1,153 @@
+"""``tdsim study STUDY.toml [--jobs N] [--executor local|dask] [--scheduler ADDR] [--out DIR]
+[--resume] [--dry-run]``
+
+Exit status: 0 when every run succeeded, 1 when some runs failed (they are recorded and the
+outputs are written anyway), 2 for bad input, 130 when interrupted (finished runs are kept:
+rerun with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# The arguments, as (flags, add_argument keywords) pairs: the shape of tdsim.cli's `arg()`,
+# so the main CLI registers the subcommand with ``subcommand(*STUDY_ARGS)(cmd_study)``.
+STUDY_ARGS: tuple[tuple[tuple[str, ...], dict], ...] = (
+    (("study",), {"type": Path, "help": "study file (TOML)"}),
+    (("--jobs", "-j"), {"type": int, "default": os.cpu_count() or 1,
+                        "help": "local worker processes (default: the CPU count); with "
+                                "--executor dask and no --scheduler, the workers of a local "
+                                "Dask cluster"}),
+    (("--executor",), {"choices": ("local", "dask"), "default": "local",
+                       "help": "local process pool (default) or Dask distributed"}),
+    (("--scheduler",), {"metavar": "ADDR",
+                        "help": "Dask scheduler address, e.g. tcp://10.0.0.1:8786 (default: "
+                                "start a local cluster)"}),
+    (("--out",), {"type": Path, "help": "output directory (default: out/<study name>)"}),
+    (("--resume",), {"action": "store_true",
+                     "help": "continue a study in --out, reusing every finished run"}),
+    (("--dry-run",), {"action": "store_true",
+                      "help": "validate, list the design points and the run count, run "
+                              "nothing"}),
+)
+
+
+def add_study_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``study`` on an argparse subparsers object; sets ``func=cmd_study``."""
+    doc = cmd_study.__doc__.strip()
+    p = subparsers.add_parser("study", help=doc.splitlines()[0], description=doc,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_study_arguments(p)
+    p.set_defaults(func=cmd_study)
+    return p
+
+
+def add_study_arguments(p: argparse.ArgumentParser) -> None:
+    for flags, kwargs in STUDY_ARGS:
+        p.add_argument(*flags, **kwargs)
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    from tdsim.study.spec import StudyError
+
+    try:
+        from tdsim.scenario import ScenarioError
+    except ImportError:
+        return (StudyError,)
+    return (StudyError, ScenarioError)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """Run a study: sweeps, replications and paired strategy comparisons with CIs.
+
+    Every design point x strategy x replication of the study file runs (in parallel), rows go
+    to OUT/results.jsonl as runs finish, and OUT gets CSV tables, plots and report.md.
+    Exit status: 0 all runs ok; 1 some runs failed (recorded, outputs written); 2 bad input;
+    130 interrupted (rerun with --resume).
+    """
+    from tdsim.study.runner import resolve_points, run_study
+    from tdsim.study.spec import load_study
+
+    bad_input = _input_errors()
+    if args.jobs < 1:
+        print("tdsim: error: --jobs must be >= 1", file=sys.stderr)
+        return 2
+    if args.scheduler and args.executor != "dask":
+        print("tdsim: error: --scheduler needs --executor dask", file=sys.stderr)
+        return 2
+    try:
+        study = load_study(args.study)
+        if args.dry_run:
+            resolve_points(study)
+            print(describe(study))
+            return 0
+    except bad_input as e:
+        print(f"tdsim: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+    out = args.out or Path("out") / study.name
+    executor = None
+    try:
+        executor = _executor(args)
+        result = run_study(study, out, executor=executor, resume=args.resume,
+                           progress=sys.stderr.isatty())
+    except bad_input as e:
+        print(f"tdsim: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are in {out / 'results.jsonl'}; rerun with "
+              "--resume to continue", file=sys.stderr)
+        return 130
+    finally:
+        if executor is not None:
+            executor.close()
+    print(f"{study.name}: {len(result.rows)} runs ({result.ran} run now, {result.reused} "
+          f"reused, {len(result.errors)} failed) -> {out / 'report.md'}")
+    for name, n in result.summary.missing.items():
+        print(f"warning: metric {name!r}: no run reported it ({n} runs); check its name",
+              file=sys.stderr)
+    if result.errors:
+        print(f"{len(result.errors)} runs failed; first: {result.errors[0]['error']}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _executor(args: argparse.Namespace):
+    from tdsim.study.execute import DaskExecutor, InProcessExecutor, LocalExecutor
+
+    if args.executor == "dask":
+        return DaskExecutor(args.scheduler, n_workers=args.jobs)
+    return InProcessExecutor() if args.jobs == 1 else LocalExecutor(args.jobs)
+
+
+def describe(study) -> str:
+    """The dry-run listing: design points, strategies, replications and the run count."""
+    points = study.points()
+    reps = study.replications
+    lines = [f"study {study.name}: {study.question}",
+             f"scenario: {study.scenario_path}",
+             "strategies: " + ", ".join(s + (" (baseline)" if s == study.baseline else "")
+                                        for s in study.strategies),
+             "metrics: " + ", ".join(m.name for m in study.metrics),
+             f"design points: {len(points)}"]
+    lines += [f"  {p.index:>4}  {study.point_label(p)}" for p in points]
+    lines.append(f"replications: {reps.describe()}")
+    per = len(points) * len(study.strategies)
+    if reps.sequential:
+        lines.append(f"runs: {len(points)} points x {len(study.strategies)} strategies x "
+                     f"{reps.min}..{reps.max} replications = {per * reps.min}..{per * reps.max}")
+    else:
+        lines.append(f"runs: {len(points)} points x {len(study.strategies)} strategies x "
+                     f"{reps.count} replications = {per * reps.count}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m tdsim.study``) until the main CLI registers ``study``."""
+    p = argparse.ArgumentParser(prog="python -m tdsim.study", description=__doc__)
+    add_study_arguments(p)
+    return cmd_study(p.parse_args(argv))

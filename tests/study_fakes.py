@@ -1,0 +1,106 @@
+"""Stand-ins for the model in study tests: a resolver that needs no scenario loader and runners
+whose metrics come from known distributions, so estimates can be checked against the truth.
+
+Module-level functions, so process pools and Dask workers can unpickle them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+from tdsim.study.execute import RunTask
+
+# A stand-in strategy effect: how much each strategy adds to `wrmsr` on top of the shared
+# guest behaviour.
+STRATEGY_OFFSET = {"current": 0.0, "v6.16": 3.0, "eager": 8.0}
+SD_SHARED = 10.0  # spread of the guest behaviour both strategies share (common random numbers)
+SD_OWN = 1.0      # spread of each strategy's own noise
+
+
+def resolve(study, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The 'resolved scenario' is just the overrides (sorted for a stable hash)."""
+    return {"overrides": dict(sorted(overrides.items()))}
+
+
+def _rng(*parts: Any) -> random.Random:
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def true_exits_mean(point: dict[str, Any]) -> float:
+    return 50.0 + 10.0 * float(point.get("x", 0))
+
+
+def normal_runner(task: RunTask) -> dict[str, Any]:
+    """exits ~ N(50 + 10 x, 5) from the seed alone (identical for every strategy);
+    wrmsr = shared N(100, SD_SHARED) + strategy offset + own N(0, SD_OWN)."""
+    point = dict(task.point)
+    guest = _rng("guest", task.seed, sorted(point.items()))
+    own = _rng("own", task.seed, task.strategy, sorted(point.items()))
+    exits = guest.gauss(true_exits_mean(point), 5.0)
+    wrmsr = guest.gauss(100.0, SD_SHARED) + STRATEGY_OFFSET[task.strategy] + own.gauss(0, SD_OWN)
+    return {"metrics": {"exits": exits, "wrmsr.total": wrmsr, "zero": 0}}
+
+
+def failing_runner(task: RunTask) -> dict[str, Any]:
+    """Like `normal_runner`, but replication 1 of strategy v6.16 always fails."""
+    if task.strategy == "v6.16" and task.replication == 1:
+        raise RuntimeError("modelled failure\nsecond line")
+    return normal_runner(task)
+
+
+def failing_at_x0_runner(task: RunTask) -> dict[str, Any]:
+    """Like `failing_runner`, but only at the design point x = 0."""
+    if dict(task.point).get("x") == 0:
+        return failing_runner(task)
+    return normal_runner(task)
+
+
+def violating_runner(task: RunTask) -> dict[str, Any]:
+    """Reports one violation per run under `eager`."""
+    out = normal_runner(task)
+    if task.strategy == "eager":
+        out["violations"] = [{"invariant": "host_state_leak", "t_ns": 5, "cpu": 0,
+                              "vcpu": "td0.vcpu0", "detail": "stale MSR"}]
+    return out
+
+
+class CountingRunner:
+    """Counts calls and can stop the study (like a kill) after `stop_after` runs."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.stop_after = stop_after
+
+    def __call__(self, task: RunTask) -> dict[str, Any]:
+        if self.stop_after is not None and len(self.calls) >= self.stop_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls.append((dict(task.point).get("x"), task.strategy, task.replication))
+        return normal_runner(task)
+
+
+def write_study(directory, body: str, name: str = "study.toml"):
+    """Write a study file (and the base scenario it names) into `directory`."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    (directory / "base.toml").write_text('[sim]\nduration_us = 100\n')
+    path = directory / name
+    path.write_text(body)
+    return path
+
+
+BASIC = '''
+question = "Does x move exits?"
+scenario = "base.toml"
+strategies = ["current", "v6.16", "eager"]
+metrics = ["exits", "wrmsr.total", "wrmsr.total/exits"]
+
+[factors]
+x = [0, 1, 2]
+
+[replications]
+count = 4
+'''
