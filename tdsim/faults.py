@@ -216,7 +216,7 @@ class Faults:
         return arch.TDX_SUCCESS, arch.TDX_SUCCESS | arch.EXIT_REASON_EPT_MISCONFIG, kind
 
     # --- KVM_BUG_ON ------------------------------------------------------------------------
-    def kvm_vm_bugged(self, vm, cpu, vcpu, why: str) -> None:
+    def kvm_vm_bugged(self, vm, vcpu) -> None:
         """KVM_BUG_ON -> kvm_vm_bugged: the VM is dead; every vCPU gets KVM_REQ_VM_DEAD (and,
         if in guest mode, an IPI; NO_WAKEUP leaves halted vCPUs asleep)."""
         self.sim.host_stat["kvm_bug"] += 1

@@ -362,11 +362,11 @@ class VcpuTdx(KvmVcpu):
         faults = self.sim.faults
         if ret == arch.EXIT_REASON_EPT_MISCONFIG:
             # a genuine EPT misconfig must not happen for a TD (§3.5 collision hazard)
-            faults.kvm_vm_bugged(self.vm, cpu, self, "raw EPT_MISCONFIG")
+            faults.kvm_vm_bugged(self.vm, self)
             self.run_exit_reason = 0
             return -arch.EIO
         if (ret & arch.TDX_SW_ERROR) == arch.TDX_SW_ERROR:
-            faults.kvm_vm_bugged(self.vm, cpu, self, "SEAMCALL software error")
+            faults.kvm_vm_bugged(self.vm, self)
             self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
             return 0
         if reason != arch.EXIT_REASON_INVALID and reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY:
