@@ -28,8 +28,13 @@ from typing import TYPE_CHECKING
 from . import arch
 from .host import RUNNING
 from .kvm_x86 import (
-    KVM_REQ_DIRTY_RING_SOFT_FULL, KVM_REQ_EVENT, KVM_REQ_VM_DEAD, PH_KERNEL, PH_SEG,
-    PH_STOPPED, PH_WAIT,
+    KVM_REQ_DIRTY_RING_SOFT_FULL,
+    KVM_REQ_EVENT,
+    KVM_REQ_VM_DEAD,
+    PH_KERNEL,
+    PH_SEG,
+    PH_STOPPED,
+    PH_WAIT,
 )
 from .rng import stream
 
@@ -58,7 +63,7 @@ FAULT_KEYS = {k: f"faults.{k}" for k in ("non_recoverable", "error_exit",
 class Faults:
     """The fault injector of one run: its knobs, its streams and its processes."""
 
-    def __init__(self, sim: "Simulation", cfg: dict) -> None:
+    def __init__(self, sim: Simulation, cfg: dict) -> None:
         self.sim = sim
         self.cfg = cfg
         seed = sim.seed
@@ -86,7 +91,7 @@ class Faults:
                 rng = stream(sim.seed, f"faults.{name}.{vcpu.vm.name}.vcpu{vcpu.vcpu_id}")
                 env.process(self._poisson(rng, rate, getattr(self, "inject_" + name), vcpu))
         if cfg["sept_zap_hz"] > 0:
-            hold = int(round(cfg["sept_zap_us"] * 1000))
+            hold = round(cfg["sept_zap_us"] * 1000)
             for vm in sim.vms:
                 if vm.flavor == "tdx":
                     rng = stream(sim.seed, f"faults.sept_zap.{vm.name}")

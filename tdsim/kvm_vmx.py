@@ -68,7 +68,7 @@ class VcpuVmx(KvmVcpu):
         return self.gsbase
 
     # --- load / put --------------------------------------------------------------------
-    def vcpu_load_vendor(self, cpu: "HostCpu") -> None:
+    def vcpu_load_vendor(self, cpu: HostCpu) -> None:
         """vmx_vcpu_load: a vCPU that moved has its VMCS cleared on the old CPU
         (loaded_vmcs_clear, a synchronous IPI), charged here."""
         if self.cpu_index != -1 and self.cpu_index != cpu.index:
@@ -77,7 +77,7 @@ class VcpuVmx(KvmVcpu):
             self.stat["migrations"] += 1
         self.cpu_index = cpu.index
 
-    def prepare_switch_to_guest(self, cpu: "HostCpu") -> None:
+    def prepare_switch_to_guest(self, cpu: HostCpu) -> None:
         """vmx_prepare_switch_to_guest: guest user-return MSR values once per load, then
         host KERNEL_GS_BASE saved (current->thread.gsbase) and the guest's written."""
         if not self.guest_uret_msrs_loaded:
@@ -91,7 +91,7 @@ class VcpuVmx(KvmVcpu):
         cpu.wrmsr(arch.MSR_KERNEL_GS_BASE, self.msr_guest_kernel_gs_base, SITE_PREPARE)
         self.guest_state_loaded = True
 
-    def vcpu_put_vendor(self, cpu: "HostCpu") -> None:
+    def vcpu_put_vendor(self, cpu: HostCpu) -> None:
         """vmx_vcpu_put -> vmx_prepare_switch_to_host."""
         if not self.guest_state_loaded:
             return
@@ -102,7 +102,7 @@ class VcpuVmx(KvmVcpu):
         self.guest_uret_msrs_loaded = False
 
     # --- vmx_vcpu_run --------------------------------------------------------------------
-    def vcpu_run_vendor(self, cpu: "HostCpu", late: int) -> int:
+    def vcpu_run_vendor(self, cpu: HostCpu, late: int) -> int:
         """vmx_vcpu_run up to VMRESUME, planned: landmarks and the segment's length."""
         sim = self.sim
         now = sim.env.now
@@ -112,10 +112,10 @@ class VcpuVmx(KvmVcpu):
         self.t_guest_end = self.t_enter + g
         return late + sim.c_vmx_entry + g + sim.c_vmx_exit
 
-    def vcpu_run_cancel(self, cpu: "HostCpu") -> None:
+    def vcpu_run_cancel(self, cpu: HostCpu) -> None:
         """Cut at the late check: nothing to undo."""
 
-    def vcpu_exit_vendor(self, cpu: "HostCpu", irq: bool) -> int:
+    def vcpu_exit_vendor(self, cpu: HostCpu, irq: bool) -> int:
         """After the VM exit: the guest's TSC_AUX reads during the run, then vmx_handle_exit."""
         sim = self.sim
         guest = self.guest
@@ -140,7 +140,7 @@ class VcpuVmx(KvmVcpu):
                             reason=arch.EXIT_REASON_NAMES[reason], vp_enter_ret="-")
         return self.vmx_handle_exit(cpu, reason)
 
-    def guest_reads_tsc_aux(self, cpu: "HostCpu", ran_ns: int) -> None:
+    def guest_reads_tsc_aux(self, cpu: HostCpu, ran_ns: int) -> None:
         """The guest read TSC_AUX (RDPID/RDTSCP) ``tsc_aux_read_hz`` times per second of its
         run, deterministically spread; each read returns what the CPU holds."""
         guest = self.guest
@@ -158,7 +158,7 @@ class VcpuVmx(KvmVcpu):
                 f"guest RDPID read TSC_AUX={hw:#x}, KVM meant {self.guest_tsc_aux:#x} "
                 f"(KVM's cache says {cpu.uret.curr[arch.MSR_TSC_AUX]:#x})")
 
-    def vmx_handle_exit(self, cpu: "HostCpu", reason: int) -> int:
+    def vmx_handle_exit(self, cpu: HostCpu, reason: int) -> int:
         """vmx_handle_exit -> the exit handler: 1 = resume, 0 = to userspace."""
         guest = self.guest
         if reason == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
@@ -175,7 +175,7 @@ class VcpuVmx(KvmVcpu):
         guest.next_period()
         return 1
 
-    def complete_userspace_io(self, cpu: "HostCpu") -> None:
+    def complete_userspace_io(self, cpu: HostCpu) -> None:
         if self.pending_completion is None:
             return
         self.pending_completion = None
@@ -192,7 +192,7 @@ class VcpuVmx(KvmVcpu):
         else:
             self.guest.irq_debt_ns += self.sim.c_guest_irq
 
-    def has_events(self, cpu: "HostCpu") -> bool:
+    def has_events(self, cpu: HostCpu) -> bool:
         pending = self.pi_pending
         self.pi_pending = False
         return pending

@@ -206,7 +206,9 @@ def _prob(doc: str) -> Key:
 
 
 def _byte_list(v: Any) -> str | None:
-    return None if v and all(0 <= x <= 0xFFFF for x in v) else "must be a non-empty list of 0..65535"
+    if v and all(0 <= x <= 0xFFFF for x in v):
+        return None
+    return "must be a non-empty list of 0..65535"
 
 
 # issue 3: every late entry abort path (reference §1.3 A-G) as a fault knob.  Rates are per

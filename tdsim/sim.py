@@ -16,9 +16,9 @@ import simpy
 
 from . import arch
 from ._version import __version__
+from .faults import Faults
 from .guest import GuestVcpu
 from .host import CATEGORY_NAMES, IDLE, HostCpu, HostTask, Scheduler, new_stat
-from .faults import Faults
 from .invariants import Invariants
 from .kvm_tdx import VcpuTdx
 from .kvm_vmx import VcpuVmx

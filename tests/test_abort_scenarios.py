@@ -50,7 +50,7 @@ def test_abort_family_scenarios_show_their_aborts():
             assert m.get(f"late_abort.{k}", 0) > 0, (name, k)
 
 
-@pytest.mark.parametrize("exit_reason,expected", [
+@pytest.mark.parametrize(("exit_reason", "expected"), [
     ("raw", {"spurious_nmi", "spurious_external_interrupt", "error_status_dispatched",
              "tdvmcall_completion"}),
     ("checked", set()),

@@ -29,7 +29,8 @@ def test_no_fault_knob_is_on_by_default():
     """The default [faults] table enables nothing: every rate and probability is 0."""
     faults = scenario({}).data["faults"]
     knobs = {k: v for k, v in faults.items() if not isinstance(v, list) and k != "sept_zap_us"}
-    assert len(knobs) == 18 and set(knobs.values()) == {0.0}
+    assert len(knobs) == 18
+    assert set(knobs.values()) == {0.0}
     m = run(scenario({})).metrics
     assert m["late_abort"] == 0
 
@@ -119,7 +120,8 @@ def test_abort_d_wait_for_sept_zap_spins_without_seamcall():
     assert m.get("seamcall.TDH_VP_ENTER", 0) == 0
     assert m["cpu.1.ns.guest"] == 0
     vcpu = sim.vcpus[0]
-    assert vcpu.guest_state_loaded and vcpu.exit_reason == 0
+    assert vcpu.guest_state_loaded
+    assert vcpu.exit_reason == 0
 
 
 def test_abort_d_runs_no_strategy_hook():
@@ -158,10 +160,11 @@ def test_abort_e_operand_busy_retries_forever_without_touching_msrs():
     assert vcpu.vp_enter_ret & 0xFF in (0x92, 0xA9, 0x82, 0x80)
     by_id = {k[-4:]: v for k, v in m.items()
              if k.startswith("seamcall.TDH_VP_ENTER.operand_busy.")}
-    assert set(by_id) == {"0x92", "0xa9", "0x82", "0x80"} and sum(by_id.values()) == n
+    assert set(by_id) == {"0x92", "0xa9", "0x82", "0x80"}
+    assert sum(by_id.values()) == n
 
 
-@pytest.mark.parametrize("knob,status,run_exit", [
+@pytest.mark.parametrize(("knob", "status", "run_exit"), [
     ("tsc_rollback", "TDX_TSC_ROLLBACK", "KVM_EXIT_INTERNAL_ERROR"),
     ("inconsistent_msr", "TDX_INCONSISTENT_MSR", "KVM_EXIT_INTERNAL_ERROR"),
     ("vcpu_associated", "TDX_VCPU_ASSOCIATED", "KVM_EXIT_INTERNAL_ERROR"),
@@ -212,7 +215,7 @@ def test_abort_f_zero_step_is_an_ept_violation_without_entry():
     assert sim.vcpus[0].vp_enter_args.r8 != 0
 
 
-@pytest.mark.parametrize("knob,run_exit,counter", [
+@pytest.mark.parametrize(("knob", "run_exit", "counter"), [
     ("failed_vmentry", "KVM_EXIT_FAIL_ENTRY", "late_abort.failed_vmentry"),
     ("non_recoverable", "KVM_EXIT_SHUTDOWN", "faults.non_recoverable"),
 ])

@@ -27,7 +27,8 @@ def test_vmx_guest_values_are_in_the_hardware_while_loaded():
     assert cpu.msr[arch.MSR_TSC_AUX] == 0 == vcpu.guest_tsc_aux
     assert cpu.msr[arch.MSR_LSTAR] == GUEST_LSTAR == cpu.uret.curr[arch.MSR_LSTAR]
     assert cpu.msr[arch.MSR_KERNEL_GS_BASE] == vcpu.msr_guest_kernel_gs_base
-    assert vcpu.guest_uret_msrs_loaded and vcpu.guest_state_loaded
+    assert vcpu.guest_uret_msrs_loaded
+    assert vcpu.guest_state_loaded
     # SYSCALL_MASK equals the host's too; LSTAR, CSTAR, TSC_AUX + KERNEL_GS_BASE written
     assert m["wrmsr.site.prepare"] == 4
     assert m["exits.reason.CPUID"] == m["exits"] > 50
@@ -76,7 +77,8 @@ def test_v616_stale_cache_corrupts_a_vmx_guests_tsc_aux():
     assert r.metrics["violations.guest_msr_corruption"] > 0
     assert r.metrics["violations.uret_cache_mismatch"] > 0
     v = next(v for v in r.violations if v["invariant"] == "guest_msr_corruption")
-    assert v["vcpu"] == "vmx0.vcpu0" and "TSC_AUX=0x1" in v["detail"]
+    assert v["vcpu"] == "vmx0.vcpu0"
+    assert "TSC_AUX=0x1" in v["detail"]
 
 
 def test_current_keeps_the_vmx_guests_tsc_aux_right():

@@ -53,7 +53,7 @@ def test_never_restore_on_user_return_is_a_host_state_leak():
     assert "host_state_leak" in names(r)
 
 
-@pytest.mark.parametrize("low,oracles", [
+@pytest.mark.parametrize(("low", "oracles"), [
     (0, {"spurious_nmi"}),
     (1, {"spurious_external_interrupt"}),
     (77, {"error_status_dispatched", "tdvmcall_completion"}),
@@ -66,7 +66,9 @@ def test_raw_exit_reason_misreads_error_statuses(low, oracles):
     r = run(scenario("current", faults, exit_reason="raw"))
     assert names(r) == oracles
     v = r.violations[0]
-    assert v["t_ns"] > 0 and v["cpu"] in (1, 2) and v["vcpu"].startswith("td0.vcpu")
+    assert v["t_ns"] > 0
+    assert v["cpu"] in (1, 2)
+    assert v["vcpu"].startswith("td0.vcpu")
 
 
 @pytest.mark.parametrize("low", [0, 1, 77, 49])
@@ -148,7 +150,7 @@ def test_current_checked_never_violates_with_aborts(cpus, vms, pinned, tasks, ra
     `checked` exit-status handling records no violation."""
     vm_list = []
     for vm in vms:
-        mix = dict(zip(KINDS, vm["weights"]))
+        mix = dict(zip(KINDS, vm["weights"], strict=True))
         if not any(mix.values()):
             mix["cpuid"] = 1.0
         n = vm["vcpus"]

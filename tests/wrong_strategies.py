@@ -3,7 +3,10 @@ interface (tdsim.strategies), each meant to be caught by one oracle (tests/test_
 
 from tdsim import arch
 from tdsim.strategies import (
-    MODULE_URET_VALUES, SITE_PUT, Current, HostStateStrategy,
+    MODULE_URET_VALUES,
+    SITE_PUT,
+    Current,
+    HostStateStrategy,
 )
 
 
