@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  bare SimPy exits / wall s   {med_bare:,.0f}   (2 timeouts per exit, "
           "64 processes)")
     print(f"  ratio tdsim / bare          {med_rate / med_bare:.3f}")
+    # What tracing costs, off and on, against a build with the tracer checks stripped.
+    from .bench_trace import measure, report
+
+    print("\n".join(report(measure(args.repeat))))
     return 0
 
 

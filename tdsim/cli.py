@@ -1,4 +1,4 @@
-"""The ``tdsim`` command line: ``run``, ``validate`` and ``schema``.
+"""The ``tdsim`` command line: ``run``, ``check``, ``validate`` and ``schema``.
 
 Exit status: 0 ok; 1 the run recorded invariant violations (results are still printed and
 written); 2 bad input (one line on stderr, ``tdsim: error: <file>: <key path>: <message>``,
@@ -33,6 +33,7 @@ log = structlog.get_logger("tdsim.cli")
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MAX_VIOLATIONS_SHOWN = 20
+MAX_EXPLAINED = 3  # violations whose leading events the summary prints
 CPU_STATES = ("guest", "kvm", "vmm", "host_task", "idle")
 
 Handler = Callable[[argparse.Namespace], int]
@@ -118,6 +119,16 @@ _SET = arg("--set", dest="overrides", action="append", default=None, metavar="KE
     arg("--compare", metavar="S1,S2,...",
         help="run once per host-state strategy (same seed) and compare them side by side "
              "(overrides kvm.compare)"),
+    arg("--log", metavar="FILE",
+        help="write the structured event log: JSON lines, one per modelled event; '-' = "
+             "stdout (a readable console form on a terminal; the summary then goes to stderr)"),
+    arg("--log-kind", action="append", metavar="KIND[,KIND]",
+        help="log only these event kinds (repeatable)"),
+    arg("--log-cpu", action="append", metavar="N[,N]", help="log only these host CPUs"),
+    arg("--log-vcpu", action="append", metavar="NAME[,NAME]",
+        help="log only these vCPUs or tasks (td0.vcpu1, task0)"),
+    arg("--trace", metavar="FILE.json",
+        help="write a Chrome trace-event / Perfetto timeline (open in ui.perfetto.dev)"),
 )
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one scenario and print a summary of its metrics and violations."""
@@ -128,19 +139,81 @@ def cmd_run(args: argparse.Namespace) -> int:
         strategies = [s for s in args.compare.split(",") if s]
         overrides.append("kvm.compare=[" + ",".join(json.dumps(s) for s in strategies) + "]")
     scenario = load_scenario(args.scenario, overrides)
-    if args.json is not None and not Path(args.json).resolve().parent.is_dir():
-        raise ScenarioError(args.json, "--json", "directory does not exist")
+    for flag in ("json", "log", "trace"):
+        target = getattr(args, flag)
+        if target not in (None, "-") and not Path(target).resolve().parent.is_dir():
+            raise ScenarioError(target, f"--{flag}", "directory does not exist")
+    filters = _log_filters(args)
     sim = importlib.import_module("tdsim.sim")
+    explain = importlib.import_module("tdsim.explain")
     if scenario.data["kvm"]["compare"]:
+        if args.log is not None or args.trace is not None:
+            raise ScenarioError(args.scenario, "--log/--trace",
+                                "not available with a strategy comparison (kvm.compare)")
         return _run_compare(sim, scenario, args)
+    tracer = None
+    # A log alone records only what it keeps; the timeline (and explain) need every event.
+    filtered = args.trace is None and any(filters.values())
+    if args.log is not None or args.trace is not None:
+        from tdsim.trace import Tracer
+
+        tracer = Tracer(**filters) if filtered else Tracer()
     log.info("run.start", scenario=scenario.path, seed=scenario.seed)
-    result = sim.run(scenario)
+    result = sim.run(scenario) if tracer is None else sim.run(scenario, tracer=tracer)
     log.info("run.done", violations=len(result.violations), **result.perf)
+    full = tracer.events if tracer is not None and not filtered else None
+    explain.explain(scenario, result, full, sim.run)
     if args.json is not None:
         text = json.dumps(result.to_dict(), indent=1, sort_keys=True)
         Path(args.json).write_text(text + "\n", encoding="utf-8")
-    print_summary(result)
+    console = None
+    if tracer is not None:
+        console = _write_observability(args, scenario, result, tracer, filters)
+    print_summary(result, console)
     return 1 if result.violations else 0
+
+
+def _split_list(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _log_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The --log-kind/--log-cpu/--log-vcpu filters, checked (bad input is exit status 2)."""
+    from tdsim.trace import EVENT_KINDS
+
+    kinds = _split_list(args.log_kind)
+    unknown = sorted(set(kinds) - EVENT_KINDS.keys())
+    if unknown:
+        raise ScenarioError(args.scenario, "--log-kind", f"unknown event kind(s) "
+                            f"{', '.join(unknown)} (known: {', '.join(EVENT_KINDS)})")
+    cpus = _split_list(args.log_cpu)
+    if not all(c.isdigit() for c in cpus):
+        raise ScenarioError(args.scenario, "--log-cpu", f"expected CPU numbers, got {cpus}")
+    return {"kinds": kinds, "cpus": [int(c) for c in cpus], "vcpus": _split_list(args.log_vcpu)}
+
+
+def _write_observability(args: argparse.Namespace, scenario: Any, result: Any, tracer: Any,
+                         filters: dict[str, Any]) -> Any:
+    """Write the --log and --trace files of a traced run; returns the console for the
+    summary (stderr when the log goes to stdout)."""
+    from rich.console import Console
+
+    from tdsim.eventlog import write_event_log
+    from tdsim.perfetto import write_trace
+
+    console = None
+    end_ns = result.metrics["sim.duration_ns"]
+    if args.trace is not None:
+        n = write_trace(args.trace, scenario.data, tracer.events, end_ns)
+        log.info("trace.written", file=args.trace, trace_events=n)
+    if args.log == "-":
+        console = Console(stderr=True)
+        write_event_log(tracer.events, sys.stdout, console=sys.stdout.isatty(), **filters)
+    elif args.log is not None:
+        with open(args.log, "w", encoding="utf-8") as f:
+            n = write_event_log(tracer.events, f, **filters)
+        log.info("log.written", file=args.log, records=n)
+    return console
 
 
 def _run_compare(sim: Any, scenario: Any, args: argparse.Namespace) -> int:
@@ -149,6 +222,8 @@ def _run_compare(sim: Any, scenario: Any, args: argparse.Namespace) -> int:
     for strategy in scenario.data["kvm"]["compare"]:
         variant = scenario.replace({"kvm.host_state": strategy, "kvm.compare": []})
         results[strategy] = sim.run(variant)
+        importlib.import_module("tdsim.explain").explain(variant, results[strategy],
+                                                         rerun=sim.run)
     if args.json is not None:
         doc = {"tdsim_version": __version__,
                "comparison": {s: r.to_dict() for s, r in results.items()}}
@@ -170,6 +245,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
             status = 2
         else:
             print(f"ok {path}")
+    return status
+
+
+@subcommand(
+    arg("scenarios", nargs="+", metavar="SCENARIO", help="scenario TOML files"),
+    _SET,
+    arg("--update-fingerprints", action="store_true",
+        help="store this run's trajectory fingerprint beside each scenario instead of "
+             "comparing with it"),
+)
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run scenarios as regression tests: their [expect] tables and stored fingerprints.
+
+Prints one line per scenario and, for a failure, what differs (a broken expectation, or the
+first event where the trajectory leaves the stored fingerprint).  With --set, fingerprints
+are not compared (they belong to the scenario as written).  Exit status 1 if any fails."""
+    from tdsim.expect import check_scenario
+
+    scenarios = [load_scenario(path, args.overrides) for path in args.scenarios]
+    status = 0
+    for scenario in scenarios:
+        report = check_scenario(scenario, update_fingerprints=args.update_fingerprints,
+                                fingerprints=not args.overrides)
+        print(report.render())
+        if not report.ok:
+            status = 1
     return status
 
 
@@ -232,6 +333,7 @@ def print_summary(result: Any, console: Any = None) -> None:
             table.add_row(key, _num(counts[key]), _pct(counts[key], total))
         console.print(table)
 
+    _print_latencies(console, m)  # issue 4
     _print_cpu_split(console, m)
     _print_violations(console, result.violations)
     perf = result.perf
@@ -300,6 +402,29 @@ def _print_cpu_split(console: Any, m: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _print_latencies(console: Any, m: dict[str, Any]) -> None:
+    """issue 4: one row per latency family (irq.latency_ns.<source>, NMI included; wake-up;
+    shootdown) with its percentiles."""
+    rows = []
+    for key in sorted(k for k in m if k.endswith(".count")):
+        base = key[:-len(".count")]
+        if base.startswith("irq.latency_ns."):
+            label = base[len("irq.latency_ns."):]
+        elif base in ("halt.wakeup_latency_ns", "ipi.shootdown_ns"):
+            label = {"halt.wakeup_latency_ns": "wake-up (scheduling)",
+                     "ipi.shootdown_ns": "shootdown (to last ack)"}[base]
+        else:
+            continue
+        rows.append((label, *(m.get(f"{base}.{p}", 0) for p in ("p50", "p90", "p99", "max")),
+                     m[key]))
+    if not rows:
+        return
+    table = _table("Delivery latency (ns)", ("source", "p50", "p90", "p99", "max", "count"))
+    for label, *values in rows:
+        table.add_row(label, *(_num(v) for v in values))
+    console.print(table)
+
+
 def _print_violations(console: Any, violations: list[dict[str, Any]]) -> None:
     if not violations:
         console.print("[green]no invariant violations[/green]")
@@ -311,6 +436,12 @@ def _print_violations(console: Any, violations: list[dict[str, Any]]) -> None:
         table.add_row(_num(v.get("t_ns")), str(v.get("cpu")), str(v.get("vcpu")),
                       str(v.get("invariant")), str(v.get("detail")))
     console.print(table)
+    for i, v in enumerate(v for v in violations[:MAX_EXPLAINED] if v.get("events")):
+        console.print(f"[bold]events leading to violation {i + 1}[/bold] "
+                      f"({v['invariant']} at {_num(v['t_ns'])} ns, cpu {v['cpu']}):",
+                      highlight=False)
+        for line in v["events"]:
+            console.print("  " + line, highlight=False, markup=False)
     if len(violations) > MAX_VIOLATIONS_SHOWN:
         console.print(f"[red]... and {len(violations) - MAX_VIOLATIONS_SHOWN} more "
                       f"({len(violations)} in all)[/red]")

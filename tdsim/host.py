@@ -94,11 +94,12 @@ class HostCpu:
         self.stat[_RDMSR_MSR_KEYS[msr]] += 1
         return self.msr[msr]
 
-    def host_irq(self) -> None:
-        """A host interrupt (tick, hrtimer, call-function IPI) arrives on this CPU now."""
+    def host_irq(self, why: str = "other") -> None:
+        """A host interrupt (tick, hrtimer, call-function IPI) arrives on this CPU now.
+        `why` names its source for the ``irq_exits.<why>`` breakdown (issue 4)."""
         curr = self.curr
         if curr is not None and curr.is_vcpu:
-            curr.notify_host_irq()
+            curr.notify_host_irq(why)
 
 
 class Thread:
@@ -123,6 +124,8 @@ class Thread:
         self.seg_k2 = HOST_TASK
         self.seg_d2 = 0
         self.run_event = sim.env.event()
+        if sim.tracer is not None:  # cpu_state events; untraced, end_seg stays untouched
+            self.end_seg = self._end_seg_traced
 
     # --- time accounting ------------------------------------------------------------------
     def begin_seg(self, k1: int, d1: int, k2: int = KVM, d2: int = 0) -> None:
@@ -152,6 +155,28 @@ class Thread:
             ns[KVM] += rest - d2
         return elapsed
 
+    def _end_seg_traced(self, t: int) -> int:
+        """`end_seg` when tracing: emit the segment's ``cpu_state`` events first."""
+        self.trace_seg(self.sim.tracer, t - self.seg_t0)
+        return Thread.end_seg(self, t)
+
+    def trace_seg(self, tracer, elapsed: int) -> None:
+        """Emit ``cpu_state`` for each part of the segment that ran (up to three: k1, k2, KVM),
+        at the instant the part began (so these events are emitted after the fact)."""
+        t0 = self.seg_t0
+        cpu = self.cpu.index
+        name = self.name
+        d1 = self.seg_d1
+        if elapsed > 0 and d1 > 0:
+            tracer.emit(t0, "cpu_state", cpu, name, what=CATEGORY_NAMES[self.seg_k1],
+                        thread=name)
+        if elapsed > d1 and self.seg_d2 > 0:
+            tracer.emit(t0 + d1, "cpu_state", cpu, name, what=CATEGORY_NAMES[self.seg_k2],
+                        thread=name)
+        if elapsed > d1 + self.seg_d2:
+            tracer.emit(t0 + d1 + self.seg_d2, "cpu_state", cpu, name,
+                        what=CATEGORY_NAMES[KVM], thread=name)
+
     def split_seg(self, t: int) -> None:
         """Account the running segment up to `t` and keep its remainder open (warm-up)."""
         elapsed = t - self.seg_t0
@@ -168,7 +193,7 @@ class Thread:
     def resched(self) -> None:
         """need_resched was set for this running thread: act on it where the thread can."""
 
-    def notify_host_irq(self) -> None:  # only vCPU threads care
+    def notify_host_irq(self, why: str = "other") -> None:  # only vCPU threads care
         pass
 
 

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 from . import arch
 from .kvm_x86 import (
-    IN_GUEST_MODE, KVM_MP_STATE_HALTED, PH_BLOCKED, PH_SEG, KvmVcpu,
+    IN_GUEST_MODE, KVM_MP_STATE_HALTED, KVM_REQ_NMI, PH_BLOCKED, PH_POLL, PH_SEG, KvmVcpu,
 )
 from .faults import EPT_VIOLATION_WRITE_QUAL, FAULT_KEYS, ZERO_STEP_GPA
+from .sept import tdx_handle_ept_violation
 from .tdx_module import TdxModuleArgs
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ _TDVMCALL_TO_EXIT_REASON = {
 }
 
 SEG_PI_LATE = 2  # seg_pi value: ON was set after the segment was planned
-SEG_SEPT_ZAP = -1  # issue 3: seg_status of an abort-D segment (no SEAMCALL made)
+SEG_SEPT_SPIN = -1  # seg_status: tdx_vcpu_run saw wait_for_sept_zap (no SEAMCALL; issue 4)
 
 # issue 3: statuses tdx_to_vmx_exit_reason accepts (reference §3.5) and error bits (§1.5)
 _VALID = arch.TDX_EXIT_REASON_VALID_STATUSES
@@ -51,6 +52,9 @@ _TDVMCALL_REASONS = frozenset({
 })
 _DISPATCHED = _TDVMCALL_REASONS | {arch.EXIT_REASON_EPT_VIOLATION,
                                    arch.EXIT_REASON_OTHER_SMI}
+# issue 4: EXTERNAL_INTERRUPT exits by the host interrupt that caused them
+_IRQ_EXIT_KEYS = {w: f"irq_exits.{w}" for w in
+                  ("tick", "timer", "kick", "resched", "flush_ipi", "other")}
 
 
 class VcpuTdx(KvmVcpu):
@@ -75,6 +79,20 @@ class VcpuTdx(KvmVcpu):
         self.module_assoc_cpu = None      # LP the vCPU is associated with
         self.module_fields: dict[str, int] = {}
         self.pending_completion = None    # complete_userspace_io callback
+        # issue 4 (tdsim.interrupts): vector -> (t_posted, source) of what the PIR holds;
+        # shootdowns waiting for this vCPU's ack; NMI state (vcpu->arch.nmi_queued /
+        # nmi_pending; time of the oldest undelivered NMI); a host NMI cut this segment;
+        # (outside_ack, the kick-and-wait's event, is in KvmVcpu)
+        self.pi_src: dict[int, tuple[int, str]] = {}
+        self.sd_waiters: list = []
+        self.nmi_queued = 0
+        self.nmi_pending = 0
+        self.nmi_t0 = None
+        self.seg_host_nmi = False
+        self.t_seamcall = 0
+        self.oneshot_period = 0  # one-shot (TSC-deadline) guest timer period, 0 = not one-shot
+        self.timer_gen = 0
+        self.timer_deadline = 0  # issue 4: deadline of the last timer that fired
 
     def host_gsbase(self) -> int:
         """current->thread.gsbase of the vCPU thread (host KERNEL_GS_BASE to restore)."""
@@ -91,7 +109,7 @@ class VcpuTdx(KvmVcpu):
         sim = self.sim
         if old != -1 and old != cpu.index:
             old_cpu = sim.cpus[old]
-            old_cpu.host_irq()
+            old_cpu.host_irq("flush_ipi")
             sim.module.tdh_vp_flush(self, old_cpu)
             cpu.acc += sim.c_ipi + sim.c_tdh_vp_flush
             if self in old_cpu.associated_tdvcpus:
@@ -123,14 +141,15 @@ class VcpuTdx(KvmVcpu):
         now = sim.env.now
         self.mode = IN_GUEST_MODE
         if self.vm.wait_for_sept_zap:
-            # issue 3, abort D (reference §1.3 D, §7.3): tdx_vcpu_run returns
-            # EXIT_FASTPATH_EXIT_HANDLED at once, without a SEAMCALL.
+            # issue 4, minimal abort path D (reference §1.3 D): another thread retries a
+            # SEPT-zap SEAMCALL; return EXIT_FASTPATH_EXIT_HANDLED without a SEAMCALL.
+            self.seg_status = SEG_SEPT_SPIN
             self.seg_pi = False
-            self.seg_status = SEG_SEPT_ZAP
             self.t_enter = self.t_guest_end = now + late
             return late
         # PI descriptor ON -> self-IPI POSTED_INTR_VECTOR; recognised at TD entry.
         self.seg_pi = self.pi_on
+        self.t_seamcall = now + late  # issue 4: when TDH.VP.ENTER is issued
         status = sim.module.tdh_vp_enter_check(self, cpu)
         self.seg_exit = None
         self.seg_fault = None
@@ -149,6 +168,17 @@ class VcpuTdx(KvmVcpu):
             # issue 3: the TD is entered and exits at once with the injected status
             self.t_enter = self.t_guest_end = now + late + entry
             return late + entry + sim.c_td_exit
+        if self.oneshot_period:  # issue 4: the timer handler re-arms before anything else
+            sim.irq.plan_entry(self)
+        if (self.seg_pi and sim.lapic_timer_advance_ns
+                and arch.LOCAL_TIMER_VECTOR in self.pi_src):
+            # issue 4: kvm_wait_lapic_expire (after the late check, IRQs off): spin until
+            # the deadline of the early-fired timer
+            wait = self.timer_deadline - (now + late)
+            if wait > 0:
+                self.stat["lapic.expire_waits"] += 1
+                self.stat["lapic.expire_wait_ns"] += wait
+                late += wait  # (vcpu_run's t_late keeps its own value)
         g = self.guest.remaining_ns
         if self.seg_pi:
             g += sim.c_guest_irq
@@ -169,19 +199,52 @@ class VcpuTdx(KvmVcpu):
         stat = self.stat
         tracer = sim.tracer
         guest = self.guest
+        ack = self.outside_ack  # issue 4: a kick-and-wait waits for this vCPU's IRQ window
+        if ack is not None:
+            self.outside_ack = None
+            ack.succeed()
         status = self.seg_status
-        if status == arch.TDX_SUCCESS and self.seg_exit is None:
+        if status == SEG_SEPT_SPIN:
+            return self.sept_spin_exit(cpu)
+        if status != arch.TDX_SUCCESS or self.seg_exit is not None:
+            self.seg_pi = False
+            ret = self.vcpu_exit_fault(cpu, status)  # issue 3: injected module outcomes
+        else:
             if guest.awaiting:  # issue 3 oracle
                 sim.invariants.record("tdvmcall_completion", cpu.index, self.name,
                                       f"TD entered with its TDVMCALL ({guest.kind}) not "
                                       "completed")
+            planned_pi = self.seg_pi is True  # its handler ran first, inside the planned run
             if self.seg_pi:
                 if self.seg_pi == SEG_PI_LATE:  # handler time not in the planned run
                     guest.irq_debt_ns += sim.c_guest_irq
+                self.seg_pi = False  # issue 4: done (pi_post tests it)
                 self.deliver_pi(cpu, self.t_enter)
+            # issue 4: PEND_NMI is injected by the module at entry; oracles
+            if self.module_fields.get("PEND_NMI", 0):
+                sim.irq.deliver_nmi(self, self.t_enter)
+            if self.pi_src and not (irq and self.seg_d2 == 0):
+                # (an entry cut by a pending host interrupt runs no guest instruction; the
+                # hrtimer's own vector is posted by that interrupt's handler, after it)
+                sim.irq.check_entry(self)
+            if self.vm.zap_excl_t0 <= self.t_enter < self.vm.zap_excl_t1:
+                sim.invariants.record("td_entry_during_zap", cpu.index, self.name,
+                                      f"TD entry at {self.t_enter} while a SEPT zap needs "
+                                      f"every vCPU out (since {self.vm.zap_excl_t0})")
             if irq:
-                guest.remaining_ns -= self.seg_d2
+                # A PI seen at planning ran its handler first (it is in the planned run), so
+                # the compute period advanced only by what followed it; never below 0, which
+                # would plan the next run to end before its entry (found by a trace property).
+                ran = self.seg_d2 - (sim.c_guest_irq if planned_pi else 0)
+                guest.remaining_ns -= max(0, ran)
                 reason = arch.EXIT_REASON_EXTERNAL_INTERRUPT
+                if self.seg_host_nmi:  # issue 4: a host NMI, not an interrupt
+                    self.seg_host_nmi = False
+                    reason = arch.EXIT_REASON_EXCEPTION_NMI
+            elif guest.kind == "ept_violation":  # issue 4: a private-page fault (tdsim.sept)
+                guest.remaining_ns = 0
+                reason = arch.EXIT_REASON_EPT_VIOLATION
+                guest.ept_violation_regs(self.vp_enter_args)
             else:
                 guest.remaining_ns = 0
                 reason = arch.EXIT_REASON_TDCALL
@@ -189,14 +252,6 @@ class VcpuTdx(KvmVcpu):
             ret = module.tdh_vp_enter_exit(self, cpu, reason)
             if tracer is not None:
                 tracer.emit(self.t_enter, "kvm_entry", cpu.index, self.name)
-        elif status == SEG_SEPT_ZAP:
-            # issue 3, abort D: no SEAMCALL, no strategy hook; the vt exit fields keep the
-            # previous exit's values; fastpath EXIT_HANDLED -> tdx_handle_exit returns 1.
-            self.count_abort(cpu, "sept_zap")
-            cpu.acc += sim.c_exit_handling
-            return 1
-        else:
-            ret = self.vcpu_exit_fault(cpu, status)
         self.vp_enter_ret = ret
         sim.strategy.vcpu_enter_exit(self, cpu, ret)
         self.exit_reason = exit_reason = self.tdx_to_vmx_exit_reason(ret)
@@ -212,7 +267,7 @@ class VcpuTdx(KvmVcpu):
                         vp_enter_ret=f"{ret:#x}")
         # tdx_exit_handlers_fastpath (reference §1.4 steps 10-12): EXIT_FASTPATH_EXIT_HANDLED
         # only for OPERAND_BUSY (a raw 49, a software error, a failed VM entry: NONE).
-        return self.tdx_handle_exit(cpu, (ret & _STATUS) == arch.TDX_OPERAND_BUSY)
+        return self.tdx_handle_exit(cpu)
 
     def vcpu_exit_fault(self, cpu: "HostCpu", status: int) -> int:
         """issue 3: an injected module outcome.  Refused entry (aborts E, F): the SEAMCALL
@@ -244,6 +299,8 @@ class VcpuTdx(KvmVcpu):
         reason is genuine only for a successful exit caused by a host interrupt.
         Simplification: the NMI check's interruption-info test is taken as passing."""
         if basic == arch.EXIT_REASON_EXCEPTION_NMI:
+            if irq and (self.vp_enter_ret & _STATUS) == arch.TDX_SUCCESS:
+                return  # issue 4: a real host NMI made the TD exit
             cpu.acc += self.sim.c_host_irq
             self.sim.invariants.record(
                 "spurious_nmi", cpu.index, self.name,
@@ -271,6 +328,15 @@ class VcpuTdx(KvmVcpu):
             return _TDVMCALL_TO_EXIT_REASON.get(args.r11, arch.EXIT_REASON_TDCALL)
         return reason
 
+    def sept_spin_exit(self, cpu: "HostCpu") -> int:
+        """issue 4, minimal abort path D: tdx_vcpu_run returned EXIT_FASTPATH_EXIT_HANDLED
+        without a SEAMCALL (no exit reason); the IRQ window, then handle_exit returns 1."""
+        stat = self.stat
+        self.count_abort(cpu, "wait_for_sept_zap")  # issue 3: late_abort.* and its trace
+        stat["sept.wait_ns"] += self.sim.env.now - self.t_seg0 + self.sim.c_exit_handling
+        cpu.acc += self.sim.c_exit_handling
+        return 1
+
     # --- interrupts --------------------------------------------------------------------
     def deliver_pi(self, cpu: "HostCpu", t: int) -> None:
         """The CPU processes the PIR into the virtual APIC (at entry or while running);
@@ -278,17 +344,27 @@ class VcpuTdx(KvmVcpu):
         self.pi_on = False
         self.pir = 0
         self.stat["pi_delivered"] += 1
+        self.sim.irq.taken(self, t)  # issue 4: latency per source, shootdown acks
         if self.sim.tracer is not None:
             self.sim.tracer.emit(t, "pi_delivered", cpu.index, self.name, vector=-1)
 
     def pi_post(self, vector: int, source: str) -> None:
         """__vmx_deliver_posted_interrupt: set PIR; set ON; notify or wake."""
         bit = 1 << vector
+        if (self.seg_pi and self.seg_status == arch.TDX_SUCCESS
+                and self.t_enter <= self.sim.env.now):
+            # issue 4: the entry's PI processing (applied lazily at the exit) has already
+            # happened: the guest runs (or has exited) with ON clear and the PIR drained.
+            if self.seg_pi == SEG_PI_LATE:
+                self.guest.irq_debt_ns += self.sim.c_guest_irq
+            self.seg_pi = False
+            self.deliver_pi(self.cpu, self.t_enter)
         if self.pir & bit:
             self.stat["pi_coalesced"] += 1
             return
         self.pir |= bit
         self.stat["pi_posted"] += 1
+        self.sim.irq.posted(self, vector, source)  # issue 4
         if self.sim.tracer is not None:
             cpu = self.cpu
             self.sim.tracer.emit(self.sim.env.now, "pi_posted", cpu.index if cpu else -1,
@@ -306,16 +382,35 @@ class VcpuTdx(KvmVcpu):
                 if not self.seg_pi:
                     self.seg_pi = SEG_PI_LATE
             elif now < self.t_guest_end:
-                # Notification IPI to a running TD: processed without a TD exit.  The
-                # handler's time delays the guest's next TDVMCALL (paid in its next period).
-                self.guest.irq_debt_ns += self.sim.c_guest_irq
-                self.deliver_pi(self.cpu, now)
-        elif self.phase == PH_BLOCKED:
+                # Notification IPI to a running TD: processed without a TD exit when it
+                # arrives (issue 4: after the IPI latency; if the TD has exited by then, ON
+                # stays set for the next entry).  The handler's time delays the guest's
+                # next TDVMCALL (paid in its next period).
+                seg0 = self.t_seg0
+                ev = self.sim.env.timeout(self.sim.c_ipi)
+                ev.callbacks.append(lambda _e: self.pi_notification(seg0))
+        else:  # issue 4: kvm_vcpu_wake_up whenever not delivered (a no-op unless halting)
             self.kvm_vcpu_wake_up()
 
+    def pi_notification(self, seg0: int) -> None:
+        """POSTED_INTR_VECTOR reaches the CPU of a vCPU that was in the TD when the
+        interrupt was posted: if it still runs the same entry, the CPU processes the PIR
+        without a TD exit; otherwise the IPI is a plain host interrupt (already handled as
+        such by the run loop) and ON waits for the next entry."""
+        now = self.sim.env.now
+        if (self.phase == PH_SEG and self.t_seg0 == seg0 and self.pi_on
+                and self.t_enter <= now < self.t_guest_end):
+            self.guest.irq_debt_ns += self.sim.c_guest_irq
+            self.deliver_pi(self.cpu, now)
+
     def has_events(self, cpu: "HostCpu") -> bool:
-        """kvm_vcpu_has_events for a halted TD vCPU -> tdx_protected_apic_has_interrupt:
-        PI pending, else (HLT with interrupts enabled) TDH.VP.RD of the state details."""
+        """kvm_vcpu_has_events for a halted TD vCPU: an NMI (KVM_REQ_NMI / nmi_pending), or,
+        if tdx_interrupt_allowed, tdx_protected_apic_has_interrupt: PI pending, else (HLT with
+        interrupts enabled) TDH.VP.RD of the state details."""
+        if self.requests & KVM_REQ_NMI or self.nmi_pending:  # issue 4: kvm_vcpu_has_events
+            return True
+        if not self.tdx_interrupt_allowed():  # issue 4: HLT with interrupts disabled
+            return False
         if self.pi_on or self.pir:
             return True
         if self.vp_enter_args.r12 == 0 and self.exit_reason == arch.EXIT_REASON_HLT:
@@ -323,15 +418,23 @@ class VcpuTdx(KvmVcpu):
             return bool(details & 1)
         return False
 
+    def tdx_interrupt_allowed(self) -> bool:
+        """tdx_interrupt_allowed: false only after a HLT TDVMCALL with R12 != 0 (the guest
+        halted with interrupts disabled); otherwise KVM assumes interrupts are allowed."""
+        return not (self.exit_reason == arch.EXIT_REASON_HLT and self.vp_enter_args.r12)
+
     # --- tdx_handle_exit ---------------------------------------------------------------
-    def tdx_handle_exit(self, cpu: "HostCpu", fastpath: bool = False) -> int:
+    def tdx_handle_exit(self, cpu: "HostCpu") -> int:
         """tdx_handle_exit (reference §1.5): returns 1 to re-enter, 0 to exit to userspace,
         < 0 for an error.  The status checks read the raw `vp_enter_ret`; the dispatch reads
         the derived `exit_reason`."""
-        if fastpath:
-            return 1  # OPERAND_BUSY: pass the IRQ window, then retry (§7.2)
         ret = self.vp_enter_ret
         reason = self.exit_reason
+        if (ret & _STATUS) == arch.TDX_OPERAND_BUSY:
+            # tdx_exit_handlers_fastpath -> EXIT_FASTPATH_EXIT_HANDLED, the run loop
+            # retries TDH.VP.ENTER (reference §7.2); e.g. TDH.MEM.TRACK holds the TD epoch.
+            self.stat["vp_enter_busy"] += 1
+            return 1
         basic = reason & 0xFFFF
         if ret >> 32 or ret == arch.EXIT_REASON_EPT_MISCONFIG or (
                 reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY):
@@ -343,14 +446,20 @@ class VcpuTdx(KvmVcpu):
         if basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
             cpu.acc += self.sim.c_host_irq  # handle_exit_irqoff ran the host handler
             self.stat["irq_exits"] += 1
+            self.stat[_IRQ_EXIT_KEYS.get(self.seg_irq_why, "irq_exits.other")] += 1  # issue 4
             return 1
         if basic == arch.EXIT_REASON_EPT_VIOLATION:
-            return self.tdx_handle_ept_violation(cpu)
+            if self.seg_fault == "zero_step":  # issue 3: the module's synthesized exit
+                return self.tdx_handle_zero_step_exit(cpu)
+            return tdx_handle_ept_violation(self, cpu)  # issue 4: private fault, local retries
         if basic == arch.EXIT_REASON_TRIPLE_FAULT:
             self.run_exit_reason = arch.KVM_EXIT_SHUTDOWN
             return 0
-        if basic in (arch.EXIT_REASON_EXCEPTION_NMI, arch.EXIT_REASON_OTHER_SMI):
-            return 1  # NMI already handled in handle_exit_irqoff; SMI: nothing to do
+        if basic == arch.EXIT_REASON_EXCEPTION_NMI:  # issue 4: host NMI, handled at exit
+            cpu.acc += self.sim.c_host_nmi
+            return 1
+        if basic == arch.EXIT_REASON_OTHER_SMI:
+            return 1
         self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR  # unhandled exit
         return 0
 
@@ -382,7 +491,7 @@ class VcpuTdx(KvmVcpu):
                 f"{arch.EXIT_REASON_NAMES.get(basic, basic)}")
         return None
 
-    def tdx_handle_ept_violation(self, cpu: "HostCpu") -> int:
+    def tdx_handle_zero_step_exit(self, cpu: "HostCpu") -> int:
         """tdx_handle_ept_violation for the module's synthesized zero-step exit (abort F): the
         page is mapped by the fault path; the guest re-executes the instruction."""
         cpu.acc += self.sim.c_ept_violation
@@ -410,6 +519,11 @@ class VcpuTdx(KvmVcpu):
             return 1
         if basic in (arch.EXIT_REASON_MSR_READ, arch.EXIT_REASON_MSR_WRITE):
             cpu.acc += sim.c_tdvmcall_msr
+            if basic == arch.EXIT_REASON_MSR_WRITE and args.r12 == 0x830:
+                # issue 4: x2APIC ICR write = a guest IPI (tdsim.interrupts)
+                sim.irq.kvm_x2apic_icr_write(self, cpu, args.r13)
+            elif guest.kind == "tsc_deadline":  # issue 4: one-shot timer re-armed
+                sim.irq.kvm_set_lapic_tscdeadline_msr(self)
             args.r10 = arch.TDVMCALL_STATUS_SUCCESS
             args.r11 = 0
             guest.next_period()
@@ -448,6 +562,13 @@ class VcpuTdx(KvmVcpu):
         args = self.vp_enter_args
         args.r10 = arch.TDVMCALL_STATUS_SUCCESS
         self.guest.next_period()
+
+    def kvm_check_requests(self, cpu: "HostCpu") -> int:
+        """Request processing; issue 4: KVM_REQ_NMI -> process_nmi, then (KVM_REQ_EVENT)
+        tdx_inject_nmi's TDH.VP.WR of PEND_NMI, before prepare_switch_to_guest."""
+        if self.requests & KVM_REQ_NMI:
+            self.sim.irq.process_nmi(self, cpu)
+        return super().kvm_check_requests(cpu)
 
     def vmm_service_ns(self) -> int:
         return self.sim.vmm_service_ns.get(self.run_exit_reason, 0)

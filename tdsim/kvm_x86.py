@@ -50,17 +50,19 @@ PH_KERNEL = 1    # KVM straight-line work (flags only; checked when the work end
 PH_SEG = 2       # entry work + TD run (interruptible: late abort or TD exit)
 PH_BLOCKED = 3   # halted in kvm_vcpu_block, scheduled out
 PH_WAIT = 4      # runnable, waiting for a CPU
-PH_STOPPED = 5   # issue 3: the VMM stopped the vCPU after a fatal exit (never runs again)
+PH_POLL = 5      # halt-polling in kvm_vcpu_halt (issue 4; interruptible by a wake-up)
+PH_STOPPED = 6   # issue 3: the VMM stopped the vCPU after a fatal exit (never runs again)
 
 # Causes of an interrupt of the PH_SEG timeout
 CAUSE_LATE_ABORT = "late_abort"
 CAUSE_IRQ = "irq"
+CAUSE_WAKE = "wake"  # a wake-up ends halt-polling (issue 4)
 
 # issue 3: fatal userspace exits (the VMM stops the vCPU) and abort keys not in late_abort()
 _FATAL_RUN_EXITS = frozenset({arch.KVM_EXIT_INTERNAL_ERROR, arch.KVM_EXIT_FAIL_ENTRY,
                               arch.KVM_EXIT_SHUTDOWN})
 _ABORT_KEYS = {k: f"late_abort.{k}" for k in (
-    "request_exit", "vm_dead", "mmu_reload_fail", "sept_zap", "operand_busy", "tsc_rollback",
+    "request_exit", "vm_dead", "mmu_reload_fail", "wait_for_sept_zap", "operand_busy", "tsc_rollback",
     "inconsistent_msr", "vcpu_associated", "sw_error", "zero_step", "failed_vmentry")}
 _ABORT_KEYS["operand_busy_late"] = "late_abort.operand_busy"  # associated (tdsim.faults)
 
@@ -166,6 +168,15 @@ class KvmVcpu(Thread):
         self.t_enter = 0
         self.t_guest_end = 0
         self.run_exit_reason = 0     # kvm_run->exit_reason of the last userspace exit
+        self.t_wake = 0              # issue 4: when kvm_vcpu_wake_up last woke it
+        # issue 4: TASK_INTERRUPTIBLE set in kvm_vcpu_block's final check, and a wake-up
+        # that arrived after it but before schedule() (which then does not sleep)
+        self.halting = False
+        self.halt_woken = False
+        # issue 4: event a KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait waits on (tdsim.sept);
+        # succeeded when the vCPU next runs with IRQs enabled (late abort or after the exit)
+        self.outside_ack = None
+        self.seg_irq_why = "other"  # issue 4: what cut the current entry (irq_exits.<why>)
 
     # --- asynchronous notifications --------------------------------------------------------
     def exit_request_pending(self) -> bool:
@@ -173,7 +184,7 @@ class KvmVcpu(Thread):
         return (self.mode == EXITING_GUEST_MODE or self.requests != 0 or self.need_resched
                 or self.sigpending or self.notify_resume)
 
-    def notify_host_irq(self) -> None:
+    def notify_host_irq(self, why: str = "other") -> None:
         """A host interrupt reaches this vCPU's CPU now (tick, hrtimer, IPI)."""
         if self.phase != PH_SEG:
             return
@@ -186,6 +197,7 @@ class KvmVcpu(Thread):
                 self.proc.interrupt(CAUSE_LATE_ABORT)
         elif now < self.t_guest_end:
             self.phase = PH_KERNEL
+            self.seg_irq_why = why  # issue 4: source of the EXTERNAL_INTERRUPT exit
             self.proc.interrupt(CAUSE_IRQ)
 
     def resched(self) -> None:
@@ -199,8 +211,9 @@ class KvmVcpu(Thread):
             elif now < self.t_guest_end:
                 # the reschedule IPI / timer interrupt makes the TD exit
                 self.phase = PH_KERNEL
+                self.seg_irq_why = "resched"  # issue 4
                 self.proc.interrupt(CAUSE_IRQ)
-        elif phase == PH_USER:
+        elif phase == PH_USER or phase == PH_POLL:  # issue 4: polling stops on need_resched
             self.phase = PH_KERNEL
             self.proc.interrupt(CAUSE_IRQ)
         # PH_KERNEL: seen when the straight-line work ends.
@@ -208,7 +221,7 @@ class KvmVcpu(Thread):
     def kvm_vcpu_kick(self) -> None:
         """kvm_vcpu_kick: wake a blocked vCPU; a vCPU in guest mode is switched to
         EXITING_GUEST_MODE and sent an IPI (taken as a TD exit after the IPI latency)."""
-        if self.phase == PH_BLOCKED:
+        if self.phase == PH_BLOCKED or self.phase == PH_POLL or self.halting:
             self.kvm_vcpu_wake_up()
             return
         if self.phase == PH_SEG and self.sim.env.now >= self.t_late:
@@ -217,7 +230,13 @@ class KvmVcpu(Thread):
                 self.stat["kicks"] += 1
                 cpu = self.cpu
                 ev = self.sim.env.timeout(self.sim.c_ipi)
-                ev.callbacks.append(lambda _e: cpu.host_irq())
+                if self.sim.tracer is not None:  # the kick, then the IPI's arrival
+                    self.sim.tracer.emit(self.sim.env.now, "kick", cpu.index, self.name,
+                                         by=None)
+                    ev.callbacks.append(lambda _e: self.sim.tracer.emit(
+                        self.sim.env.now, "ipi", cpu.index, self.name, src_cpu=-1,
+                        dst_cpu=cpu.index, why="kick"))
+                ev.callbacks.append(lambda _e: cpu.host_irq("kick"))
         elif self.phase == PH_SEG:
             # issue 3, abort C(a): vcpu->mode = IN_GUEST_MODE is stored shortly before the
             # late check (reference §1.2 steps 5-7); a kick in that window wins the cmpxchg
@@ -237,7 +256,17 @@ class KvmVcpu(Thread):
         if self.phase == PH_BLOCKED and self.state == SLEEPING:
             self.stat["halt_wakeup"] += 1
             self.phase = PH_WAIT
+            self.t_wake = self.sim.env.now
             self.sim.sched.wake_up(self)
+        elif self.phase == PH_POLL:  # issue 4: the halt-polling loop sees the event
+            self.phase = PH_KERNEL
+            self.proc.interrupt(CAUSE_WAKE)
+        elif self.halting and not self.halt_woken:
+            # issue 4: between the final kvm_vcpu_check_block and schedule(): the task is
+            # TASK_INTERRUPTIBLE, the wake-up makes it runnable again (no lost wake-up)
+            self.stat["halt_wakeup"] += 1
+            self.halt_woken = True
+            self.t_wake = self.sim.env.now
 
     # --- vcpu_load / vcpu_put ----------------------------------------------------------------
     def vcpu_load(self, cpu: "HostCpu") -> None:
@@ -281,9 +310,17 @@ class KvmVcpu(Thread):
         if put_cause is not None:
             self.vcpu_put(cpu, put_cause)
         yield from self.spend_kernel(cpu)
+        if self.halt_woken:  # issue 4: woken after the final check: do not sleep
+            runnable = True
         self.phase = PH_WAIT if runnable else PH_BLOCKED
+        if self.sim.tracer is not None:
+            self.sim.tracer.emit(self.sim.env.now, "vcpu_state", cpu.index, self.name,
+                                 state="runnable" if runnable else "halted")
         self.sim.sched.switch_out(cpu, self, runnable)
         cpu = yield self.run_event
+        if self.sim.tracer is not None:  # back where it was: KVM_RUN, or the VMM (no put)
+            self.sim.tracer.emit(self.sim.env.now, "vcpu_state", cpu.index, self.name,
+                                 state="running" if put_cause is not None else "userspace")
         if put_cause is not None:
             self.vcpu_load(cpu)
         return cpu
@@ -292,6 +329,8 @@ class KvmVcpu(Thread):
     def main(self):
         """The VMM's vCPU thread: KVM_RUN, service the exit in userspace, repeat."""
         sim = self.sim
+        if sim.tracer is not None:
+            sim.tracer.emit(sim.env.now, "vcpu_state", -1, self.name, state="runnable")
         sim.sched.wake_up(self)
         cpu = yield self.run_event
         sim.kvm.return_to_user(cpu, self)
@@ -321,6 +360,8 @@ class KvmVcpu(Thread):
         """kvm_arch_vcpu_ioctl_run: vcpu_load, complete_userspace_io, vcpu_run, vcpu_put,
         return to user mode (where the user-return notifier fires)."""
         sim = self.sim
+        if sim.tracer is not None:
+            sim.tracer.emit(sim.env.now, "vcpu_state", cpu.index, self.name, state="running")
         cpu.acc += sim.c_kvm_run_ioctl
         self.vcpu_load(cpu)
         self.complete_userspace_io(cpu)
@@ -341,6 +382,8 @@ class KvmVcpu(Thread):
         sim = self.sim
         env = sim.env
         remaining = self.vmm_service_ns()
+        if sim.tracer is not None:
+            sim.tracer.emit(env.now, "vcpu_state", cpu.index, self.name, state="userspace")
         while True:
             work = cpu.acc
             cpu.acc = 0
@@ -453,6 +496,10 @@ class KvmVcpu(Thread):
     def late_abort(self, cpu: "HostCpu", kind: str) -> int:
         """The late kvm_vcpu_exit_request() fired: IRQs back on, r = 1 (cancel_injection)."""
         self.mode = OUTSIDE_GUEST_MODE
+        ack = self.outside_ack  # issue 4: the pending call-function IPI runs now
+        if ack is not None:
+            self.outside_ack = None
+            ack.succeed()
         self.stat[f"late_abort.{kind}"] += 1
         self.stat["late_abort"] += 1
         if self.sim.tracer is not None:
@@ -467,14 +514,49 @@ class KvmVcpu(Thread):
         rcuwait loop's kvm_vcpu_check_block), so a wake-up in between is not lost."""
         if not self.has_events(cpu):
             yield from self.spend_kernel(cpu)
-            if not self.has_events(cpu):
+            poll_ns = self.sim.halt_poll_ns  # issue 4
+            if poll_ns and not self.has_events(cpu):
+                yield from self.halt_poll(cpu, poll_ns)
+            self.halting = True  # issue 4: set_current_state(TASK_INTERRUPTIBLE)
+            blocked = False
+            while not self.has_events(cpu):  # issue 4: spurious wake-ups sleep again
+                if blocked:
+                    self.stat["halt.spurious_wakeup"] += 1
+                    self.halting = True
+                blocked = True
                 self.stat["halt_block"] += 1
                 t0 = self.sim.env.now
                 cpu = yield from self.schedule_out(cpu, False, PUT_HALT)
-                self.stat["halt_ns"] += self.sim.env.now - t0
-                self.has_events(cpu)
+                self.halting = self.halt_woken = False
+                now = self.sim.env.now
+                self.stat["halt_ns"] += now - t0
+                # issue 4: wake-up latency (kvm_vcpu_wake_up -> running again)
+                self.stat["halt.wakeup_latency_ns_sum"] += now - self.t_wake
+                self.sim.irq.sample("wakeup", self.t_wake, now - self.t_wake, self)
+            self.halting = False
         self.mp_state = KVM_MP_STATE_RUNNABLE
         return 1
+
+    def halt_poll(self, cpu: "HostCpu", poll_ns: int):
+        """kvm_vcpu_halt's polling loop (issue 4): spin up to `poll_ns` re-checking
+        kvm_vcpu_check_block; a wake-up or need_resched ends it early.  Simplified: fixed
+        halt_poll_ns (no grow/shrink), the check's cost is paid once at the end."""
+        env = self.sim.env
+        self.phase = PH_POLL
+        self.begin_seg(KVM, poll_ns)
+        t0 = env.now
+        try:
+            yield env.timeout(poll_ns)
+            self.end_seg(env.now)
+        except Interrupt:
+            self.end_seg(env.now)
+        self.phase = PH_KERNEL
+        stat = self.stat
+        stat["halt.poll_ns"] += env.now - t0
+        if self.has_events(cpu):
+            stat["halt_poll_success"] += 1
+        else:
+            stat["halt_poll_fail"] += 1
 
     def kvm_check_requests(self, cpu: "HostCpu") -> int:
         """Request processing at the top of vcpu_enter_guest (reference §1.2 step 1).

@@ -38,6 +38,7 @@ from tdsim.schema import (
     non_negative,
     positive,
     probability,
+    probability_below_one,
 )
 
 PathT = tuple[str | int, ...]
@@ -278,8 +279,13 @@ def _resolve_map(spec: Map, raw: Any, path: PathT) -> dict[str, Any]:
     elif not isinstance(raw, dict):
         raise _Bad(path, f"expected a table, got {_describe(raw)}")
     else:
-        _reject_unknown(raw, spec.allowed, path, list_allowed=True)
+        if spec.allowed is not None:
+            _reject_unknown(raw, spec.allowed, path, list_allowed=True)
+        if isinstance(spec.value, Table):
+            return {k: _resolve_table(spec.value, v, path + (k,), None) for k, v in raw.items()}
         given = {k: _check_value(spec.value, v, path + (k,)) for k, v in raw.items()}
+    if spec.allowed is None:  # free-form keys: only those given
+        return given
     return {k: given.get(k, spec.value.default) for k in spec.allowed}
 
 
@@ -461,14 +467,34 @@ def _resolve_strategy_path(data: dict[str, Any], base_dir: str | os.PathLike[str
     data["kvm"]["host_state"] = f"{os.path.abspath(target)}:{cls}"
 
 
+def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
+    """issue 4: device interrupts are routed to existing vCPUs; a guest halting with
+    interrupts disabled has NMIs to wake it."""
+    for i, vm in enumerate(data["vm"]):
+        if vm["interrupts"]["hlt_irqs_off_p"] > 0 and not vm["interrupts"]["nmi_hz"] > 0:
+            raise _Bad(("vm", i, "interrupts", "hlt_irqs_off_p"),
+                       f"a vCPU halted with interrupts disabled wakes only on an NMI: set "
+                       f"vm[{i}].interrupts.nmi_hz > 0")
+        targets = vm["interrupts"]["device_irq_vcpus"]
+        if vm["interrupts"]["device_irq_hz"] > 0 and not targets:
+            raise _Bad(("vm", i, "interrupts", "device_irq_vcpus"), "empty: route the device "
+                       "interrupts to at least one vCPU")
+        for j, v in enumerate(targets):
+            if not 0 <= v < vm["vcpus"]:
+                raise _Bad(("vm", i, "interrupts", "device_irq_vcpus", j),
+                           f"vCPU {v} does not exist (valid 0..{vm['vcpus'] - 1})")
+
+
 # Run in order on the resolved data; each raises _Bad at the first problem.  Add new
 # relations between keys here.
-CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_syntax]
+CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_syntax,
+                _check_device_irq_vcpus]
 
 
 # --- reference documentation ------------------------------------------------------------------
 
-_CHECK_TEXT = {positive: "> 0", non_negative: ">= 0", probability: "0 to 1"}
+_CHECK_TEXT = {positive: "> 0", non_negative: ">= 0", probability: "0 to 1",
+               probability_below_one: "0 to < 1"}
 
 
 def describe_schema(schema: Table = SCHEMA) -> str:
@@ -503,6 +529,9 @@ def _describe_table(table: Table, name: str, out: list[str], heading: str | None
             item = Table(s.item.keys, doc=" ".join(filter(None, [s.doc, s.item.doc, (
                 f"At least {s.min_items}; {s.default_items} created when absent.")])))
             _describe_table(item, sub, out, heading=f"[[{sub}]]")
+        elif isinstance(s, Map) and isinstance(s.value, Table):
+            _describe_table(Table(s.value.keys, doc=s.doc[0].upper() + s.doc[1:] + "."),
+                            f"{sub}.<name>", out)
         elif isinstance(s, Map):
             out += [f"## `[{sub}]`", ""]
             if s.doc:
@@ -513,7 +542,11 @@ def _describe_table(table: Table, name: str, out: list[str], heading: str | None
             if s.default:
                 out[-2:-2] = ["The defaults apply when the table is absent; when it is given, "
                               f"keys it does not name are {_toml(s.value.default)}.", ""]
-            out += [f"| `{a}` | {_toml(s.default.get(a, s.value.default))} |" for a in s.allowed]
+            if s.allowed is None:
+                out[-2:] = ["Keys: any name."]
+            else:
+                out += [f"| `{a}` | {_toml(s.default.get(a, s.value.default))} |"
+                        for a in s.allowed]
             out.append("")
 
 

@@ -40,10 +40,13 @@ class Table:
 
 @dataclass(frozen=True)
 class Map:
-    """A TOML table whose keys are drawn from `allowed` and whose values share one Key spec."""
+    """A TOML table whose keys are drawn from `allowed` and whose values share one Key spec.
 
-    allowed: tuple[str, ...]
-    value: Key
+    ``allowed=None``: any key (free-form names, e.g. metric names in ``[expect.metrics]``);
+    then `value` may also be a `Table` (one table per name, e.g. ``[expect.strategy.eager]``)."""
+
+    allowed: tuple[str, ...] | None
+    value: "Key | Table"
     default: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
 
@@ -68,6 +71,11 @@ def non_negative(v: Any) -> str | None:
 
 def probability(v: Any) -> str | None:
     return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
+def probability_below_one(v: Any) -> str | None:
+    """issue 4: a per-try failure probability whose retry loop must end."""
+    return None if 0 <= v < 1 else "must be >= 0 and < 1"
 
 
 NUM = (int, float)
@@ -160,6 +168,23 @@ COSTS = Table(
         "in_guest_mode_window_ns": _cost(50, "placeholder", "from vcpu->mode = IN_GUEST_MODE "
                                          "to the late kvm_vcpu_exit_request check (a kick "
                                          "in it aborts the entry)"),
+        # --- issue 4: interrupts, NMIs, SEPT zaps ---
+        "icr_write_ns": _cost(150, "placeholder", "KVM emulation of an x2APIC ICR write, per "
+                              "destination (kvm_apic_send_ipi -> __apic_accept_irq -> PI post)"),
+        "host_nmi_ns": _cost(1500, "placeholder", "host NMI handler (perf / watchdog) run in "
+                             "tdx_vcpu_enter_exit after an EXCEPTION_NMI exit"),
+        "guest_nmi_ns": _cost(2000, "placeholder", "guest NMI handler (guest time)"),
+        "tdh_mem_range_block_ns": _cost(800, "placeholder", "TDH.MEM.RANGE.BLOCK, SEAMCALL "
+                                        "included"),
+        "tdh_mem_track_ns": _cost(500, "placeholder", "TDH.MEM.TRACK, SEAMCALL included (holds "
+                                  "the TD epoch lock exclusively meanwhile)"),
+        "tdh_mem_page_remove_ns": _cost(1000, "placeholder", "TDH.MEM.PAGE.REMOVE, SEAMCALL "
+                                        "included"),
+        "tdh_mem_page_aug_ns": _cost(1000, "placeholder", "TDH.MEM.PAGE.AUG, SEAMCALL "
+                                     "included"),
+        "kvm_private_fault_ns": _cost(500, "placeholder", "KVM's TDP MMU fault path for one "
+                                      "try on a private GPA (kvm_mmu_page_fault, mmu_lock "
+                                      "read, walk), SEAMCALL excluded"),
     },
     doc="Per-operation costs in ns.",
 )
@@ -179,8 +204,68 @@ WORKLOAD = Table(
         "tsc_aux_read_hz": Key(NUM, 0.0, "VMX guests: rate of RDPID/RDTSCP reads of TSC_AUX "
                                "while the guest runs; each read is compared with the value KVM "
                                "meant the guest to see (its vCPU id); 0 = off", non_negative),
+        "timer_mode": Key(str, "periodic", "guest LAPIC timer: periodic (the hrtimer re-arms "
+                          "itself) or oneshot (TSC-deadline, as a tickless Linux guest: the "
+                          "guest's timer handler re-arms it with a WRMSR(IA32_TSC_DEADLINE) "
+                          "TDVMCALL, one more TD exit per tick; issue 4)",
+                          choices=("periodic", "oneshot")),
     },
     doc="What the guest vCPUs do.",
+)
+
+# --- issue 4: interrupt sources and SEPT zaps of one TD (all off by default) ---------------
+IPI_PATTERNS = ("unicast", "multicast", "broadcast", "shootdown")
+
+INTERRUPTS = Table(
+    {
+        "ipi_hz": Key(NUM, 0.0, "guest IPIs sent per vCPU per second of guest run time: the "
+                      "guest ends a compute period with an x2APIC ICR write (TDVMCALL WRMSR "
+                      "0x830) instead of its mix call; 0 = off", non_negative),
+        "ipi_pattern": Key(str, "unicast", "destinations of one guest IPI: unicast (one random "
+                           "other vCPU), multicast (ipi_targets random others), broadcast (all "
+                           "others), shootdown (like multicast to shootdown_targets others, "
+                           "and the sender spins in guest until every receiver has acked)",
+                           choices=IPI_PATTERNS),
+        "ipi_targets": Key(int, 2, "destinations of a multicast IPI", positive),
+        "shootdown_targets": Key(int, 0, "receivers of one TLB shootdown; 0 = all other "
+                                 "vCPUs", non_negative),
+        "device_irq_hz": Key(NUM, 0.0, "device interrupts per second (MSI via irqfd, posted "
+                             "from a host CPU outside the TD's); 0 = off", non_negative),
+        "device_irq_vcpus": Key(list, [0], "vCPUs the device interrupts are routed to "
+                                "(round robin)", item_type=int),
+        "nmi_hz": Key(NUM, 0.0, "NMIs injected per vCPU per second by the VMM / a watchdog "
+                      "(kvm_inject_nmi); 0 = off", non_negative),
+        "tlb_flush_hz": Key(NUM, 0.0, "host-side remote TLB flushes of this VM per second "
+                            "(kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH), e.g. from MMU "
+                            "notifiers): a request bit on every vCPU plus a kick of those in "
+                            "guest mode; 0 = off", non_negative),
+        "hlt_irqs_off_p": Key(NUM, 0.0, "fraction of the guest's HLTs issued with interrupts "
+                              "disabled (TDVMCALL HLT with R12 = 1: tdx_interrupt_allowed is "
+                              "false, only an NMI wakes the vCPU; needs nmi_hz > 0)",
+                              probability),
+    },
+    doc="Interrupt sources of the TD besides the guest timer (workload.timer_hz).",
+)
+
+SEPT = Table(
+    {
+        "zap_hz": Key(NUM, 0.0, "private-page zaps per second (e.g. private->shared "
+                      "conversions); each runs TDH.MEM.RANGE.BLOCK, TDH.MEM.TRACK + kick-and-"
+                      "wait, TDH.MEM.PAGE.REMOVE under mmu_lock; 0 = off", non_negative),
+        "zap_pages": Key(int, 1, "4K pages removed per zap (one TDH.MEM.PAGE.REMOVE each)",
+                         positive),
+        "remove_busy_p": Key(NUM, 0.0, "probability that TDH.MEM.PAGE.REMOVE returns "
+                             "TDX_OPERAND_BUSY (SEPT lock held by a vCPU's TDH.VP.ENTER or a "
+                             "guest TDG.MEM.PAGE.ACCEPT); the retry goes through "
+                             "tdh_do_no_vcpus (wait_for_sept_zap)", probability),
+        "private_fault_hz": Key(NUM, 0.0, "EPT violations on not-yet-mapped private pages "
+                                "per vCPU per second of guest run time; 0 = off",
+                                non_negative),
+        "aug_busy_p": Key(NUM, 0.0, "probability that one TDH.MEM.PAGE.AUG of the fault path "
+                          "returns TDX_OPERAND_BUSY (RET_PF_RETRY: KVM retries locally, "
+                          "without re-entering the TD)", probability_below_one),
+    },
+    doc="SEPT zaps of this TD's private memory (reference §7.3).",
 )
 
 VM = Table(
@@ -193,6 +278,8 @@ VM = Table(
         "pin": Key(list, None, "host CPU per vCPU (one entry per vCPU); unset = unpinned",
                    optional=True, item_type=int),
         "workload": WORKLOAD,
+        "interrupts": INTERRUPTS,
+        "sept": SEPT,
     },
     doc="A guest (TD).",
 )
@@ -258,6 +345,50 @@ FAULTS = Table(
     doc="Fault injection: every late entry abort path (docs/late-aborts.md).",
 )
 
+
+def _metric_bound(v: Any) -> str | None:
+    """An expected metric: a number (exact) or ``{min = .., max = ..}`` (either optional)."""
+    if not isinstance(v, dict):
+        return None
+    if not v or set(v) - {"min", "max"}:
+        return "expected a number or { min = N, max = N }"
+    for k, bound in v.items():
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            return f"{k} must be a number"
+    if "min" in v and "max" in v and v["min"] > v["max"]:
+        return "min > max"
+    return None
+
+
+# Expectations of a scenario used as a regression test (`tdsim check`, pytest); issue 7.
+def _expect_keys() -> dict[str, Any]:
+    return {
+        "metrics": Map(None, Key((int, float, dict), None, "exact value, or { min = N, max = N } "
+                                 "(inclusive; either bound may be left out); a metric the run "
+                                 "does not report counts as 0", _metric_bound),
+                       doc="expected metrics of the run, by metric name (as in the JSON "
+                           "result's `metrics`)"),
+        "violations_none": Key(bool, False, "the run must record no invariant violation"),
+        "violations_must": Key(list, [], "invariants (by name) that must be violated at least "
+                               "once", item_type=str),
+        "violations_must_not": Key(list, [], "invariants (by name) that must not be violated",
+                                   item_type=str),
+    }
+
+
+EXPECT = Table(
+    {
+        **_expect_keys(),
+        "strategy": Map(None, Table(_expect_keys()),
+                        doc="more expectations for the run of one strategy, added to the "
+                            "ones above; the keys of `[expect.strategy]` are strategy names "
+                            '(`[expect.strategy."v6.16"]`)'),
+    },
+    doc="Expectations checked by `tdsim check` and by the test suite (a scenario with any "
+        "expectation is a test).  They apply to the run of every strategy in `kvm.compare` "
+        "(or of `kvm.host_state` alone).",
+)
+
 SCHEMA = Table(
     {
         "sim": Table(
@@ -286,6 +417,9 @@ SCHEMA = Table(
                                     "than one runnable thread", positive),
                 "wakeup_preempt": Key(bool, True, "a waking thread preempts the running one "
                                       "(otherwise it waits for the slice to end)"),
+                "nmi_hz": Key(NUM, 0.0, "host NMIs (perf / NMI watchdog) per CPU per second; "
+                              "one hitting a running TD is an EXCEPTION_NMI exit; 0 = off",
+                              non_negative),
             }
         ),
         "kvm": Table(
@@ -303,10 +437,21 @@ SCHEMA = Table(
                                    "(today's KVM); raw = bits 31:0 taken whatever the status "
                                    "(the early union tdx_exit_reason code)",
                                    choices=("checked", "raw")),
+                "halt_poll_ns": Key(int, 0, "halt polling (kvm.halt_poll_ns): a halted vCPU "
+                                    "polls for events this long before blocking; fixed (the "
+                                    "grow/shrink heuristics are not modelled); 0 = off",
+                                    non_negative),
+                "lapic_timer_advance_ns": Key(int, 0, "kvm.lapic_timer_advance_ns: the guest "
+                                              "timer's hrtimer fires this much before the "
+                                              "deadline and kvm_wait_lapic_expire spins at "
+                                              "entry until the deadline when the timer vector "
+                                              "is pending; fixed (no adaptive tuning); 0 = off",
+                                              non_negative),
             }
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),
         "costs": COSTS,
         "faults": FAULTS,  # issue 3: late entry aborts (tdsim.faults)
+        "expect": EXPECT,
     }
 )

@@ -14,11 +14,13 @@ from typing import Any
 
 import simpy
 
-from . import arch
+from . import arch, sept
 from ._version import __version__
 from .faults import Faults
 from .guest import GuestVcpu
+from .guest_irq import irq_guest
 from .host import CATEGORY_NAMES, IDLE, HostCpu, HostTask, Scheduler, new_stat
+from .interrupts import IrqStats
 from .invariants import Invariants
 from .kvm_tdx import VcpuTdx
 from .kvm_vmx import VcpuVmx
@@ -42,10 +44,17 @@ class Vm:
         self.name = name
         self.flavor = flavor
         self.vcpus: list[VcpuTdx] = []
-        # issue 3: kvm_tdx->wait_for_sept_zap (abort D; raised by a SEPT zap retry) and
-        # kvm->vm_bugged (KVM_BUG_ON)
+        # issue 4: interrupt sources and SEPT zaps ([vm.interrupts], [vm.sept]);
+        # kvm_tdx->wait_for_sept_zap; TDH.MEM.TRACK holding the TD epoch lock; the window in
+        # which no vCPU may enter the TD (tdsim.sept oracle)
+        self.interrupts: dict = {}
+        self.sept: dict = {}
+        self.ipi_rng = None
+        self.fault_rng = None  # issue 4: TDH.MEM.PAGE.AUG outcomes of the fault path
         self.wait_for_sept_zap = False
-        self.bugged = False
+        self.epoch_lock_t0 = self.epoch_lock_t1 = -1
+        self.zap_excl_t0 = self.zap_excl_t1 = -1
+        self.bugged = False  # issue 3: kvm->vm_bugged (KVM_BUG_ON)
 
 
 class Simulation:
@@ -64,6 +73,8 @@ class Simulation:
         for key, value in d["costs"].items():
             setattr(self, "c_" + key[:-3], int(value))
         self.host_stat = new_stat()
+        self.halt_poll_ns = int(d["kvm"]["halt_poll_ns"])  # issue 4
+        self.lapic_timer_advance_ns = int(d["kvm"]["lapic_timer_advance_ns"])
         self.invariants = Invariants(self)
         self.violations = self.invariants
         host = d["host"]
@@ -87,6 +98,8 @@ class Simulation:
         self.vms: list[Vm] = []
         self.vcpus: list[VcpuTdx] = []
         self.timers: list[tuple[VcpuTdx, int]] = []
+        self.irq = IrqStats(self)  # issue 4: interrupt sources, latencies, oracles
+        self.zappers: list = []    # issue 4: SEPT zap processes (tdsim.sept)
         self._build_vms(d["vm"])
         self.tasks: list[HostTask] = []
         for i in range(host["tasks"]):
@@ -101,11 +114,18 @@ class Simulation:
             vm = Vm(vi, vmd["name"], vmd["flavor"])
             wl = vmd["workload"]
             pins = vmd["pin"]
+            vm.interrupts = vmd["interrupts"]
+            vm.sept = vmd["sept"]
+            vm.ipi_rng = stream(self.seed, f"vm.{vm.name}.ipi.dest")
+            vm.fault_rng = stream(self.seed, f"vm.{vm.name}.private_fault")
             for i in range(vmd["vcpus"]):
                 scope = f"vm.{vm.name}.vcpu{i}"
-                guest = GuestVcpu(stream(self.seed, scope + ".workload"),
-                                  us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",
-                                  wl["mix"], self.c_guest_tdvmcall)
+                oneshot = wl["timer_mode"] == "oneshot" and wl["timer_hz"] > 0
+                guest = irq_guest(self, scope, vmd)  # issue 4: IPIs, re-arms, faults
+                if guest is None:
+                    guest = GuestVcpu(stream(self.seed, scope + ".workload"),
+                                      us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",
+                                      wl["mix"], self.c_guest_tdvmcall)
                 if vm.flavor == "vmx":  # issue 3: VMX co-tenants
                     vcpu = VcpuVmx(self, vm, i, pins[i] if pins else None, guest,
                                    wl["tsc_aux_read_hz"])
@@ -117,7 +137,10 @@ class Simulation:
                 if wl["timer_hz"] > 0:
                     period = int(1e9 / wl["timer_hz"])
                     phase = stream(self.seed, scope + ".timer").randrange(period)
-                    self.timers.append((vcpu, period, phase))
+                    if oneshot:  # issue 4: armed once; the guest re-arms it
+                        self.irq.arm_oneshot(vcpu, period, phase)
+                    else:
+                        self.timers.append((vcpu, period, phase))
             self.vms.append(vm)
 
     # --- processes ---------------------------------------------------------------------
@@ -129,18 +152,21 @@ class Simulation:
         while True:
             yield env.timeout(period)
             for cpu in cpus:
-                cpu.host_irq()
+                cpu.host_irq("tick")
 
     def _guest_timer(self, vcpu: VcpuTdx, period: int, phase: int):
         """The guest's periodic LAPIC timer, a host hrtimer on the vCPU's CPU: the hrtimer
         interrupt hits that CPU, then the timer vector is posted to the vCPU's PIR."""
         env = self.env
-        yield env.timeout(phase)
+        adv = self.lapic_timer_advance_ns  # issue 4: fire early, KVM waits at entry
+        first = phase if phase >= adv else phase + period
+        yield env.timeout(first - adv)
         while True:
+            vcpu.timer_deadline = env.now + adv
             vcpu.stat["timer_fired"] += 1
             if vcpu.cpu is not None:
-                vcpu.cpu.host_irq()
-            vcpu.pi_post(arch.LOCAL_TIMER_VECTOR, "timer")
+                vcpu.cpu.host_irq("timer")
+            self.irq.post(vcpu, arch.LOCAL_TIMER_VECTOR, "timer")  # issue 4: via the oracle
             yield env.timeout(period)
 
     def _warmup(self):
@@ -174,6 +200,8 @@ class Simulation:
             env.process(self._warmup())
         for vcpu, period, phase in self.timers:
             env.process(self._guest_timer(vcpu, period, phase))
+        self.irq.start()  # issue 4: IPI/device/NMI sources
+        self.zappers = sept.start(self)
         self.faults.start()
         wall0 = time.perf_counter()
         env.run(until=self.duration_ns)
@@ -192,6 +220,8 @@ class Simulation:
             if sum(cpu.ns) != end:
                 raise AssertionError(f"tdsim bug: cpu{cpu.index} time parts sum to "
                                      f"{sum(cpu.ns)} ns, not {end}")
+        self.irq.check_end()  # issue 4: end-of-run interrupt and zap oracles
+        sept.check_end(self, self.zappers)
         warm = self._warm
         if warm is not None:
             for cpu, ns in zip(self.cpus, warm["cpu"]):
@@ -226,6 +256,7 @@ class Simulation:
         for cpu in self.cpus:
             for cat, name in enumerate(CATEGORY_NAMES):
                 metrics[f"cpu.{cpu.index}.ns.{name}"] = cpu.ns[cat]
+        self.irq.collect(metrics)  # issue 4: latency percentiles
         for name, count in self.invariants.counts.items():
             metrics[f"violations.{name}"] = count
         metrics["sim.duration_ns"] = end

@@ -88,6 +88,10 @@ class TdxModule:
                 "entry_on_associated_vcpu", cpu.index, vcpu.name,
                 f"TDH.VP.ENTER on cpu{cpu.index} while associated with cpu{assoc.index}")
             return arch.TDX_VCPU_ASSOCIATED
+        vm = vcpu.vm
+        if vm.epoch_lock_t0 <= vcpu.t_seamcall < vm.epoch_lock_t1:
+            # issue 4: TDH.MEM.TRACK holds the TD epoch lock exclusively (reference §7.1)
+            return arch.TDX_OPERAND_BUSY | arch.TDX_OPERAND_ID_TD_EPOCH
         return arch.TDX_SUCCESS
 
     def entry_cost(self, vcpu: "VcpuTdx", cpu: "HostCpu") -> int:

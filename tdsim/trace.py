@@ -39,6 +39,7 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "pi_delivered": ("vector",),
     "userspace_exit": ("reason",),
     "violation": ("invariant", "detail"),
+    "nmi_delivered": (),                   # issue 4: the module injected PEND_NMI at entry
 }
 
 Event = tuple[int, str, int, "str | None", dict[str, Any]]

@@ -39,7 +39,7 @@ def test_abort_family_scenarios_show_their_aborts():
     kinds = {
         "aborts_request_processing": ["request_exit", "mmu_reload_fail"],
         "aborts_late_check": ["kick", "request", "signal", "need_resched", "notify_resume"],
-        "aborts_sept_zap": ["sept_zap"],
+        "aborts_sept_zap": ["wait_for_sept_zap"],
         "aborts_module_refusals": ["operand_busy"],
         "aborts_zero_step": ["zero_step"],
         "aborts_fatal_exits": ["failed_vmentry", "sw_error", "vm_dead"],

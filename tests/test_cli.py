@@ -39,7 +39,7 @@ def fake_sim(monkeypatch):
     calls = []
     module = types.ModuleType("tdsim.sim")
 
-    def run(scenario):
+    def run(scenario, tracer=None):  # tracer: tdsim.explain re-runs traced on violations
         calls.append(scenario)
         return FakeResult(scenario, violations=getattr(module, "violations", ()))
 

@@ -86,7 +86,7 @@ def test_sept_zap_spin_then_entry_timeline():
     t_enter = (spins[-1] + spin + c["seamcall_ns"] + c["td_entry_ns"]
                + c["first_entry_flush_ns"])
     assert log_of(sim.tracer)[:len(spins) + 2] == [
-        (t, "late_abort", "sept_zap") for t in spins] + [
+        (t, "late_abort", "wait_for_sept_zap") for t in spins] + [
         (t_enter, "kvm_entry", ""),
         (t_enter + 10_000 + c["guest_tdvmcall_ns"] + c["td_exit_ns"], "seamcall",
          "TDX_SUCCESS"),

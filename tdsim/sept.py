@@ -1,0 +1,217 @@
+"""SEPT zaps of a TD's private memory and their contention with TDH.VP.ENTER (reference §7).
+
+One zap (``tdx_sept_zap``) models KVM removing private pages, e.g. on a private->shared
+conversion, with ``kvm->mmu_lock`` held for write:
+
+1. TDH.MEM.RANGE.BLOCK;
+2. ``tdx_track``: TDH.MEM.TRACK, which holds the TD epoch lock exclusively -- a TDH.VP.ENTER
+   issued meanwhile (judged at the SEAMCALL instant of an entry planned after the lock was
+   taken) fails with TDX_OPERAND_BUSY (operand 0xA9) and the vCPU's run loop
+   retries (``vp_enter_busy``) -- then ``kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)``:
+   every vCPU in guest mode is kicked and the caller waits until each has passed its IRQ
+   window after the TD exit (``kick_and_wait``);
+3. per page TDH.MEM.PAGE.REMOVE; with probability ``remove_busy_p`` it returns
+   TDX_OPERAND_BUSY (operand 0x92, the SEPT lock) and goes through ``tdh_do_no_vcpus``: set
+   ``wait_for_sept_zap``, kick-and-wait again, retry (which succeeds: no vCPU is in the TD and
+   none can enter), clear the flag.  While the flag is set every vCPU of the TD spins through
+   ``vcpu_enter_guest`` (abort path D, ``late_abort.wait_for_sept_zap``; time in
+   ``sept.wait_ns``).
+
+Simplifications: the zapping thread runs on a housekeeping CPU outside the model (its time is
+not in any modelled CPU); one zap at a time per TD (mmu_lock is not contended by anything
+else in the model); a vCPU that planned its entry before the flag was set but had not yet
+reached the late exit-request check is aborted there as a kick (the real one would see the
+flag a few hundred ns later in tdx_vcpu_run).
+
+Private-page faults (``private_fault_hz``; ``tdx_handle_ept_violation``): the guest's EPT
+violation on a private page not yet mapped, and KVM's local retry loop while TDH.MEM.PAGE.AUG
+is busy (``aug_busy_p``).
+
+Oracles: ``zap_stuck`` (a kick-and-wait never acked) and ``td_entry_during_zap``: no TD entry between the end of tdh_do_no_vcpus's
+kick-and-wait and the clearing of ``wait_for_sept_zap`` (checked at each TD exit against the
+VM's ``zap_excl_t0`` / ``zap_excl_t1``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from simpy import AllOf
+
+from . import arch
+from .kvm_x86 import (
+    CAUSE_LATE_ABORT,
+    EXITING_GUEST_MODE,
+    IN_GUEST_MODE,
+    OUTSIDE_GUEST_MODE,
+    PH_KERNEL,
+    PH_SEG,
+)
+from .rng import stream
+from .tdx_module import seamcall_keys
+
+if TYPE_CHECKING:
+    from .sim import Simulation
+
+NEVER = 1 << 62
+
+
+class SeptZapper:
+    """The zapping side of one TD (kvm_tdx's private-SPTE removal path)."""
+
+    def __init__(self, sim: "Simulation", vm, cfg: dict) -> None:
+        self.sim = sim
+        self.vm = vm
+        self.rate_hz = cfg["zap_hz"]
+        self.pages = cfg["zap_pages"]
+        self.busy_p = cfg["remove_busy_p"]
+        self.rng = stream(sim.seed, f"vm.{vm.name}.sept")
+        self.stat = sim.host_stat
+        self.waiting_since = -1  # start of the kick-and-wait in progress, -1 = none
+
+    def count(self, leaf: int, status: int) -> None:
+        """Count a SEAMCALL of the zapping thread (host-wide counters)."""
+        k_leaf, k_status = seamcall_keys(leaf, status)
+        self.stat[k_leaf] += 1
+        self.stat[k_status] += 1
+
+    def run(self):
+        env = self.sim.env
+        mean = 1e9 / self.rate_hz
+        while True:
+            yield env.timeout(max(1, int(self.rng.expovariate(1.0 / mean))))
+            yield from self.tdx_sept_zap()
+
+    def tdx_sept_zap(self):
+        """tdx_sept_remove_private_spte and friends, under mmu_lock (write)."""
+        sim = self.sim
+        env = sim.env
+        vm = self.vm
+        stat = self.stat
+        t0 = env.now
+        stat["sept.zaps"] += 1
+        # tdx_track's TDH.MEM.TRACK will hold the epoch lock exclusively right after the
+        # BLOCK; published now so that entries planned meanwhile see it at their SEAMCALL
+        vm.epoch_lock_t0 = t0 + sim.c_tdh_mem_range_block
+        vm.epoch_lock_t1 = vm.epoch_lock_t0 + sim.c_tdh_mem_track
+        yield env.timeout(sim.c_tdh_mem_range_block)
+        self.count(arch.TDH_MEM_RANGE_BLOCK, arch.TDX_SUCCESS)
+        yield env.timeout(sim.c_tdh_mem_track)
+        self.count(arch.TDH_MEM_TRACK, arch.TDX_SUCCESS)
+        yield from self.kick_and_wait()
+        for _ in range(self.pages):
+            yield env.timeout(sim.c_tdh_mem_page_remove)
+            if self.rng.random() < self.busy_p:
+                self.count(arch.TDH_MEM_PAGE_REMOVE,
+                           arch.TDX_OPERAND_BUSY | arch.TDX_OPERAND_ID_SEPT)
+                stat["sept.remove_busy"] += 1
+                yield from self.tdh_do_no_vcpus(arch.TDH_MEM_PAGE_REMOVE,
+                                                sim.c_tdh_mem_page_remove)
+            else:
+                self.count(arch.TDH_MEM_PAGE_REMOVE, arch.TDX_SUCCESS)
+        stat["sept.zap_ns"] += env.now - t0
+
+    def tdh_do_no_vcpus(self, leaf: int, cost_ns: int):
+        """tdh_do_no_vcpus: after OPERAND_BUSY, block entries (wait_for_sept_zap), kick
+        every vCPU out and wait, retry the SEAMCALL, unblock."""
+        sim = self.sim
+        env = sim.env
+        vm = self.vm
+        t0 = env.now
+        vm.wait_for_sept_zap = True
+        yield from self.kick_and_wait()
+        vm.zap_excl_t0 = env.now
+        vm.zap_excl_t1 = NEVER
+        yield env.timeout(cost_ns)
+        self.count(leaf, arch.TDX_SUCCESS)
+        vm.zap_excl_t1 = env.now
+        vm.wait_for_sept_zap = False
+        self.stat["sept.no_vcpus_ns"] += env.now - t0
+
+    def kick_and_wait(self):
+        """kvm_make_all_cpus_request(kvm, KVM_REQ_OUTSIDE_GUEST_MODE): NO_ACTION | WAIT |
+        NO_WAKEUP.  Every vCPU not OUTSIDE_GUEST_MODE is kicked and waited for."""
+        sim = self.sim
+        env = sim.env
+        events = []
+        for vcpu in self.vm.vcpus:
+            if vcpu.mode == OUTSIDE_GUEST_MODE:
+                continue  # no IPI, nothing to wait for
+            if vcpu.outside_ack is None:
+                vcpu.outside_ack = env.event()
+            events.append(vcpu.outside_ack)
+            if vcpu.phase == PH_SEG and env.now < vcpu.t_late:
+                # planned but not yet past the late check: it will not enter
+                vcpu.mode = EXITING_GUEST_MODE
+                vcpu.phase = PH_KERNEL
+                vcpu.proc.interrupt(CAUSE_LATE_ABORT)
+            elif vcpu.mode == IN_GUEST_MODE:
+                vcpu.kvm_vcpu_kick()
+        self.stat["sept.kicks"] += len(events)
+        if events:
+            t0 = self.waiting_since = env.now
+            yield AllOf(env, events)
+            self.waiting_since = -1
+            self.stat["sept.kick_wait_ns"] += env.now - t0
+
+
+def start(sim: "Simulation") -> list[SeptZapper]:
+    """Start the zap process of every TD that has ``[vm.sept] zap_hz > 0``."""
+    zappers = []
+    for vm in sim.vms:
+        cfg = vm.sept
+        if cfg["zap_hz"] > 0:
+            zapper = SeptZapper(sim, vm, cfg)
+            zappers.append(zapper)
+            sim.env.process(zapper.run())
+    return zappers
+
+
+STUCK_WAIT_NS = 100_000
+
+
+def check_end(sim: "Simulation", zappers: list[SeptZapper]) -> None:
+    """Oracle ``zap_stuck``: a kick-and-wait still waiting at the end of the run after
+    `STUCK_WAIT_NS` (an ack is due one IPI and one TD exit after the kick)."""
+    for z in zappers:
+        if z.waiting_since >= 0 and sim.env.now - z.waiting_since > STUCK_WAIT_NS:
+            sim.invariants.record("zap_stuck", -1, None,
+                                  f"{z.vm.name}: KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait "
+                                  f"waiting since {z.waiting_since}")
+
+
+def tdx_handle_ept_violation(vcpu, cpu) -> int:
+    """tdx_handle_ept_violation on a private GPA -> __vmx_handle_ept_violation ->
+    kvm_mmu_page_fault (forced write) -> TDP MMU fault path -> TDH.MEM.PAGE.AUG, with TDX's
+    local retry loop (reference §7.4): while the result is RET_PF_RETRY (AUG returned
+    OPERAND_BUSY) KVM retries *without re-entering the TD* -- re-entering to re-fault would
+    feed the module's zero-step counter -- bailing out (r = 1, the guest re-faults) if a
+    signal is pending or ``kvm_vcpu_has_events`` (a pending interrupt or NMI), with
+    ``cond_resched`` between tries.
+
+    Simplified: straight-line work (each try costs the fault path plus one AUG); whether an
+    AUG is busy is drawn per try (``aug_busy_p``; < 1, so the loop ends); cond_resched never
+    schedules; the fault path does not wait for a SEPT zap in progress."""
+    sim = vcpu.sim
+    vm = vcpu.vm
+    busy_p = vm.sept["aug_busy_p"]
+    rng = vm.fault_rng
+    stat = vcpu.stat
+    stat["ept.private_faults"] += 1
+    c_try = sim.c_kvm_private_fault + sim.c_tdh_mem_page_aug
+    k_ok = seamcall_keys(arch.TDH_MEM_PAGE_AUG, arch.TDX_SUCCESS)
+    k_busy = seamcall_keys(arch.TDH_MEM_PAGE_AUG, arch.TDX_OPERAND_BUSY)
+    while True:
+        cpu.acc += c_try
+        if busy_p == 0 or rng.random() >= busy_p:
+            stat[k_ok[0]] += 1
+            stat[k_ok[1]] += 1
+            vcpu.guest.next_period()  # mapped: the guest's access completes
+            return 1
+        stat[k_busy[0]] += 1
+        stat[k_busy[1]] += 1
+        stat["ept.local_retries"] += 1
+        if vcpu.sigpending or vcpu.has_events(cpu):
+            # re-enter; the guest re-executes the access and faults again
+            stat["ept.retry_bailouts"] += 1
+            return 1

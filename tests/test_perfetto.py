@@ -1,0 +1,194 @@
+"""The Chrome trace-event / Perfetto export, validated against the trace-event format."""
+
+import json
+from collections import defaultdict
+from itertools import pairwise
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tdsim.cli import main
+from tdsim.perfetto import build_trace
+from tdsim.scenario import load_scenario, scenario_from_dict
+from tdsim.sim import run
+from tdsim.trace import Tracer
+
+BASELINE = Path(__file__).parent.parent / "scenarios" / "baseline.toml"
+
+# Trace Event Format (Google's "Trace Event Format" document, as read by Perfetto's JSON
+# importer): the fields each phase needs besides "ph".
+REQUIRED = {
+    "X": {"name", "pid", "tid", "ts", "dur"},
+    "i": {"name", "pid", "tid", "ts", "s"},
+    "s": {"name", "cat", "id", "pid", "tid", "ts"},
+    "f": {"name", "cat", "id", "pid", "tid", "ts"},
+    "C": {"name", "pid", "ts", "args"},
+    "M": {"name", "pid", "args"},
+}
+
+
+def validate(doc):
+    """Check `doc` against the trace-event format; returns the events grouped by phase."""
+    assert isinstance(doc["traceEvents"], list)
+    by_ph = defaultdict(list)
+    for e in doc["traceEvents"]:
+        missing = REQUIRED[e["ph"]] - e.keys()
+        assert not missing, (e, missing)
+        assert type(e["pid"]) is int, e
+        assert type(e.get("tid", 0)) is int, e
+        if "ts" in e:
+            assert isinstance(e["ts"], (int, float)), e
+            assert e["ts"] >= 0, e
+        by_ph[e["ph"]].append(e)
+    names = {(e["pid"], e["tid"]) for e in by_ph["M"] if e["name"] == "thread_name"}
+    procs = {e["pid"] for e in by_ph["M"] if e["name"] == "process_name"}
+    for e in by_ph["X"] + by_ph["i"] + by_ph["s"] + by_ph["f"]:
+        assert (e["pid"], e["tid"]) in names, f"track without a name: {e}"
+    assert {e["pid"] for e in by_ph["C"]} <= procs
+    for e in by_ph["i"]:
+        assert e["s"] in ("g", "p", "t")
+    for e in by_ph["C"]:
+        assert all(isinstance(v, (int, float)) for v in e["args"].values())
+    tracks = defaultdict(list)
+    for e in by_ph["X"]:
+        assert e["dur"] > 0, e
+        tracks[(e["pid"], e["tid"])].append(e)
+    for key, slices in tracks.items():
+        for a, b in pairwise(slices):
+            assert a["ts"] + a["dur"] <= b["ts"] + 1e-9, f"overlap on {key}: {a} {b}"
+    starts = {e["id"] for e in by_ph["s"]}
+    assert starts == {e["id"] for e in by_ph["f"]}
+    for e in by_ph["s"] + by_ph["f"]:  # the importer binds flow ends to enclosing slices
+        assert any(x["ts"] <= e["ts"] <= x["ts"] + x["dur"]
+                   for x in tracks[(e["pid"], e["tid"])]), f"flow end outside a slice: {e}"
+    return by_ph
+
+
+def traced(data_or_path):
+    scenario = (load_scenario(data_or_path) if isinstance(data_or_path, Path)
+                else scenario_from_dict(data_or_path))
+    tracer = Tracer()
+    result = run(scenario, tracer=tracer)
+    return scenario, result, tracer
+
+
+def test_baseline_trace_validates():
+    """The baseline's trace has named tracks, non-overlapping slices, counters, flows."""
+    scenario, result, tracer = traced(BASELINE)
+    by_ph = validate(build_trace(scenario.data, tracer.events, 20_000_000))
+    assert len(by_ph["C"]) == 2 * 20  # two counters, one value per simulated ms
+    assert sum(e["args"]["exits"] for e in by_ph["C"] if "exits" in e["args"]) \
+        == result.metrics["exits"]
+    assert sum(e["args"]["wrmsr"] for e in by_ph["C"] if "wrmsr" in e["args"]) \
+        == result.metrics["wrmsr.total"]
+    assert len(by_ph["s"]) == result.metrics["pi_delivered"]
+
+
+def test_cpu_track_time_adds_up_to_busy_time():
+    """A CPU track's slices cover exactly the CPU's non-idle time."""
+    scenario, result, tracer = traced(BASELINE)
+    doc = build_trace(scenario.data, tracer.events, 20_000_000)
+    busy = defaultdict(float)
+    for e in doc["traceEvents"]:
+        if e["ph"] == "X" and e["pid"] == 1:
+            busy[e["tid"] - 1] += e["dur"]
+    m = result.metrics
+    for cpu in range(8):
+        expected_ns = 20_000_000 - m[f"cpu.{cpu}.ns.idle"]
+        assert abs(busy[cpu] * 1000 - expected_ns) < 1e-3 * 1000, cpu
+
+
+def test_tiny_timeline_slices():
+    """One pinned vCPU's CPU track reads kvm, guest, kvm, guest, kvm with exact times."""
+    scenario, _, tracer = traced({
+        "sim": {"duration_us": 30, "seed": 1}, "host": {"cpus": 2, "tick_hz": 0},
+        "vm": [{"vcpus": 1, "pin": [1], "workload": {"compute_us": 10,
+                                                      "compute_dist": "fixed"}}]})
+    doc = build_trace(scenario.data, tracer.events, 30_000)
+    cpu1 = [(e["name"], e["ts"], e["dur"]) for e in doc["traceEvents"]
+            if e["ph"] == "X" and (e["pid"], e["tid"]) == (1, 2)]
+    assert cpu1 == [("kvm td0.vcpu0", 0.0, 5.24), ("guest td0.vcpu0", 5.24, 10.4),
+                    ("kvm td0.vcpu0", 15.64, 2.3), ("guest td0.vcpu0", 17.94, 10.4),
+                    ("kvm td0.vcpu0", 28.34, 1.66)]
+
+
+def test_kick_draws_a_flow_to_the_ipi():
+    """A kvm_vcpu_kick of a vCPU in the guest is a flow arrow ending on its CPU's track."""
+    scenario = scenario_from_dict({
+        "sim": {"duration_us": 30, "seed": 1}, "host": {"cpus": 2, "tick_hz": 0},
+        "vm": [{"vcpus": 1, "pin": [1], "workload": {"compute_us": 10,
+                                                      "compute_dist": "fixed"}}]})
+    from tdsim.sim import Simulation
+
+    tracer = Tracer()
+    sim = Simulation(scenario, tracer)
+    vcpu = sim.vcpus[0]
+
+    def kicker():
+        yield sim.env.timeout(8_000)  # inside the first guest slice (5.24..15.64 us)
+        vcpu.kvm_vcpu_kick()
+
+    sim.env.process(kicker())
+    sim.run()
+    by_ph = validate(build_trace(scenario.data, tracer.events, 30_000))
+    (s,), (f,) = by_ph["s"], by_ph["f"]
+    assert (s["ts"], s["pid"], s["tid"]) == (8.0, 2, 1)  # the vCPU's track
+    assert (f["ts"], f["pid"], f["tid"]) == (8.0 + scenario.data["costs"]["ipi_ns"] / 1000,
+                                             1, 2)  # cpu1
+
+
+def test_cli_writes_log_and_trace(tmp_path):
+    """`tdsim run --log --trace` writes a JSON-lines log and a valid trace for the baseline."""
+    log, trace, res = tmp_path / "b.jsonl", tmp_path / "b.json", tmp_path / "r.json"
+    assert main(["run", str(BASELINE), "--log", str(log), "--trace", str(trace),
+                 "--json", str(res)]) == 0
+    validate(json.loads(trace.read_text()))
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[0].keys() >= {"event", "t_ns", "timestamp", "cpu", "vcpu"}
+    exits = json.loads(res.read_text())["metrics"]["exits"]
+    assert sum(r["event"] == "kvm_exit" for r in records) == exits > 0
+
+
+def test_violations_are_instant_markers_on_their_cpu(tmp_path):
+    """Each recorded violation is an "i" marker on its CPU's track, at its time."""
+    (tmp_path / "wrong.py").write_text(
+        "from tdsim.strategies import Current\n"
+        "class NoKgsRestore(Current):\n"
+        "    def prepare_switch_to_host(self, vcpu, cpu):\n"
+        "        pass\n")
+    scenario, result, tracer = traced({
+        "sim": {"duration_us": 100, "seed": 4}, "host": {"cpus": 2, "tick_hz": 0},
+        "kvm": {"host_state": f"{tmp_path / 'wrong.py'}:NoKgsRestore"},
+        "vm": [{"vcpus": 1, "pin": [1], "workload": {"compute_us": 5, "mix": {"io": 1}}}]})
+    by_ph = validate(build_trace(scenario.data, tracer.events, 100_000))
+    marks = [(e["name"], e["ts"], e["tid"]) for e in by_ph["i"]]
+    assert marks == [(f"violation: {v['invariant']}", v["t_ns"] / 1000, v["cpu"] + 1)
+                     for v in result.violations]
+    assert marks
+
+
+@given(cpus=st.integers(1, 3), vcpus=st.integers(1, 3), tasks=st.integers(0, 2),
+       seed=st.integers(0, 1000), io=st.sampled_from([0.0, 1.0]),
+       hlt=st.sampled_from([0.0, 0.3]), tick=st.sampled_from([0, 1000]))
+@settings(max_examples=30, deadline=None)
+def test_random_runs_give_valid_traces_matching_the_cpu_split(cpus, vcpus, tasks, seed, io, hlt,
+                                                           tick):
+    """Over small random scenarios the trace validates, and each CPU track's slices add up,
+    per kind of work, to the CPU time split in the metrics."""
+    scenario, result, tracer = traced({
+        "sim": {"duration_us": 300, "seed": seed},
+        "host": {"cpus": cpus, "tick_hz": tick, "tasks": tasks, "task_run_us": 40,
+                 "task_sleep_us": 60},
+        "vm": [{"vcpus": vcpus, "workload": {"compute_us": 5, "timer_hz": 20000,
+                                             "mix": {"cpuid": 1.0, "io": io, "hlt": hlt}}}]})
+    doc = build_trace(scenario.data, tracer.events, 300_000)
+    validate(doc)
+    split = defaultdict(float)
+    for e in doc["traceEvents"]:
+        if e["ph"] == "X" and e["pid"] == 1:
+            split[(e["tid"] - 1, e["args"]["what"])] += e["dur"] * 1000
+    for cpu in range(cpus):
+        for what in ("guest", "kvm", "vmm", "host_task"):
+            assert abs(split[(cpu, what)] - result.metrics[f"cpu.{cpu}.ns.{what}"]) < 1e-3, \
+                (cpu, what)
