@@ -251,9 +251,13 @@ class VcpuTdx(KvmVcpu):
                 guest.tdvmcall_regs(self.vp_enter_args)
             ret = module.tdh_vp_enter_exit(self, cpu, reason)
             if tracer is not None:
+                tracer.emit(sim.env.now, "seamcall", cpu.index, self.name,  # at its return
+                            leaf="TDH_VP_ENTER", status="TDX_SUCCESS")
                 tracer.emit(self.t_enter, "kvm_entry", cpu.index, self.name)
         self.vp_enter_ret = ret
-        sim.strategy.vcpu_enter_exit(self, cpu, ret)
+        enter_exit = sim.strategy_enter_exit
+        if enter_exit is not None:
+            enter_exit(self, cpu, ret)
         self.exit_reason = exit_reason = self.tdx_to_vmx_exit_reason(ret)
         basic = exit_reason & 0xFFFF
         if basic <= arch.EXIT_REASON_EXTERNAL_INTERRUPT:  # issue 3: NMI / IRQ irqoff work

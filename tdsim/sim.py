@@ -27,7 +27,7 @@ from .kvm_vmx import VcpuVmx
 from .kvm_x86 import KvmX86
 from .rng import stream
 from .scenario import Scenario
-from .strategies import load_strategy
+from .strategies import HostStateStrategy, load_strategy
 from .tdx_module import TdxModule
 from .trace import Tracer
 
@@ -81,6 +81,11 @@ class Simulation:
         self.cpus = [HostCpu(self, i) for i in range(host["cpus"])]
         self.sched = Scheduler(self, us_to_ns(host["timeslice_us"]), host["wakeup_preempt"])
         self.strategy = load_strategy(d["kvm"]["host_state"])
+        # The per-exit hook is skipped outright for strategies that keep the base no-op.
+        self.strategy_enter_exit = (
+            self.strategy.vcpu_enter_exit
+            if type(self.strategy).vcpu_enter_exit is not HostStateStrategy.vcpu_enter_exit
+            else None)
         self.kvm = KvmX86(self, self.strategy)
         self.module = TdxModule(self)
         # issue 3: exit-status handling variant and fault injection
