@@ -252,3 +252,9 @@ TDVMCALL_STATUS_NAMES = {
     TDVMCALL_STATUS_ALIGN_ERROR: "ALIGN_ERROR",
     TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED: "SUBFUNC_UNSUPPORTED",
 }
+# --- issue 3: late entry aborts -------------------------------------------------------------
+KVM_EXIT_DIRTY_RING_FULL = 31
+KVM_EXIT_NAMES[KVM_EXIT_DIRTY_RING_FULL] = "KVM_EXIT_DIRTY_RING_FULL"
+EXIT_REASON_INVALID_STATE = 33   # "VM-entry failure due to invalid guest state"
+# Errno values KVM_RUN returns.
+EINTR, ENOMEM, EIO = 4, 12, 5

@@ -367,6 +367,12 @@ def print_comparison(scenario: Any, results: dict[str, Any], console: Any = None
         ("WRMSRs per s (simulated)", lambda m: m.get("wrmsr.total", 0) / duration_s),
         ("time in WRMSR (us)", lambda m: m.get("wrmsr.ns", 0) / 1000),
         ("violations", lambda m: sum(_prefixed(m, "violations.").values())),
+        # issue 3: violations per oracle, and late entry aborts by kind
+        *((f"  {k}", (lambda m, k=k: m.get(f"violations.{k}", 0))) for k in sorted(
+            {k for m in ms.values() for k in _prefixed(m, "violations.")})),
+        ("late aborts", lambda m: m.get("late_abort", 0)),
+        *((f"  {k}", (lambda m, k=k: m.get(f"late_abort.{k}", 0))) for k in sorted(
+            {k for m in ms.values() for k in _prefixed(m, "late_abort.")})),
     ]
     for label, get in rows:
         table.add_row(label, *(_num(get(m)) for m in ms.values()))

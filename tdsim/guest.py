@@ -40,7 +40,8 @@ class GuestVcpu:
     """The guest side of one TD vCPU: remaining compute before its next TDVMCALL."""
 
     __slots__ = ("rng", "mean_ns", "exp", "kinds", "cum", "total", "c_tdvmcall",
-                 "remaining_ns", "kind", "tdvmcall_key", "irq_debt_ns", "_regs")
+                 "remaining_ns", "kind", "tdvmcall_key", "irq_debt_ns", "_regs", "awaiting",
+                 "tsc_aux_acc")
 
     def __init__(self, rng, compute_ns: int, exp: bool, mix: dict[str, float],
                  c_tdvmcall: int) -> None:
@@ -56,10 +57,14 @@ class GuestVcpu:
         self.kind = ""
         self.tdvmcall_key = ""
         self._regs = TDVMCALL_REGS["cpuid"]
+        self.awaiting = False  # issue 3: a TDVMCALL issued and not yet completed
+        self.tsc_aux_acc = 0   # issue 3: VMX guests, TSC_AUX reads owed (x 1e9)
         self.next_period()
 
     def next_period(self) -> None:
-        """Start a compute period and choose the TDVMCALL that ends it."""
+        """Start a compute period and choose the TDVMCALL that ends it (completes the previous
+        TDVMCALL, if any)."""
+        self.awaiting = False
         rng = self.rng
         if self.exp:
             compute = int(rng.expovariate(1.0 / self.mean_ns))
@@ -77,5 +82,6 @@ class GuestVcpu:
 
     def tdvmcall_regs(self, args) -> None:
         """TDG.VP.VMCALL: the registers the module passes to KVM in vp_enter_args."""
+        self.awaiting = True
         args.rcx = arch.TDVMCALL_EXPOSE_REGS_MASK
         args.r10, args.r11, args.r12, args.r13, args.r14, args.r15 = self._regs

@@ -70,6 +70,7 @@ class IrqGuestVcpu(GuestVcpu):
         self.rearm_due = False
 
     def next_period(self) -> None:
+        self.awaiting = False  # issue 3: the TDVMCALL (e.g. the re-arm WRMSR) completed
         if self.saved is not None:
             self.remaining_ns, self.kind, self.tdvmcall_key, self._regs = self.saved
             self.saved = None

@@ -397,6 +397,8 @@ class IrqStats:
         """End-of-run oracles: no vCPU halted with a deliverable event; NMI accounting."""
         outstanding = 0
         for vcpu in self.sim.vcpus:
+            if vcpu.vm.flavor != "tdx":  # issue 3: VMX co-tenants have no TDX NMI state
+                continue
             nmi_out = (vcpu.nmi_queued + vcpu.nmi_pending
                        + vcpu.module_fields.get("PEND_NMI", 0))
             outstanding += nmi_out

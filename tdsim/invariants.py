@@ -16,6 +16,11 @@ Invariants:
   vCPU thread's own GS base.
 * ``cpu_runs_one_thing`` / ``vcpu_on_one_cpu`` -- the scheduler put two threads on one CPU, or
   one thread on two CPUs.
+
+The oracles that watch late entry aborts and exit-status handling (``guest_msr_corruption``,
+``error_status_dispatched``, ``spurious_nmi``, ``spurious_external_interrupt``,
+``tdvmcall_completion``, ``entry_on_associated_vcpu``) are listed in `tdsim.oracles` and
+recorded through `Invariants.record` like these.
 """
 
 from __future__ import annotations

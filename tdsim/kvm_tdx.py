@@ -16,6 +16,7 @@ from . import arch, tdvmcall  # tdvmcall (issue 5): TDVMCALL handlers, kvm_run, 
 from .kvm_x86 import (
     IN_GUEST_MODE, KVM_REQ_NMI, PH_BLOCKED, PH_POLL, PH_SEG, KvmVcpu,
 )
+from .faults import EPT_VIOLATION_WRITE_QUAL, FAULT_KEYS, ZERO_STEP_GPA
 from .sept import tdx_handle_ept_violation
 from .tdx_module import TdxModuleArgs
 
@@ -35,7 +36,22 @@ _TDVMCALL_TO_EXIT_REASON = {
 SEG_PI_LATE = 2  # seg_pi value: ON was set after the segment was planned
 SEG_SEPT_SPIN = -1  # seg_status: tdx_vcpu_run saw wait_for_sept_zap (no SEAMCALL; issue 4)
 
+# issue 3: statuses tdx_to_vmx_exit_reason accepts (reference §3.5) and error bits (§1.5)
+_VALID = arch.TDX_EXIT_REASON_VALID_STATUSES
+_ERROR_OR_NR = arch.TDX_ERROR | arch.TDX_NON_RECOVERABLE
+_STATUS = arch.TDX_SEAMCALL_STATUS_MASK
+
 _EXIT_KEYS = {r: f"exits.reason.{n}" for r, n in arch.EXIT_REASON_NAMES.items()}
+# issue 3: basic reasons tdx_handle_exit hands to handle_tdvmcall (after the TDCALL
+# conversion), and those dispatched to a handler by reason (reference §1.5 step 6; the
+# NMI/IRQ paths have their own oracles)
+_TDVMCALL_REASONS = frozenset({
+    arch.EXIT_REASON_CPUID, arch.EXIT_REASON_HLT, arch.EXIT_REASON_IO_INSTRUCTION,
+    arch.EXIT_REASON_MSR_READ, arch.EXIT_REASON_MSR_WRITE, arch.EXIT_REASON_EPT_MISCONFIG,
+    arch.EXIT_REASON_VMCALL, arch.EXIT_REASON_TDCALL,
+})
+_DISPATCHED = _TDVMCALL_REASONS | {arch.EXIT_REASON_EPT_VIOLATION,
+                                   arch.EXIT_REASON_OTHER_SMI}
 # issue 4: EXTERNAL_INTERRUPT exits by the host interrupt that caused them
 _IRQ_EXIT_KEYS = {w: f"irq_exits.{w}" for w in
                   ("tick", "timer", "kick", "resched", "flush_ipi", "other")}
@@ -57,6 +73,8 @@ class VcpuTdx(KvmVcpu):
         self.pi_on = False
         self.seg_pi = False  # ON seen at this entry: True (planned) or SEG_PI_LATE
         self.seg_status = arch.TDX_SUCCESS
+        self.seg_exit = None              # issue 3: injected exit status of an entered TD
+        self.seg_fault = None             # issue 3: kind of the injected module outcome
         # TDX module's view of this vCPU
         self.module_assoc_cpu = None      # LP the vCPU is associated with
         self.module_fields: dict[str, int] = {}
@@ -134,13 +152,25 @@ class VcpuTdx(KvmVcpu):
         self.seg_pi = self.pi_on
         self.t_seamcall = now + late  # issue 4: when TDH.VP.ENTER is issued
         status = sim.module.tdh_vp_enter_check(self, cpu)
+        self.seg_exit = None
+        self.seg_fault = None
+        if status == arch.TDX_SUCCESS:
+            faults = sim.faults
+            if faults.module_on:  # issue 3: injected module outcomes (aborts E, F, G)
+                status, self.seg_exit, self.seg_fault = faults.vp_enter_outcome(self)
+        else:
+            self.seg_fault = "vcpu_associated"
         self.seg_status = status
         if status != arch.TDX_SUCCESS:
             self.t_enter = self.t_guest_end = now + late + sim.c_seamcall
             return late + sim.c_seamcall
+        entry = sim.module.entry_cost(self, cpu) + self.regs_entry_copy_ns  # issue 5
+        if self.seg_exit is not None:
+            # issue 3: the TD is entered and exits at once with the injected status
+            self.t_enter = self.t_guest_end = now + late + entry
+            return late + entry + sim.c_td_exit
         if self.oneshot_period:  # issue 4: the timer handler re-arms before anything else
             sim.irq.plan_entry(self)
-        entry = sim.module.entry_cost(self, cpu) + self.regs_entry_copy_ns  # issue 5
         if (self.seg_pi and sim.lapic_timer_advance_ns
                 and arch.LOCAL_TIMER_VECTOR in self.pi_src):
             # issue 4: kvm_wait_lapic_expire (after the late check, IRQs off): spin until
@@ -174,12 +204,17 @@ class VcpuTdx(KvmVcpu):
         if ack is not None:
             self.outside_ack = None
             ack.succeed()
-        if self.seg_status == SEG_SEPT_SPIN:
+        status = self.seg_status
+        if status == SEG_SEPT_SPIN:
             return self.sept_spin_exit(cpu)
-        if self.seg_status != arch.TDX_SUCCESS:
+        if status != arch.TDX_SUCCESS or self.seg_exit is not None:
             self.seg_pi = False
-            ret = module.tdh_vp_enter_fail(self, cpu, self.seg_status)
+            ret = self.vcpu_exit_fault(cpu, status)  # issue 3: injected module outcomes
         else:
+            if guest.awaiting:  # issue 3 oracle
+                sim.invariants.record("tdvmcall_completion", cpu.index, self.name,
+                                      f"TD entered with its TDVMCALL ({guest.kind}) not "
+                                      "completed")
             planned_pi = self.seg_pi is True  # its handler ran first, inside the planned run
             if self.seg_pi:
                 if self.seg_pi == SEG_PI_LATE:  # handler time not in the planned run
@@ -217,25 +252,80 @@ class VcpuTdx(KvmVcpu):
                 guest.tdvmcall_regs(self.vp_enter_args)
             ret = module.tdh_vp_enter_exit(self, cpu, reason)
             if tracer is not None:
+                tracer.emit(sim.env.now, "seamcall", cpu.index, self.name,  # at its return
+                            leaf="TDH_VP_ENTER", status="TDX_SUCCESS")
                 tracer.emit(self.t_enter, "kvm_entry", cpu.index, self.name)
         if self.regs_copy:  # issue 5: "copy" layout: vp_enter_args -> regs[]
             tdvmcall.regs_after_exit(self, cpu)
         self.vp_enter_ret = ret
-        sim.strategy.vcpu_enter_exit(self, cpu, ret)
-        self.exit_reason = self.tdx_to_vmx_exit_reason(ret)
+        enter_exit = sim.strategy_enter_exit
+        if enter_exit is not None:
+            enter_exit(self, cpu, ret)
+        self.exit_reason = exit_reason = self.tdx_to_vmx_exit_reason(ret)
+        basic = exit_reason & 0xFFFF
+        if basic <= arch.EXIT_REASON_EXTERNAL_INTERRUPT:  # issue 3: NMI / IRQ irqoff work
+            self.handle_exit_irqoff(cpu, irq, basic)
         cpu.acc += sim.c_exit_handling
         stat["exits"] += 1
-        stat[_EXIT_KEYS.get(self.exit_reason & 0xFFFF, "exits.reason.INVALID")] += 1
+        stat[_EXIT_KEYS.get(basic, "exits.reason.INVALID")] += 1
         if tracer is not None:
             tracer.emit(sim.env.now, "kvm_exit", cpu.index, self.name,
-                        reason=arch.EXIT_REASON_NAMES.get(self.exit_reason & 0xFFFF, "?"),
+                        reason=arch.EXIT_REASON_NAMES.get(basic, "?"),
                         vp_enter_ret=f"{ret:#x}")
+        # tdx_exit_handlers_fastpath (reference §1.4 steps 10-12): EXIT_FASTPATH_EXIT_HANDLED
+        # only for OPERAND_BUSY (a raw 49, a software error, a failed VM entry: NONE).
         return self.tdx_handle_exit(cpu)
+
+    def vcpu_exit_fault(self, cpu: "HostCpu", status: int) -> int:
+        """issue 3: an injected module outcome.  Refused entry (aborts E, F): the SEAMCALL
+        returned without loading guest state.  Otherwise the TD was entered and exited at
+        once with the injected status (the module zeroes the GPRs it does not expose).
+        Returns vp_enter_ret."""
+        module = self.sim.module
+        if status != arch.TDX_SUCCESS:
+            ret = module.tdh_vp_enter_fail(self, cpu, status, self.seg_fault)
+            self.count_abort(cpu, self.seg_fault)
+            if status == arch.EXIT_REASON_EPT_VIOLATION:  # abort F: synthesized registers
+                args = self.vp_enter_args
+                args.clear()
+                args.rcx = EPT_VIOLATION_WRITE_QUAL
+                args.r8 = ZERO_STEP_GPA
+            return ret
+        ret = module.tdh_vp_enter_exit_status(self, cpu, self.seg_exit)
+        self.vp_enter_args.clear()
+        if self.seg_fault == "failed_vmentry":
+            self.count_abort(cpu, "failed_vmentry")
+        else:
+            self.stat[FAULT_KEYS[self.seg_fault]] += 1
+        return ret
+
+    def handle_exit_irqoff(self, cpu: "HostCpu", irq: bool, basic: int) -> None:
+        """issue 3: the irqoff exit handling (tdx_vcpu_enter_exit's NMI check and
+        vmx_handle_exit_irqoff), acting on the derived basic reason.  tdsim never makes a
+        TD exit for a real NMI, so any NMI-handler run is spurious; an EXTERNAL_INTERRUPT
+        reason is genuine only for a successful exit caused by a host interrupt.
+        Simplification: the NMI check's interruption-info test is taken as passing."""
+        if basic == arch.EXIT_REASON_EXCEPTION_NMI:
+            if irq and (self.vp_enter_ret & _STATUS) == arch.TDX_SUCCESS:
+                return  # issue 4: a real host NMI made the TD exit
+            cpu.acc += self.sim.c_host_irq
+            self.sim.invariants.record(
+                "spurious_nmi", cpu.index, self.name,
+                f"host NMI handler run for vp_enter_ret={self.vp_enter_ret:#x} (no NMI)")
+        elif basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT and (
+                not irq or (self.vp_enter_ret & _STATUS) != arch.TDX_SUCCESS):
+            self.sim.invariants.record(
+                "spurious_external_interrupt", cpu.index, self.name,
+                f"EXTERNAL_INTERRUPT exit handled for vp_enter_ret={self.vp_enter_ret:#x} "
+                "with no host interrupt")
 
     def tdx_to_vmx_exit_reason(self, ret: int) -> int:
         """tdx_to_vmx_exit_reason: bits 15:0 only for the five valid statuses; then the
-        TDCALL conversion by R10/R11 (reference §3.5)."""
-        if (ret & arch.TDX_SEAMCALL_STATUS_MASK) not in arch.TDX_EXIT_REASON_VALID_STATUSES:
+        TDCALL conversion by R10/R11 (reference §3.5).
+
+        issue 3: with ``[kvm] exit_reason = "raw"`` the low 32 bits are taken whatever the
+        status, as the early ``union tdx_exit_reason`` code did."""
+        if (ret & _STATUS) not in _VALID and not self.sim.exit_reason_raw:
             return arch.EXIT_REASON_INVALID
         reason = ret & 0xFFFFFFFF
         if reason == arch.EXIT_REASON_TDCALL:
@@ -249,8 +339,7 @@ class VcpuTdx(KvmVcpu):
         """issue 4, minimal abort path D: tdx_vcpu_run returned EXIT_FASTPATH_EXIT_HANDLED
         without a SEAMCALL (no exit reason); the IRQ window, then handle_exit returns 1."""
         stat = self.stat
-        stat["late_abort.wait_for_sept_zap"] += 1
-        stat["late_abort"] += 1
+        self.count_abort(cpu, "wait_for_sept_zap")  # issue 3: late_abort.* and its trace
         stat["sept.wait_ns"] += self.sim.env.now - self.t_seg0 + self.sim.c_exit_handling
         cpu.acc += self.sim.c_exit_handling
         return 1
@@ -343,31 +432,78 @@ class VcpuTdx(KvmVcpu):
 
     # --- tdx_handle_exit ---------------------------------------------------------------
     def tdx_handle_exit(self, cpu: "HostCpu") -> int:
-        """tdx_handle_exit: returns 1 to re-enter, 0 to exit to userspace."""
+        """tdx_handle_exit (reference §1.5): returns 1 to re-enter, 0 to exit to userspace,
+        < 0 for an error.  The status checks read the raw `vp_enter_ret`; the dispatch reads
+        the derived `exit_reason`."""
+        ret = self.vp_enter_ret
         reason = self.exit_reason
-        if (self.vp_enter_ret & arch.TDX_SEAMCALL_STATUS_MASK) == arch.TDX_OPERAND_BUSY:
-            # issue 4, minimal: tdx_exit_handlers_fastpath -> EXIT_FASTPATH_EXIT_HANDLED, the
-            # run loop retries TDH.VP.ENTER (reference §7.2); e.g. TDH.MEM.TRACK holds the
-            # TD epoch (operand 0xA9).
+        if (ret & _STATUS) == arch.TDX_OPERAND_BUSY:
+            # tdx_exit_handlers_fastpath -> EXIT_FASTPATH_EXIT_HANDLED, the run loop
+            # retries TDH.VP.ENTER (reference §7.2); e.g. TDH.MEM.TRACK holds the TD epoch.
             self.stat["vp_enter_busy"] += 1
             return 1
-        if reason == arch.EXIT_REASON_INVALID:
-            self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
-            return 0
         basic = reason & 0xFFFF
+        if ret >> 32 or ret == arch.EXIT_REASON_EPT_MISCONFIG or (
+                reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY):
+            r = self.tdx_handle_exit_status(cpu, ret, reason, basic)
+            if r is not None:
+                return r
+        if basic in _TDVMCALL_REASONS:
+            return self.handle_tdvmcall(cpu, basic)
         if basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
             cpu.acc += self.sim.c_host_irq  # handle_exit_irqoff ran the host handler
             self.stat["irq_exits"] += 1
             self.stat[_IRQ_EXIT_KEYS.get(self.seg_irq_why, "irq_exits.other")] += 1  # issue 4
             return 1
-        if basic == arch.EXIT_REASON_OTHER_SMI:
-            return 1
-        if basic == arch.EXIT_REASON_EPT_VIOLATION:  # issue 4: private fault, local retries
-            return tdx_handle_ept_violation(self, cpu)
+        if basic == arch.EXIT_REASON_EPT_VIOLATION:
+            if self.seg_fault == "zero_step":  # issue 3: the module's synthesized exit
+                return self.tdx_handle_zero_step_exit(cpu)
+            return tdx_handle_ept_violation(self, cpu)  # issue 4: private fault, local retries
+        if basic == arch.EXIT_REASON_TRIPLE_FAULT:
+            self.run_exit_reason = arch.KVM_EXIT_SHUTDOWN
+            return 0
         if basic == arch.EXIT_REASON_EXCEPTION_NMI:  # issue 4: host NMI, handled at exit
             cpu.acc += self.sim.c_host_nmi
             return 1
-        return self.handle_tdvmcall(cpu, basic)
+        if basic == arch.EXIT_REASON_OTHER_SMI:
+            return 1
+        self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR  # unhandled exit
+        return 0
+
+    def tdx_handle_exit_status(self, cpu: "HostCpu", ret: int, reason: int,
+                               basic: int) -> int | None:
+        """issue 3: tdx_handle_exit's checks of a non-success return (reference §1.5 steps
+        2-5), in order; None = go on to the dispatch.  KVM_BUG_ON marks the VM bugged (every
+        vCPU then leaves with -EIO at its next request check)."""
+        faults = self.sim.faults
+        if ret == arch.EXIT_REASON_EPT_MISCONFIG:
+            # a genuine EPT misconfig must not happen for a TD (§3.5 collision hazard)
+            faults.kvm_vm_bugged(self.vm, self)
+            self.run_exit_reason = 0
+            return -arch.EIO
+        if (ret & arch.TDX_SW_ERROR) == arch.TDX_SW_ERROR:
+            faults.kvm_vm_bugged(self.vm, self)
+            self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
+            return 0
+        if reason != arch.EXIT_REASON_INVALID and reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY:
+            self.run_exit_reason = arch.KVM_EXIT_FAIL_ENTRY
+            return 0
+        if ret & _ERROR_OR_NR and basic != arch.EXIT_REASON_TRIPLE_FAULT:
+            self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
+            return 0
+        if (ret & _STATUS) not in _VALID and basic in _DISPATCHED:
+            self.sim.invariants.record(
+                "error_status_dispatched", cpu.index, self.name,
+                f"vp_enter_ret={ret:#x} dispatched as exit reason "
+                f"{arch.EXIT_REASON_NAMES.get(basic, basic)}")
+        return None
+
+    def tdx_handle_zero_step_exit(self, cpu: "HostCpu") -> int:
+        """tdx_handle_ept_violation for the module's synthesized zero-step exit (abort F): the
+        page is mapped by the fault path; the guest re-executes the instruction."""
+        cpu.acc += self.sim.c_ept_violation
+        self.stat["ept_violation"] += 1
+        return 1
 
     # issue 5: handle_tdvmcall and the converted-reason handlers (tdx_emulate_*), and the
     # complete_userspace_io callbacks, live in `tdsim.tdvmcall` (bound here as methods:

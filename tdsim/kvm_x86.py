@@ -39,6 +39,10 @@ KVM_REQ_EVENT = 1 << 4
 KVM_REQ_NMI = 1 << 6
 KVM_REQ_TLB_FLUSH = 1 << 0
 KVM_REQ_UNBLOCK = 1 << 11
+# issue 3: requests whose processing ends the run (reference §1.3 A)
+KVM_REQ_VM_DEAD = 1 << 1                 # KVM_REQ_VM_DEAD (| WAIT | NO_WAKEUP)
+KVM_REQ_DIRTY_RING_SOFT_FULL = 1 << 3    # -> KVM_EXIT_DIRTY_RING_FULL
+KVM_REQ_ABORT_MASK = KVM_REQ_VM_DEAD | KVM_REQ_DIRTY_RING_SOFT_FULL
 
 # What the vCPU thread is doing, i.e. what an asynchronous notification can do to it.
 PH_USER = 0      # VMM code in user mode (preemptible)
@@ -47,11 +51,20 @@ PH_SEG = 2       # entry work + TD run (interruptible: late abort or TD exit)
 PH_BLOCKED = 3   # halted in kvm_vcpu_block, scheduled out
 PH_WAIT = 4      # runnable, waiting for a CPU
 PH_POLL = 5      # halt-polling in kvm_vcpu_halt (issue 4; interruptible by a wake-up)
+PH_STOPPED = 6   # issue 3: the VMM stopped the vCPU after a fatal exit (never runs again)
 
 # Causes of an interrupt of the PH_SEG timeout
 CAUSE_LATE_ABORT = "late_abort"
 CAUSE_IRQ = "irq"
 CAUSE_WAKE = "wake"  # a wake-up ends halt-polling (issue 4)
+
+# issue 3: fatal userspace exits (the VMM stops the vCPU) and abort keys not in late_abort()
+_FATAL_RUN_EXITS = frozenset({arch.KVM_EXIT_INTERNAL_ERROR, arch.KVM_EXIT_FAIL_ENTRY,
+                              arch.KVM_EXIT_SHUTDOWN})
+_ABORT_KEYS = {k: f"late_abort.{k}" for k in (
+    "request_exit", "vm_dead", "mmu_reload_fail", "wait_for_sept_zap", "operand_busy", "tsc_rollback",
+    "inconsistent_msr", "vcpu_associated", "sw_error", "zero_step", "failed_vmentry")}
+_ABORT_KEYS["operand_busy_late"] = "late_abort.operand_busy"  # associated (tdsim.faults)
 
 PUT_PREEMPT = "vcpu_put.cause.preempt"
 PUT_KVM_RUN_RETURN = "vcpu_put.cause.kvm_run_return"
@@ -146,6 +159,7 @@ class KvmVcpu(Thread):
         self.cpu_index = -1          # vcpu->cpu
         self.guest_state_loaded = False  # vt->guest_state_loaded
         self.sigpending = False
+        self.notify_resume = False   # issue 3: TIF_NOTIFY_RESUME (abort C(e))
         self.phase = PH_WAIT
         self.proc = None
         # landmarks of the current PH_SEG segment (absolute ns)
@@ -169,7 +183,7 @@ class KvmVcpu(Thread):
     def exit_request_pending(self) -> bool:
         """kvm_vcpu_exit_request: kicked, a request bit, or transfer-to-guest work."""
         return (self.mode == EXITING_GUEST_MODE or self.requests != 0 or self.need_resched
-                or self.sigpending)
+                or self.sigpending or self.notify_resume)
 
     def notify_host_irq(self, why: str = "other") -> None:
         """A host interrupt reaches this vCPU's CPU now (tick, hrtimer, IPI)."""
@@ -225,6 +239,14 @@ class KvmVcpu(Thread):
                         dst_cpu=cpu.index, why="kick"))
                 ev.callbacks.append(lambda _e: cpu.host_irq("kick"))
         elif self.phase == PH_SEG:
+            # issue 3, abort C(a): vcpu->mode = IN_GUEST_MODE is stored shortly before the
+            # late check (reference §1.2 steps 5-7); a kick in that window wins the cmpxchg
+            # and the late check sees EXITING_GUEST_MODE.  (Its IPI is taken in the IRQ
+            # window the abort opens.)
+            if (self.mode == IN_GUEST_MODE
+                    and self.sim.env.now >= self.t_late - self.sim.c_in_guest_mode_window):
+                self.mode = EXITING_GUEST_MODE
+                self.stat["kicks"] += 1
             self.notify_host_irq()  # before the late check: it will see the request
 
     def kvm_make_request(self, req: int) -> None:
@@ -314,10 +336,26 @@ class KvmVcpu(Thread):
         cpu = yield self.run_event
         sim.kvm.return_to_user(cpu, self)
         while True:
-            yield from self.kvm_arch_vcpu_ioctl_run(cpu)
+            r = yield from self.kvm_arch_vcpu_ioctl_run(cpu)
             cpu = self.cpu
+            if self.vmm_stops_vcpu(r):
+                yield from self.vmm_stop(cpu)
+                return
             yield from self.vmm_run(cpu)
             cpu = self.cpu
+
+    def vmm_stops_vcpu(self, r: int) -> bool:
+        """issue 3: what the VMM does after a fatal exit.  KVM_RUN failed (an errno other than
+        EINTR) or reported KVM_EXIT_INTERNAL_ERROR / FAIL_ENTRY / SHUTDOWN: like QEMU, the VMM
+        stops running this vCPU (it stays stopped until the end of the run)."""
+        return (r < 0 and r != -arch.EINTR) or self.run_exit_reason in _FATAL_RUN_EXITS
+
+    def vmm_stop(self, cpu: "HostCpu"):
+        """The vCPU thread stops for good: it sleeps and nothing wakes it."""
+        self.stat["vcpu_stopped"] += 1
+        yield from self.spend_kernel(cpu)
+        self.phase = PH_STOPPED
+        self.sim.sched.switch_out(cpu, self, False)
 
     def kvm_arch_vcpu_ioctl_run(self, cpu: "HostCpu"):
         """kvm_arch_vcpu_ioctl_run: vcpu_load, complete_userspace_io, vcpu_run, vcpu_put,
@@ -376,6 +414,7 @@ class KvmVcpu(Thread):
         env = sim.env
         stat = self.stat
         c_enter = sim.c_vcpu_enter_guest
+        faults = sim.faults
         while True:
             if self.mp_state != KVM_MP_STATE_RUNNABLE:
                 r = yield from self.vcpu_block(cpu)
@@ -388,6 +427,12 @@ class KvmVcpu(Thread):
                 r = self.kvm_check_requests(cpu)
                 if r <= 0:
                     return r
+            if faults.mmu_rng is not None and faults.mmu_reload_fails():
+                # issue 3, abort B: kvm_mmu_reload failed; the error leaves KVM_RUN
+                # (an NMI already written to PEND_NMI would stay committed).
+                self.count_abort(cpu, "mmu_reload_fail")
+                self.run_exit_reason = 0
+                return -arch.ENOMEM
             if not self.guest_state_loaded:
                 self.prepare_switch_to_guest(cpu)
             cpu.acc += c_enter
@@ -430,6 +475,11 @@ class KvmVcpu(Thread):
             # ---- vcpu_run tail --------------------------------------------------------
             if r <= 0:
                 return r
+            if self.notify_resume:
+                # issue 3: xfer_to_guest_mode_handle_work runs resume_user_mode_work
+                self.notify_resume = False
+                stat["notify_resume"] += 1
+                cpu.acc += sim.c_notify_resume
             if self.need_resched or self.sigpending:
                 if self.sigpending:
                     self.sigpending = False
@@ -445,6 +495,8 @@ class KvmVcpu(Thread):
             return "request"
         if self.sigpending:
             return "signal"
+        if self.notify_resume:
+            return "notify_resume"
         return "need_resched"
 
     def late_abort(self, cpu: "HostCpu", kind: str) -> int:
@@ -513,6 +565,29 @@ class KvmVcpu(Thread):
             stat["halt_poll_fail"] += 1
 
     def kvm_check_requests(self, cpu: "HostCpu") -> int:
-        """Request processing at the top of vcpu_enter_guest (reference §1.2 step 1)."""
+        """Request processing at the top of vcpu_enter_guest (reference §1.2 step 1).
+
+        issue 3, abort A: KVM_REQ_VM_DEAD ends the run with -EIO; the dirty ring's soft
+        limit (KVM_REQ_DIRTY_RING_SOFT_FULL) exits to userspace with KVM_EXIT_DIRTY_RING_FULL
+        (the VMM harvests the ring and re-enters)."""
+        requests = self.requests
         self.requests = 0
+        if requests & KVM_REQ_ABORT_MASK:
+            if requests & KVM_REQ_VM_DEAD:
+                self.count_abort(cpu, "vm_dead")
+                self.run_exit_reason = 0
+                return -arch.EIO
+            self.count_abort(cpu, "request_exit")
+            self.run_exit_reason = arch.KVM_EXIT_DIRTY_RING_FULL
+            return 0
         return 1
+
+    def count_abort(self, cpu: "HostCpu", kind: str) -> None:
+        """issue 3: count an entry abort that is not the late exit-request check."""
+        stat = self.stat
+        key = _ABORT_KEYS[kind]
+        stat[key] += 1
+        stat["late_abort"] += 1
+        if self.sim.tracer is not None:
+            self.sim.tracer.emit(self.sim.env.now, "late_abort", cpu.index, self.name,
+                                 abort=key[11:])

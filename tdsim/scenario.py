@@ -491,6 +491,8 @@ def _resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) ->
             compile_program(workload["program"])
         except ProgramError as e:
             raise _Bad(("vm", i, "workload", "program") + e.path, e.message) from None
+        if workload["program"] and vm["flavor"] != "tdx":
+            raise _Bad(("vm", i, "workload", "program"), "scripted guests are TDs (flavor tdx)")
         if workload["program"]:
             # issue 4's guest behaviours are statistical (tdsim.guest_irq): a program states
             # its calls itself

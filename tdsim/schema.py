@@ -167,6 +167,20 @@ COSTS = Table(
                             "KVM_EXIT_X86_RDMSR/WRMSR"),
         "vmm_system_event_ns": _cost(2000, "placeholder", "userspace VMM service time for "
                                      "KVM_EXIT_SYSTEM_EVENT (TDX fatal error report)"),
+        # --- issue 3: late entry aborts, VMX co-tenants -------------------------------------
+        "vmx_entry_ns": _cost(500, "placeholder", "VMX VM entry (VMRESUME), hardware; with "
+                              "vmx_exit_ns ~1,000-1,500 cycles (reference §9, UNVERIFIED)"),
+        "vmx_exit_ns": _cost(300, "placeholder", "VMX VM exit, hardware"),
+        "vmx_exit_handling_ns": _cost(500, "placeholder", "KVM VMX exit handling for an "
+                                      "in-kernel exit (CPUID, MSR, hypercall)"),
+        "ept_violation_ns": _cost(1500, "placeholder", "tdx_handle_ept_violation for a "
+                                  "synthesized zero-step EPT violation (fault path, page "
+                                  "already mapped)"),
+        "notify_resume_ns": _cost(300, "placeholder", "resume_user_mode_work run from "
+                                  "xfer_to_guest_mode_handle_work"),
+        "in_guest_mode_window_ns": _cost(50, "placeholder", "from vcpu->mode = IN_GUEST_MODE "
+                                         "to the late kvm_vcpu_exit_request check (a kick "
+                                         "in it aborts the entry)"),
         # --- issue 4: interrupts, NMIs, SEPT zaps ---
         "icr_write_ns": _cost(150, "placeholder", "KVM emulation of an x2APIC ICR write, per "
                               "destination (kvm_apic_send_ipi -> __apic_accept_irq -> PI post)"),
@@ -210,6 +224,10 @@ WORKLOAD = Table(
                             optional=True),
         "record_calls": Key(int, 1000, "scripted guests: calls recorded per vCPU in the "
                             "result (later calls still run and count)", non_negative),
+        # issue 3: guest-visible user-return MSRs (VMX guests)
+        "tsc_aux_read_hz": Key(NUM, 0.0, "VMX guests: rate of RDPID/RDTSCP reads of TSC_AUX "
+                               "while the guest runs; each read is compared with the value KVM "
+                               "meant the guest to see (its vCPU id); 0 = off", non_negative),
         "timer_mode": Key(str, "periodic", "guest LAPIC timer: periodic (the hrtimer re-arms "
                           "itself) or oneshot (TSC-deadline, as a tickless Linux guest: the "
                           "guest's timer handler re-arms it with a WRMSR(IA32_TSC_DEADLINE) "
@@ -278,7 +296,8 @@ VM = Table(
     {
         "name": Key(str, None, "VM name (default td<index>)", optional=True,
                     index_default="td{i}"),
-        "flavor": Key(str, "tdx", "guest flavor", choices=("tdx",)),
+        "flavor": Key(str, "tdx", "guest flavor: a TD, or a plain VMX guest sharing the host",
+                      choices=("tdx", "vmx")),
         "vcpus": Key(int, 1, "number of vCPUs", positive),
         "pin": Key(list, None, "host CPU per vCPU (one entry per vCPU); unset = unpinned",
                    optional=True, item_type=int),
@@ -375,6 +394,68 @@ VMM = Table(
         "msr": ArrayOfTables(VMM_MSR, min_items=0, default_items=0),
     },
     doc="The userspace VMM: its answers to KVM's exits and the KVM capabilities it enables.",
+)
+
+
+def _rate(doc: str) -> Key:
+    return Key(NUM, 0.0, doc + "; 0 = off", non_negative)
+
+
+def _prob(doc: str) -> Key:
+    return Key(NUM, 0.0, doc + "; 0 = off", probability)
+
+
+def _byte_list(v: Any) -> str | None:
+    if v and all(0 <= x <= 0xFFFF for x in v):
+        return None
+    return "must be a non-empty list of 0..65535"
+
+
+# issue 3: every late entry abort path (reference §1.3 A-G) as a fault knob.  Rates are per
+# simulated second (per vCPU, or per VM for sept_zap_hz); probabilities are per TDH.VP.ENTER
+# attempt (per entry attempt for mmu_reload_fail).  All off by default.  Used by tdsim.faults.
+FAULTS = Table(
+    {
+        "request_exit_hz": _rate("abort A: a request whose processing exits to userspace "
+                                 "(KVM_REQ_DIRTY_RING_SOFT_FULL -> KVM_EXIT_DIRTY_RING_FULL)"),
+        "mmu_reload_fail": _prob("abort B: kvm_mmu_reload fails (root allocation); the error "
+                                 "propagates out of KVM_RUN and the VMM stops the vCPU"),
+        "kick_hz": _rate("abort C(a): another thread kicks the vCPU (kvm_vcpu_kick)"),
+        "request_hz": _rate("abort C(b): another vCPU sets a request bit (KVM_REQ_EVENT) "
+                            "and kicks"),
+        "signal_hz": _rate("abort C(c): the VMM signals the vCPU thread (-> KVM_EXIT_INTR)"),
+        "need_resched_hz": _rate("abort C(d): need_resched is set on the vCPU's CPU"),
+        "notify_resume_hz": _rate("abort C(e): TIF_NOTIFY_RESUME work is queued for the "
+                                  "vCPU thread"),
+        "sept_zap_hz": _rate("abort D: per TD, a SEPT zap retry raises "
+                             "kvm_tdx->wait_for_sept_zap and kicks every vCPU"),
+        "sept_zap_us": Key(NUM, 20.0, "abort D: how long wait_for_sept_zap stays set",
+                           positive),
+        "operand_busy": _prob("abort E: TDH.VP.ENTER returns TDX_OPERAND_BUSY"),
+        "operand_busy_ids": Key(list, [0x92, 0xA9, 0x82, 0x80], "operand ids drawn for "
+                                "OPERAND_BUSY (SEPT tree, TD epoch, TDVPR, TDR)",
+                                _byte_list, item_type=int),
+        "tsc_rollback": _prob("abort E: TDH.VP.ENTER returns TDX_TSC_ROLLBACK"),
+        "inconsistent_msr": _prob("abort E: TDH.VP.ENTER returns TDX_INCONSISTENT_MSR"),
+        "vcpu_associated": _prob("abort E: TDH.VP.ENTER returns TDX_VCPU_ASSOCIATED"),
+        "sw_error": _prob("abort E: the SEAMCALL itself fails (VMFAILINVALID, #GP, #UD, "
+                          "drawn evenly)"),
+        "zero_step": _prob("abort F: the module synthesizes an EPT-violation exit in "
+                           "zero-step mode without entering (status 48, guest MSRs not "
+                           "loaded)"),
+        "failed_vmentry": _prob("abort G: VM entry fails (bit 31; NON_RECOVERABLE_TD | "
+                                "0x80000021)"),
+        "non_recoverable": _prob("the TD exits with TDX_NON_RECOVERABLE_VCPU | TRIPLE_FAULT"),
+        "error_exit": _prob("the TD exits with a detail-less error status "
+                            "(TDX_TD_EXIT_BEFORE_L2_ENTRY-like) whose low bits are drawn from "
+                            "error_exit_low_bits: the exit_reason study"),
+        "error_exit_low_bits": Key(list, [0, 1, 77, 49], "low bits of error_exit statuses "
+                                   "(0 reads as EXCEPTION_NMI, 1 EXTERNAL_INTERRUPT, 77 TDCALL, "
+                                   "49 EPT_MISCONFIG)", _byte_list, item_type=int),
+        "genuine_ept_misconfig": _prob("TDH.VP.ENTER returns exactly 49 (a genuine "
+                                       "EPT_MISCONFIG: a KVM bug for a TD)"),
+    },
+    doc="Fault injection: every late entry abort path (docs/late-aborts.md).",
 )
 
 
@@ -476,6 +557,12 @@ SCHEMA = Table(
                                     "RETRY) or \"v6.16\" (as first merged: "
                                     "SetupEventNotifyInterrupt unsupported; any MapGPA error "
                                     "-> INVALID_OPERAND)", choices=("current", "v6.16")),
+                # issue 3: how tdx_to_vmx_exit_reason reads vp_enter_ret (reference §3.5)
+                "exit_reason": Key(str, "checked", "TDX exit-status handling: checked = bits "
+                                   "15:0 are an exit reason only for the five valid statuses "
+                                   "(today's KVM); raw = bits 31:0 taken whatever the status "
+                                   "(the early union tdx_exit_reason code)",
+                                   choices=("checked", "raw")),
                 "halt_poll_ns": Key(int, 0, "halt polling (kvm.halt_poll_ns): a halted vCPU "
                                     "polls for events this long before blocking; fixed (the "
                                     "grow/shrink heuristics are not modelled); 0 = off",
@@ -491,6 +578,7 @@ SCHEMA = Table(
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),
         "costs": COSTS,
         "vmm": VMM,  # issue 5
+        "faults": FAULTS,  # issue 3: late entry aborts (tdsim.faults)
         "expect": EXPECT,
     }
 )

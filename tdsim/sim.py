@@ -16,17 +16,19 @@ import simpy
 
 from . import arch, sept
 from ._version import __version__
+from .faults import Faults
 from .guest import GuestVcpu
 from .guest_irq import irq_guest
 from .host import CATEGORY_NAMES, IDLE, HostCpu, HostTask, Scheduler, new_stat
 from .interrupts import IrqStats
 from .invariants import Invariants
 from .kvm_tdx import VcpuTdx
+from .kvm_vmx import VcpuVmx
 from .kvm_x86 import KvmX86
 from .program import ScriptedGuest, compile_program  # issue 5
 from .rng import stream
 from .scenario import Scenario
-from .strategies import load_strategy
+from .strategies import HostStateStrategy, load_strategy
 from .tdx_module import TdxModule
 from .trace import Tracer
 from .vmm import Vmm  # issue 5
@@ -54,6 +56,7 @@ class Vm:
         self.wait_for_sept_zap = False
         self.epoch_lock_t0 = self.epoch_lock_t1 = -1
         self.zap_excl_t0 = self.zap_excl_t1 = -1
+        self.bugged = False  # issue 3: kvm->vm_bugged (KVM_BUG_ON)
 
 
 class Simulation:
@@ -80,8 +83,16 @@ class Simulation:
         self.cpus = [HostCpu(self, i) for i in range(host["cpus"])]
         self.sched = Scheduler(self, us_to_ns(host["timeslice_us"]), host["wakeup_preempt"])
         self.strategy = load_strategy(d["kvm"]["host_state"])
+        # The per-exit hook is skipped outright for strategies that keep the base no-op.
+        self.strategy_enter_exit = (
+            self.strategy.vcpu_enter_exit
+            if type(self.strategy).vcpu_enter_exit is not HostStateStrategy.vcpu_enter_exit
+            else None)
         self.kvm = KvmX86(self, self.strategy)
         self.module = TdxModule(self)
+        # issue 3: exit-status handling variant and fault injection
+        self.exit_reason_raw = d["kvm"]["exit_reason"] == "raw"
+        self.faults = Faults(self, d["faults"])
         self.vmm_service_ns = {
             arch.KVM_EXIT_IO: self.c_vmm_io,
             arch.KVM_EXIT_MMIO: self.c_vmm_mmio,
@@ -127,7 +138,11 @@ class Simulation:
                     guest = GuestVcpu(stream(self.seed, scope + ".workload"),
                                       us_to_ns(wl["compute_us"]), wl["compute_dist"] == "exp",
                                       wl["mix"], self.c_guest_tdvmcall)
-                vcpu = VcpuTdx(self, vm, i, pins[i] if pins else None, guest)
+                if vm.flavor == "vmx":  # issue 3: VMX co-tenants
+                    vcpu = VcpuVmx(self, vm, i, pins[i] if pins else None, guest,
+                                   wl["tsc_aux_read_hz"])
+                else:
+                    vcpu = VcpuTdx(self, vm, i, pins[i] if pins else None, guest)
                 if isinstance(guest, ScriptedGuest):
                     guest.bind(vcpu)
                 vcpu.cpu = self.cpus[pins[i] if pins else (len(self.vcpus) % len(self.cpus))]
@@ -201,6 +216,7 @@ class Simulation:
             env.process(self._guest_timer(vcpu, period, phase))
         self.irq.start()  # issue 4: IPI/device/NMI sources
         self.zappers = sept.start(self)
+        self.faults.start()
         wall0 = time.perf_counter()
         env.run(until=self.duration_ns)
         wall = time.perf_counter() - wall0

@@ -220,6 +220,10 @@ def handle_exit_tdvmcall(vcpu: "VcpuTdx", cpu: "HostCpu", basic: int) -> int:
     sim = vcpu.sim
     g = vcpu.gprs
     guest = vcpu.guest
+    if not guest.awaiting:  # issue 3 oracle
+        sim.invariants.record("tdvmcall_completion", cpu.index, vcpu.name,
+                              f"completing a TDVMCALL the guest did not issue "
+                              f"(vp_enter_ret={vcpu.vp_enter_ret:#x})")
     vcpu.stat[guest.tdvmcall_key] += 1
     if sim.tracer is not None:
         sim.tracer.emit(sim.env.now, "tdvmcall", cpu.index, vcpu.name, leaf=guest.kind)

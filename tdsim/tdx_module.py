@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import arch
+from .faults import ASSOCIATES
 
 if TYPE_CHECKING:
     from .host import HostCpu
@@ -56,6 +57,9 @@ def seamcall_keys(leaf: int, status: int) -> tuple[str, str]:
     return keys
 
 
+_VP_ENTER_KEY, _VP_ENTER_SUCCESS_KEY = seamcall_keys(arch.TDH_VP_ENTER, arch.TDX_SUCCESS)
+
+
 class TdxModule:
     """The TDX module of one host: per-vCPU association and per-LP TDVPR tracking."""
 
@@ -82,6 +86,10 @@ class TdxModule:
         with another LP cannot be entered here (TDX_VCPU_ASSOCIATED)."""
         assoc = vcpu.module_assoc_cpu
         if assoc is not None and assoc is not cpu:
+            # issue 3 oracle: KVM must have flushed the vCPU off the old LP (reference §6)
+            self.sim.invariants.record(
+                "entry_on_associated_vcpu", cpu.index, vcpu.name,
+                f"TDH.VP.ENTER on cpu{cpu.index} while associated with cpu{assoc.index}")
             return arch.TDX_VCPU_ASSOCIATED
         vm = vcpu.vm
         if vm.epoch_lock_t0 <= vcpu.t_seamcall < vm.epoch_lock_t1:
@@ -107,18 +115,39 @@ class TdxModule:
         Returns ``vp_enter_ret`` (status in bits 63:32, VMX exit reason in 31:0)."""
         vcpu.module_assoc_cpu = cpu
         cpu.last_tdvpr = vcpu
-        msr = cpu.msr
-        for index, value in arch.TDX_MODULE_EXIT_MSRS.items():
-            msr[index] = value
-        ret = arch.TDX_SUCCESS | exit_reason
-        self.count(cpu, arch.TDH_VP_ENTER, arch.TDX_SUCCESS)
-        return ret
+        cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
+        # count(TDH_VP_ENTER, TDX_SUCCESS) inlined: the caller traces the SEAMCALL with
+        # its kvm_entry event (one tracer test per exit instead of two).
+        stat = cpu.stat
+        stat[_VP_ENTER_KEY] += 1
+        stat[_VP_ENTER_SUCCESS_KEY] += 1
+        return arch.TDX_SUCCESS | exit_reason
 
-    def tdh_vp_enter_fail(self, vcpu: "VcpuTdx", cpu: "HostCpu", status: int) -> int:
-        """TDH.VP.ENTER returned an error without entering: no MSR was touched."""
+    def tdh_vp_enter_fail(self, vcpu: "VcpuTdx", cpu: "HostCpu", status: int,
+                          kind: str | None = None) -> int:
+        """TDH.VP.ENTER returned an error without entering: no MSR was touched.
+
+        issue 3: refusals raised after check_and_associate_vcpu (§3.4 step 3: TSC_ROLLBACK,
+        INCONSISTENT_MSR, the epoch/SEPT OPERAND_BUSY, the zero-step exit) leave the vCPU
+        associated with this LP."""
+        if kind in ASSOCIATES:
+            vcpu.module_assoc_cpu = cpu
+        if (status & arch.TDX_SEAMCALL_STATUS_MASK) == arch.TDX_OPERAND_BUSY:
+            cpu.stat[f"seamcall.TDH_VP_ENTER.operand_busy.{status & 0xFFFF:#x}"] += 1
         self.count(cpu, arch.TDH_VP_ENTER, status & arch.TDX_SEAMCALL_STATUS_MASK
                    if (status & arch.TDX_SW_ERROR) != arch.TDX_SW_ERROR else status)
         return status
+
+    def tdh_vp_enter_exit_status(self, vcpu: "VcpuTdx", cpu: "HostCpu", ret: int) -> int:
+        """issue 3: the TD was entered (guest state loaded, so the TD exit leaves the module's
+        fixed values in host MSRs) and the SEAMCALL returned the injected status `ret`
+        (non-recoverable, failed VM entry, detail-less error, genuine EPT misconfig).
+        Assumption: a failed VM entry happens after the guest-state load (§3.4 steps 8, 10)."""
+        vcpu.module_assoc_cpu = cpu
+        cpu.last_tdvpr = vcpu
+        cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
+        self.count(cpu, arch.TDH_VP_ENTER, ret & arch.TDX_SEAMCALL_STATUS_MASK)
+        return ret
 
     # --- other vCPU-scope leaves ---------------------------------------------------------
     def tdh_vp_flush(self, vcpu: "VcpuTdx", cpu: "HostCpu") -> int:

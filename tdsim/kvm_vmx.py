@@ -1,0 +1,203 @@
+"""VMX vendor code of KVM (arch/x86/kvm/vmx/vmx.c), as ``struct vcpu_vmx``: plain VMX guests
+sharing host CPUs with TDs (issue 3).
+
+What matters here is the host state (reference §2.3): ``vmx_prepare_switch_to_guest`` loads the
+guest's values of the user-return MSRs through ``kvm_set_user_return_msr`` once per load
+(``guest_uret_msrs_loaded``), saves the host KERNEL_GS_BASE and writes the guest's;
+``vmx_prepare_switch_to_host`` (vcpu_put) counts ``host_state_reload``, reads the guest
+KERNEL_GS_BASE back and restores the host's.  ``kvm_set_user_return_msr`` skips the WRMSR when
+KVM's per-CPU cache says the value is already there, so a cache that lies (v6.16 after a
+refused TD entry, reference §2.4) lets a VMX guest run with a host value: the guest sees it
+when it reads TSC_AUX (RDPID/RDTSCP), which the ``guest_msr_corruption`` oracle checks.
+
+Simplifications: a VM exit is a plain hardware exit (no TDVMCALL); the workload's kinds map to
+the VMX exit they would cause (cpuid -> CPUID, io -> IO_INSTRUCTION, mmio -> EPT_MISCONFIG,
+mapgpa and hypercall -> VMCALL, ...); posted interrupts only wake a halted vCPU or add guest
+handler time; the VMCS/segment reload work at put is folded into ``vcpu_put_ns``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import arch
+from .host import SITE_PREPARE, SITE_PUT
+from .kvm_x86 import IN_GUEST_MODE, KVM_MP_STATE_HALTED, PH_BLOCKED, KvmVcpu
+
+if TYPE_CHECKING:
+    from .host import HostCpu
+
+# The VM exit each workload kind causes on VMX.
+_KIND_TO_EXIT_REASON = {
+    "cpuid": arch.EXIT_REASON_CPUID, "rdmsr": arch.EXIT_REASON_MSR_READ,
+    "wrmsr": arch.EXIT_REASON_MSR_WRITE, "hypercall": arch.EXIT_REASON_VMCALL,
+    "io": arch.EXIT_REASON_IO_INSTRUCTION, "mmio": arch.EXIT_REASON_EPT_MISCONFIG,
+    "mapgpa": arch.EXIT_REASON_VMCALL, "hlt": arch.EXIT_REASON_HLT,
+}
+_EXIT_KEYS = {r: f"exits.reason.{n}" for r, n in arch.EXIT_REASON_NAMES.items()}
+
+# The guest kernel's syscall MSRs (a Linux guest programs the same kind of values as a host).
+GUEST_STAR = 0x0023001000000000
+GUEST_LSTAR = 0xFFFFFFFF81A00080
+GUEST_CSTAR = 0xFFFFFFFF81A01C40
+GUEST_SYSCALL_MASK = 0x47700
+
+
+class VcpuVmx(KvmVcpu):
+    """struct vcpu_vmx (with its struct vcpu_vt) of a plain VMX guest."""
+
+    def __init__(self, sim, vm, index, pin, guest, tsc_aux_read_hz: float) -> None:
+        super().__init__(sim, vm, index, pin)
+        self.guest = guest
+        self.guest_uret_msrs_loaded = False
+        self.msr_host_kernel_gs_base = 0
+        self.msr_guest_kernel_gs_base = 0x7F1100000000 + (vm.index << 20) + index * 0x1000
+        # The guest's TSC_AUX: its vCPU id, as a Linux guest sets it (0 is a legal value).
+        self.guest_tsc_aux = index
+        self.guest_uret_values = (
+            (arch.MSR_SYSCALL_MASK, GUEST_SYSCALL_MASK), (arch.MSR_LSTAR, GUEST_LSTAR),
+            (arch.MSR_CSTAR, GUEST_CSTAR), (arch.MSR_TSC_AUX, self.guest_tsc_aux),
+            (arch.MSR_STAR, GUEST_STAR),
+        )
+        self.tsc_aux_read_hz = tsc_aux_read_hz
+        self.exit_reason = 0
+        self.pi_pending = False
+        self.pending_completion = None
+
+    def host_gsbase(self) -> int:
+        return self.gsbase
+
+    # --- load / put --------------------------------------------------------------------
+    def vcpu_load_vendor(self, cpu: HostCpu) -> None:
+        """vmx_vcpu_load: a vCPU that moved has its VMCS cleared on the old CPU
+        (loaded_vmcs_clear, a synchronous IPI), charged here."""
+        if self.cpu_index != -1 and self.cpu_index != cpu.index:
+            self.sim.cpus[self.cpu_index].host_irq()
+            cpu.acc += self.sim.c_ipi
+            self.stat["migrations"] += 1
+        self.cpu_index = cpu.index
+
+    def prepare_switch_to_guest(self, cpu: HostCpu) -> None:
+        """vmx_prepare_switch_to_guest: guest user-return MSR values once per load, then
+        host KERNEL_GS_BASE saved (current->thread.gsbase) and the guest's written."""
+        if not self.guest_uret_msrs_loaded:
+            self.guest_uret_msrs_loaded = True
+            uret = cpu.uret
+            for slot, value in self.guest_uret_values:
+                uret.set(slot, value, SITE_PREPARE)
+        if self.guest_state_loaded:
+            return
+        self.msr_host_kernel_gs_base = self.host_gsbase()
+        cpu.wrmsr(arch.MSR_KERNEL_GS_BASE, self.msr_guest_kernel_gs_base, SITE_PREPARE)
+        self.guest_state_loaded = True
+
+    def vcpu_put_vendor(self, cpu: HostCpu) -> None:
+        """vmx_vcpu_put -> vmx_prepare_switch_to_host."""
+        if not self.guest_state_loaded:
+            return
+        self.stat["host_state_reload"] += 1
+        self.msr_guest_kernel_gs_base = cpu.rdmsr(arch.MSR_KERNEL_GS_BASE)
+        cpu.wrmsr(arch.MSR_KERNEL_GS_BASE, self.msr_host_kernel_gs_base, SITE_PUT)
+        self.guest_state_loaded = False
+        self.guest_uret_msrs_loaded = False
+
+    # --- vmx_vcpu_run --------------------------------------------------------------------
+    def vcpu_run_vendor(self, cpu: HostCpu, late: int) -> int:
+        """vmx_vcpu_run up to VMRESUME, planned: landmarks and the segment's length."""
+        sim = self.sim
+        now = sim.env.now
+        self.mode = IN_GUEST_MODE
+        g = self.guest.remaining_ns
+        self.t_enter = now + late + sim.c_vmx_entry
+        self.t_guest_end = self.t_enter + g
+        return late + sim.c_vmx_entry + g + sim.c_vmx_exit
+
+    def vcpu_run_cancel(self, cpu: HostCpu) -> None:
+        """Cut at the late check: nothing to undo."""
+
+    def vcpu_exit_vendor(self, cpu: HostCpu, irq: bool) -> int:
+        """After the VM exit: the guest's TSC_AUX reads during the run, then vmx_handle_exit."""
+        sim = self.sim
+        guest = self.guest
+        if irq:
+            ran = self.seg_d2
+            guest.remaining_ns -= ran
+            reason = arch.EXIT_REASON_EXTERNAL_INTERRUPT
+        else:
+            ran = guest.remaining_ns
+            guest.remaining_ns = 0
+            reason = _KIND_TO_EXIT_REASON[guest.kind]
+        if self.tsc_aux_read_hz > 0 and ran > 0:
+            self.guest_reads_tsc_aux(cpu, ran)
+        self.exit_reason = reason
+        stat = self.stat
+        stat["exits"] += 1
+        stat[_EXIT_KEYS[reason]] += 1
+        cpu.acc += sim.c_vmx_exit_handling
+        if sim.tracer is not None:
+            sim.tracer.emit(self.t_enter, "kvm_entry", cpu.index, self.name)
+            sim.tracer.emit(sim.env.now, "kvm_exit", cpu.index, self.name,
+                            reason=arch.EXIT_REASON_NAMES[reason], vp_enter_ret="-")
+        return self.vmx_handle_exit(cpu, reason)
+
+    def guest_reads_tsc_aux(self, cpu: HostCpu, ran_ns: int) -> None:
+        """The guest read TSC_AUX (RDPID/RDTSCP) ``tsc_aux_read_hz`` times per second of its
+        run, deterministically spread; each read returns what the CPU holds."""
+        guest = self.guest
+        guest.tsc_aux_acc += int(ran_ns * self.tsc_aux_read_hz)
+        n = guest.tsc_aux_acc // 1_000_000_000
+        if not n:
+            return
+        guest.tsc_aux_acc -= n * 1_000_000_000
+        self.stat["tsc_aux_reads"] += n
+        hw = cpu.msr[arch.MSR_TSC_AUX]
+        if hw != self.guest_tsc_aux:
+            self.stat["tsc_aux_reads.corrupt"] += n
+            self.sim.invariants.record(
+                "guest_msr_corruption", cpu.index, self.name,
+                f"guest RDPID read TSC_AUX={hw:#x}, KVM meant {self.guest_tsc_aux:#x} "
+                f"(KVM's cache says {cpu.uret.curr[arch.MSR_TSC_AUX]:#x})")
+
+    def vmx_handle_exit(self, cpu: HostCpu, reason: int) -> int:
+        """vmx_handle_exit -> the exit handler: 1 = resume, 0 = to userspace."""
+        guest = self.guest
+        if reason == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
+            cpu.acc += self.sim.c_host_irq
+            self.stat["irq_exits"] += 1
+            return 1
+        if reason == arch.EXIT_REASON_HLT:
+            self.mp_state = KVM_MP_STATE_HALTED
+        elif reason in (arch.EXIT_REASON_IO_INSTRUCTION, arch.EXIT_REASON_EPT_MISCONFIG):
+            self.run_exit_reason = (arch.KVM_EXIT_IO if reason == arch.EXIT_REASON_IO_INSTRUCTION
+                                    else arch.KVM_EXIT_MMIO)
+            self.pending_completion = self.run_exit_reason
+            return 0
+        guest.next_period()
+        return 1
+
+    def complete_userspace_io(self, cpu: HostCpu) -> int:
+        """Returns 1: go on into the guest (issue 5: 0 would go back to userspace)."""
+        if self.pending_completion is None:
+            return 1
+        self.pending_completion = None
+        self.guest.next_period()
+        return 1
+
+    # --- interrupts ----------------------------------------------------------------------
+    def pi_post(self, vector: int, source: str) -> None:
+        """A posted interrupt (the guest's timer): wakes a halted vCPU, else the guest runs
+        its handler without a VM exit."""
+        self.stat["pi_posted"] += 1
+        if self.phase == PH_BLOCKED:
+            self.pi_pending = True
+            self.kvm_vcpu_wake_up()
+        else:
+            self.guest.irq_debt_ns += self.sim.c_guest_irq
+
+    def has_events(self, cpu: HostCpu) -> bool:
+        pending = self.pi_pending
+        self.pi_pending = False
+        return pending
+
+    def vmm_service_ns(self) -> int:
+        return self.sim.vmm_service_ns.get(self.run_exit_reason, 0)

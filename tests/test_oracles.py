@@ -1,0 +1,168 @@
+"""The abort oracles have teeth (each wrong strategy or wrong exit-status handling is caught
+by its intended oracle) and stay silent for the shipped `current` + `checked` code."""
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tdsim.oracles import ORACLES
+from tdsim.scenario import scenario_from_dict
+from tdsim.sim import Simulation, run
+
+WRONG = Path(__file__).with_name("wrong_strategies.py")
+
+
+def scenario(host_state, faults, mix=None, exit_reason="checked", vms=None, duration_us=5000,
+             seed=3):
+    vms = vms or [{"vcpus": 2, "pin": [1, 2], "workload": {
+        "compute_us": 10, "mix": mix or {"cpuid": 3.0, "io": 1.0}}}]
+    return scenario_from_dict({
+        "sim": {"duration_us": duration_us, "seed": seed},
+        "host": {"cpus": 3, "tick_hz": 250, "tasks": 0},
+        "kvm": {"host_state": host_state, "exit_reason": exit_reason},
+        "vm": vms, "faults": faults,
+    }, name="<oracles>")
+
+
+def names(result):
+    return {v["invariant"] for v in result.violations}
+
+
+def test_skip_kgs_restore_when_aborted_is_a_host_state_leak():
+    """Skipping the KERNEL_GS_BASE restore after a refused entry leaks the module's 0."""
+    faults = {"operand_busy": 0.3, "signal_hz": 50000}
+    r = run(scenario(f"{WRONG}:SkipKgsRestoreWhenAborted", faults))
+    assert "host_state_leak" in names(r)
+    assert any("KERNEL_GS_BASE=0x0" in v["detail"] for v in r.violations)
+    assert run(scenario("current", faults)).violations == []
+
+
+def test_cache_only_uret_is_a_cache_mismatch_on_late_aborts():
+    """Setting user-return values only in the cache is caught once an entry aborts."""
+    faults = {"need_resched_hz": 50000}
+    r = run(scenario(f"{WRONG}:CacheOnlyUret", faults))
+    assert "uret_cache_mismatch" in names(r)
+    assert run(scenario(f"{WRONG}:CacheOnlyUret", {}, mix={"cpuid": 1.0})).violations == []
+
+
+def test_never_restore_on_user_return_is_a_host_state_leak():
+    """A notifier that restores nothing lets host user code run with the module's values."""
+    r = run(scenario(f"{WRONG}:NeverRestoreOnUserReturn", {}))
+    assert "host_state_leak" in names(r)
+
+
+@pytest.mark.parametrize(("low", "oracles"), [
+    (0, {"spurious_nmi"}),
+    (1, {"spurious_external_interrupt"}),
+    (77, {"error_status_dispatched", "tdvmcall_completion"}),
+    (49, {"error_status_dispatched", "tdvmcall_completion"}),
+])
+def test_raw_exit_reason_misreads_error_statuses(low, oracles):
+    """exit_reason = "raw": an error status whose low bits are 0/1/77/49 drives the NMI,
+    external-interrupt or exit-handler path, and the intended oracle fires."""
+    faults = {"error_exit": 0.02, "error_exit_low_bits": [low]}
+    r = run(scenario("current", faults, exit_reason="raw"))
+    assert names(r) == oracles
+    v = r.violations[0]
+    assert v["t_ns"] > 0
+    assert v["cpu"] in (1, 2)
+    assert v["vcpu"].startswith("td0.vcpu")
+
+
+@pytest.mark.parametrize("low", [0, 1, 77, 49])
+def test_checked_exit_reason_reports_error_statuses_as_unexpected(low):
+    """exit_reason = "checked": the same errors become KVM_EXIT_INTERNAL_ERROR, no oracle."""
+    faults = {"error_exit": 0.02, "error_exit_low_bits": [low]}
+    r = run(scenario("current", faults))
+    assert r.violations == []
+    assert r.metrics["userspace_exits.reason.KVM_EXIT_INTERNAL_ERROR"] == r.metrics[
+        "faults.error_exit"] > 0
+
+
+def test_raw_exit_reason_takes_a_refusal_with_zero_detail_for_an_nmi():
+    """A refusal whose low bits are 0 (TSC_ROLLBACK) runs the host NMI handler under raw."""
+    r = run(scenario("current", {"tsc_rollback": 0.01}, exit_reason="raw"))
+    assert names(r) == {"spurious_nmi"}
+    assert run(scenario("current", {"tsc_rollback": 0.01})).violations == []
+
+
+def test_entry_on_a_vcpu_associated_elsewhere_is_caught():
+    """TDH.VP.ENTER for a vCPU the module associates with another LP fires the oracle and
+    the module refuses with TDX_VCPU_ASSOCIATED."""
+    sim = Simulation(scenario("current", {}, duration_us=100))
+    sim.vcpus[0].module_assoc_cpu = sim.cpus[0]
+    r = sim.run()
+    assert names(r) == {"entry_on_associated_vcpu"}
+    assert r.metrics["seamcall.TDH_VP_ENTER.status.TDX_VCPU_ASSOCIATED"] == 1
+
+
+def test_tdvmcall_reentered_without_completion_is_caught():
+    """A TD entered while its TDVMCALL is still awaiting completion fires the oracle."""
+    sim = Simulation(scenario("current", {}, duration_us=100))
+    sim.vcpus[0].guest.awaiting = True
+    r = sim.run()
+    assert names(r) == {"tdvmcall_completion"}
+
+
+def test_oracle_names_are_documented():
+    """Every oracle this module exports is described in docs/late-aborts.md."""
+    doc = (Path(__file__).parents[1] / "docs" / "late-aborts.md").read_text()
+    for name in ORACLES:
+        assert f"`{name}`" in doc
+
+
+KINDS = ["cpuid", "rdmsr", "wrmsr", "hypercall", "io", "mmio", "mapgpa", "hlt"]
+RATES = ["request_exit_hz", "kick_hz", "request_hz", "signal_hz", "need_resched_hz",
+         "notify_resume_hz", "sept_zap_hz"]
+# Recoverable module outcomes (the vCPU retries) may be frequent; fatal ones stop the vCPU,
+# so they stay rare enough for the rest of the run to happen.
+RETRIED = ["operand_busy", "zero_step"]
+FATAL = ["mmu_reload_fail", "tsc_rollback", "inconsistent_msr", "vcpu_associated", "sw_error",
+         "failed_vmentry", "non_recoverable", "error_exit", "genuine_ept_misconfig"]
+
+vm_st = st.fixed_dictionaries({
+    "flavor": st.sampled_from(["tdx", "vmx"]),
+    "vcpus": st.integers(1, 2),
+    "weights": st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=8, max_size=8),
+    "compute_us": st.sampled_from([2, 5, 20]),
+    "tsc_aux_read_hz": st.sampled_from([0.0, 1e6]),
+})
+
+
+@given(
+    cpus=st.integers(1, 3),
+    vms=st.lists(vm_st, min_size=1, max_size=2),
+    pinned=st.booleans(),
+    tasks=st.integers(0, 2),
+    rates=st.dictionaries(st.sampled_from(RATES), st.sampled_from([2000, 50000, 500000]),
+                          max_size=3),
+    retried=st.dictionaries(st.sampled_from(RETRIED), st.sampled_from([0.01, 0.1, 0.5]),
+                            max_size=2),
+    fatal=st.dictionaries(st.sampled_from(FATAL), st.sampled_from([0.0005, 0.005]),
+                          max_size=2),
+    seed=st.integers(0, 2**16),
+)
+def test_current_checked_never_violates_with_aborts(cpus, vms, pinned, tasks, rates, retried,
+                                                    fatal, seed):
+    """Random small hosts with TDs and VMX guests and random abort rates: `current` with
+    `checked` exit-status handling records no violation."""
+    vm_list = []
+    for vm in vms:
+        mix = dict(zip(KINDS, vm["weights"], strict=True))
+        if not any(mix.values()):
+            mix["cpuid"] = 1.0
+        n = vm["vcpus"]
+        vm_list.append({"flavor": vm["flavor"], "vcpus": n,
+                        "pin": [i % cpus for i in range(n)] if pinned else None,
+                        "workload": {"compute_us": vm["compute_us"], "timer_hz": 5000,
+                                     "tsc_aux_read_hz": vm["tsc_aux_read_hz"], "mix": mix}})
+    r = run(scenario_from_dict({
+        "sim": {"duration_us": 2000, "seed": seed},
+        "host": {"cpus": cpus, "tick_hz": 1000, "tasks": tasks, "task_run_us": 40,
+                 "task_sleep_us": 60, "timeslice_us": 50},
+        "kvm": {"host_state": "current", "exit_reason": "checked"},
+        "vm": vm_list, "faults": {**rates, **retried, **fatal},
+    }, name="<hyp>"))
+    assert r.violations == []
