@@ -357,21 +357,23 @@ class IrqStats:
                 if vcpu.mode != OUTSIDE_GUEST_MODE:  # kvm_request_needs_ipi
                     vcpu.kvm_vcpu_kick()
 
-    def _nmi_source(self, vcpu: "VcpuTdx", rate_hz: float):
+    def _poisson(self, stream_name: str, rate_hz: float, fire, target):
+        """A Poisson source at `rate_hz` on its own named stream, calling fire(target)."""
         env = self.sim.env
-        rng = stream(self.sim.seed, f"vm.{vcpu.vm.name}.vcpu{vcpu.vcpu_id}.nmi")
+        rng = stream(self.sim.seed, stream_name)
         mean = 1e9 / rate_hz
         while True:
             yield env.timeout(max(1, int(rng.expovariate(1.0 / mean))))
-            self.kvm_inject_nmi(vcpu)
+            fire(target)
+
+    def _nmi_source(self, vcpu: "VcpuTdx", rate_hz: float):
+        """VMM / watchdog NMIs injected into `vcpu` (kvm_inject_nmi)."""
+        return self._poisson(f"vm.{vcpu.vm.name}.vcpu{vcpu.vcpu_id}.nmi", rate_hz,
+                             self.kvm_inject_nmi, vcpu)
 
     def _host_nmis(self, cpu: "HostCpu", rate_hz: float):
-        env = self.sim.env
-        rng = stream(self.sim.seed, f"host.cpu{cpu.index}.nmi")
-        mean = 1e9 / rate_hz
-        while True:
-            yield env.timeout(max(1, int(rng.expovariate(1.0 / mean))))
-            self.host_nmi(cpu)
+        """Host NMIs on `cpu` (perf, watchdog)."""
+        return self._poisson(f"host.cpu{cpu.index}.nmi", rate_hz, self.host_nmi, cpu)
 
     def start(self) -> None:
         """Start the configured interrupt sources (build phase)."""
