@@ -36,7 +36,7 @@ from .kvm_x86 import (
     PH_STOPPED,
     PH_WAIT,
 )
-from .rng import stream
+from .rng import exp_ns, stream
 
 if TYPE_CHECKING:
     from .sim import Simulation
@@ -101,7 +101,7 @@ class Faults:
         env = self.sim.env
         mean_ns = 1e9 / rate_hz
         while True:
-            yield env.timeout(max(1, int(rng.expovariate(1.0 / mean_ns))))
+            yield env.timeout(exp_ns(rng, mean_ns))
             if vcpu.phase != PH_STOPPED:
                 inject(vcpu)
 
@@ -115,7 +115,7 @@ class Faults:
         env = self.sim.env
         mean_ns = 1e9 / rate_hz
         while True:
-            yield env.timeout(max(1, int(rng.expovariate(1.0 / mean_ns))))
+            yield env.timeout(exp_ns(rng, mean_ns))
             if vm.wait_for_sept_zap:
                 continue
             vm.wait_for_sept_zap = True

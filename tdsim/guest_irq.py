@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from . import arch
 from .guest import GuestVcpu
 from .interrupts import _ICR_SHORTHAND, _IPI_VECTOR, MSR_IA32_TSC_DEADLINE, MSR_X2APIC_ICR
-from .rng import stream
+from .rng import exp_ns, stream
 
 if TYPE_CHECKING:
     from .sim import Simulation
@@ -40,14 +40,14 @@ class IrqGuestVcpu(GuestVcpu):
         self.icr = icr
         # private-page faults (tdsim.sept): a second Poisson clock in guest time, same stream
         self.fault_mean_ns = fault_mean_ns
-        self.fault_left_ns = (max(1, int(ipi_rng.expovariate(1.0 / fault_mean_ns)))
+        self.fault_left_ns = (exp_ns(ipi_rng, fault_mean_ns)
                               if fault_mean_ns else 1 << 62)
         self.fault_gpa = 0x100000000
         self.oneshot = oneshot
         self.saved = None
         self.rearm_due = False      # a timer was taken without a planned re-arm
         self.rearm_planned = False  # the re-arm call is planned for a pending timer vector
-        self.ipi_left_ns = (max(1, int(ipi_rng.expovariate(1.0 / ipi_mean_ns)))
+        self.ipi_left_ns = (exp_ns(ipi_rng, ipi_mean_ns)
                             if ipi_mean_ns else 1 << 62)
         super().__init__(rng, compute_ns, exp, mix, c_tdvmcall)
 
@@ -89,7 +89,7 @@ class IrqGuestVcpu(GuestVcpu):
             self.tdvmcall_key = ""
             self.fault_gpa += 0x1000
             self.ipi_left_ns -= fault
-            self.fault_left_ns = max(1, int(self.ipi_rng.expovariate(1.0 / self.fault_mean_ns)))
+            self.fault_left_ns = exp_ns(self.ipi_rng, self.fault_mean_ns)
             return
         self.fault_left_ns -= min(compute, self.ipi_left_ns)
         if (self.kind == "hlt" and self.hlt_irqs_off_p
@@ -101,7 +101,7 @@ class IrqGuestVcpu(GuestVcpu):
             self.kind = "ipi"
             self.tdvmcall_key = "tdvmcall.ipi"
             self._regs = (0, arch.TDVMCALL_WRMSR, MSR_X2APIC_ICR, self.icr, 0, 0)
-            self.ipi_left_ns = max(1, int(self.ipi_rng.expovariate(1.0 / self.ipi_mean_ns)))
+            self.ipi_left_ns = exp_ns(self.ipi_rng, self.ipi_mean_ns)
         else:
             self.ipi_left_ns -= compute
 

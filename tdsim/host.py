@@ -22,6 +22,7 @@ from collections import defaultdict, deque
 from typing import TYPE_CHECKING
 
 from . import arch
+from .rng import exp_ns
 
 if TYPE_CHECKING:
     from .sim import Simulation
@@ -344,7 +345,7 @@ class HostTask(Thread):
     def _draw(self, mean: int) -> int:
         if not self.exp or mean == 0:
             return mean
-        return max(1, int(self.rng.expovariate(1.0 / mean)))
+        return exp_ns(self.rng, mean)
 
     def resched(self) -> None:
         if self.in_user:

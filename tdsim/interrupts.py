@@ -58,7 +58,7 @@ from .kvm_x86 import (
     PH_BLOCKED,
     PH_SEG,
 )
-from .rng import stream
+from .rng import exp_ns, stream
 
 if TYPE_CHECKING:
     from .host import HostCpu
@@ -335,7 +335,7 @@ class IrqStats:
         mean = 1e9 / rate_hz
         i = 0
         while True:
-            yield env.timeout(max(1, int(rng.expovariate(1.0 / mean))))
+            yield env.timeout(exp_ns(rng, mean))
             vcpu = targets[i % len(targets)]
             i += 1
             vcpu.stat["device_irq"] += 1
@@ -350,7 +350,7 @@ class IrqStats:
         rng = stream(self.sim.seed, f"vm.{vm.name}.tlb_flush")
         mean = 1e9 / rate_hz
         while True:
-            yield env.timeout(max(1, int(rng.expovariate(1.0 / mean))))
+            yield env.timeout(exp_ns(rng, mean))
             for vcpu in vm.vcpus:
                 vcpu.kvm_make_request(KVM_REQ_TLB_FLUSH)
                 vcpu.stat["tlb_flush_requests"] += 1
@@ -363,7 +363,7 @@ class IrqStats:
         rng = stream(self.sim.seed, stream_name)
         mean = 1e9 / rate_hz
         while True:
-            yield env.timeout(max(1, int(rng.expovariate(1.0 / mean))))
+            yield env.timeout(exp_ns(rng, mean))
             fire(target)
 
     def _nmi_source(self, vcpu: "VcpuTdx", rate_hz: float):

@@ -22,3 +22,9 @@ def stream_seed(seed: int, name: str) -> int:
 def stream(seed: int, name: str) -> random.Random:
     """A fresh `random.Random` for stream `name`; same (seed, name) -> same draws anywhere."""
     return random.Random(stream_seed(seed, name))
+
+
+def exp_ns(rng: random.Random, mean_ns: float) -> int:
+    """An exponential gap of mean `mean_ns`, in whole nanoseconds (at least 1): the
+    inter-arrival time of every Poisson source in tdsim."""
+    return max(1, int(rng.expovariate(1.0 / mean_ns)))

@@ -47,7 +47,7 @@ from .kvm_x86 import (
     PH_KERNEL,
     PH_SEG,
 )
-from .rng import stream
+from .rng import exp_ns, stream
 from .tdx_module import seamcall_keys
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class SeptZapper:
         env = self.sim.env
         mean = 1e9 / self.rate_hz
         while True:
-            yield env.timeout(max(1, int(self.rng.expovariate(1.0 / mean))))
+            yield env.timeout(exp_ns(self.rng, mean))
             yield from self.tdx_sept_zap()
 
     def tdx_sept_zap(self):

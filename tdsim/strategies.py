@@ -34,6 +34,7 @@ What a hook may use:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -150,7 +151,8 @@ def load_strategy(spec: str) -> HostStateStrategy:
     target, _, cls_name = spec.rpartition(":")
     if target.endswith(".py"):
         path = Path(target)
-        mod_name = f"tdsim_user_strategy_{abs(hash(str(path)))}"
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        mod_name = f"tdsim_user_strategy_{digest}"
         module = sys.modules.get(mod_name)
         if module is None:
             mod_spec = importlib.util.spec_from_file_location(mod_name, path)
