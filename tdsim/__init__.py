@@ -11,4 +11,4 @@ from ._version import __version__
 from .scenario import Scenario, ScenarioError, load_scenario
 from .sim import Result, run
 
-__all__ = ["__version__", "Scenario", "ScenarioError", "load_scenario", "Result", "run"]
+__all__ = ["Result", "Scenario", "ScenarioError", "__version__", "load_scenario", "run"]

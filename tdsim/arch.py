@@ -1,10 +1,13 @@
 """Architectural and ABI numbers, with the kernel's names and values.
 
-Sources (see ../shared/reference/tdx-host-facts.md): VMX basic exit reasons (§3.6), TDX module
-status codes (§3.2, §3.3), SEAMCALL leaves (§3.1), TDVMCALL sub-functions and status codes
-(§4.2, §4.3), KVM uapi exit codes (§4.4), MSR indices (Intel SDM).  Plain ints are used rather
-than IntEnum members because these values sit on the hot path; the ``*_NAMES`` tables give the
-kernel's spelling for metrics and traces.
+Sources: VMX basic exit reasons (arch/x86/include/uapi/asm/vmx.h), TDX module status codes and
+operand ids (arch/x86/include/asm/shared/tdx_errno.h, the TDX module's tdx_error_codes_defs.h),
+SEAMCALL leaves (arch/x86/virt/vmx/tdx/tdx.h), TDVMCALL sub-functions and status codes (the
+GHCI spec; arch/x86/include/asm/shared/tdx.h), KVM uapi exit codes (include/uapi/linux/kvm.h),
+KVM request bits (include/linux/kvm_host.h, arch/x86/include/asm/kvm_host.h), MSR indices
+(arch/x86/include/asm/msr-index.h).  Plain ints are used rather than IntEnum members because
+these values sit on the hot path; the ``*_NAMES`` tables give the kernel's spelling for
+metrics and traces.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def host_tsc_aux(cpu: int, node: int = 0) -> int:
     return (node << 12) | cpu
 
 
-# Values the TDX module leaves in host MSRs after a TD exit (reference §2.1).
+# Values the TDX module leaves in host MSRs after a TD exit (docs/host-state.md).
 TDX_MODULE_EXIT_MSRS = {
     MSR_KERNEL_GS_BASE: 0,
     MSR_STAR: 0,
@@ -46,7 +49,7 @@ TDX_MODULE_EXIT_MSRS = {
     MSR_TSC_AUX: 0,
 }
 
-# --- VMX basic exit reasons (§3.6) --------------------------------------------------------
+# --- VMX basic exit reasons ---------------------------------------------------------------
 EXIT_REASON_EXCEPTION_NMI = 0
 EXIT_REASON_EXTERNAL_INTERRUPT = 1
 EXIT_REASON_TRIPLE_FAULT = 2
@@ -78,7 +81,7 @@ EXIT_REASON_NAMES = {
     0xFFFF: "INVALID",
 }
 
-# --- TDX module status codes (§3.2, §3.3) -------------------------------------------------
+# --- TDX module status codes --------------------------------------------------------------
 TDX_SEAMCALL_STATUS_MASK = 0xFFFFFFFF00000000
 TDX_ERROR = 1 << 63
 TDX_NON_RECOVERABLE = 1 << 62
@@ -150,7 +153,7 @@ def tdx_status_name(vp_enter_ret: int) -> str:
     return TDX_STATUS_NAMES.get(status, f"0x{status:016x}")
 
 
-# --- SEAMCALL leaves (§3.1) ---------------------------------------------------------------
+# --- SEAMCALL leaves ----------------------------------------------------------------------
 TDH_VP_ENTER = 0
 TDH_MEM_SEPT_ADD = 3
 TDH_MEM_PAGE_AUG = 6
@@ -169,7 +172,7 @@ SEAMCALL_NAMES = {
     TDH_VP_WR: "TDH_VP_WR",
 }
 
-# --- TDVMCALL (GHCI) sub-functions (§4.2) and status codes (§4.3) --------------------------
+# --- TDVMCALL (GHCI) sub-functions and status codes ---------------------------------------
 TDVMCALL_CPUID = 10
 TDVMCALL_HLT = 12
 TDVMCALL_IO = 30
@@ -192,7 +195,7 @@ TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED = 0x8000000000000003
 # Linux guests expose these GPRs on TDVMCALL (TDVMCALL_EXPOSE_REGS_MASK).
 TDVMCALL_EXPOSE_REGS_MASK = 0xFFCC
 
-# --- KVM uapi exit reasons (§4.4) ---------------------------------------------------------
+# --- KVM uapi exit reasons ----------------------------------------------------------------
 KVM_EXIT_IO = 2
 KVM_EXIT_HYPERCALL = 3
 KVM_EXIT_MMIO = 6
@@ -218,31 +221,12 @@ POSTED_INTR_VECTOR = 0xF2
 POSTED_INTR_WAKEUP_VECTOR = 0xF1
 LOCAL_TIMER_VECTOR = 0xEC  # the guest's LAPIC timer vector (Linux guests)
 
-# --- issue 5: TDVMCALL fidelity ------------------------------------------------------------
 # KVM uapi exits for userspace MSR handling (KVM_CAP_X86_USER_SPACE_MSR).
 KVM_EXIT_X86_RDMSR = 29
 KVM_EXIT_X86_WRMSR = 30
 KVM_EXIT_NAMES[KVM_EXIT_X86_RDMSR] = "KVM_EXIT_X86_RDMSR"
 KVM_EXIT_NAMES[KVM_EXIT_X86_WRMSR] = "KVM_EXIT_X86_WRMSR"
 KVM_SYSTEM_EVENT_TDX_FATAL = 7
-
-# The TDVMCALL sub-functions by name (GHCI spelling, reference §4.2); a scripted guest may
-# name its R11 this way.
-TDVMCALL_NAMES = {
-    TDVMCALL_CPUID: "Instruction.CPUID",
-    TDVMCALL_HLT: "Instruction.HLT",
-    TDVMCALL_IO: "Instruction.IO",
-    TDVMCALL_RDMSR: "Instruction.RDMSR",
-    TDVMCALL_WRMSR: "Instruction.WRMSR",
-    TDVMCALL_VE_REQUEST_MMIO: "#VE.RequestMMIO",
-    54: "Instruction.WBINVD",
-    TDVMCALL_GET_TD_VM_CALL_INFO: "GetTdVmCallInfo",
-    TDVMCALL_MAP_GPA: "MapGPA",
-    TDVMCALL_GET_QUOTE: "GetQuote",
-    TDVMCALL_REPORT_FATAL_ERROR: "ReportFatalError",
-    TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT: "SetupEventNotifyInterrupt",
-    0x10005: "Service",
-}
 
 TDVMCALL_STATUS_NAMES = {
     TDVMCALL_STATUS_SUCCESS: "SUCCESS",
@@ -252,9 +236,17 @@ TDVMCALL_STATUS_NAMES = {
     TDVMCALL_STATUS_ALIGN_ERROR: "ALIGN_ERROR",
     TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED: "SUBFUNC_UNSUPPORTED",
 }
-# --- issue 3: late entry aborts -------------------------------------------------------------
+# --- exit-status handling ------------------------------------------------------------------
 KVM_EXIT_DIRTY_RING_FULL = 31
 KVM_EXIT_NAMES[KVM_EXIT_DIRTY_RING_FULL] = "KVM_EXIT_DIRTY_RING_FULL"
 EXIT_REASON_INVALID_STATE = 33   # "VM-entry failure due to invalid guest state"
 # Errno values KVM_RUN returns.
 EINTR, ENOMEM, EIO = 4, 12, 5
+
+# --- KVM_REQ_* bits the model uses ---------------------------------------------------------
+KVM_REQ_TLB_FLUSH = 1 << 0
+KVM_REQ_VM_DEAD = 1 << 1                 # (| WAIT | NO_WAKEUP): the run ends with -EIO
+KVM_REQ_DIRTY_RING_SOFT_FULL = 1 << 3    # -> KVM_EXIT_DIRTY_RING_FULL
+KVM_REQ_EVENT = 1 << 4
+KVM_REQ_NMI = 1 << 6
+KVM_REQ_UNBLOCK = 1 << 11

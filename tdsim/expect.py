@@ -75,8 +75,7 @@ def check_expectations(expect: dict[str, Any], metrics: dict[str, Any]) -> list[
     """One line per broken expectation of `expect` (the ``[expect]`` table or one strategy's
     section of it) against `metrics` (empty: all met).  A metric absent from `metrics`
     counts as 0 (zero counters are left out)."""
-    from .invariants import INVARIANTS
-    from .oracles import ORACLES
+    from .findings import NAMES
 
     out = []
     for name, want in expect["metrics"].items():
@@ -87,7 +86,7 @@ def check_expectations(expect: dict[str, Any], metrics: dict[str, Any]) -> list[
                        f"metric {name}: expected {_bound_text(want)}, got {got}")
     counts = {k[len("violations."):]: v for k, v in metrics.items()
               if k.startswith("violations.") and v}
-    known = set(INVARIANTS) | set(ORACLES) | set(counts)
+    known = set(NAMES) | set(counts)
     for name in expect["violations_must"] + expect["violations_must_not"]:
         if name not in known:
             out.append(f"invariant {name!r} is unknown (known: {', '.join(sorted(known))})")

@@ -3,7 +3,7 @@
 A statistical workload alternates guest compute periods (fixed or exponential) with a
 TDVMCALL drawn from the scenario's mix.  The guest puts the GHCI registers of its call in
 place (R10 = 0 for a GHCI call or the KVM hypercall number, R11 = sub-function, R12.. the
-arguments; reference §4.1/§4.2), exposing the GPRs Linux guests expose
+arguments; docs/tdvmcall.md), exposing the GPRs Linux guests expose
 (TDVMCALL_EXPOSE_REGS_MASK); the TDX module hands them to KVM in ``vp_enter_args``.
 
 Each vCPU draws from its own named stream, so the guest's behaviour is the same whatever the
@@ -12,11 +12,17 @@ host-state strategy (common random numbers).
 
 from __future__ import annotations
 
+import random
 from bisect import bisect_right
 from itertools import accumulate
+from math import log
+from typing import Any
 
 from . import arch
-from .schema import TDVMCALL_KINDS
+
+# Kinds of TDVMCALL a statistical workload can issue (the keys of [vm.workload] mix).  The first
+# four are handled inside KVM; io, mmio and mapgpa go to the userspace VMM; hlt blocks the vCPU.
+TDVMCALL_KINDS = ("cpuid", "rdmsr", "wrmsr", "hypercall", "io", "mmio", "mapgpa", "hlt")
 
 SHARED_BIT = 1 << 47  # GPA shared bit of a TD with a 48-bit GPAW
 KVM_HC_VAPIC_POLL_IRQ = 1
@@ -43,8 +49,8 @@ class GuestVcpu:
                  "remaining_ns", "kind", "tdvmcall_key", "irq_debt_ns", "_regs", "awaiting",
                  "tsc_aux_acc")
 
-    def __init__(self, rng, compute_ns: int, exp: bool, mix: dict[str, float],
-                 c_tdvmcall: int) -> None:
+    def __init__(self, rng: random.Random, compute_ns: int, exp: bool,
+                 mix: Any, c_tdvmcall: int) -> None:
         self.rng = rng
         self.mean_ns = compute_ns
         self.exp = exp
@@ -57,8 +63,8 @@ class GuestVcpu:
         self.kind = ""
         self.tdvmcall_key = ""
         self._regs = TDVMCALL_REGS["cpuid"]
-        self.awaiting = False  # issue 3: a TDVMCALL issued and not yet completed
-        self.tsc_aux_acc = 0   # issue 3: VMX guests, TSC_AUX reads owed (x 1e9)
+        self.awaiting = False  # a TDVMCALL issued and not yet completed
+        self.tsc_aux_acc = 0   # VMX guests: TSC_AUX reads owed (x 1e9)
         self.next_period()
 
     def next_period(self) -> None:
@@ -66,10 +72,9 @@ class GuestVcpu:
         TDVMCALL, if any)."""
         self.awaiting = False
         rng = self.rng
-        if self.exp:
-            compute = int(rng.expovariate(1.0 / self.mean_ns))
-        else:
-            compute = self.mean_ns
+        # random.expovariate(1 / mean), computed in place (the same value)
+        compute = (int(-log(1.0 - rng.random()) / (1.0 / self.mean_ns)) if self.exp
+                   else self.mean_ns)
         if len(self.kinds) == 1:
             kind = self.kinds[0]
         else:
@@ -80,7 +85,7 @@ class GuestVcpu:
         self.remaining_ns = compute + self.c_tdvmcall + self.irq_debt_ns
         self.irq_debt_ns = 0
 
-    def tdvmcall_regs(self, args) -> None:
+    def tdvmcall_regs(self, args: Any) -> None:
         """TDG.VP.VMCALL: the registers the module passes to KVM in vp_enter_args."""
         self.awaiting = True
         args.rcx = arch.TDVMCALL_EXPOSE_REGS_MASK

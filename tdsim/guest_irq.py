@@ -1,18 +1,30 @@
 """Guest vCPUs that also send IPIs, re-arm a one-shot timer, fault on private pages or halt
-with interrupts disabled (issue 4).  `irq_guest` picks this class only when a scenario uses
-one of those features, so other guests keep the foundation's `tdsim.guest.GuestVcpu`."""
+with interrupts disabled.  `irq_guest` picks this class only when a scenario uses one of those
+features, so other guests keep the plain `tdsim.guest.GuestVcpu`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import random
+from typing import TYPE_CHECKING, Any
 
 from . import arch
 from .guest import GuestVcpu
-from .interrupts import _ICR_SHORTHAND, _IPI_VECTOR, MSR_IA32_TSC_DEADLINE, MSR_X2APIC_ICR
-from .rng import exp_ns, stream
+from .rng import exp_ns
 
 if TYPE_CHECKING:
-    from .sim import Simulation
+    from .config import VmConfig
+    from .scope import VcpuScope
+
+# Linux guest vectors (arch/x86/include/asm/irq_vectors.h)
+RESCHEDULE_VECTOR = 0xFD
+CALL_FUNCTION_VECTOR = 0xFC
+MSR_X2APIC_ICR = 0x830
+MSR_IA32_TSC_DEADLINE = 0x6E0
+# the vector and x2APIC ICR destination shorthand (bits 19:18: 0 = destination field, 3 = all
+# excluding self) a guest IPI of each pattern uses
+IPI_VECTOR = {"unicast": RESCHEDULE_VECTOR, "multicast": CALL_FUNCTION_VECTOR,
+              "broadcast": CALL_FUNCTION_VECTOR, "shootdown": CALL_FUNCTION_VECTOR}
+ICR_SHORTHAND = {"unicast": 0, "multicast": 0, "broadcast": 3 << 18, "shootdown": 0}
 
 
 class IrqGuestVcpu(GuestVcpu):
@@ -31,8 +43,9 @@ class IrqGuestVcpu(GuestVcpu):
                  "rearm_due", "rearm_planned", "fault_mean_ns", "fault_left_ns", "fault_gpa",
                  "hlt_irqs_off_p")
 
-    def __init__(self, rng, compute_ns, exp, mix, c_tdvmcall, ipi_rng, ipi_mean_ns: int,
-                 icr: int, oneshot: bool = False, fault_mean_ns: int = 0,
+    def __init__(self, rng: random.Random, compute_ns: int, exp: bool, mix: Any,
+                 c_tdvmcall: int, ipi_rng: random.Random, ipi_mean_ns: int, icr: int,
+                 oneshot: bool = False, fault_mean_ns: int = 0,
                  hlt_irqs_off_p: float = 0.0) -> None:
         self.hlt_irqs_off_p = hlt_irqs_off_p
         self.ipi_rng = ipi_rng
@@ -44,14 +57,14 @@ class IrqGuestVcpu(GuestVcpu):
                               if fault_mean_ns else 1 << 62)
         self.fault_gpa = 0x100000000
         self.oneshot = oneshot
-        self.saved = None
+        self.saved: tuple[int, str, str, tuple[int, ...]] | None = None
         self.rearm_due = False      # a timer was taken without a planned re-arm
         self.rearm_planned = False  # the re-arm call is planned for a pending timer vector
         self.ipi_left_ns = (exp_ns(ipi_rng, ipi_mean_ns)
                             if ipi_mean_ns else 1 << 62)
         super().__init__(rng, compute_ns, exp, mix, c_tdvmcall)
 
-    def ept_violation_regs(self, args) -> None:
+    def ept_violation_regs(self, args: Any) -> None:
         """What the module returns for an EPT violation: RCX = exit qualification (a
         write), R8 = the faulting GPA (private: shared bit clear)."""
         args.rcx = 0x2
@@ -70,10 +83,10 @@ class IrqGuestVcpu(GuestVcpu):
         self.rearm_due = False
 
     def next_period(self) -> None:
-        self.awaiting = False  # issue 3: the TDVMCALL (e.g. the re-arm WRMSR) completed
+        self.awaiting = False  # the TDVMCALL (e.g. the re-arm WRMSR) completed
         if self.saved is not None:
             self.remaining_ns, self.kind, self.tdvmcall_key, self._regs = self.saved
-            self.saved = None
+            self.saved: tuple[int, str, str, tuple[int, ...]] | None = None
             self.remaining_ns += self.irq_debt_ns
             self.irq_debt_ns = 0
             return
@@ -106,19 +119,18 @@ class IrqGuestVcpu(GuestVcpu):
             self.ipi_left_ns -= compute
 
 
-def irq_guest(sim: "Simulation", scope: str, vmd: dict) -> IrqGuestVcpu | None:
-    """The guest of one vCPU of the VM described by `vmd` if it needs `IrqGuestVcpu` (IPIs,
-    one-shot timer re-arms, private faults, HLT with interrupts disabled), else None."""
-    wl = vmd["workload"]
-    intr = vmd["interrupts"]
-    oneshot = wl["timer_mode"] == "oneshot" and wl["timer_hz"] > 0
-    fault_hz = vmd["sept"]["private_fault_hz"]
-    if not (intr["ipi_hz"] > 0 or oneshot or fault_hz > 0 or intr["hlt_irqs_off_p"] > 0):
+def irq_guest(scope: VcpuScope, seed: int, vm: VmConfig,
+              c_tdvmcall: int) -> IrqGuestVcpu | None:
+    """The guest of one vCPU of `vm` if it needs `IrqGuestVcpu` (IPIs, one-shot timer
+    re-arms, private faults, HLT with interrupts disabled), else None."""
+    wl = vm.workload
+    intr = vm.interrupts
+    fault_hz = vm.sept.private_fault_hz
+    if not (intr.ipi_hz > 0 or wl.timer_oneshot or fault_hz > 0 or intr.hlt_irqs_off_p > 0):
         return None
-    pattern = intr["ipi_pattern"]
-    return IrqGuestVcpu(stream(sim.seed, scope + ".workload"),
-                        int(round(wl["compute_us"] * 1000)), wl["compute_dist"] == "exp",
-                        wl["mix"], sim.c_guest_tdvmcall, stream(sim.seed, scope + ".ipi"),
-                        int(1e9 / intr["ipi_hz"]) if intr["ipi_hz"] else 0,
-                        _IPI_VECTOR[pattern] | _ICR_SHORTHAND[pattern], oneshot,
-                        int(1e9 / fault_hz) if fault_hz else 0, intr["hlt_irqs_off_p"])
+    pattern = intr.ipi_pattern
+    return IrqGuestVcpu(scope.stream(seed, "workload"), wl.compute_ns, wl.compute_exp,
+                        wl.mix, c_tdvmcall, scope.stream(seed, "ipi"),
+                        int(1e9 / intr.ipi_hz) if intr.ipi_hz else 0,
+                        IPI_VECTOR[pattern] | ICR_SHORTHAND[pattern], wl.timer_oneshot,
+                        int(1e9 / fault_hz) if fault_hz else 0, intr.hlt_irqs_off_p)

@@ -1,8 +1,9 @@
 """Host CPUs, threads and the scheduler.
 
 `HostCpu` is the hardware: the real contents of the MSRs that matter, per logical CPU.  KVM's
-beliefs about those MSRs (the user-return cache) live in `tdsim.kvm_x86.KvmUserReturnMsrs`,
-a separate object, so that a belief that disagrees with the hardware can be seen.
+beliefs about those MSRs (the user-return cache, `tdsim.kvm_x86.KvmUserReturnMsrs`) live in a
+separate object that KVM attaches when the CPU comes online, so that a belief that disagrees
+with the hardware can be seen.
 
 Every RDMSR/WRMSR goes through `HostCpu.rdmsr` / `HostCpu.wrmsr`, which charge the cost to the
 CPU's accumulator (`acc`, straight-line work not yet spent in a SimPy timeout) and count it by
@@ -11,21 +12,34 @@ MSR and by call site.
 The scheduler is a small model of the Linux one: per-CPU FIFO run queues, a time slice when a
 CPU is contended, optional wake-up preemption, pinning, wake-up placement on an idle CPU, and
 idle balancing (a CPU that goes idle pulls an unpinned runnable thread from another CPU, which
-is how unpinned vCPU threads migrate).  Context switches save the outgoing task's GS base from
-the hardware (``save_fsgs``) and load the incoming task's, as ``__switch_to`` does; a task
-whose saved GS base is not its own has had host state leak into it.
+is how unpinned vCPU threads migrate).  Idle CPUs and CPUs with pullable threads are kept in
+sorted index lists, so placement and pulling do not scan every CPU.  Context switches save the
+outgoing task's GS base from the hardware (``save_fsgs``) and load the incoming task's, as
+``__switch_to`` does; a task whose saved GS base is not its own has had host state leak into it.
+
+Asynchronous notifications reach a thread through `Thread.disturb` with a cause object: a host
+interrupt on its CPU (`HostIrq`), or need_resched (`RESCHED`).  What a disturbance does to a
+vCPU thread is decided in one place, `tdsim.segment.VcpuSegment.disturb`.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right, insort
 from collections import defaultdict, deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+from simpy import Event, Interrupt, Process
 
 from . import arch
 from .rng import exp_ns
 
 if TYPE_CHECKING:
-    from .sim import Simulation
+    import random
+
+    from .clock import Environment
+    from .findings import Findings
+    from .trace import Tracer
 
 # CPU time categories (cpu.<i>.ns.<name>)
 GUEST, KVM, VMM, HOST_TASK, IDLE = range(5)
@@ -42,17 +56,57 @@ SITE_POST_EXIT = "wrmsr.site.post_exit"
 _WRMSR_MSR_KEYS = {msr: f"wrmsr.msr.{name}" for msr, name in arch.MSR_NAMES.items()}
 _RDMSR_MSR_KEYS = {msr: f"rdmsr.msr.{name}" for msr, name in arch.MSR_NAMES.items()}
 
+Stat = defaultdict[str, int]
+ProcessGenerator = Generator[Event, Any, Any]
+
+
+def new_stat() -> Stat:
+    """A counter table (metric name -> count) of one thread or of the host."""
+    return defaultdict(int)
+
+
+class Cause:
+    """What disturbs a thread (the argument of `Thread.disturb`, and the cause of the SimPy
+    interrupt that cuts its current stretch of time short)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class HostIrq(Cause):
+    """A host interrupt arriving on the thread's CPU: `name` is its source (tick, timer,
+    kick, resched, flush_ipi, other); `nmi` for a host NMI."""
+
+    __slots__ = ("nmi",)
+
+    def __init__(self, name: str, nmi: bool = False) -> None:
+        super().__init__(name)
+        self.nmi = nmi
+
+
+# One cause object per source, so a disturbance allocates nothing.
+HOST_IRQ = {name: HostIrq(name) for name in ("tick", "timer", "kick", "resched", "flush_ipi",
+                                              "other")}
+HOST_NMI = HostIrq("nmi", nmi=True)
+RESCHED = Cause("need_resched")  # need_resched was set while the thread runs
+
 
 class HostCpu:
     """One host logical CPU: hardware MSR contents, what runs on it, its run queue, its time."""
 
     __slots__ = (
-        "sim", "index", "msr", "uret", "curr", "rq", "ns", "idle_since", "acc", "stat",
-        "slice_gen", "last_tdvpr", "associated_tdvcpus", "loaded_vcpu", "name",
+        "env", "index", "name", "msr", "uret", "curr", "rq", "ns", "idle_since", "acc",
+        "stat", "slice_gen", "c_wrmsr", "c_rdmsr", "tracer", "user_return", "unpinned_queued",
     )
 
-    def __init__(self, sim: "Simulation", index: int) -> None:
-        self.sim = sim
+    def __init__(self, env: Environment, index: int, c_wrmsr: int, c_rdmsr: int,
+                 tracer: Tracer | None, host_stat: Stat) -> None:
+        self.env = env
         self.index = index
         self.name = f"host.cpu{index}"
         # The hardware truth.  KERNEL_GS_BASE holds the running task's user GS base.
@@ -64,43 +118,53 @@ class HostCpu:
             arch.MSR_TSC_AUX: arch.host_tsc_aux(index),
             arch.MSR_KERNEL_GS_BASE: 0,
         }
-        self.uret = None  # KvmUserReturnMsrs, set up by KVM (kvm_user_return_msr_cpu_online)
+        # KVM's user-return MSR state of this CPU (tdsim.kvm_x86.KvmUserReturnMsrs), attached
+        # by KVM when the CPU comes online; the hardware layer does not look inside it.
+        self.uret: Any = None
+        # exit_to_user_mode's notifier chain, installed by KVM (user-return notifier + checks)
+        self.user_return: Callable[[HostCpu, Thread], None] | None = None
         self.curr: Thread | None = None
         self.rq: deque[Thread] = deque()
+        self.unpinned_queued = 0  # threads in rq that idle balancing may pull
         self.ns = [0, 0, 0, 0, 0]
         self.idle_since = 0
         self.acc = 0
-        self.stat = sim.host_stat
+        self.stat = host_stat  # the running thread's counters (the host's when idle)
         self.slice_gen = 0
-        self.last_tdvpr = None  # TDX module: the TDVPR this LP last entered
-        self.associated_tdvcpus: list = []  # KVM's per-CPU associated_tdvcpus list
-        self.loaded_vcpu = None  # the KVM vCPU loaded on this CPU (vcpu_load..vcpu_put)
+        self.c_wrmsr = c_wrmsr
+        self.c_rdmsr = c_rdmsr
+        self.tracer = tracer
 
     def wrmsr(self, msr: int, value: int, site: str) -> None:
         """WRMSR on this CPU: the one place that writes hardware MSRs, charges and counts."""
         self.msr[msr] = value
-        self.acc += self.sim.c_wrmsr
+        self.acc += self.c_wrmsr
         stat = self.stat
         stat[_WRMSR_MSR_KEYS[msr]] += 1
         stat[site] += 1
-        tracer = self.sim.tracer
+        tracer = self.tracer
         if tracer is not None:
             cur = self.curr
-            tracer.emit(self.sim.env.now, "wrmsr", self.index, cur.name if cur else None,
+            tracer.emit(self.env.now, "wrmsr", self.index, cur.name if cur else None,
                         msr=arch.MSR_NAMES[msr], site=site[11:], value=hex(value))
 
     def rdmsr(self, msr: int) -> int:
         """RDMSR on this CPU: charges and counts."""
-        self.acc += self.sim.c_rdmsr
+        self.acc += self.c_rdmsr
         self.stat[_RDMSR_MSR_KEYS[msr]] += 1
         return self.msr[msr]
 
-    def host_irq(self, why: str = "other") -> None:
-        """A host interrupt (tick, hrtimer, call-function IPI) arrives on this CPU now.
-        `why` names its source for the ``irq_exits.<why>`` breakdown (issue 4)."""
+    def host_irq(self, cause: HostIrq) -> None:
+        """A host interrupt (tick, hrtimer, IPI) arrives on this CPU now."""
         curr = self.curr
-        if curr is not None and curr.is_vcpu:
-            curr.notify_host_irq(why)
+        if curr is not None:
+            curr.disturb(cause)
+
+    def exit_to_user_mode(self, task: Thread) -> None:
+        """exit_to_user_mode for `task` on this CPU: the user-return notifier chain runs."""
+        hook = self.user_return
+        if hook is not None:
+            hook(self, task)
 
 
 class Thread:
@@ -109,39 +173,50 @@ class Thread:
     is_vcpu = False
     category = HOST_TASK  # CPU time category of its kernel-side work
 
-    def __init__(self, sim: "Simulation", name: str, pin: int | None, gsbase: int) -> None:
-        self.sim = sim
+    def __init__(self, env: Environment, name: str, pin: int | None, gsbase: int,
+                 stat: Stat, tracer: Tracer | None) -> None:
+        self.env = env
         self.name = name
         self.pin = pin
         self.gsbase = gsbase  # the task's real user GS base (thread.gsbase)
         self.state = SLEEPING
         self.cpu: HostCpu | None = None  # the CPU it runs on or last ran on
         self.need_resched = False
-        self.stat = sim.host_stat
-        # segment accounting: [seg_k1: seg_d1][seg_k2: seg_d2][KVM: the rest]
+        self.stat = stat
+        self.tracer = tracer
+        self.proc: Process | None = None
+        # time accounting of the stretch running now: [seg_k1: seg_d1][seg_k2: seg_d2][KVM]
         self.seg_t0 = -1
         self.seg_k1 = HOST_TASK
         self.seg_d1 = 0
         self.seg_k2 = HOST_TASK
         self.seg_d2 = 0
-        self.run_event = sim.env.event()
-        if sim.tracer is not None:  # cpu_state events; untraced, end_seg stays untouched
-            self.end_seg = self._end_seg_traced
+        self.run_event: Event = env.event()
+
+    @property
+    def on_cpu(self) -> HostCpu:
+        """The CPU the thread runs on (a thread that runs always has one)."""
+        cpu = self.cpu
+        assert cpu is not None, f"tdsim bug: {self.name} runs without a CPU"
+        return cpu
 
     # --- time accounting ------------------------------------------------------------------
     def begin_seg(self, k1: int, d1: int, k2: int = KVM, d2: int = 0) -> None:
         """Start a timed stretch on the CPU: d1 ns of k1, then d2 ns of k2, then KVM."""
-        self.seg_t0 = self.sim.env.now
+        self.seg_t0 = self.env.now
         self.seg_k1 = k1
         self.seg_d1 = d1
         self.seg_k2 = k2
         self.seg_d2 = d2
 
     def end_seg(self, t: int) -> int:
-        """Account the running segment up to time t; returns the elapsed ns."""
+        """Account the running stretch up to time t; returns the elapsed ns."""
         elapsed = t - self.seg_t0
+        tracer = self.tracer
+        if tracer is not None:
+            self.trace_seg(tracer, elapsed)
         self.seg_t0 = -1
-        ns = self.cpu.ns
+        ns = self.on_cpu.ns
         d1 = self.seg_d1
         if elapsed <= d1:
             ns[self.seg_k1] += elapsed
@@ -156,16 +231,11 @@ class Thread:
             ns[KVM] += rest - d2
         return elapsed
 
-    def _end_seg_traced(self, t: int) -> int:
-        """`end_seg` when tracing: emit the segment's ``cpu_state`` events first."""
-        self.trace_seg(self.sim.tracer, t - self.seg_t0)
-        return Thread.end_seg(self, t)
-
-    def trace_seg(self, tracer, elapsed: int) -> None:
-        """Emit ``cpu_state`` for each part of the segment that ran (up to three: k1, k2, KVM),
-        at the instant the part began (so these events are emitted after the fact)."""
+    def trace_seg(self, tracer: Tracer, elapsed: int) -> None:
+        """Emit ``cpu_state`` for each part of the stretch that ran (up to three: k1, k2,
+        KVM), at the instant the part began (so these events are emitted after the fact)."""
         t0 = self.seg_t0
-        cpu = self.cpu.index
+        cpu = self.on_cpu.index
         name = self.name
         d1 = self.seg_d1
         if elapsed > 0 and d1 > 0:
@@ -179,7 +249,7 @@ class Thread:
                         what=CATEGORY_NAMES[KVM], thread=name)
 
     def split_seg(self, t: int) -> None:
-        """Account the running segment up to `t` and keep its remainder open (warm-up)."""
+        """Account the running stretch up to `t` and keep its remainder open (warm-up)."""
         elapsed = t - self.seg_t0
         k1, d1, k2, d2 = self.seg_k1, self.seg_d1, self.seg_k2, self.seg_d2
         self.end_seg(t)
@@ -190,38 +260,73 @@ class Thread:
         else:
             self.begin_seg(KVM, 0, KVM, 0)
 
-    # --- hooks the scheduler calls --------------------------------------------------------
-    def resched(self) -> None:
-        """need_resched was set for this running thread: act on it where the thread can."""
-
-    def notify_host_irq(self, why: str = "other") -> None:  # only vCPU threads care
-        pass
+    # --- asynchronous notifications -------------------------------------------------------
+    def disturb(self, cause: Cause) -> None:
+        """Something happened to this running thread (see `Cause`); threads that can be
+        interrupted override this."""
 
 
 class Scheduler:
     """Per-CPU FIFO run queues with slices, wake-up preemption, pinning and idle balancing."""
 
-    def __init__(self, sim: "Simulation", timeslice_ns: int, wakeup_preempt: bool) -> None:
-        self.sim = sim
-        self.cpus = sim.cpus
+    def __init__(self, env: Environment, cpus: list[HostCpu], timeslice_ns: int,
+                 wakeup_preempt: bool, c_context_switch: int, findings: Findings,
+                 tracer: Tracer | None) -> None:
+        self.env = env
+        self.cpus = cpus
         self.timeslice_ns = timeslice_ns
         self.wakeup_preempt = wakeup_preempt
+        self.c_context_switch = c_context_switch
+        self.findings = findings
+        self.tracer = tracer
+        # sorted indices: CPUs with nothing to run; CPUs whose queue holds an unpinned thread
+        self.idle: list[int] = [c.index for c in cpus]
+        self.pullable: list[int] = []
 
+    # --- bookkeeping of the two sorted lists ----------------------------------------------
+    def _set_idle(self, cpu: HostCpu, idle: bool) -> None:
+        lst = self.idle
+        i = bisect_right(lst, cpu.index)
+        present = i > 0 and lst[i - 1] == cpu.index
+        if idle and not present:
+            lst.insert(i, cpu.index)
+        elif not idle and present:
+            del lst[i - 1]
+
+    def _enqueue(self, cpu: HostCpu, t: Thread) -> None:
+        cpu.rq.append(t)
+        if t.pin is None:
+            cpu.unpinned_queued += 1
+            if cpu.unpinned_queued == 1:
+                insort(self.pullable, cpu.index)
+
+    def _dequeued(self, cpu: HostCpu, t: Thread) -> None:
+        if t.pin is None:
+            cpu.unpinned_queued -= 1
+            if cpu.unpinned_queued == 0:
+                self.pullable.remove(cpu.index)
+
+    @staticmethod
+    def _next_after(lst: list[int], index: int) -> int | None:
+        """The first index in sorted `lst` after `index`, wrapping around (not `index`)."""
+        if not lst:
+            return None
+        i = bisect_right(lst, index)
+        nxt = lst[i] if i < len(lst) else lst[0]
+        return None if nxt == index else nxt
+
+    # --- scheduling -----------------------------------------------------------------------
     def select_cpu(self, t: Thread) -> HostCpu:
-        """select_task_rq: the pinned CPU; else the previous CPU if idle; else an idle CPU;
-        else the previous CPU."""
+        """select_task_rq: the pinned CPU; else the previous CPU if idle; else the next idle
+        CPU after it; else the previous CPU."""
         cpus = self.cpus
         if t.pin is not None:
             return cpus[t.pin]
         prev = t.cpu if t.cpu is not None else cpus[0]
         if prev.curr is None and not prev.rq:
             return prev
-        n = len(cpus)
-        for i in range(1, n):
-            c = cpus[(prev.index + i) % n]
-            if c.curr is None and not c.rq:
-                return c
-        return prev
+        nxt = self._next_after(self.idle, prev.index)
+        return cpus[nxt] if nxt is not None else prev
 
     def wake_up(self, t: Thread) -> None:
         """try_to_wake_up: make a sleeping thread runnable and place it."""
@@ -232,7 +337,8 @@ class Scheduler:
         if cpu.curr is None and not cpu.rq:
             self._dispatch(cpu, t)
             return
-        cpu.rq.append(t)
+        self._enqueue(cpu, t)
+        self._set_idle(cpu, False)
         if self.wakeup_preempt:
             self.resched_curr(cpu)
         else:
@@ -242,12 +348,12 @@ class Scheduler:
         curr = cpu.curr
         if curr is not None and not curr.need_resched:
             curr.need_resched = True
-            curr.resched()
+            curr.disturb(RESCHED)
 
     def _arm_slice(self, cpu: HostCpu) -> None:
         cpu.slice_gen += 1
         gen = cpu.slice_gen
-        ev = self.sim.env.timeout(self.timeslice_ns)
+        ev = self.env.timeout(self.timeslice_ns)
         ev.callbacks.append(lambda _e: self._slice_expired(cpu, gen))
 
     def _slice_expired(self, cpu: HostCpu, gen: int) -> None:
@@ -259,60 +365,71 @@ class Scheduler:
 
         ``runnable`` = preempted (goes to the tail of this CPU's queue) rather than sleeping.
         """
-        sim = self.sim
-        now = sim.env.now
+        now = self.env.now
         self.save_fsgs(cpu, prev)
         prev.need_resched = False
         cpu.curr = None
         cpu.idle_since = now
-        prev.run_event = sim.env.event()
+        prev.run_event = self.env.event()
         if runnable:
             prev.state = RUNNABLE
-            cpu.rq.append(prev)
+            self._enqueue(cpu, prev)
         else:
             prev.state = SLEEPING
-        nxt = cpu.rq.popleft() if cpu.rq else self._pull(cpu)
+        if cpu.rq:
+            nxt: Thread | None = cpu.rq.popleft()
+            assert nxt is not None
+            self._dequeued(cpu, nxt)
+        else:
+            nxt = self._pull(cpu)
         if nxt is None:
-            if sim.tracer is not None:
-                sim.tracer.emit(now, "cpu_state", cpu.index, None, what="idle", thread=None)
+            self._set_idle(cpu, True)
+            tracer = self.tracer
+            if tracer is not None:
+                tracer.emit(now, "cpu_state", cpu.index, None, what="idle", thread=None)
             return
         self._dispatch(cpu, nxt)
 
     def _pull(self, cpu: HostCpu) -> Thread | None:
-        """Idle balancing: take an unpinned runnable thread from the first contended CPU."""
-        cpus = self.cpus
-        n = len(cpus)
-        for i in range(1, n):
-            other = cpus[(cpu.index + i) % n]
-            for t in other.rq:
-                if t.pin is None:
-                    other.rq.remove(t)
-                    return t
-        return None
+        """Idle balancing: take the first unpinned runnable thread of the next CPU (after
+        this one, wrapping around) whose queue has one."""
+        index = self._next_after(self.pullable, cpu.index)
+        if index is None:
+            return None
+        other = self.cpus[index]
+        for t in other.rq:
+            if t.pin is None:
+                other.rq.remove(t)
+                self._dequeued(other, t)
+                if not other.rq and other.curr is None:
+                    self._set_idle(other, True)
+                return t
+        raise AssertionError(f"tdsim bug: cpu{index} listed as pullable with none queued")
 
     def _dispatch(self, cpu: HostCpu, t: Thread) -> None:
-        sim = self.sim
-        now = sim.env.now
+        now = self.env.now
         if cpu.curr is not None:
-            sim.violations.record("cpu_runs_one_thing", cpu.index, t.name,
-                                  f"{t.name} dispatched while {cpu.curr.name} runs")
-        if cpu.curr is None:
+            self.findings.record("cpu_runs_one_thing", cpu.index, t.name,
+                                 f"{t.name} dispatched while {cpu.curr.name} runs")
+        else:
             cpu.ns[IDLE] += now - cpu.idle_since
         if t.state == RUNNING:
-            sim.violations.record("vcpu_on_one_cpu", cpu.index, t.name,
-                                  f"{t.name} dispatched on cpu{cpu.index} while running on "
-                                  f"cpu{t.cpu.index}")
+            self.findings.record("vcpu_on_one_cpu", cpu.index, t.name,
+                                 f"{t.name} dispatched on cpu{cpu.index} while running on "
+                                 f"cpu{t.on_cpu.index}")
         cpu.curr = t
+        self._set_idle(cpu, False)
         cpu.stat = t.stat
         t.state = RUNNING
         t.cpu = cpu
         # __switch_to: load the incoming task's GS base (FSGSBASE: no WRMSR).
         cpu.msr[arch.MSR_KERNEL_GS_BASE] = t.gsbase
-        cpu.acc += sim.c_context_switch
+        cpu.acc += self.c_context_switch
         if cpu.rq:
             self._arm_slice(cpu)
-        if sim.tracer is not None:
-            sim.tracer.emit(now, "sched_switch", cpu.index, t.name, prev=None, next=t.name)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(now, "sched_switch", cpu.index, t.name, prev=None, next=t.name)
         t.run_event.succeed(cpu)
 
     def save_fsgs(self, cpu: HostCpu, prev: Thread) -> None:
@@ -321,7 +438,7 @@ class Scheduler:
         If KVM left a guest/module value in KERNEL_GS_BASE, the task now carries it."""
         hw = cpu.msr[arch.MSR_KERNEL_GS_BASE]
         if hw != prev.gsbase:
-            self.sim.violations.record(
+            self.findings.record(
                 "host_state_leak", cpu.index, prev.name,
                 f"context switch saved KERNEL_GS_BASE={hw:#x} as {prev.name}'s GS base "
                 f"(its own is {prev.gsbase:#x})")
@@ -330,43 +447,43 @@ class Scheduler:
 class HostTask(Thread):
     """A host user thread alternating CPU bursts and sleeps (e.g. a busy service)."""
 
-    def __init__(self, sim: "Simulation", index: int, rng, run_ns: int, sleep_ns: int,
-                 exp: bool) -> None:
-        super().__init__(sim, f"task{index}", None, gsbase=0x7F0000000000 + index * 0x1000)
+    def __init__(self, env: Environment, index: int, rng: random.Random, run_ns: int,
+                 sleep_ns: int, exp: bool, start_cpu: HostCpu, sched: Scheduler,
+                 stat: Stat, tracer: Tracer | None) -> None:
+        super().__init__(env, f"task{index}", None, 0x7F0000000000 + index * 0x1000, stat,
+                         tracer)
         self.rng = rng
         self.run_ns = run_ns
         self.sleep_ns = sleep_ns
         self.exp = exp
+        self.sched = sched
         self.remaining = 0
         self.in_user = False
-        self.proc = None
-        self.start_cpu = index % len(sim.cpus)
+        self.cpu = start_cpu
 
     def _draw(self, mean: int) -> int:
         if not self.exp or mean == 0:
             return mean
         return exp_ns(self.rng, mean)
 
-    def resched(self) -> None:
-        if self.in_user:
+    def disturb(self, cause: Cause) -> None:
+        """need_resched preempts the task's user code."""
+        if cause is RESCHED and self.in_user:
             self.in_user = False
-            self.proc.interrupt()
+            assert self.proc is not None
+            self.proc.interrupt(cause)
 
-    def main(self):
-        sim = self.sim
-        env = sim.env
-        sched = sim.sched
-        self.cpu = sim.cpus[self.start_cpu]
-        from simpy import Interrupt
-
+    def main(self) -> ProcessGenerator:
+        env = self.env
+        sched = self.sched
         yield env.timeout(self._draw(self.sleep_ns))  # staggered start
         while True:
             sched.wake_up(self)
-            cpu = yield self.run_event
+            cpu: HostCpu = yield self.run_event
             self.remaining = self._draw(self.run_ns)
             while True:
                 # Return to user mode on this CPU: the user-return notifier runs here.
-                sim.kvm.return_to_user(cpu, self)
+                cpu.exit_to_user_mode(self)
                 work = cpu.acc
                 cpu.acc = 0
                 self.begin_seg(HOST_TASK, work + self.remaining, HOST_TASK)
@@ -383,7 +500,3 @@ class HostTask(Thread):
                     cpu = yield self.run_event
             sched.switch_out(cpu, self, runnable=False)
             yield env.timeout(self._draw(self.sleep_ns))
-
-
-def new_stat() -> defaultdict:
-    return defaultdict(int)

@@ -1,29 +1,54 @@
 """TDX vendor code of KVM (arch/x86/kvm/vmx/tdx.c), as ``struct vcpu_tdx``.
 
-Run path: ``tdx_vcpu_load`` (flush on the old CPU when the vCPU moved),
-``tdx_prepare_switch_to_guest`` (the strategy's save work; sets ``guest_state_loaded``),
-``tdx_vcpu_run`` (PI self-IPI, ``tdx_vcpu_enter_exit -> tdh_vp_enter``, post-exit work),
-``tdx_handle_exit`` -> ``handle_tdvmcall``, ``tdx_vcpu_put`` -> ``tdx_prepare_switch_to_host``.
-The raw SEAMCALL return (`vp_enter_ret`) and the exit reason KVM derives from it
-(`exit_reason`) are kept apart, as in KVM.
+Run path, in the kernel's order: ``tdx_vcpu_load`` (``tdx_flush_vp_on_cpu`` on the old CPU when
+the vCPU moved), ``tdx_prepare_switch_to_guest`` (the strategy's save work; sets
+``guest_state_loaded``), ``tdx_vcpu_run`` (abort path D, the posted-interrupt self-IPI and
+``kvm_wait_lapic_expire``, ``tdx_vcpu_enter_exit -> tdh_vp_enter``, the post-exit work,
+``tdx_exit_handlers_fastpath``), the IRQ-off exit work, ``tdx_handle_exit`` (status checks, then
+``handle_tdvmcall`` and friends in `tdsim.tdvmcall`), ``tdx_vcpu_put ->
+tdx_prepare_switch_to_host``.  The raw SEAMCALL return (``vp_enter_ret``) and the exit reason
+KVM derives from it (``exit_reason``) are kept apart, as in KVM; the TDX module's own state of
+the vCPU (its association, its fields) is kept apart from KVM's.
+
+Posted interrupts (``tdx_deliver_interrupt``; vmx/posted_intr.c and vmx/common.h): the PIR and
+ON of the PI descriptor, the notification IPI to a running TD (processed without a TD exit), the
+self-IPI that makes the CPU process the PIR at TD entry, and ``kvm_vcpu_wake_up`` otherwise.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
 
-from . import arch, tdvmcall  # tdvmcall (issue 5): TDVMCALL handlers, kvm_run, regs[] layout
+from . import arch
+from .host import HOST_IRQ
 from .kvm_x86 import (
-    IN_GUEST_MODE, KVM_REQ_NMI, PH_BLOCKED, PH_POLL, PH_SEG, KvmVcpu,
+    EXIT_FASTPATH_EXIT_HANDLED,
+    EXIT_FASTPATH_NONE,
+    Kvm,
+    KvmRegs,
+    KvmRun,
+    KvmVcpu,
+    KvmX86Ops,
 )
-from .faults import EPT_VIOLATION_WRITE_QUAL, FAULT_KEYS, ZERO_STEP_GPA
-from .sept import tdx_handle_ept_violation
-from .tdx_module import TdxModuleArgs
+from .segment import PH_SEG
+from .strategies import HostStateStrategy
+from .tdx_module import INJECTED_EXIT_KEYS, TDX_MODULE_ARGS, TdxModuleArgs
 
 if TYPE_CHECKING:
-    from .host import HostCpu
+    import random
 
-# tdx_to_vmx_exit_reason conversion of a TDVMCALL by R11 (reference §3.5)
+    from .clock import Environment
+    from .config import Costs, InterruptConfig, KvmConfig, SeptConfig
+    from .findings import Findings
+    from .host import HostCpu, Scheduler, Stat
+    from .irqstats import IrqStats
+    from .kvm_x86 import KvmX86
+    from .scope import VcpuScope
+    from .tdx_module import TdxModule
+    from .trace import Tracer
+
+# tdx_to_vmx_exit_reason: the exit reason a TDVMCALL (EXIT_REASON_TDCALL) becomes, by R11
 _TDVMCALL_TO_EXIT_REASON = {
     arch.TDVMCALL_CPUID: arch.EXIT_REASON_CPUID,
     arch.TDVMCALL_HLT: arch.EXIT_REASON_HLT,
@@ -33,299 +58,249 @@ _TDVMCALL_TO_EXIT_REASON = {
     arch.TDVMCALL_VE_REQUEST_MMIO: arch.EXIT_REASON_EPT_MISCONFIG,
 }
 
-SEG_PI_LATE = 2  # seg_pi value: ON was set after the segment was planned
-SEG_SEPT_SPIN = -1  # seg_status: tdx_vcpu_run saw wait_for_sept_zap (no SEAMCALL; issue 4)
+# seg_pi: the PI descriptor's ON at this entry (the self-IPI makes the CPU process the PIR at
+# TD entry): not set, set when the entry was planned, or set after that (posted meanwhile)
+SEG_PI_NONE, SEG_PI_PLANNED, SEG_PI_LATE = 0, 1, 2
+SEG_SEPT_SPIN = -1  # seg_status: tdx_vcpu_run saw wait_for_sept_zap (no SEAMCALL)
 
-# issue 3: statuses tdx_to_vmx_exit_reason accepts (reference §3.5) and error bits (§1.5)
 _VALID = arch.TDX_EXIT_REASON_VALID_STATUSES
-_ERROR_OR_NR = arch.TDX_ERROR | arch.TDX_NON_RECOVERABLE
 _STATUS = arch.TDX_SEAMCALL_STATUS_MASK
 
 _EXIT_KEYS = {r: f"exits.reason.{n}" for r, n in arch.EXIT_REASON_NAMES.items()}
-# issue 3: basic reasons tdx_handle_exit hands to handle_tdvmcall (after the TDCALL
-# conversion), and those dispatched to a handler by reason (reference §1.5 step 6; the
-# NMI/IRQ paths have their own oracles)
-_TDVMCALL_REASONS = frozenset({
-    arch.EXIT_REASON_CPUID, arch.EXIT_REASON_HLT, arch.EXIT_REASON_IO_INSTRUCTION,
-    arch.EXIT_REASON_MSR_READ, arch.EXIT_REASON_MSR_WRITE, arch.EXIT_REASON_EPT_MISCONFIG,
-    arch.EXIT_REASON_VMCALL, arch.EXIT_REASON_TDCALL,
-})
-_DISPATCHED = _TDVMCALL_REASONS | {arch.EXIT_REASON_EPT_VIOLATION,
-                                   arch.EXIT_REASON_OTHER_SMI}
-# issue 4: EXTERNAL_INTERRUPT exits by the host interrupt that caused them
-_IRQ_EXIT_KEYS = {w: f"irq_exits.{w}" for w in
-                  ("tick", "timer", "kick", "resched", "flush_ipi", "other")}
+
+
+class KvmTdx(Kvm):
+    """struct kvm_tdx: a TD (and, kept with it, what the TDX module and the oracles hold
+    per TD)."""
+
+    def __init__(self, index: int, name: str, interrupts: InterruptConfig, sept: SeptConfig,
+                 ipi_rng: random.Random, fault_rng: random.Random) -> None:
+        super().__init__(index, name, "tdx", interrupts)
+        self.sept = sept                # [vm.sept]
+        self.ipi_rng = ipi_rng          # a statistical guest's IPI destinations
+        self.fault_rng = fault_rng      # TDH.MEM.PAGE.AUG outcomes of the fault path
+        self.wait_for_sept_zap = False  # kvm_tdx->wait_for_sept_zap
+        # the TDX module's TD epoch lock, held exclusively by TDH.MEM.TRACK in [t0, t1)
+        self.epoch_lock_t0 = self.epoch_lock_t1 = -1
+        # the window in which tdh_do_no_vcpus needs every vCPU out of the TD (an oracle's)
+        self.zap_excl_t0 = self.zap_excl_t1 = -1
+
+
+class TdxPerCpu:
+    """tdx.c's per-CPU state: the TD vCPUs associated with each CPU (associated_tdvcpus),
+    whose TDVPR the TDX module may still hold there."""
+
+    def __init__(self, cpus: list[HostCpu]) -> None:
+        self.cpus = cpus
+        self.associated_tdvcpus: list[list[VcpuTdx]] = [[] for _ in cpus]
 
 
 class VcpuTdx(KvmVcpu):
-    """struct vcpu_tdx (with its struct vcpu_vt and the module-side per-vCPU state)."""
+    """struct vcpu_tdx (with its struct vcpu_vt), the TDX module's state of the vCPU kept
+    apart, and the guest that runs on it."""
 
-    def __init__(self, sim, vm, index, pin, guest) -> None:
-        super().__init__(sim, vm, index, pin)
+    def __init__(self, env: Environment, scope: VcpuScope, vm: KvmTdx, pin: int | None,
+                 guest: Any, costs: Costs, config: KvmConfig, kvm: KvmX86, module: TdxModule,
+                 percpu: TdxPerCpu, sched: Scheduler, irq: IrqStats, stat: Stat,
+                 findings: Findings, tracer: Tracer | None, ops: KvmX86Ops) -> None:
+        super().__init__(env, scope, vm, pin,
+                         0x7F5500000000 + (vm.index << 20) + scope.index * 0x1000,
+                         costs, kvm, sched, irq, stat, findings, tracer)
+        self.kvm_x86_ops = ops  # vt_x86_ops (tdsim.vt)
+        self.tdx_vm = vm
         self.guest = guest
+        self.config = config
+        self.module = module
+        self.percpu = percpu
+        self.strategy: HostStateStrategy = kvm.strategy
+        # the strategy's per-exit hook, skipped outright when it keeps the base no-op
+        hook = kvm.strategy.vcpu_enter_exit
+        self.strategy_vcpu_enter_exit: Callable[[Any, HostCpu, int], None] | None = (
+            hook if type(kvm.strategy).vcpu_enter_exit is not _BASE_ENTER_EXIT else None)
         self.msr_host_kernel_gs_base = 0  # vt->msr_host_kernel_gs_base
         self.guest_entered = False        # v6.16's flag (free for strategies)
         self.vp_enter_args = TdxModuleArgs()
         self.vp_enter_ret = 0             # raw return of the last TDH.VP.ENTER
         self.exit_reason = 0              # vt->exit_reason, derived by KVM
-        # posted-interrupt descriptor
-        self.pir = 0                      # 256-bit request bitmap
+        # posted-interrupt descriptor: 256-bit request bitmap and ON
+        self.pir = 0
         self.pi_on = False
-        self.seg_pi = False  # ON seen at this entry: True (planned) or SEG_PI_LATE
+        # the current entry as planned (see tdsim.segment): ON at entry, what TDH.VP.ENTER
+        # returns, an injected exit status and the kind of module outcome
+        self.seg_pi = SEG_PI_NONE
         self.seg_status = arch.TDX_SUCCESS
-        self.seg_exit = None              # issue 3: injected exit status of an entered TD
-        self.seg_fault = None             # issue 3: kind of the injected module outcome
-        # TDX module's view of this vCPU
-        self.module_assoc_cpu = None      # LP the vCPU is associated with
-        self.module_fields: dict[str, int] = {}
-        self.pending_completion = None    # complete_userspace_io callback
-        tdvmcall.init_vcpu(self)  # issue 5: kvm_run, regs[] and the layout, MapGPA progress
-        # issue 4 (tdsim.interrupts): vector -> (t_posted, source) of what the PIR holds;
-        # shootdowns waiting for this vCPU's ack; NMI state (vcpu->arch.nmi_queued /
-        # nmi_pending; time of the oldest undelivered NMI); a host NMI cut this segment;
-        # (outside_ack, the kick-and-wait's event, is in KvmVcpu)
-        self.pi_src: dict[int, tuple[int, str]] = {}
-        self.sd_waiters: list = []
-        self.nmi_queued = 0
-        self.nmi_pending = 0
-        self.nmi_t0 = None
-        self.seg_host_nmi = False
+        self.seg_exit: int | None = None
+        self.seg_fault: str | None = None
+        self.last_irq_source = "other"    # the host interrupt behind the last cut entry
         self.t_seamcall = 0
-        self.oneshot_period = 0  # one-shot (TSC-deadline) guest timer period, 0 = not one-shot
-        self.timer_gen = 0
-        self.timer_deadline = 0  # issue 4: deadline of the last timer that fired
+        # the TDX module's state of this vCPU (TDVPR): the LP it is associated with, fields
+        self.module_assoc_cpu: HostCpu | None = None
+        self.module_fields: dict[str, int] = {}
+        # the interrupt model (tdsim.interrupts): vector -> (t_posted, source) of what the
+        # PIR holds; shootdowns waiting for this vCPU's ack; time of the oldest undelivered
+        # NMI; the one-shot guest timer
+        self.pi_src: dict[int, tuple[int, str]] = {}
+        self.sd_waiters: list[Any] = []
+        # vcpu->run and vcpu->arch.regs; with [kvm] regs_layout = "in_place" regs[] is
+        # vp_enter_args itself (nothing copied), with "copy" the 13 registers are copied to
+        # regs[] after every exit and back before every entry (tdsim.tdvmcall)
+        self.run = KvmRun()
+        self.regs_copy = config.regs_layout == "copy"
+        if self.regs_copy:
+            self.gprs = KvmRegs()
+            self.regs_entry_copy_ns = len(TDX_MODULE_ARGS) * costs.regs_copy_ns
+        else:
+            self.gprs = self.vp_enter_args = KvmRegs()  # type: ignore[assignment]
+            self.regs_entry_copy_ns = 0
+        self.regs_moves = 0              # moves made by the handler running now
+        self.pending_completion: Callable[[Any, HostCpu], int] | None = None
+        # TDVMCALL state (tdsim.tdvmcall): MapGPA progress, a call outstanding in userspace,
+        # KVM's emulated MSR values, the scripted guest's call log
+        self.map_gpa_next = 0            # vcpu_tdx->map_gpa_next
+        self.map_gpa_end = 0             # vcpu_tdx->map_gpa_end
+        self.tdvmcall_outstanding = False
+        self.msr_values: dict[int, int] = {}
+        self.call_log: Any = None
+        # the VMM's service of an exit to userspace, wired by the build step
+        self.vmm_service: Callable[[Any], int] | None = None
 
     def host_gsbase(self) -> int:
         """current->thread.gsbase of the vCPU thread (host KERNEL_GS_BASE to restore)."""
         return self.gsbase
 
     # --- load / put --------------------------------------------------------------------
-    def vcpu_load_vendor(self, cpu: "HostCpu") -> None:
-        """tdx_vcpu_load: if the vCPU last ran on another CPU, tdx_flush_vp_on_cpu sends a
-        synchronous IPI there to run TDH.VP.FLUSH; then join this CPU's list.
+    def tdx_vcpu_load(self, cpu: HostCpu) -> None:
+        """tdx_vcpu_load: if the vCPU last ran on another CPU, tdx_flush_vp_on_cpu there;
+        then join this CPU's associated_tdvcpus."""
+        old = self.cpu_index
+        if old != -1 and old != cpu.index:
+            self.tdx_flush_vp_on_cpu(cpu, self.percpu.cpus[old])
+            self.stat["migrations"] += 1
+        if self.cpu_index != cpu.index:
+            self.percpu.associated_tdvcpus[cpu.index].append(self)
+            self.cpu_index = cpu.index
+
+    def tdx_flush_vp_on_cpu(self, cpu: HostCpu, old_cpu: HostCpu) -> None:
+        """tdx_flush_vp_on_cpu: a synchronous IPI to the old CPU runs TDH.VP.FLUSH there and
+        takes the vCPU off that CPU's list.
 
         Simplification: the flush's time is charged to this (waiting) CPU; the old CPU only
         sees the call-function IPI as a host interrupt."""
-        old = self.cpu_index
-        sim = self.sim
-        if old != -1 and old != cpu.index:
-            old_cpu = sim.cpus[old]
-            old_cpu.host_irq("flush_ipi")
-            sim.module.tdh_vp_flush(self, old_cpu)
-            cpu.acc += sim.c_ipi + sim.c_tdh_vp_flush
-            if self in old_cpu.associated_tdvcpus:
-                old_cpu.associated_tdvcpus.remove(self)
-            self.cpu_index = -1
-            self.stat["migrations"] += 1
-        if self.cpu_index != cpu.index:
-            cpu.associated_tdvcpus.append(self)
-            self.cpu_index = cpu.index
+        old_cpu.host_irq(HOST_IRQ["flush_ipi"])
+        self.module.tdh_vp_flush(self, old_cpu)
+        cpu.acc += self.costs.ipi_ns + self.costs.tdh_vp_flush_ns
+        listed = self.percpu.associated_tdvcpus[old_cpu.index]
+        if self in listed:
+            listed.remove(self)
+        self.cpu_index = -1
 
-    def prepare_switch_to_guest(self, cpu: "HostCpu") -> None:
-        """tdx_prepare_switch_to_guest (called only while not guest_state_loaded)."""
-        self.sim.strategy.prepare_switch_to_guest(self, cpu)
+    def tdx_prepare_switch_to_guest(self, cpu: HostCpu) -> None:
+        """tdx_prepare_switch_to_guest: once per load (while not guest_state_loaded), the
+        strategy's save work; then guest_state_loaded."""
+        if self.guest_state_loaded:
+            return
+        self.strategy.prepare_switch_to_guest(self, cpu)
         self.guest_state_loaded = True
 
-    def vcpu_put_vendor(self, cpu: "HostCpu") -> None:
-        """tdx_vcpu_put -> tdx_prepare_switch_to_host."""
+    def tdx_vcpu_put(self, cpu: HostCpu) -> None:
+        """tdx_vcpu_put -> tdx_prepare_switch_to_host: the strategy's restore work, counted
+        as a host_state_reload, if guest state is loaded."""
         if self.guest_state_loaded:
             self.stat["host_state_reload"] += 1
-            self.sim.strategy.prepare_switch_to_host(self, cpu)
+            self.strategy.prepare_switch_to_host(self, cpu)
             self.guest_state_loaded = False
 
+    def tdx_vcpu_pre_run(self) -> int:
+        """tdx_vcpu_pre_run: -EINVAL unless the TD is runnable and the vCPU initialized
+        (always so in the model)."""
+        return 1
+
     # --- tdx_vcpu_run ------------------------------------------------------------------
-    def vcpu_run_vendor(self, cpu: "HostCpu", late: int) -> int:
-        """tdx_vcpu_run up to TDH.VP.ENTER, planned: sets the segment's landmarks and returns
-        its length (entry work + SEAMCALL + guest run + TD exit).  Nothing the module does
-        is applied yet; `vcpu_exit_vendor` applies it at the exit."""
-        sim = self.sim
-        now = sim.env.now
-        self.mode = IN_GUEST_MODE
-        if self.vm.wait_for_sept_zap:
-            # issue 4, minimal abort path D (reference §1.3 D): another thread retries a
-            # SEPT-zap SEAMCALL; return EXIT_FASTPATH_EXIT_HANDLED without a SEAMCALL.
+    def tdx_vcpu_run(self, cpu: HostCpu) -> Generator[Any, Any, int]:
+        """tdx_vcpu_run: returns EXIT_FASTPATH_EXIT_HANDLED (re-enter through the IRQ window)
+        or EXIT_FASTPATH_NONE (tdx_handle_exit decides)."""
+        if self.tdx_vm.wait_for_sept_zap:
+            # abort path D: another thread retries a SEPT-zap SEAMCALL; no SEAMCALL here
             self.seg_status = SEG_SEPT_SPIN
-            self.seg_pi = False
-            self.t_enter = self.t_guest_end = now + late
-            return late
-        # PI descriptor ON -> self-IPI POSTED_INTR_VECTOR; recognised at TD entry.
-        self.seg_pi = self.pi_on
-        self.t_seamcall = now + late  # issue 4: when TDH.VP.ENTER is issued
-        status = sim.module.tdh_vp_enter_check(self, cpu)
-        self.seg_exit = None
-        self.seg_fault = None
-        if status == arch.TDX_SUCCESS:
-            faults = sim.faults
-            if faults.module_on:  # issue 3: injected module outcomes (aborts E, F, G)
-                status, self.seg_exit, self.seg_fault = faults.vp_enter_outcome(self)
+            self.seg_pi = SEG_PI_NONE
+            yield from self.run_entry(cpu, 0, 0, self.costs.td_exit_ns)
+            self.count_abort(cpu, "wait_for_sept_zap")
+            self.stat["sept.wait_ns"] += (self.env.now - self.t_seg0
+                                          + self.costs.exit_handling_ns)
+            return EXIT_FASTPATH_EXIT_HANDLED
+        if self.pi_on:
+            # apic->send_IPI_self(POSTED_INTR_VECTOR): pending with IRQs off, it makes the
+            # CPU process the PIR at TD entry
+            self.seg_pi = SEG_PI_PLANNED
+            if arch.LOCAL_TIMER_VECTOR in self.pi_src:
+                self.kvm_wait_lapic_expire(cpu)
         else:
-            self.seg_fault = "vcpu_associated"
-        self.seg_status = status
-        if status != arch.TDX_SUCCESS:
-            self.t_enter = self.t_guest_end = now + late + sim.c_seamcall
-            return late + sim.c_seamcall
-        entry = sim.module.entry_cost(self, cpu) + self.regs_entry_copy_ns  # issue 5
-        if self.seg_exit is not None:
-            # issue 3: the TD is entered and exits at once with the injected status
-            self.t_enter = self.t_guest_end = now + late + entry
-            return late + entry + sim.c_td_exit
-        if self.oneshot_period:  # issue 4: the timer handler re-arms before anything else
-            sim.irq.plan_entry(self)
-        if (self.seg_pi and sim.lapic_timer_advance_ns
-                and arch.LOCAL_TIMER_VECTOR in self.pi_src):
-            # issue 4: kvm_wait_lapic_expire (after the late check, IRQs off): spin until
-            # the deadline of the early-fired timer
-            wait = self.timer_deadline - (now + late)
-            if wait > 0:
-                self.stat["lapic.expire_waits"] += 1
-                self.stat["lapic.expire_wait_ns"] += wait
-                late += wait  # (vcpu_run's t_late keeps its own value)
-        g = self.guest.remaining_ns
-        if self.seg_pi:
-            g += sim.c_guest_irq
-        self.t_enter = now + late + entry
-        self.t_guest_end = self.t_enter + g
-        return late + entry + g + sim.c_td_exit
-
-    def vcpu_run_cancel(self, cpu: "HostCpu") -> None:
-        """The planned entry was cut at the late check: nothing of it happened."""
-        self.seg_pi = False
-
-    def vcpu_exit_vendor(self, cpu: "HostCpu", irq: bool) -> int:
-        """The rest of tdx_vcpu_run after TDH.VP.ENTER returned, then tdx_handle_exit.
-
-        `irq`: the TD exited early for a host interrupt (EXTERNAL_INTERRUPT)."""
-        sim = self.sim
-        module = sim.module
+            self.seg_pi = SEG_PI_NONE
+        yield from self.tdx_vcpu_enter_exit(cpu)
+        hook = self.strategy_vcpu_enter_exit
+        if hook is not None:
+            hook(self, cpu, self.vp_enter_ret)
+        ret = self.vp_enter_ret
+        basic = self.exit_reason & 0xFFFF
         stat = self.stat
-        tracer = sim.tracer
-        guest = self.guest
-        ack = self.outside_ack  # issue 4: a kick-and-wait waits for this vCPU's IRQ window
-        if ack is not None:
-            self.outside_ack = None
-            ack.succeed()
-        status = self.seg_status
-        if status == SEG_SEPT_SPIN:
-            return self.sept_spin_exit(cpu)
-        if status != arch.TDX_SUCCESS or self.seg_exit is not None:
-            self.seg_pi = False
-            ret = self.vcpu_exit_fault(cpu, status)  # issue 3: injected module outcomes
-        else:
-            if guest.awaiting:  # issue 3 oracle
-                sim.invariants.record("tdvmcall_completion", cpu.index, self.name,
-                                      f"TD entered with its TDVMCALL ({guest.kind}) not "
-                                      "completed")
-            planned_pi = self.seg_pi is True  # its handler ran first, inside the planned run
-            if self.seg_pi:
-                if self.seg_pi == SEG_PI_LATE:  # handler time not in the planned run
-                    guest.irq_debt_ns += sim.c_guest_irq
-                self.seg_pi = False  # issue 4: done (pi_post tests it)
-                self.deliver_pi(cpu, self.t_enter)
-            # issue 4: PEND_NMI is injected by the module at entry; oracles
-            if self.module_fields.get("PEND_NMI", 0):
-                sim.irq.deliver_nmi(self, self.t_enter)
-            if self.pi_src and not (irq and self.seg_d2 == 0):
-                # (an entry cut by a pending host interrupt runs no guest instruction; the
-                # hrtimer's own vector is posted by that interrupt's handler, after it)
-                sim.irq.check_entry(self)
-            if self.vm.zap_excl_t0 <= self.t_enter < self.vm.zap_excl_t1:
-                sim.invariants.record("td_entry_during_zap", cpu.index, self.name,
-                                      f"TD entry at {self.t_enter} while a SEPT zap needs "
-                                      f"every vCPU out (since {self.vm.zap_excl_t0})")
-            if irq:
-                # A PI seen at planning ran its handler first (it is in the planned run), so
-                # the compute period advanced only by what followed it; never below 0, which
-                # would plan the next run to end before its entry (found by a trace property).
-                ran = self.seg_d2 - (sim.c_guest_irq if planned_pi else 0)
-                guest.remaining_ns -= max(0, ran)
-                reason = arch.EXIT_REASON_EXTERNAL_INTERRUPT
-                if self.seg_host_nmi:  # issue 4: a host NMI, not an interrupt
-                    self.seg_host_nmi = False
-                    reason = arch.EXIT_REASON_EXCEPTION_NMI
-            elif guest.kind == "ept_violation":  # issue 4: a private-page fault (tdsim.sept)
-                guest.remaining_ns = 0
-                reason = arch.EXIT_REASON_EPT_VIOLATION
-                guest.ept_violation_regs(self.vp_enter_args)
-            else:
-                guest.remaining_ns = 0
-                reason = arch.EXIT_REASON_TDCALL
-                guest.tdvmcall_regs(self.vp_enter_args)
-            ret = module.tdh_vp_enter_exit(self, cpu, reason)
-            if tracer is not None:
-                tracer.emit(sim.env.now, "seamcall", cpu.index, self.name,  # at its return
-                            leaf="TDH_VP_ENTER", status="TDX_SUCCESS")
-                tracer.emit(self.t_enter, "kvm_entry", cpu.index, self.name)
-        if self.regs_copy:  # issue 5: "copy" layout: vp_enter_args -> regs[]
-            tdvmcall.regs_after_exit(self, cpu)
-        self.vp_enter_ret = ret
-        enter_exit = sim.strategy_enter_exit
-        if enter_exit is not None:
-            enter_exit(self, cpu, ret)
-        self.exit_reason = exit_reason = self.tdx_to_vmx_exit_reason(ret)
-        basic = exit_reason & 0xFFFF
-        if basic <= arch.EXIT_REASON_EXTERNAL_INTERRUPT:  # issue 3: NMI / IRQ irqoff work
-            self.handle_exit_irqoff(cpu, irq, basic)
-        cpu.acc += sim.c_exit_handling
         stat["exits"] += 1
         stat[_EXIT_KEYS.get(basic, "exits.reason.INVALID")] += 1
+        tracer = self.tracer
         if tracer is not None:
-            tracer.emit(sim.env.now, "kvm_exit", cpu.index, self.name,
+            tracer.emit(self.env.now, "kvm_exit", cpu.index, self.name,
                         reason=arch.EXIT_REASON_NAMES.get(basic, "?"),
                         vp_enter_ret=f"{ret:#x}")
-        # tdx_exit_handlers_fastpath (reference §1.4 steps 10-12): EXIT_FASTPATH_EXIT_HANDLED
-        # only for OPERAND_BUSY (a raw 49, a software error, a failed VM entry: NONE).
-        return self.tdx_handle_exit(cpu)
+        if ret == arch.EXIT_REASON_EPT_MISCONFIG or (
+                ret & arch.TDX_SW_ERROR) == arch.TDX_SW_ERROR:
+            return EXIT_FASTPATH_NONE
+        if self.exit_reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY and (
+                self.exit_reason != arch.EXIT_REASON_INVALID):
+            return EXIT_FASTPATH_NONE
+        return self.tdx_exit_handlers_fastpath()
 
-    def vcpu_exit_fault(self, cpu: "HostCpu", status: int) -> int:
-        """issue 3: an injected module outcome.  Refused entry (aborts E, F): the SEAMCALL
-        returned without loading guest state.  Otherwise the TD was entered and exited at
-        once with the injected status (the module zeroes the GPRs it does not expose).
-        Returns vp_enter_ret."""
-        module = self.sim.module
-        if status != arch.TDX_SUCCESS:
-            ret = module.tdh_vp_enter_fail(self, cpu, status, self.seg_fault)
-            self.count_abort(cpu, self.seg_fault)
-            if status == arch.EXIT_REASON_EPT_VIOLATION:  # abort F: synthesized registers
-                args = self.vp_enter_args
-                args.clear()
-                args.rcx = EPT_VIOLATION_WRITE_QUAL
-                args.r8 = ZERO_STEP_GPA
-            return ret
-        ret = module.tdh_vp_enter_exit_status(self, cpu, self.seg_exit)
-        self.vp_enter_args.clear()
-        if self.seg_fault == "failed_vmentry":
-            self.count_abort(cpu, "failed_vmentry")
-        else:
-            self.stat[FAULT_KEYS[self.seg_fault]] += 1
-        return ret
+    def kvm_wait_lapic_expire(self, cpu: HostCpu) -> None:
+        """kvm_wait_lapic_expire (lapic.c): the guest timer's hrtimer fired
+        lapic_timer_advance_ns early; with IRQs off, spin until its deadline."""
+        if not self.config.lapic_timer_advance_ns:
+            return
+        wait = self.timer_deadline - (self.env.now + cpu.acc)
+        if wait > 0:
+            self.stat["lapic.expire_waits"] += 1
+            self.stat["lapic.expire_wait_ns"] += wait
+            cpu.acc += wait
 
-    def handle_exit_irqoff(self, cpu: "HostCpu", irq: bool, basic: int) -> None:
-        """issue 3: the irqoff exit handling (tdx_vcpu_enter_exit's NMI check and
-        vmx_handle_exit_irqoff), acting on the derived basic reason.  tdsim never makes a
-        TD exit for a real NMI, so any NMI-handler run is spurious; an EXTERNAL_INTERRUPT
-        reason is genuine only for a successful exit caused by a host interrupt.
-        Simplification: the NMI check's interruption-info test is taken as passing."""
-        if basic == arch.EXIT_REASON_EXCEPTION_NMI:
-            if irq and (self.vp_enter_ret & _STATUS) == arch.TDX_SUCCESS:
-                return  # issue 4: a real host NMI made the TD exit
-            cpu.acc += self.sim.c_host_irq
-            self.sim.invariants.record(
-                "spurious_nmi", cpu.index, self.name,
-                f"host NMI handler run for vp_enter_ret={self.vp_enter_ret:#x} (no NMI)")
-        elif basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT and (
-                not irq or (self.vp_enter_ret & _STATUS) != arch.TDX_SUCCESS):
-            self.sim.invariants.record(
-                "spurious_external_interrupt", cpu.index, self.name,
-                f"EXTERNAL_INTERRUPT exit handled for vp_enter_ret={self.vp_enter_ret:#x} "
-                "with no host interrupt")
+    def tdx_vcpu_enter_exit(self, cpu: HostCpu) -> Generator[Any, Any, None]:
+        """tdx_vcpu_enter_exit: TDH.VP.ENTER; the exit reason KVM derives from its return."""
+        self.vp_enter_ret = yield from self.module.tdh_vp_enter(self, cpu, self.vp_enter_args)
+        fault = self.seg_fault
+        if fault is not None:  # an injected module outcome: count the abort or the fault
+            if fault in INJECTED_EXIT_KEYS:
+                self.stat[INJECTED_EXIT_KEYS[fault]] += 1
+            else:
+                self.count_abort(cpu, fault)
+        if self.regs_copy:
+            self.regs_after_exit(cpu)
+        self.exit_reason = self.tdx_to_vmx_exit_reason(self.vp_enter_ret)
+
+    def regs_after_exit(self, cpu: HostCpu) -> None:
+        """The "copy" register layout: vp_enter_args -> regs[] after TDH.VP.ENTER returned
+        (and count the copy regs[] -> vp_enter_args that preceded it; its time is in the
+        entry, ``regs_entry_copy_ns``)."""
+        args = self.vp_enter_args
+        regs = self.gprs
+        for r in TDX_MODULE_ARGS:
+            setattr(regs, r, getattr(args, r))
+        n = len(TDX_MODULE_ARGS)
+        self.stat["regs.copies"] += 2 * n
+        cpu.acc += n * self.costs.regs_copy_ns
 
     def tdx_to_vmx_exit_reason(self, ret: int) -> int:
-        """tdx_to_vmx_exit_reason: bits 15:0 only for the five valid statuses; then the
-        TDCALL conversion by R10/R11 (reference §3.5).
+        """tdx_to_vmx_exit_reason: bits 15:0 only for the five valid statuses (else -1u);
+        then a TDCALL becomes the reason of its sub-function by R10/R11.
 
-        issue 3: with ``[kvm] exit_reason = "raw"`` the low 32 bits are taken whatever the
-        status, as the early ``union tdx_exit_reason`` code did."""
-        if (ret & _STATUS) not in _VALID and not self.sim.exit_reason_raw:
+        With ``[kvm] exit_reason = "raw"`` the low 32 bits are taken whatever the status, as
+        the early ``union tdx_exit_reason`` code did."""
+        if (ret & _STATUS) not in _VALID and not self.config.exit_reason_raw:
             return arch.EXIT_REASON_INVALID
         reason = ret & 0xFFFFFFFF
         if reason == arch.EXIT_REASON_TDCALL:
@@ -335,68 +310,214 @@ class VcpuTdx(KvmVcpu):
             return _TDVMCALL_TO_EXIT_REASON.get(args.r11, arch.EXIT_REASON_TDCALL)
         return reason
 
-    def sept_spin_exit(self, cpu: "HostCpu") -> int:
-        """issue 4, minimal abort path D: tdx_vcpu_run returned EXIT_FASTPATH_EXIT_HANDLED
-        without a SEAMCALL (no exit reason); the IRQ window, then handle_exit returns 1."""
-        stat = self.stat
-        self.count_abort(cpu, "wait_for_sept_zap")  # issue 3: late_abort.* and its trace
-        stat["sept.wait_ns"] += self.sim.env.now - self.t_seg0 + self.sim.c_exit_handling
-        cpu.acc += self.sim.c_exit_handling
-        return 1
+    def tdx_exit_handlers_fastpath(self) -> int:
+        """tdx_exit_handlers_fastpath: EXIT_FASTPATH_EXIT_HANDLED only for OPERAND_BUSY (e.g.
+        TDH.MEM.TRACK holds the TD epoch): the run loop retries TDH.VP.ENTER through the IRQ
+        window, where a KVM_REQ_OUTSIDE_GUEST_MODE requester's IPI can be acked."""
+        if (self.vp_enter_ret & _STATUS) == arch.TDX_OPERAND_BUSY:
+            self.stat["vp_enter_busy"] += 1
+            return EXIT_FASTPATH_EXIT_HANDLED
+        return EXIT_FASTPATH_NONE
 
-    # --- interrupts --------------------------------------------------------------------
-    def deliver_pi(self, cpu: "HostCpu", t: int) -> None:
-        """The CPU processes the PIR into the virtual APIC (at entry or while running);
-        the guest runs its handler (charged to its next compute)."""
+    def tdx_cancel_injection(self) -> None:
+        """cancel_injection after a late abort (a no-op for a TD in KVM).  (Simulation) the
+        entry work computed after the check is rolled back: ON was not consumed."""
+        self.seg_pi = SEG_PI_NONE
+
+    # --- what the TD does between VM entry and exit (applied at the exit) ---------------
+    def at_td_entry(self, cut: Any) -> None:
+        """What happens at TD entry (``t_enter``), applied when the TD exits: the CPU
+        processes a pending PIR (the self-IPI), the module injects a pending NMI, and the
+        entry oracles check what KVM let into the TD."""
+        guest = self.guest
+        if guest.awaiting:
+            self.findings.record("tdvmcall_completion", self.on_cpu.index, self.name,
+                                 f"TD entered with its TDVMCALL ({guest.kind}) not completed")
+        if self.seg_pi:
+            if self.seg_pi == SEG_PI_LATE:  # its handler's time is not in the planned run
+                guest.irq_debt_ns += self.costs.guest_irq_ns
+            self.seg_pi = SEG_PI_NONE
+            self.process_pir(self.t_enter)
+        if self.module_fields.get("PEND_NMI", 0):
+            self.deliver_nmi(self.t_enter)
+        if self.pi_src and not (cut is not None and self.seg_ran == 0):
+            # (an entry cut by a pending host interrupt runs no guest instruction; the
+            # hrtimer's own vector is posted by that interrupt's handler, after it)
+            self.irq.check_entry(self)
+        vm = self.tdx_vm
+        if vm.zap_excl_t0 <= self.t_enter < vm.zap_excl_t1:
+            self.findings.record("td_entry_during_zap", self.on_cpu.index, self.name,
+                                 f"TD entry at {self.t_enter} while a SEPT zap needs every "
+                                 f"vCPU out (since {vm.zap_excl_t0})")
+
+    def at_td_exit(self, cut: Any, planned_pi: bool) -> int:
+        """The guest's side of the TD exit: how far it got and the exit it made (a TDVMCALL
+        with its registers, a private-page EPT violation, or a host interrupt / NMI that
+        cut its run).  Returns the basic exit reason."""
+        guest = self.guest
+        if cut is not None:
+            # a PI seen at planning ran its handler first (it is in the planned run), so the
+            # compute period advanced only by what followed it; never below 0
+            ran = self.seg_ran - (self.costs.guest_irq_ns if planned_pi else 0)
+            guest.remaining_ns -= max(0, ran)
+            if cut.nmi:
+                return arch.EXIT_REASON_EXCEPTION_NMI
+            self.last_irq_source = cut.name
+            return arch.EXIT_REASON_EXTERNAL_INTERRUPT
+        guest.remaining_ns = 0
+        if guest.kind == "ept_violation":
+            guest.ept_violation_regs(self.vp_enter_args)
+            return arch.EXIT_REASON_EPT_VIOLATION
+        guest.tdvmcall_regs(self.vp_enter_args)
+        return arch.EXIT_REASON_TDCALL
+
+    def plan_guest_run(self) -> int:
+        """How long the guest will run at this entry before its next exit, if nothing cuts
+        it short (its pending interrupt handler first)."""
+        guest = self.guest
+        if self.oneshot_period and (guest.rearm_due or (
+                self.seg_pi and arch.LOCAL_TIMER_VECTOR in self.pi_src)):
+            # a one-shot guest: the timer handler this entry runs (or one that ran without
+            # re-arming) re-arms before anything else
+            if not guest.rearm_due:
+                guest.rearm_planned = True
+            guest.preempt_with_rearm()
+        g: int = guest.remaining_ns
+        if self.seg_pi:
+            g += self.costs.guest_irq_ns
+        return g
+
+    def seg_guest_runs(self) -> bool:
+        return self.seg_status == arch.TDX_SUCCESS
+
+    # --- exit handling -----------------------------------------------------------------
+    def tdx_handle_exit_irqoff(self, cpu: HostCpu) -> None:
+        """The IRQ-off exit work (the NMI check of tdx_vcpu_enter_exit and
+        vmx_handle_exit_irqoff), acting on the derived basic reason.  An NMI-handler run is
+        genuine only for a TD exit a host NMI caused, an EXTERNAL_INTERRUPT one only for a
+        successful exit a host interrupt caused.
+
+        Simplification: the NMI check's interruption-info test is taken as passing; abort
+        path D runs nothing here."""
+        if self.seg_status == SEG_SEPT_SPIN:
+            return
+        basic = self.exit_reason & 0xFFFF
+        if basic > arch.EXIT_REASON_EXTERNAL_INTERRUPT:
+            return
+        irq = self.seg_cut is not None
+        ok = (self.vp_enter_ret & _STATUS) == arch.TDX_SUCCESS
+        if basic == arch.EXIT_REASON_EXCEPTION_NMI:
+            if irq and ok:
+                return  # a real host NMI made the TD exit
+            cpu.acc += self.costs.host_irq_ns
+            self.findings.record(
+                "spurious_nmi", cpu.index, self.name,
+                f"host NMI handler run for vp_enter_ret={self.vp_enter_ret:#x} (no NMI)")
+        elif not irq or not ok:
+            self.findings.record(
+                "spurious_external_interrupt", cpu.index, self.name,
+                f"EXTERNAL_INTERRUPT exit handled for vp_enter_ret={self.vp_enter_ret:#x} "
+                "with no host interrupt")
+
+    def vmm_service_ns(self) -> int:
+        """The userspace VMM answers the exit (`tdsim.vmm`); its service time."""
+        service = self.vmm_service
+        assert service is not None
+        return service(self)
+
+    # --- NMIs --------------------------------------------------------------------------
+    def deliver_nmi(self, t: int) -> None:
+        """The module injects the pending NMI at TD entry `t`; the guest runs its handler."""
+        self.module_fields["PEND_NMI"] = 0
+        irq = self.irq
+        irq.nmi_delivered += 1
+        stat = self.stat
+        stat["nmi.delivered"] += 1
+        self.guest.irq_debt_ns += self.costs.guest_nmi_ns
+        t0 = self.nmi_t0 if self.nmi_t0 is not None else t
+        self.nmi_t0 = None
+        stat["irq.taken.nmi"] += 1
+        stat["irq.latency_ns_sum.nmi"] += t - t0
+        irq.sample("nmi", t0, t - t0, self)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(t, "nmi_delivered", self.on_cpu.index, self.name)
+
+    def tdx_inject_nmi(self, cpu: HostCpu) -> None:
+        """tdx_inject_nmi: ++stat.nmi_injections, TDH.VP.WR(PEND_NMI, 1), nmi_pending = 0.
+
+        Everything pending beyond one NMI is dropped (PEND_NMI is a single bit), as is a new
+        NMI while PEND_NMI is still set (the module has not delivered the previous one)."""
+        dropped = self.nmi_pending - 1
+        self.stat["nmi_injections"] += 1
+        if self.module_fields.get("PEND_NMI", 0):
+            dropped += 1
+        self.module.tdh_vp_wr(self, cpu, "PEND_NMI", 1)
+        self.nmi_pending = 0
+        if dropped:
+            self.stat["nmi.coalesced"] += dropped
+            self.irq.nmi_coalesced += dropped
+
+    # --- posted interrupts -------------------------------------------------------------
+    def process_pir(self, t: int) -> None:
+        """The CPU processes the PIR into the virtual APIC (at TD entry, or on the
+        notification IPI while the TD runs); the guest runs its handlers (charged to its
+        next compute period)."""
         self.pi_on = False
         self.pir = 0
         self.stat["pi_delivered"] += 1
-        self.sim.irq.taken(self, t)  # issue 4: latency per source, shootdown acks
-        if self.sim.tracer is not None:
-            self.sim.tracer.emit(t, "pi_delivered", cpu.index, self.name, vector=-1)
+        self.irq.taken(self, t)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(t, "pi_delivered", self.on_cpu.index, self.name, vector=-1)
 
-    def pi_post(self, vector: int, source: str) -> None:
-        """__vmx_deliver_posted_interrupt: set PIR; set ON; notify or wake."""
+    def tdx_deliver_interrupt(self, vector: int, source: str) -> None:
+        """tdx_deliver_interrupt -> __vmx_deliver_posted_interrupt: set the PIR bit, set ON,
+        then kvm_vcpu_trigger_posted_interrupt: a notification IPI to a vCPU in guest mode,
+        else kvm_vcpu_wake_up."""
         bit = 1 << vector
         if (self.seg_pi and self.seg_status == arch.TDX_SUCCESS
-                and self.t_enter <= self.sim.env.now):
-            # issue 4: the entry's PI processing (applied lazily at the exit) has already
-            # happened: the guest runs (or has exited) with ON clear and the PIR drained.
+                and self.t_enter <= self.env.now):
+            # the entry's PIR processing (applied at the exit) has already happened: the
+            # guest runs (or has exited) with ON clear and the PIR drained
             if self.seg_pi == SEG_PI_LATE:
-                self.guest.irq_debt_ns += self.sim.c_guest_irq
-            self.seg_pi = False
-            self.deliver_pi(self.cpu, self.t_enter)
+                self.guest.irq_debt_ns += self.costs.guest_irq_ns
+            self.seg_pi = SEG_PI_NONE
+            self.process_pir(self.t_enter)
         if self.pir & bit:
             self.stat["pi_coalesced"] += 1
             return
         self.pir |= bit
         self.stat["pi_posted"] += 1
-        self.sim.irq.posted(self, vector, source)  # issue 4
-        if self.sim.tracer is not None:
+        self.irq.posted(self, vector, source)
+        tracer = self.tracer
+        if tracer is not None:
             cpu = self.cpu
-            self.sim.tracer.emit(self.sim.env.now, "pi_posted", cpu.index if cpu else -1,
-                                 self.name, vector=vector, source=source)
+            tracer.emit(self.env.now, "pi_posted", cpu.index if cpu else -1, self.name,
+                        vector=vector, source=source)
         if self.pi_on:
             return
         self.pi_on = True
+        self.kvm_vcpu_trigger_posted_interrupt()
+
+    def kvm_vcpu_trigger_posted_interrupt(self) -> None:
+        """kvm_vcpu_trigger_posted_interrupt: a vCPU in guest mode gets POSTED_INTR_VECTOR,
+        processed without a TD exit; otherwise kvm_vcpu_wake_up.
+
+        (Simulation) Before VM entry the notification, or the ON check still ahead, is
+        recognised at TD entry (posted before the late check, an abort there leaves ON set
+        for the next entry); during the run it arrives after costs.ipi_ns, and if the TD has
+        exited by then ON waits for the next entry."""
         if self.phase == PH_SEG and self.seg_status == arch.TDX_SUCCESS:
-            now = self.sim.env.now
+            now = self.env.now
             if now < self.t_enter:
-                # Before entry: either tdx_vcpu_run's ON check is still ahead (self-IPI), or
-                # the vCPU is IN_GUEST_MODE with IRQs off and the notification IPI stays
-                # pending; both are recognised at TD entry.  (Posted before the late check,
-                # an abort there leaves ON set for the next entry.)
                 if not self.seg_pi:
                     self.seg_pi = SEG_PI_LATE
             elif now < self.t_guest_end:
-                # Notification IPI to a running TD: processed without a TD exit when it
-                # arrives (issue 4: after the IPI latency; if the TD has exited by then, ON
-                # stays set for the next entry).  The handler's time delays the guest's
-                # next TDVMCALL (paid in its next period).
                 seg0 = self.t_seg0
-                ev = self.sim.env.timeout(self.sim.c_ipi)
+                ev = self.env.timeout(self.costs.ipi_ns)
                 ev.callbacks.append(lambda _e: self.pi_notification(seg0))
-        else:  # issue 4: kvm_vcpu_wake_up whenever not delivered (a no-op unless halting)
+        else:
             self.kvm_vcpu_wake_up()
 
     def pi_notification(self, seg0: int) -> None:
@@ -404,121 +525,27 @@ class VcpuTdx(KvmVcpu):
         interrupt was posted: if it still runs the same entry, the CPU processes the PIR
         without a TD exit; otherwise the IPI is a plain host interrupt (already handled as
         such by the run loop) and ON waits for the next entry."""
-        now = self.sim.env.now
+        now = self.env.now
         if (self.phase == PH_SEG and self.t_seg0 == seg0 and self.pi_on
                 and self.t_enter <= now < self.t_guest_end):
-            self.guest.irq_debt_ns += self.sim.c_guest_irq
-            self.deliver_pi(self.cpu, now)
-
-    def has_events(self, cpu: "HostCpu") -> bool:
-        """kvm_vcpu_has_events for a halted TD vCPU: an NMI (KVM_REQ_NMI / nmi_pending), or,
-        if tdx_interrupt_allowed, tdx_protected_apic_has_interrupt: PI pending, else (HLT with
-        interrupts enabled) TDH.VP.RD of the state details."""
-        if self.requests & KVM_REQ_NMI or self.nmi_pending:  # issue 4: kvm_vcpu_has_events
-            return True
-        if not self.tdx_interrupt_allowed():  # issue 4: HLT with interrupts disabled
-            return False
-        if self.pi_on or self.pir:
-            return True
-        if self.vp_enter_args.r12 == 0 and self.exit_reason == arch.EXIT_REASON_HLT:
-            _, details = self.sim.module.tdh_vp_rd(self, cpu, "STATE_DETAILS_NON_ARCH")
-            return bool(details & 1)
-        return False
+            self.guest.irq_debt_ns += self.costs.guest_irq_ns
+            self.process_pir(now)
 
     def tdx_interrupt_allowed(self) -> bool:
         """tdx_interrupt_allowed: false only after a HLT TDVMCALL with R12 != 0 (the guest
         halted with interrupts disabled); otherwise KVM assumes interrupts are allowed."""
         return not (self.exit_reason == arch.EXIT_REASON_HLT and self.vp_enter_args.r12)
 
-    # --- tdx_handle_exit ---------------------------------------------------------------
-    def tdx_handle_exit(self, cpu: "HostCpu") -> int:
-        """tdx_handle_exit (reference §1.5): returns 1 to re-enter, 0 to exit to userspace,
-        < 0 for an error.  The status checks read the raw `vp_enter_ret`; the dispatch reads
-        the derived `exit_reason`."""
-        ret = self.vp_enter_ret
-        reason = self.exit_reason
-        if (ret & _STATUS) == arch.TDX_OPERAND_BUSY:
-            # tdx_exit_handlers_fastpath -> EXIT_FASTPATH_EXIT_HANDLED, the run loop
-            # retries TDH.VP.ENTER (reference §7.2); e.g. TDH.MEM.TRACK holds the TD epoch.
-            self.stat["vp_enter_busy"] += 1
-            return 1
-        basic = reason & 0xFFFF
-        if ret >> 32 or ret == arch.EXIT_REASON_EPT_MISCONFIG or (
-                reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY):
-            r = self.tdx_handle_exit_status(cpu, ret, reason, basic)
-            if r is not None:
-                return r
-        if basic in _TDVMCALL_REASONS:
-            return self.handle_tdvmcall(cpu, basic)
-        if basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
-            cpu.acc += self.sim.c_host_irq  # handle_exit_irqoff ran the host handler
-            self.stat["irq_exits"] += 1
-            self.stat[_IRQ_EXIT_KEYS.get(self.seg_irq_why, "irq_exits.other")] += 1  # issue 4
-            return 1
-        if basic == arch.EXIT_REASON_EPT_VIOLATION:
-            if self.seg_fault == "zero_step":  # issue 3: the module's synthesized exit
-                return self.tdx_handle_zero_step_exit(cpu)
-            return tdx_handle_ept_violation(self, cpu)  # issue 4: private fault, local retries
-        if basic == arch.EXIT_REASON_TRIPLE_FAULT:
-            self.run_exit_reason = arch.KVM_EXIT_SHUTDOWN
-            return 0
-        if basic == arch.EXIT_REASON_EXCEPTION_NMI:  # issue 4: host NMI, handled at exit
-            cpu.acc += self.sim.c_host_nmi
-            return 1
-        if basic == arch.EXIT_REASON_OTHER_SMI:
-            return 1
-        self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR  # unhandled exit
-        return 0
+    def tdx_protected_apic_has_interrupt(self, cpu: HostCpu) -> bool:
+        """tdx_protected_apic_has_interrupt: the PI descriptor has one pending; else (HLT
+        with interrupts enabled) TDH.VP.RD of the state details says the virtual APIC has
+        one."""
+        if self.pi_on or self.pir:
+            return True
+        if self.vp_enter_args.r12 == 0 and self.exit_reason == arch.EXIT_REASON_HLT:
+            _, details = self.module.tdh_vp_rd(self, cpu, "STATE_DETAILS_NON_ARCH")
+            return bool(details & 1)
+        return False
 
-    def tdx_handle_exit_status(self, cpu: "HostCpu", ret: int, reason: int,
-                               basic: int) -> int | None:
-        """issue 3: tdx_handle_exit's checks of a non-success return (reference §1.5 steps
-        2-5), in order; None = go on to the dispatch.  KVM_BUG_ON marks the VM bugged (every
-        vCPU then leaves with -EIO at its next request check)."""
-        faults = self.sim.faults
-        if ret == arch.EXIT_REASON_EPT_MISCONFIG:
-            # a genuine EPT misconfig must not happen for a TD (§3.5 collision hazard)
-            faults.kvm_vm_bugged(self.vm, self)
-            self.run_exit_reason = 0
-            return -arch.EIO
-        if (ret & arch.TDX_SW_ERROR) == arch.TDX_SW_ERROR:
-            faults.kvm_vm_bugged(self.vm, self)
-            self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
-            return 0
-        if reason != arch.EXIT_REASON_INVALID and reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY:
-            self.run_exit_reason = arch.KVM_EXIT_FAIL_ENTRY
-            return 0
-        if ret & _ERROR_OR_NR and basic != arch.EXIT_REASON_TRIPLE_FAULT:
-            self.run_exit_reason = arch.KVM_EXIT_INTERNAL_ERROR
-            return 0
-        if (ret & _STATUS) not in _VALID and basic in _DISPATCHED:
-            self.sim.invariants.record(
-                "error_status_dispatched", cpu.index, self.name,
-                f"vp_enter_ret={ret:#x} dispatched as exit reason "
-                f"{arch.EXIT_REASON_NAMES.get(basic, basic)}")
-        return None
 
-    def tdx_handle_zero_step_exit(self, cpu: "HostCpu") -> int:
-        """tdx_handle_ept_violation for the module's synthesized zero-step exit (abort F): the
-        page is mapped by the fault path; the guest re-executes the instruction."""
-        cpu.acc += self.sim.c_ept_violation
-        self.stat["ept_violation"] += 1
-        return 1
-
-    # issue 5: handle_tdvmcall and the converted-reason handlers (tdx_emulate_*), and the
-    # complete_userspace_io callbacks, live in `tdsim.tdvmcall` (bound here as methods:
-    # handle_tdvmcall(cpu, basic) -> 1 re-enter / 0 userspace; complete_userspace_io(cpu)
-    # -> 0 to go back to userspace, e.g. for MapGPA's next chunk).
-    handle_tdvmcall = tdvmcall.handle_exit_tdvmcall
-    complete_userspace_io = tdvmcall.complete_userspace_io
-
-    def kvm_check_requests(self, cpu: "HostCpu") -> int:
-        """Request processing; issue 4: KVM_REQ_NMI -> process_nmi, then (KVM_REQ_EVENT)
-        tdx_inject_nmi's TDH.VP.WR of PEND_NMI, before prepare_switch_to_guest."""
-        if self.requests & KVM_REQ_NMI:
-            self.sim.irq.process_nmi(self, cpu)
-        return super().kvm_check_requests(cpu)
-
-    def vmm_service_ns(self) -> int:
-        """The userspace VMM answers the exit (`tdsim.vmm`); its service time."""
-        return self.sim.vmm.handle_exit(self)
+_BASE_ENTER_EXIT = HostStateStrategy.vcpu_enter_exit

@@ -1,74 +1,133 @@
-"""Generic x86 KVM: the user-return MSR machinery and the per-vCPU run loop.
+"""Generic x86 KVM: the user-return MSR machinery and the per-vCPU run loop (arch/x86/kvm/x86.c,
+with kvm_vcpu_kick and friends from virt/kvm/kvm_main.c).
 
-Mirrors arch/x86/kvm/x86.c: ``kvm_arch_vcpu_ioctl_run -> vcpu_run -> vcpu_enter_guest``, the
-preempt notifiers (``kvm_sched_out``/``kvm_sched_in`` calling vcpu_put/vcpu_load), and
-``kvm_set_user_return_msr`` / ``kvm_on_user_return``.  Vendor work (``tdx_*``) is in
-`tdsim.kvm_tdx`, a subclass, as ``struct vcpu_tdx`` embeds ``struct kvm_vcpu``.
-
-How time is spent: straight-line kernel work adds its cost to the CPU's accumulator
-(``cpu.acc``) as plain function calls; the accumulated work, the TD entry, the guest's run and
-the TD exit are then spent in ONE SimPy timeout, which ends at the next TD exit.  State changes
-of straight-line work are applied when it is computed (a few hundred ns ahead of their exact
-instant).  Anything that arrives during that timeout (a kick, a host interrupt, a reschedule)
-is placed against the segment's landmarks -- the late exit-request check (``t_late``), VM
-entry (``t_enter``), the guest's planned exit -- and handled as the kernel would at that
-instant: before ``t_late`` it makes ``kvm_vcpu_exit_request`` abort the entry, after it the
-interrupt is pending with IRQs off and the TD exits (at once, if not yet entered).
+The run loop reads as the kernel's: ``kvm_arch_vcpu_ioctl_run -> vcpu_run -> vcpu_enter_guest
+-> kvm_x86_ops.vcpu_run`` (``tdx_vcpu_run`` for a TD), then ``handle_exit_irqoff`` and
+``handle_exit``; the preempt notifiers (``kvm_sched_out`` / ``kvm_sched_in``) call vcpu_put /
+vcpu_load.  Vendor code (`tdsim.kvm_tdx`, `tdsim.kvm_vmx`) plugs in through a `KvmX86Ops`
+table, as ``vt_x86_ops`` in vmx/main.c does.  Functions that may let simulated time pass are
+generators (called with ``yield from``); everything else is a plain call that charges its cost
+to the CPU's accumulator.  Where time passes and what can cut it short is `tdsim.segment`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from simpy import Interrupt
-
-from . import arch
-from .host import GUEST, KVM, VMM, SLEEPING, Thread, new_stat
+from . import arch, invariants
+from .arch import (
+    KVM_REQ_DIRTY_RING_SOFT_FULL,
+    KVM_REQ_EVENT,
+    KVM_REQ_NMI,
+    KVM_REQ_VM_DEAD,
+)
+from .host import HOST_IRQ, SLEEPING, VMM, ProcessGenerator
+from .segment import (
+    EXIT_REQUEST,
+    PH_BLOCKED,
+    PH_POLL,
+    PH_SEG,
+    PH_STOPPED,
+    PH_WAIT,
+    WAKE,
+    LateCheckFired,
+    VcpuSegment,
+)
 
 if TYPE_CHECKING:
-    from .host import HostCpu
-    from .sim import Simulation
+    from .clock import Environment
+    from .config import Costs, InterruptConfig, KvmConfig
+    from .findings import Findings
+    from .host import HostCpu, Scheduler, Stat, Thread
+    from .irqstats import IrqStats
+    from .scope import VcpuScope
+    from .strategies import HostStateStrategy
+    from .trace import Tracer
 
 # vcpu->mode
 OUTSIDE_GUEST_MODE, IN_GUEST_MODE, EXITING_GUEST_MODE = 0, 1, 2
 # vcpu->arch.mp_state (uapi values)
 KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_HALTED = 0, 3
 
-# KVM_REQ_* bits used by the model
-KVM_REQ_EVENT = 1 << 4
-KVM_REQ_NMI = 1 << 6
-KVM_REQ_TLB_FLUSH = 1 << 0
-KVM_REQ_UNBLOCK = 1 << 11
-# issue 3: requests whose processing ends the run (reference §1.3 A)
-KVM_REQ_VM_DEAD = 1 << 1                 # KVM_REQ_VM_DEAD (| WAIT | NO_WAKEUP)
-KVM_REQ_DIRTY_RING_SOFT_FULL = 1 << 3    # -> KVM_EXIT_DIRTY_RING_FULL
 KVM_REQ_ABORT_MASK = KVM_REQ_VM_DEAD | KVM_REQ_DIRTY_RING_SOFT_FULL
 
-# What the vCPU thread is doing, i.e. what an asynchronous notification can do to it.
-PH_USER = 0      # VMM code in user mode (preemptible)
-PH_KERNEL = 1    # KVM straight-line work (flags only; checked when the work ends)
-PH_SEG = 2       # entry work + TD run (interruptible: late abort or TD exit)
-PH_BLOCKED = 3   # halted in kvm_vcpu_block, scheduled out
-PH_WAIT = 4      # runnable, waiting for a CPU
-PH_POLL = 5      # halt-polling in kvm_vcpu_halt (issue 4; interruptible by a wake-up)
-PH_STOPPED = 6   # issue 3: the VMM stopped the vCPU after a fatal exit (never runs again)
+# fastpath_t (arch/x86/include/asm/kvm_host.h)
+EXIT_FASTPATH_NONE, EXIT_FASTPATH_REENTER_GUEST, EXIT_FASTPATH_EXIT_HANDLED = 0, 1, 2
+EXIT_FASTPATH_EXIT_USERSPACE = 3
 
-# Causes of an interrupt of the PH_SEG timeout
-CAUSE_LATE_ABORT = "late_abort"
-CAUSE_IRQ = "irq"
-CAUSE_WAKE = "wake"  # a wake-up ends halt-polling (issue 4)
-
-# issue 3: fatal userspace exits (the VMM stops the vCPU) and abort keys not in late_abort()
+# Fatal userspace exits: the VMM stops the vCPU (as QEMU does)
 _FATAL_RUN_EXITS = frozenset({arch.KVM_EXIT_INTERNAL_ERROR, arch.KVM_EXIT_FAIL_ENTRY,
                               arch.KVM_EXIT_SHUTDOWN})
-_ABORT_KEYS = {k: f"late_abort.{k}" for k in (
-    "request_exit", "vm_dead", "mmu_reload_fail", "wait_for_sept_zap", "operand_busy", "tsc_rollback",
+
+# late_abort.<path> metric keys (docs/late-aborts.md); operand_busy_late counts as
+# operand_busy (an OPERAND_BUSY raised after the module associated the vCPU)
+ABORT_KEYS = {k: f"late_abort.{k}" for k in (
+    "kick", "request", "signal", "notify_resume", "need_resched", "request_exit", "vm_dead",
+    "mmu_reload_fail", "wait_for_sept_zap", "operand_busy", "tsc_rollback",
     "inconsistent_msr", "vcpu_associated", "sw_error", "zero_step", "failed_vmentry")}
-_ABORT_KEYS["operand_busy_late"] = "late_abort.operand_busy"  # associated (tdsim.faults)
+ABORT_KEYS["operand_busy_late"] = "late_abort.operand_busy"
 
 PUT_PREEMPT = "vcpu_put.cause.preempt"
 PUT_KVM_RUN_RETURN = "vcpu_put.cause.kvm_run_return"
 PUT_HALT = "vcpu_put.cause.halt"
+
+USER_RETURN_MSRS = (arch.MSR_STAR, arch.MSR_LSTAR, arch.MSR_CSTAR, arch.MSR_SYSCALL_MASK,
+                    arch.MSR_TSC_AUX)
+
+
+GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+
+
+class KvmRegs:
+    """vcpu->arch.regs[NR_VCPU_REGS]: the GPR cache, in KVM's order (VCPU_REGS_RAX..R15).
+
+    With ``regs_layout = "in_place"`` it is also a TD vCPU's ``vp_enter_args`` (the TDX
+    module reads and writes the 13 registers of struct tdx_module_args by name)."""
+
+    __slots__ = GPRS
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.rax = self.rcx = self.rdx = self.rbx = self.rsp = self.rbp = self.rsi = 0
+        self.rdi = self.r8 = self.r9 = self.r10 = self.r11 = self.r12 = self.r13 = 0
+        self.r14 = self.r15 = 0
+
+
+class KvmRun:
+    """struct kvm_run as the model uses it: ``exit_reason`` and the union member of the last
+    exit to userspace (one reused dict per member)."""
+
+    __slots__ = ("exit_reason", "io", "mmio", "hypercall", "system_event", "tdx", "msr")
+
+    MEMBER: ClassVar[dict[int, str]] = {
+        arch.KVM_EXIT_IO: "io", arch.KVM_EXIT_MMIO: "mmio",
+        arch.KVM_EXIT_HYPERCALL: "hypercall", arch.KVM_EXIT_SYSTEM_EVENT: "system_event",
+        arch.KVM_EXIT_TDX: "tdx", arch.KVM_EXIT_X86_RDMSR: "msr", arch.KVM_EXIT_X86_WRMSR: "msr"}
+
+    def __init__(self) -> None:
+        self.exit_reason = 0
+        self.io: dict[str, Any] = {}
+        self.mmio: dict[str, Any] = {}
+        self.hypercall: dict[str, Any] = {}
+        self.system_event: dict[str, Any] = {}
+        self.tdx: dict[str, Any] = {}
+        self.msr: dict[str, Any] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The exit as a JSON-able dict: exit_reason name and its member's fields."""
+        member = self.MEMBER.get(self.exit_reason)
+        out: dict[str, Any] = {
+            "exit_reason": arch.KVM_EXIT_NAMES.get(self.exit_reason, str(self.exit_reason))}
+        if member is not None:
+            fields = getattr(self, member)
+            out[member] = {k: (list(v) if isinstance(v, list) else v)
+                           for k, v in fields.items()}
+        return out
 
 
 class KvmUserReturnMsrs:
@@ -77,13 +136,10 @@ class KvmUserReturnMsrs:
 
     Slots are keyed by MSR index (the kernel uses small slot numbers)."""
 
-    __slots__ = ("cpu", "host", "curr", "registered", "sim")
+    __slots__ = ("cpu", "host", "curr", "registered")
 
-    def __init__(self, sim: "Simulation", cpu: "HostCpu",
-                 msrs=(arch.MSR_STAR, arch.MSR_LSTAR, arch.MSR_CSTAR, arch.MSR_SYSCALL_MASK,
-                       arch.MSR_TSC_AUX)) -> None:
+    def __init__(self, cpu: HostCpu, msrs: tuple[int, ...] = USER_RETURN_MSRS) -> None:
         """kvm_user_return_msr_cpu_online: read the host values from the hardware."""
-        self.sim = sim
         self.cpu = cpu
         self.host = {m: cpu.msr[m] for m in msrs}
         self.curr = dict(self.host)
@@ -118,377 +174,453 @@ class KvmUserReturnMsrs:
 
 
 class KvmX86:
-    """kvm.ko-wide state of one host: the per-CPU user-return MSRs and the host-state
-    strategy, and the return-to-user-mode path every host task goes through."""
+    """kvm.ko-wide state of one host: the per-CPU user-return MSRs and running vCPU, the
+    host-state strategy, and the user-return notifier every host task's return to user
+    mode goes through."""
 
-    def __init__(self, sim: "Simulation", strategy) -> None:
-        self.sim = sim
+    def __init__(self, cpus: list[HostCpu], strategy: HostStateStrategy, config: KvmConfig,
+                 findings: Findings) -> None:
         self.strategy = strategy
-        for cpu in sim.cpus:
-            cpu.uret = KvmUserReturnMsrs(sim, cpu)
+        self.config = config
+        self.findings = findings
+        self.running_vcpu: list[KvmVcpu | None] = [None] * len(cpus)  # kvm_running_vcpu
+        for cpu in cpus:
+            self.kvm_user_return_msr_cpu_online(cpu)
 
-    def return_to_user(self, cpu: "HostCpu", task: Thread) -> None:
+    def kvm_user_return_msr_cpu_online(self, cpu: HostCpu) -> None:
+        """Set up the CPU's user-return state; hook the notifier into its exit to user."""
+        cpu.uret = KvmUserReturnMsrs(cpu)
+        cpu.user_return = self.exit_to_user_mode
+
+    def exit_to_user_mode(self, cpu: HostCpu, task: Thread) -> None:
         """exit_to_user_mode on `cpu` for `task`: fire the user-return notifier if
-        registered (TIF_USER_RETURN_NOTIFY follows the CPU), then check that host user code
-        is about to run with host MSR values."""
+        registered (TIF_USER_RETURN_NOTIFY follows the CPU, and the strategy owns the body,
+        kvm_on_user_return), then check that host user code is about to run with host MSR
+        values."""
         if cpu.uret.registered:
             self.strategy.user_return(cpu)
-        self.sim.invariants.check_user_mode(cpu, task)
+        invariants.check_user_mode(self.findings, cpu, task,
+                                   self.running_vcpu[cpu.index] is None)
 
 
-class KvmVcpu(Thread):
-    """struct kvm_vcpu plus the VMM thread that runs it (KVM_RUN in a loop).
+class Kvm:
+    """struct kvm of one VM (the VM-wide state the model uses)."""
 
-    Vendor hooks (implemented by `tdsim.kvm_tdx.VcpuTdx`): ``vcpu_load_vendor``,
-    ``prepare_switch_to_guest``, ``vcpu_run_vendor`` (plan a segment), ``vcpu_exit_vendor``
-    (complete it and handle the exit), ``vcpu_put_vendor``, ``has_events``,
-    ``complete_userspace_io``, ``vmm_service_ns``."""
+    def __init__(self, index: int, name: str, flavor: str,
+                 interrupts: InterruptConfig | None = None) -> None:
+        self.index = index
+        self.name = name
+        self.flavor = flavor
+        self.interrupts = interrupts  # [vm.interrupts]
+        self.vcpus: list[Any] = []
+        self.bugged = False  # kvm->vm_bugged (KVM_BUG_ON)
+        self.stat: Stat | None = None  # host-wide counters (kvm_bug)
+        # what the VMM set up with KVM ioctls (from [vmm]): KVM_CAP_EXIT_HYPERCALL,
+        # KVM_SET_CPUID2, KVM_X86_SET_MSR_FILTER, KVM_CAP_X86_USER_SPACE_MSR, KVM_IOEVENTFD
+        self.hypercall_exit_enabled = True
+        self.cpuid_entries: Mapping[tuple[int, int], tuple[int, int, int, int]] = {}
+        self.msr_filter_deny_read: frozenset[int] = frozenset()
+        self.msr_filter_deny_write: frozenset[int] = frozenset()
+        self.user_space_msr_mask = 0
+        self.io_devices: list[Any] = []  # the VMM's devices (tdsim.vmm.Device)
 
-    is_vcpu = True
-    category = KVM
+    def kvm_io_bus_write(self, space: str, addr: int, now: int) -> bool:
+        """A write on the PIO / MMIO bus: the device there claims it in the kernel if it has
+        an ioeventfd (completed in the kernel, the device is signalled); False = exit to
+        userspace."""
+        for dev in self.io_devices:
+            if dev.space == space and dev.base <= addr < dev.end:
+                if not dev.ioeventfd:
+                    return False
+                dev.write(now, addr, 0, 0, True)
+                return True
+        return False
 
-    def __init__(self, sim: "Simulation", vm, index: int, pin: int | None) -> None:
-        super().__init__(sim, f"{vm.name}.vcpu{index}", pin,
-                         gsbase=0x7F5500000000 + (vm.index << 20) + index * 0x1000)
+    def kvm_vm_bugged(self, vcpu: Any) -> None:
+        """KVM_BUG_ON -> kvm_vm_bugged: the VM is dead; every vCPU gets KVM_REQ_VM_DEAD (and,
+        if in guest mode, an IPI; NO_WAKEUP leaves halted vCPUs asleep)."""
+        assert self.stat is not None
+        self.stat["kvm_bug"] += 1
+        self.bugged = True
+        for other in self.vcpus:
+            other.kvm_make_request(KVM_REQ_VM_DEAD)
+            if other is not vcpu and other.phase == PH_SEG:
+                other.kvm_vcpu_kick()
+
+
+@dataclass(frozen=True, slots=True)
+class KvmX86Ops:
+    """struct kvm_x86_ops: the vendor functions the generic run loop calls (for a TD,
+    vt_x86_ops in vmx/main.c dispatching to tdx_*).  Each takes the vCPU first."""
+
+    vcpu_load: Callable[[Any, HostCpu], None]
+    vcpu_put: Callable[[Any, HostCpu], None]
+    prepare_switch_to_guest: Callable[[Any, HostCpu], None]
+    vcpu_pre_run: Callable[[Any], int]
+    vcpu_run: Callable[[Any, HostCpu], Generator[Any, Any, int]]
+    handle_exit_irqoff: Callable[[Any, HostCpu], None]
+    handle_exit: Callable[[Any, HostCpu, int], int]
+    cancel_injection: Callable[[Any], None]
+    inject_nmi: Callable[[Any, HostCpu], None]
+    interrupt_allowed: Callable[[Any], bool]
+    protected_apic_has_interrupt: Callable[[Any, HostCpu], bool]
+    deliver_interrupt: Callable[[Any, int, str], None]
+    complete_userspace_io: Callable[[Any, HostCpu], int]
+
+
+class KvmVcpu(VcpuSegment):
+    """struct kvm_vcpu plus the VMM thread that runs it (KVM_RUN in a loop)."""
+
+    kvm_x86_ops: KvmX86Ops  # the vendor's table, set by the vendor class's constructor
+
+    def __init__(self, env: Environment, scope: VcpuScope, vm: Kvm, pin: int | None,
+                 gsbase: int, costs: Costs, kvm: KvmX86, sched: Scheduler, irq: IrqStats,
+                 stat: Stat, findings: Findings, tracer: Tracer | None) -> None:
+        super().__init__(env, scope.name, pin, gsbase, stat, tracer)
+        self.init_segment()
+        self.scope = scope
         self.vm = vm
-        self.vcpu_id = index
-        self.stat = new_stat()
+        self.vcpu_id = scope.index
+        self.costs = costs
+        self.kvm = kvm
+        self.sched = sched
+        self.irq = irq
+        self.findings = findings
+        # fault injection (tdsim.faults): does kvm_mmu_reload fail at this entry attempt?
+        self.mmu_reload_fails: Callable[[], bool] | None = None
+        self.halt_poll_ns = kvm.config.halt_poll_ns
         self.requests = 0
         self.mode = OUTSIDE_GUEST_MODE
         self.mp_state = KVM_MP_STATE_RUNNABLE
-        self.cpu_index = -1          # vcpu->cpu
+        self.cpu_index = -1              # vcpu->cpu
         self.guest_state_loaded = False  # vt->guest_state_loaded
         self.sigpending = False
-        self.notify_resume = False   # issue 3: TIF_NOTIFY_RESUME (abort C(e))
-        self.phase = PH_WAIT
-        self.proc = None
-        # landmarks of the current PH_SEG segment (absolute ns)
-        self.t_seg0 = 0
-        self.t_late = 0
-        self.t_enter = 0
-        self.t_guest_end = 0
-        self.run_exit_reason = 0     # kvm_run->exit_reason of the last userspace exit
-        self.vm_stopped = False      # issue 5: the VMM stopped the VM; never re-enter KVM_RUN
-        self.t_wake = 0              # issue 4: when kvm_vcpu_wake_up last woke it
-        # issue 4: TASK_INTERRUPTIBLE set in kvm_vcpu_block's final check, and a wake-up
-        # that arrived after it but before schedule() (which then does not sleep)
+        self.notify_resume = False       # TIF_NOTIFY_RESUME
+        self.run_exit_reason = 0         # kvm_run->exit_reason of the last userspace exit
+        self.vm_stopped = False          # the VMM stopped the VM: never re-enter KVM_RUN
+        self.nmi_queued = 0              # vcpu->arch.nmi_queued
+        self.nmi_pending = 0             # vcpu->arch.nmi_pending
+        self.nmi_t0: int | None = None   # when the oldest undelivered NMI was injected
+        self.lapic_timer: Any = None     # apic->lapic_timer (tdsim.lapic.LapicTimer), if any
+        self.timer_deadline = 0          # deadline of the last guest timer that fired
+        self.oneshot_period = 0          # one-shot (TSC-deadline) guest timer period
+        self.t_wake = 0                  # when kvm_vcpu_wake_up last woke it
+        # kvm_vcpu_block's final check set TASK_INTERRUPTIBLE (halting); a wake-up after it
+        # but before schedule() makes the task runnable again (halt_woken)
         self.halting = False
         self.halt_woken = False
-        # issue 4: event a KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait waits on (tdsim.sept);
-        # succeeded when the vCPU next runs with IRQs enabled (late abort or after the exit)
-        self.outside_ack = None
-        self.seg_irq_why = "other"  # issue 4: what cut the current entry (irq_exits.<why>)
+        # the event a KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait waits on (tdsim.sept); it
+        # succeeds when the vCPU passes its IRQ window (late abort, or after the exit)
+        self.outside_ack: Any = None
 
-    # --- asynchronous notifications --------------------------------------------------------
-    def exit_request_pending(self) -> bool:
-        """kvm_vcpu_exit_request: kicked, a request bit, or transfer-to-guest work."""
+    # --- requests and kicks (virt/kvm/kvm_main.c) --------------------------------------
+    def kvm_vcpu_exit_request(self) -> bool:
+        """kvm_vcpu_exit_request: kicked, a request bit, or transfer-to-guest work (signal,
+        need_resched, notify-resume).  The late check before entry, and the only thing that
+        decides a late abort."""
         return (self.mode == EXITING_GUEST_MODE or self.requests != 0 or self.need_resched
                 or self.sigpending or self.notify_resume)
-
-    def notify_host_irq(self, why: str = "other") -> None:
-        """A host interrupt reaches this vCPU's CPU now (tick, hrtimer, IPI)."""
-        if self.phase != PH_SEG:
-            return
-        now = self.sim.env.now
-        if now < self.t_late:
-            # IRQs are still on: the host handles it in place; it matters only if it left
-            # work that the late check sees.
-            if self.exit_request_pending():
-                self.phase = PH_KERNEL
-                self.proc.interrupt(CAUSE_LATE_ABORT)
-        elif now < self.t_guest_end:
-            self.phase = PH_KERNEL
-            self.seg_irq_why = why  # issue 4: source of the EXTERNAL_INTERRUPT exit
-            self.proc.interrupt(CAUSE_IRQ)
-
-    def resched(self) -> None:
-        """need_resched was set (wake-up preemption or slice end) while this thread runs."""
-        phase = self.phase
-        if phase == PH_SEG:
-            now = self.sim.env.now
-            if now < self.t_late:
-                self.phase = PH_KERNEL
-                self.proc.interrupt(CAUSE_LATE_ABORT)
-            elif now < self.t_guest_end:
-                # the reschedule IPI / timer interrupt makes the TD exit
-                self.phase = PH_KERNEL
-                self.seg_irq_why = "resched"  # issue 4
-                self.proc.interrupt(CAUSE_IRQ)
-        elif phase == PH_USER or phase == PH_POLL:  # issue 4: polling stops on need_resched
-            self.phase = PH_KERNEL
-            self.proc.interrupt(CAUSE_IRQ)
-        # PH_KERNEL: seen when the straight-line work ends.
-
-    def kvm_vcpu_kick(self) -> None:
-        """kvm_vcpu_kick: wake a blocked vCPU; a vCPU in guest mode is switched to
-        EXITING_GUEST_MODE and sent an IPI (taken as a TD exit after the IPI latency)."""
-        if self.phase == PH_BLOCKED or self.phase == PH_POLL or self.halting:
-            self.kvm_vcpu_wake_up()
-            return
-        if self.phase == PH_SEG and self.sim.env.now >= self.t_late:
-            if self.mode == IN_GUEST_MODE:
-                self.mode = EXITING_GUEST_MODE
-                self.stat["kicks"] += 1
-                cpu = self.cpu
-                ev = self.sim.env.timeout(self.sim.c_ipi)
-                if self.sim.tracer is not None:  # the kick, then the IPI's arrival
-                    self.sim.tracer.emit(self.sim.env.now, "kick", cpu.index, self.name,
-                                         by=None)
-                    ev.callbacks.append(lambda _e: self.sim.tracer.emit(
-                        self.sim.env.now, "ipi", cpu.index, self.name, src_cpu=-1,
-                        dst_cpu=cpu.index, why="kick"))
-                ev.callbacks.append(lambda _e: cpu.host_irq("kick"))
-        elif self.phase == PH_SEG:
-            # issue 3, abort C(a): vcpu->mode = IN_GUEST_MODE is stored shortly before the
-            # late check (reference §1.2 steps 5-7); a kick in that window wins the cmpxchg
-            # and the late check sees EXITING_GUEST_MODE.  (Its IPI is taken in the IRQ
-            # window the abort opens.)
-            if (self.mode == IN_GUEST_MODE
-                    and self.sim.env.now >= self.t_late - self.sim.c_in_guest_mode_window):
-                self.mode = EXITING_GUEST_MODE
-                self.stat["kicks"] += 1
-            self.notify_host_irq()  # before the late check: it will see the request
 
     def kvm_make_request(self, req: int) -> None:
         self.requests |= req
 
-    def kvm_vcpu_wake_up(self) -> None:
-        """kvm_vcpu_wake_up: make a halted (blocked) vCPU thread runnable."""
-        if self.phase == PH_BLOCKED and self.state == SLEEPING:
-            self.stat["halt_wakeup"] += 1
-            self.phase = PH_WAIT
-            self.t_wake = self.sim.env.now
-            self.sim.sched.wake_up(self)
-        elif self.phase == PH_POLL:  # issue 4: the halt-polling loop sees the event
-            self.phase = PH_KERNEL
-            self.proc.interrupt(CAUSE_WAKE)
-        elif self.halting and not self.halt_woken:
-            # issue 4: between the final kvm_vcpu_check_block and schedule(): the task is
-            # TASK_INTERRUPTIBLE, the wake-up makes it runnable again (no lost wake-up)
-            self.stat["halt_wakeup"] += 1
-            self.halt_woken = True
-            self.t_wake = self.sim.env.now
+    def kvm_inject_nmi(self) -> None:
+        """kvm_inject_nmi: nmi_queued++, KVM_REQ_NMI, kvm_vcpu_kick; the stuck-halt oracle
+        checks that a halted vCPU was woken."""
+        self.irq.nmi_injected += 1
+        self.stat["nmi.injected"] += 1
+        if self.nmi_t0 is None:
+            self.nmi_t0 = self.env.now
+        self.nmi_queued += 1
+        self.kvm_make_request(KVM_REQ_NMI)
+        self.kvm_vcpu_kick()
+        if self.phase == PH_BLOCKED:
+            cpu = self.cpu
+            self.findings.record("stuck_halt", cpu.index if cpu else -1, self.name,
+                                 "NMI injected but the halted vCPU was not woken")
 
-    # --- vcpu_load / vcpu_put ----------------------------------------------------------------
-    def vcpu_load(self, cpu: "HostCpu") -> None:
+    def kvm_vcpu_kick(self) -> None:
+        """kvm_vcpu_kick: wake a waiting vCPU; else, if it is IN_GUEST_MODE, switch it to
+        EXITING_GUEST_MODE (kvm_arch_vcpu_should_kick) and send its CPU an IPI, taken as a
+        host interrupt after costs.ipi_ns.
+
+        (Simulation) Before the late check the model's ``mode`` runs ahead of the kernel's:
+        KVM stores IN_GUEST_MODE only ``in_guest_mode_window_ns`` before the check, so an
+        earlier kick finds OUTSIDE_GUEST_MODE and changes nothing but what the late check
+        will read; a kick inside the window sends no IPI here (the IPI would be taken in
+        the IRQ window the abort opens)."""
+        if self.kvm_vcpu_wake_up():
+            return
+        if self.phase != PH_SEG:
+            return
+        now = self.env.now
+        before_check = now < self.t_late
+        if self.mode == IN_GUEST_MODE and (
+                not before_check or now >= self.t_late - self.costs.in_guest_mode_window_ns):
+            self.mode = EXITING_GUEST_MODE
+            self.stat["kicks"] += 1
+            if not before_check:
+                self.smp_send_reschedule()
+        if before_check:
+            self.disturb(EXIT_REQUEST)
+
+    def kvm_request_outside_guest_mode(self) -> None:
+        """kvm_make_vcpu_request(KVM_REQ_OUTSIDE_GUEST_MODE) for a vCPU not outside guest
+        mode: kvm_request_needs_ipi's cmpxchg to EXITING_GUEST_MODE and the call-function
+        IPI (the requester waits for it to be acked in the vCPU's IRQ window).
+
+        (Simulation) A vCPU whose entry segment has not reached the late check yet is
+        taken as IN_GUEST_MODE already (it will not enter; the real one would see the
+        request a few hundred ns later); one in the guest is kicked."""
+        if self.phase == PH_SEG and self.env.now < self.t_late:
+            self.mode = EXITING_GUEST_MODE
+            self.disturb(EXIT_REQUEST)
+        elif self.mode == IN_GUEST_MODE:
+            self.kvm_vcpu_kick()
+
+    def smp_send_reschedule(self) -> None:
+        """The kick's IPI to the vCPU's CPU: a host interrupt there after costs.ipi_ns."""
+        cpu = self.on_cpu
+        ev = self.env.timeout(self.costs.ipi_ns)
+        tracer = self.tracer
+        if tracer is not None:  # the kick, then the IPI's arrival
+            tracer.emit(self.env.now, "kick", cpu.index, self.name, by=None)
+            ev.callbacks.append(lambda _e: tracer.emit(
+                self.env.now, "ipi", cpu.index, self.name, src_cpu=-1, dst_cpu=cpu.index,
+                why="kick"))
+        ev.callbacks.append(lambda _e: cpu.host_irq(_HOST_IRQ_KICK))
+
+    def kvm_vcpu_wake_up(self) -> bool:
+        """kvm_vcpu_wake_up: if the vCPU thread waits in kvm_vcpu_halt/kvm_vcpu_block, make it
+        runnable (or end its polling); True if it was waiting."""
+        phase = self.phase
+        if phase == PH_BLOCKED:
+            if self.state == SLEEPING:
+                self.stat["halt_wakeup"] += 1
+                self.phase = PH_WAIT
+                self.t_wake = self.env.now
+                self.sched.wake_up(self)
+            return True
+        if phase == PH_POLL:
+            self.disturb(WAKE)
+            return True
+        if self.halting:
+            if not self.halt_woken:
+                # between the final kvm_vcpu_check_block and schedule(): the task is
+                # TASK_INTERRUPTIBLE, the wake-up makes it runnable again (no lost wake-up)
+                self.stat["halt_wakeup"] += 1
+                self.halt_woken = True
+                self.t_wake = self.env.now
+            return True
+        return False
+
+    # --- vcpu_load / vcpu_put ----------------------------------------------------------
+    def vcpu_load(self, cpu: HostCpu) -> None:
         """vcpu_load -> kvm_arch_vcpu_load -> vendor vcpu_load."""
-        stat = self.stat
-        stat["vcpu_load"] += 1
-        cpu.acc += self.sim.c_vcpu_load
-        cpu.loaded_vcpu = self
-        self.vcpu_load_vendor(cpu)
-        if self.sim.tracer is not None:
-            self.sim.tracer.emit(self.sim.env.now, "vcpu_load", cpu.index, self.name,
-                                 migrated=False)
+        self.stat["vcpu_load"] += 1
+        cpu.acc += self.costs.vcpu_load_ns
+        self.kvm.running_vcpu[cpu.index] = self
+        self.kvm_x86_ops.vcpu_load(self, cpu)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "vcpu_load", cpu.index, self.name, migrated=False)
 
-    def vcpu_put(self, cpu: "HostCpu", cause_key: str) -> None:
+    def vcpu_put(self, cpu: HostCpu, cause_key: str) -> None:
         """vcpu_put -> kvm_arch_vcpu_put -> vendor vcpu_put (host-state restore)."""
         stat = self.stat
         stat["vcpu_put"] += 1
         stat[cause_key] += 1
-        cpu.acc += self.sim.c_vcpu_put
-        if self.sim.tracer is not None:
-            self.sim.tracer.emit(self.sim.env.now, "vcpu_put", cpu.index, self.name,
-                                 cause=cause_key[15:])
-        self.vcpu_put_vendor(cpu)
-        cpu.loaded_vcpu = None
-        self.sim.invariants.check_after_put(cpu, self)
+        cpu.acc += self.costs.vcpu_put_ns
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "vcpu_put", cpu.index, self.name,
+                        cause=cause_key[15:])
+        self.kvm_x86_ops.vcpu_put(self, cpu)
+        self.kvm.running_vcpu[cpu.index] = None
+        invariants.check_after_put(self.findings, cpu, self)
 
-    # --- time ------------------------------------------------------------------------------
-    def spend_kernel(self, cpu: "HostCpu"):
-        """Spend the accumulated straight-line kernel work in one timeout (PH_KERNEL)."""
-        work = cpu.acc
-        if work:
-            cpu.acc = 0
-            self.phase = PH_KERNEL
-            self.begin_seg(KVM, work)
-            yield self.sim.env.timeout(work)
-            self.end_seg(self.sim.env.now)
-
-    def schedule_out(self, cpu: "HostCpu", runnable: bool, put_cause: str | None):
+    def schedule_out(self, cpu: HostCpu, runnable: bool,
+                     put_cause: str | None) -> ProcessGenerator:
         """schedule() from KVM context: preempt notifier kvm_sched_out (vcpu_put), context
         switch, and on return kvm_sched_in (vcpu_load, possibly on another CPU)."""
         if put_cause is not None:
             self.vcpu_put(cpu, put_cause)
         yield from self.spend_kernel(cpu)
-        if self.halt_woken:  # issue 4: woken after the final check: do not sleep
+        if self.halt_woken:  # woken after the final check: do not sleep
             runnable = True
         self.phase = PH_WAIT if runnable else PH_BLOCKED
-        if self.sim.tracer is not None:
-            self.sim.tracer.emit(self.sim.env.now, "vcpu_state", cpu.index, self.name,
-                                 state="runnable" if runnable else "halted")
-        self.sim.sched.switch_out(cpu, self, runnable)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "vcpu_state", cpu.index, self.name,
+                        state="runnable" if runnable else "halted")
+        self.sched.switch_out(cpu, self, runnable)
         cpu = yield self.run_event
-        if self.sim.tracer is not None:  # back where it was: KVM_RUN, or the VMM (no put)
-            self.sim.tracer.emit(self.sim.env.now, "vcpu_state", cpu.index, self.name,
-                                 state="running" if put_cause is not None else "userspace")
+        if tracer is not None:  # back where it was: KVM_RUN, or the VMM (no put)
+            tracer.emit(self.env.now, "vcpu_state", cpu.index, self.name,
+                        state="running" if put_cause is not None else "userspace")
         if put_cause is not None:
             self.vcpu_load(cpu)
         return cpu
 
-    # --- the thread ------------------------------------------------------------------------
-    def main(self):
+    # --- the VMM's vCPU thread ---------------------------------------------------------
+    def vcpu_thread(self) -> ProcessGenerator:
         """The VMM's vCPU thread: KVM_RUN, service the exit in userspace, repeat."""
-        sim = self.sim
-        if sim.tracer is not None:
-            sim.tracer.emit(sim.env.now, "vcpu_state", -1, self.name, state="runnable")
-        sim.sched.wake_up(self)
-        cpu = yield self.run_event
-        sim.kvm.return_to_user(cpu, self)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "vcpu_state", -1, self.name, state="runnable")
+        self.sched.wake_up(self)
+        cpu: HostCpu = yield self.run_event
+        cpu.exit_to_user_mode(self)
         while True:
             r = yield from self.kvm_arch_vcpu_ioctl_run(cpu)
-            cpu = self.cpu
+            cpu = self.on_cpu
             if self.vmm_stops_vcpu(r):
                 yield from self.vmm_stop(cpu)
                 return
             yield from self.vmm_run(cpu)
-            cpu = self.cpu
+            cpu = self.on_cpu
 
     def vmm_stops_vcpu(self, r: int) -> bool:
-        """issue 3: what the VMM does after a fatal exit.  KVM_RUN failed (an errno other than
-        EINTR) or reported KVM_EXIT_INTERNAL_ERROR / FAIL_ENTRY / SHUTDOWN: like QEMU, the VMM
-        stops running this vCPU (it stays stopped until the end of the run)."""
+        """What the VMM does after a fatal exit: KVM_RUN failed (an errno other than EINTR)
+        or reported KVM_EXIT_INTERNAL_ERROR / FAIL_ENTRY / SHUTDOWN: like QEMU, it stops
+        running this vCPU (it stays stopped until the end of the run)."""
         return (r < 0 and r != -arch.EINTR) or self.run_exit_reason in _FATAL_RUN_EXITS
 
-    def vmm_stop(self, cpu: "HostCpu"):
+    def vmm_stop(self, cpu: HostCpu) -> ProcessGenerator:
         """The vCPU thread stops for good: it sleeps and nothing wakes it."""
         self.stat["vcpu_stopped"] += 1
         yield from self.spend_kernel(cpu)
         self.phase = PH_STOPPED
-        self.sim.sched.switch_out(cpu, self, False)
+        self.sched.switch_out(cpu, self, False)
 
-    def kvm_arch_vcpu_ioctl_run(self, cpu: "HostCpu"):
-        """kvm_arch_vcpu_ioctl_run: vcpu_load, complete_userspace_io, vcpu_run, vcpu_put,
-        return to user mode (where the user-return notifier fires)."""
-        sim = self.sim
-        if sim.tracer is not None:
-            sim.tracer.emit(sim.env.now, "vcpu_state", cpu.index, self.name, state="running")
-        cpu.acc += sim.c_kvm_run_ioctl
+    def vmm_service_ns(self) -> int:
+        """How long the VMM takes to answer the last exit (it writes its answer into
+        kvm_run as it does)."""
+        raise NotImplementedError
+
+    def vmm_run(self, cpu: HostCpu) -> ProcessGenerator:
+        """The userspace VMM services the exit (preemptible user code)."""
+        remaining: int | None = self.vmm_service_ns()
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "vcpu_state", cpu.index, self.name, state="userspace")
+        while True:
+            assert remaining is not None
+            remaining = yield from self.run_user(cpu, VMM, remaining)
+            if remaining is None:
+                if self.vm_stopped:  # the VMM stopped the VM (TDX fatal error)
+                    self.sched.switch_out(cpu, self, False)
+                    yield self.run_event  # nothing wakes it: the thread stays parked
+                return
+            cpu = yield from self.schedule_out(cpu, True, None)
+            cpu.exit_to_user_mode(self)
+
+    # --- KVM_RUN ---------------------------------------------------------------------------
+    def kvm_arch_vcpu_ioctl_run(self, cpu: HostCpu) -> Generator[Any, Any, int]:
+        """kvm_arch_vcpu_ioctl_run: vcpu_load, complete_userspace_io, vcpu_pre_run, vcpu_run,
+        vcpu_put, return to user mode (where the user-return notifier fires)."""
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "vcpu_state", cpu.index, self.name, state="running")
+        cpu.acc += self.costs.kvm_run_ioctl_ns
         self.vcpu_load(cpu)
-        # issue 5: a completion may return 0 (MapGPA's next chunk): straight back to the VMM
-        r = self.complete_userspace_io(cpu)
+        ops = self.kvm_x86_ops
+        # a completion may return 0 (MapGPA's next chunk): straight back to the VMM
+        r = ops.complete_userspace_io(self, cpu)
         if r > 0:
-            r = yield from self.vcpu_run(cpu)
-        cpu = self.cpu
+            r = ops.vcpu_pre_run(self)
+            if r > 0:
+                r = yield from self.vcpu_run(cpu)
+        cpu = self.on_cpu
         self.vcpu_put(cpu, PUT_KVM_RUN_RETURN)
         stat = self.stat
         stat["userspace_exits"] += 1
-        stat[sim.userspace_exit_keys[self.run_exit_reason]] += 1
-        if sim.tracer is not None:
-            sim.tracer.emit(sim.env.now, "userspace_exit", cpu.index, self.name,
-                            reason=arch.KVM_EXIT_NAMES.get(self.run_exit_reason, "?"))
-        sim.kvm.return_to_user(cpu, self)
+        stat[_USERSPACE_EXIT_KEYS[self.run_exit_reason]] += 1
+        if tracer is not None:
+            tracer.emit(self.env.now, "userspace_exit", cpu.index, self.name,
+                        reason=arch.KVM_EXIT_NAMES.get(self.run_exit_reason, "?"))
+        cpu.exit_to_user_mode(self)
         return r
 
-    def vmm_run(self, cpu: "HostCpu"):
-        """The userspace VMM services the exit (preemptible user code)."""
-        sim = self.sim
-        env = sim.env
-        remaining = self.vmm_service_ns()
-        if sim.tracer is not None:
-            sim.tracer.emit(env.now, "vcpu_state", cpu.index, self.name, state="userspace")
-        while True:
-            work = cpu.acc
-            cpu.acc = 0
-            self.phase = PH_USER
-            self.begin_seg(KVM, work, VMM, remaining)
-            try:
-                yield env.timeout(work + remaining)
-                self.end_seg(env.now)
-                self.phase = PH_KERNEL
-                if self.vm_stopped:  # issue 5: the VMM stopped the VM (TDX fatal error)
-                    sim.sched.switch_out(cpu, self, False)
-                    yield self.run_event  # nothing wakes it: the thread stays parked
-                return
-            except Interrupt:
-                ran = self.end_seg(env.now)
-                remaining -= max(0, ran - work)
-                cpu = yield from self.schedule_out(cpu, True, None)
-                sim.kvm.return_to_user(cpu, self)
+    def vcpu_run(self, cpu: HostCpu) -> Generator[Any, Any, int]:
+        """vcpu_run: enter the guest while runnable, else block; after each round, the
+        transfer-to-guest work (xfer_to_guest_mode_handle_work).  Returns 0 (exit to
+        userspace) or < 0 (an error, -EINTR for a signal).
 
-    def vcpu_run(self, cpu: "HostCpu"):
-        """vcpu_run with vcpu_enter_guest inlined (one generator frame per KVM_RUN).
-
-        Returns the value vcpu_run returns: 0 = exit to userspace, < 0 = error."""
-        sim = self.sim
-        env = sim.env
+        Simplification: after a block the loop re-enters at once; work that became pending
+        meanwhile is seen by the late check."""
         stat = self.stat
-        c_enter = sim.c_vcpu_enter_guest
-        faults = sim.faults
         while True:
             if self.mp_state != KVM_MP_STATE_RUNNABLE:
                 r = yield from self.vcpu_block(cpu)
-                cpu = self.cpu
+                cpu = self.on_cpu
                 if r <= 0:
                     return r
                 continue
-            # ---- vcpu_enter_guest -------------------------------------------------------
-            if self.requests:
-                r = self.kvm_check_requests(cpu)
-                if r <= 0:
-                    return r
-            if faults.mmu_rng is not None and faults.mmu_reload_fails():
-                # issue 3, abort B: kvm_mmu_reload failed; the error leaves KVM_RUN
-                # (an NMI already written to PEND_NMI would stay committed).
-                self.count_abort(cpu, "mmu_reload_fail")
-                self.run_exit_reason = 0
-                return -arch.ENOMEM
-            if not self.guest_state_loaded:
-                self.prepare_switch_to_guest(cpu)
-            cpu.acc += c_enter
-            late = cpu.acc
-            if self.exit_request_pending():
-                # Late abort (reference §1.3 C): state stays loaded, r = 1.
-                r = self.late_abort(cpu, self.exit_request_kind())
-                yield from self.spend_kernel(cpu)
-            else:
-                seg = self.vcpu_run_vendor(cpu, late)  # plans landmarks; total ns
-                cpu.acc = 0
-                now = env.now
-                self.t_seg0 = now
-                self.t_late = now + late
-                self.phase = PH_SEG
-                self.begin_seg(KVM, self.t_enter - now, GUEST, self.t_guest_end - self.t_enter)
-                try:
-                    yield env.timeout(seg)
-                    self.end_seg(env.now)
-                    irq = False
-                except Interrupt as intr:
-                    if intr.cause is CAUSE_LATE_ABORT:
-                        wait = self.t_late - env.now
-                        if wait > 0:
-                            yield env.timeout(wait)
-                        self.end_seg(env.now)
-                        r = self.late_abort(cpu, self.exit_request_kind())
-                        self.vcpu_run_cancel(cpu)
-                        irq = None
-                    else:
-                        t_exit = max(env.now, self.t_enter)
-                        self.seg_d2 = t_exit - self.t_enter
-                        yield env.timeout(t_exit - env.now + sim.c_td_exit)
-                        self.end_seg(env.now)
-                        irq = True
-                self.phase = PH_KERNEL
-                if irq is not None:
-                    self.mode = OUTSIDE_GUEST_MODE
-                    r = self.vcpu_exit_vendor(cpu, irq)
-            # ---- vcpu_run tail --------------------------------------------------------
+            r = yield from self.vcpu_enter_guest(cpu)
+            cpu = self.on_cpu
             if r <= 0:
                 return r
             if self.notify_resume:
-                # issue 3: xfer_to_guest_mode_handle_work runs resume_user_mode_work
+                # xfer_to_guest_mode_handle_work runs resume_user_mode_work
                 self.notify_resume = False
                 stat["notify_resume"] += 1
-                cpu.acc += sim.c_notify_resume
+                cpu.acc += self.costs.notify_resume_ns
             if self.need_resched or self.sigpending:
                 if self.sigpending:
                     self.sigpending = False
                     self.run_exit_reason = arch.KVM_EXIT_INTR
-                    return -4  # -EINTR
+                    return -arch.EINTR
                 stat["preempted"] += 1
                 cpu = yield from self.schedule_out(cpu, True, PUT_PREEMPT)
 
+    def vcpu_enter_guest(self, cpu: HostCpu) -> Generator[Any, Any, int]:
+        """vcpu_enter_guest: requests, kvm_mmu_reload, prepare_switch_to_guest, IRQs off and
+        IN_GUEST_MODE, the late kvm_vcpu_exit_request check, the vendor run, the IRQ-off
+        exit work and the IRQ window, then the vendor exit handler.  Returns 1 to go round
+        again, 0 to exit to userspace, < 0 for an error."""
+        if self.requests:
+            r = self.kvm_check_requests(cpu)
+            if r <= 0:
+                return r
+        mmu_reload_fails = self.mmu_reload_fails
+        if mmu_reload_fails is not None and mmu_reload_fails():
+            # kvm_mmu_reload failed: the error leaves KVM_RUN (an NMI already written to
+            # PEND_NMI stays committed)
+            self.count_abort(cpu, "mmu_reload_fail")
+            self.run_exit_reason = 0
+            return -arch.ENOMEM
+        ops = self.kvm_x86_ops
+        ops.prepare_switch_to_guest(self, cpu)
+        cpu.acc += self.costs.vcpu_enter_guest_ns  # local_irq_disable, mode, barriers
+        self.mode = IN_GUEST_MODE
+        self.mark_late_check(cpu)
+        if self.kvm_vcpu_exit_request():
+            r = self.late_abort(cpu)
+            yield from self.spend_kernel(cpu)
+            return r
+        try:
+            exit_fastpath = yield from ops.vcpu_run(self, cpu)
+        except LateCheckFired:
+            # (simulation) the check fired at its instant after all: nothing after it ran
+            r = self.late_abort(cpu)
+            ops.cancel_injection(self)
+            return r
+        self.mode = OUTSIDE_GUEST_MODE
+        ops.handle_exit_irqoff(self, cpu)
+        self.irq_window()
+        return ops.handle_exit(self, cpu, exit_fastpath)
+
+    def irq_window(self) -> None:
+        """local_irq_enable after the exit: pending host interrupts run, among them the
+        call-function IPI of a KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait, which is acked."""
+        ack = self.outside_ack
+        if ack is not None:
+            self.outside_ack = None
+            ack.succeed()
+
     def exit_request_kind(self) -> str:
+        """Which part of kvm_vcpu_exit_request() fired (for late_abort.<kind>)."""
         if self.mode == EXITING_GUEST_MODE:
             return "kick"
         if self.requests:
@@ -499,77 +631,40 @@ class KvmVcpu(Thread):
             return "notify_resume"
         return "need_resched"
 
-    def late_abort(self, cpu: "HostCpu", kind: str) -> int:
-        """The late kvm_vcpu_exit_request() fired: IRQs back on, r = 1 (cancel_injection)."""
+    def late_abort(self, cpu: HostCpu) -> int:
+        """The late kvm_vcpu_exit_request() fired: mode back to OUTSIDE_GUEST_MODE, IRQs on
+        (the IRQ window), r = 1; the host state stays loaded."""
+        kind = self.exit_request_kind()
         self.mode = OUTSIDE_GUEST_MODE
-        ack = self.outside_ack  # issue 4: the pending call-function IPI runs now
-        if ack is not None:
-            self.outside_ack = None
-            ack.succeed()
-        self.stat[f"late_abort.{kind}"] += 1
-        self.stat["late_abort"] += 1
-        if self.sim.tracer is not None:
-            self.sim.tracer.emit(self.sim.env.now, "late_abort", cpu.index, self.name,
-                                 abort=kind)
-        return 1
-
-    def vcpu_block(self, cpu: "HostCpu"):
-        """kvm_vcpu_halt -> kvm_vcpu_block: sleep until kvm_vcpu_has_events.
-
-        The check is repeated after the kernel work, right before scheduling out (the
-        rcuwait loop's kvm_vcpu_check_block), so a wake-up in between is not lost."""
-        if not self.has_events(cpu):
-            yield from self.spend_kernel(cpu)
-            poll_ns = self.sim.halt_poll_ns  # issue 4
-            if poll_ns and not self.has_events(cpu):
-                yield from self.halt_poll(cpu, poll_ns)
-            self.halting = True  # issue 4: set_current_state(TASK_INTERRUPTIBLE)
-            blocked = False
-            while not self.has_events(cpu):  # issue 4: spurious wake-ups sleep again
-                if blocked:
-                    self.stat["halt.spurious_wakeup"] += 1
-                    self.halting = True
-                blocked = True
-                self.stat["halt_block"] += 1
-                t0 = self.sim.env.now
-                cpu = yield from self.schedule_out(cpu, False, PUT_HALT)
-                self.halting = self.halt_woken = False
-                now = self.sim.env.now
-                self.stat["halt_ns"] += now - t0
-                # issue 4: wake-up latency (kvm_vcpu_wake_up -> running again)
-                self.stat["halt.wakeup_latency_ns_sum"] += now - self.t_wake
-                self.sim.irq.sample("wakeup", self.t_wake, now - self.t_wake, self)
-            self.halting = False
-        self.mp_state = KVM_MP_STATE_RUNNABLE
-        return 1
-
-    def halt_poll(self, cpu: "HostCpu", poll_ns: int):
-        """kvm_vcpu_halt's polling loop (issue 4): spin up to `poll_ns` re-checking
-        kvm_vcpu_check_block; a wake-up or need_resched ends it early.  Simplified: fixed
-        halt_poll_ns (no grow/shrink), the check's cost is paid once at the end."""
-        env = self.sim.env
-        self.phase = PH_POLL
-        self.begin_seg(KVM, poll_ns)
-        t0 = env.now
-        try:
-            yield env.timeout(poll_ns)
-            self.end_seg(env.now)
-        except Interrupt:
-            self.end_seg(env.now)
-        self.phase = PH_KERNEL
+        self.irq_window()
         stat = self.stat
-        stat["halt.poll_ns"] += env.now - t0
-        if self.has_events(cpu):
-            stat["halt_poll_success"] += 1
-        else:
-            stat["halt_poll_fail"] += 1
+        stat[ABORT_KEYS[kind]] += 1
+        stat["late_abort"] += 1
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "late_abort", cpu.index, self.name, abort=kind)
+        return 1
 
-    def kvm_check_requests(self, cpu: "HostCpu") -> int:
-        """Request processing at the top of vcpu_enter_guest (reference §1.2 step 1).
+    def count_abort(self, cpu: HostCpu, kind: str) -> None:
+        """Count an entry abort that is not the late exit-request check."""
+        stat = self.stat
+        key = ABORT_KEYS[kind]
+        stat[key] += 1
+        stat["late_abort"] += 1
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "late_abort", cpu.index, self.name, abort=key[11:])
 
-        issue 3, abort A: KVM_REQ_VM_DEAD ends the run with -EIO; the dirty ring's soft
-        limit (KVM_REQ_DIRTY_RING_SOFT_FULL) exits to userspace with KVM_EXIT_DIRTY_RING_FULL
-        (the VMM harvests the ring and re-enters)."""
+    # --- requests ------------------------------------------------------------------------
+    def kvm_check_requests(self, cpu: HostCpu) -> int:
+        """Request processing at the top of vcpu_enter_guest: NMIs (process_nmi and, through
+        KVM_REQ_EVENT, the vendor's inject_nmi), then the requests that end the run:
+        KVM_REQ_VM_DEAD (-EIO) and the dirty ring's soft limit (KVM_EXIT_DIRTY_RING_FULL;
+        the VMM harvests the ring and re-enters).
+
+        Simplification: NMIs are processed before the run-ending requests."""
+        if self.requests & KVM_REQ_NMI:
+            self.process_nmi(cpu)
         requests = self.requests
         self.requests = 0
         if requests & KVM_REQ_ABORT_MASK:
@@ -582,12 +677,70 @@ class KvmVcpu(Thread):
             return 0
         return 1
 
-    def count_abort(self, cpu: "HostCpu", kind: str) -> None:
-        """issue 3: count an entry abort that is not the late exit-request check."""
+    def process_nmi(self, cpu: HostCpu) -> None:
+        """process_nmi: queued NMIs become pending; KVM_REQ_EVENT's
+        kvm_check_and_inject_events injects them (kvm_x86_ops.inject_nmi)."""
+        self.nmi_pending += self.nmi_queued
+        self.nmi_queued = 0
+        self.requests |= KVM_REQ_EVENT
+        if self.nmi_pending:
+            self.kvm_x86_ops.inject_nmi(self, cpu)
+
+    # --- halt ----------------------------------------------------------------------------
+    def kvm_vcpu_has_events(self, cpu: HostCpu) -> bool:
+        """kvm_vcpu_has_events: an NMI (KVM_REQ_NMI / nmi_pending), or, if the vendor allows
+        interrupts, one it reports pending (protected_apic_has_interrupt for a TD)."""
+        if self.requests & KVM_REQ_NMI or self.nmi_pending:
+            return True
+        ops = self.kvm_x86_ops
+        return ops.interrupt_allowed(self) and ops.protected_apic_has_interrupt(self, cpu)
+
+    def vcpu_block(self, cpu: HostCpu) -> Generator[Any, Any, int]:
+        """vcpu_block -> kvm_vcpu_halt -> kvm_vcpu_block: poll, then sleep until
+        kvm_vcpu_has_events.
+
+        The check is repeated after the kernel work, right before scheduling out (the
+        rcuwait loop's kvm_vcpu_check_block), so a wake-up in between is not lost."""
+        if not self.kvm_vcpu_has_events(cpu):
+            yield from self.spend_kernel(cpu)
+            poll_ns = self.halt_poll_ns
+            if poll_ns and not self.kvm_vcpu_has_events(cpu):
+                yield from self.kvm_vcpu_halt_poll(cpu, poll_ns)
+            self.halting = True  # set_current_state(TASK_INTERRUPTIBLE)
+            blocked = False
+            while not self.kvm_vcpu_has_events(cpu):  # spurious wake-ups sleep again
+                if blocked:
+                    self.stat["halt.spurious_wakeup"] += 1
+                    self.halting = True
+                blocked = True
+                self.stat["halt_block"] += 1
+                t0 = self.env.now
+                cpu = yield from self.schedule_out(cpu, False, PUT_HALT)
+                self.halting = self.halt_woken = False
+                now = self.env.now
+                self.stat["halt_ns"] += now - t0
+                # wake-up latency (kvm_vcpu_wake_up -> running again)
+                self.stat["halt.wakeup_latency_ns_sum"] += now - self.t_wake
+                self.irq.sample("wakeup", self.t_wake, now - self.t_wake, self)
+            self.halting = False
+        self.mp_state = KVM_MP_STATE_RUNNABLE
+        return 1
+
+    def kvm_vcpu_halt_poll(self, cpu: HostCpu, poll_ns: int) -> ProcessGenerator:
+        """kvm_vcpu_halt's polling loop: spin up to `poll_ns` re-checking
+        kvm_vcpu_check_block; a wake-up or need_resched ends it early.  Simplified: fixed
+        halt_poll_ns (no grow/shrink), the check's cost is paid once at the end."""
+        t0 = self.env.now
+        yield from self.run_poll(poll_ns)
         stat = self.stat
-        key = _ABORT_KEYS[kind]
-        stat[key] += 1
-        stat["late_abort"] += 1
-        if self.sim.tracer is not None:
-            self.sim.tracer.emit(self.sim.env.now, "late_abort", cpu.index, self.name,
-                                 abort=key[11:])
+        stat["halt.poll_ns"] += self.env.now - t0
+        if self.kvm_vcpu_has_events(cpu):
+            stat["halt_poll_success"] += 1
+        else:
+            stat["halt_poll_fail"] += 1
+
+
+_HOST_IRQ_KICK = HOST_IRQ["kick"]
+_USERSPACE_EXIT_KEYS: dict[int, str] = {
+    code: f"userspace_exits.reason.{name}" for code, name in arch.KVM_EXIT_NAMES.items()}
+_USERSPACE_EXIT_KEYS[0] = "userspace_exits.reason.KVM_EXIT_UNKNOWN"

@@ -8,7 +8,8 @@ A program (``[vm.workload] program = [...]`` or ``program_file = "file.toml"`` h
   TDG.VP.VMCALL with explicit registers.  ``r11`` may be a number or a sub-function name
   (`LEAF_ALIASES`); ``rcx`` is the register-exposure bitmap (default Linux's
   TDVMCALL_EXPOSE_REGS_MASK 0xFFCC); ``rdx rbx rsi rdi r8 r9`` may be set too.  Registers
-  the bitmap does not expose reach KVM as 0 and come back unchanged.
+  the bitmap does not expose reach KVM as 0 and come back unchanged.  The sub-function names
+are the aliases declared in `tdsim.tdvmcall.LEAVES`.
 * ``{op = "hlt", irqs_blocked = false}``: TDVMCALL Instruction.HLT (R12 = the flag).
 * ``{op = "cpuid", leaf = 1, subleaf = 0}``, ``{op = "rdmsr", index = 0x1a0}``,
   ``{op = "wrmsr", index = 0x6e0, value = 1}``: the TDVMCALLs a #VE handler issues.
@@ -26,10 +27,8 @@ When the program ends the guest parks (``cli; hlt``: TDVMCALL HLT with R12 = 1, 
 recorded).  Every call is recorded (up to ``record_calls`` per vCPU): when it exited, the
 registers KVM saw, each exit to userspace KVM made for it (with the VMM's answer), and the
 registers the guest got back.  A bitmap exposing RAX, RCX or RSP makes the TDX module fail
-the TDCALL itself (RAX = TDX_OPERAND_INVALID | RCX, no TD exit; reference §4.1, UNVERIFIED
-detail); the call is recorded with that RAX.
-
-This module has no model imports above `arch`: the scenario loader uses it to check programs.
+the TDCALL itself (RAX = TDX_OPERAND_INVALID | RCX, no TD exit, as the GHCI specifies for an
+invalid bitmap; the operand id is tdsim's choice); the call is recorded with that RAX.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import arch
+from .tdvmcall import BY_ALIAS, BY_NUMBER
 
 DEFAULT_EXPOSE_MASK = arch.TDVMCALL_EXPOSE_REGS_MASK
 # GPR index in the RCX bitmap -> name (RAX 0 ... R15 15)
@@ -47,22 +47,13 @@ GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
 GPR_BIT = {name: 1 << i for i, name in enumerate(GPR_NAMES)}
 # The 13 registers TDH.VP.ENTER carries (struct tdx_module_args order), RCX excluded.
 ARG_REGS = ("rdx", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rbx", "rdi", "rsi")
-# RAX, RCX, RSP cannot be exposed (reference §4.1, UNVERIFIED): the TDCALL fails.
+# RAX, RCX, RSP cannot be exposed: the TDCALL fails.
 MASK_REJECTED = GPR_BIT["rax"] | GPR_BIT["rcx"] | GPR_BIT["rsp"]
 TDCALL_REJECTED_RAX = arch.TDX_OPERAND_INVALID | arch.TDX_OPERAND_ID_RCX
 
-LEAF_ALIASES = {
-    "cpuid": arch.TDVMCALL_CPUID, "hlt": arch.TDVMCALL_HLT, "io": arch.TDVMCALL_IO,
-    "rdmsr": arch.TDVMCALL_RDMSR, "wrmsr": arch.TDVMCALL_WRMSR,
-    "mmio": arch.TDVMCALL_VE_REQUEST_MMIO, "wbinvd": 54,
-    "get_td_vm_call_info": arch.TDVMCALL_GET_TD_VM_CALL_INFO,
-    "map_gpa": arch.TDVMCALL_MAP_GPA, "get_quote": arch.TDVMCALL_GET_QUOTE,
-    "report_fatal_error": arch.TDVMCALL_REPORT_FATAL_ERROR,
-    "setup_event_notify_interrupt": arch.TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT,
-    "service": 0x10005,
-}
+LEAF_ALIASES = {alias: leaf.number for alias, leaf in BY_ALIAS.items()}
 # metric kind (tdvmcall.<kind>) per R11 for GHCI calls
-_KIND = {v: k for k, v in LEAF_ALIASES.items()}
+_KIND = {leaf.number: alias for alias, leaf in BY_ALIAS.items()}
 
 _OPS = {
     "compute": {"us", "ns"},
@@ -251,7 +242,7 @@ class ScriptedGuest:
         self.vcpu = vcpu
 
     def _now(self) -> int:
-        return self.vcpu.sim.env.now if self.vcpu is not None else 0
+        return self.vcpu.env.now if self.vcpu is not None else 0
 
     def _next_step(self):
         stack = self.stack
@@ -346,7 +337,8 @@ class ScriptedGuest:
         regs = call.regs
         rec = {"t_ns": t, "step": call.index, "name": call.name,
                "leaf": (f"KVM_HC({regs['r10']})" if regs["r10"]
-                        else arch.TDVMCALL_NAMES.get(regs["r11"], f"{regs['r11']:#x}"))}
+                        else BY_NUMBER[regs["r11"]].name if regs["r11"] in BY_NUMBER
+                        else f"{regs['r11']:#x}")}
         self.calls.append(rec)
         return rec
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from math import log
 
 
 def stream_seed(seed: int, name: str) -> int:
@@ -27,4 +28,5 @@ def stream(seed: int, name: str) -> random.Random:
 def exp_ns(rng: random.Random, mean_ns: float) -> int:
     """An exponential gap of mean `mean_ns`, in whole nanoseconds (at least 1): the
     inter-arrival time of every Poisson source in tdsim."""
-    return max(1, int(rng.expovariate(1.0 / mean_ns)))
+    # random.expovariate(1 / mean_ns), computed in place (the same value, one call fewer)
+    return max(1, int(-log(1.0 - rng.random()) / (1.0 / mean_ns)))

@@ -12,8 +12,13 @@ nanoseconds by the model.  Costs are in nanoseconds; each carries the status of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+
+from . import faults as _faults
+from . import guest as _guest
+from . import strategies as _strategies
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class Key:
 class Table:
     """A TOML table with a fixed set of keys."""
 
-    keys: dict[str, "Key | Table | Map"]
+    keys: dict[str, Key | Table | Map]
     doc: str = ""
 
 
@@ -46,7 +51,7 @@ class Map:
     then `value` may also be a `Table` (one table per name, e.g. ``[expect.strategy.eager]``)."""
 
     allowed: tuple[str, ...] | None
-    value: "Key | Table"
+    value: Key | Table
     default: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
 
@@ -74,17 +79,16 @@ def probability(v: Any) -> str | None:
 
 
 def probability_below_one(v: Any) -> str | None:
-    """issue 4: a per-try failure probability whose retry loop must end."""
+    """A per-try failure probability whose retry loop must end."""
     return None if 0 <= v < 1 else "must be >= 0 and < 1"
 
 
 NUM = (int, float)
 
-# Kinds of TDVMCALL a statistical workload can issue (reference §4.2).  The first four are
-# handled inside KVM; io, mmio and mapgpa go to the userspace VMM; hlt blocks the vCPU.
-TDVMCALL_KINDS = ("cpuid", "rdmsr", "wrmsr", "hypercall", "io", "mmio", "mapgpa", "hlt")
-
-BUILTIN_STRATEGIES = ("current", "v6.16", "eager")
+# Declared by the model: the kinds of TDVMCALL a statistical workload can issue, the
+# built-in strategies, the fault knobs.
+TDVMCALL_KINDS = _guest.TDVMCALL_KINDS
+BUILTIN_STRATEGIES = tuple(_strategies.BUILTIN)
 
 
 def _strategy_check(v: str) -> str | None:
@@ -214,7 +218,7 @@ WORKLOAD = Table(
                    doc="relative weights of the TDVMCALLs the guest issues after each compute "
                        "period; kinds not named have weight 0"),
 
-        # --- issue 5: scripted guests (tdsim.program) ---
+        # scripted guests (tdsim.program)
         "program": Key(list, [], "a scripted guest: steps run in order instead of the "
                        "statistical workload (compute_us, compute_dist and mix are then "
                        "unused); see tdsim.program for the step forms", item_type=dict),
@@ -224,20 +228,20 @@ WORKLOAD = Table(
                             optional=True),
         "record_calls": Key(int, 1000, "scripted guests: calls recorded per vCPU in the "
                             "result (later calls still run and count)", non_negative),
-        # issue 3: guest-visible user-return MSRs (VMX guests)
+        # guest-visible user-return MSRs (VMX guests)
         "tsc_aux_read_hz": Key(NUM, 0.0, "VMX guests: rate of RDPID/RDTSCP reads of TSC_AUX "
                                "while the guest runs; each read is compared with the value KVM "
                                "meant the guest to see (its vCPU id); 0 = off", non_negative),
         "timer_mode": Key(str, "periodic", "guest LAPIC timer: periodic (the hrtimer re-arms "
                           "itself) or oneshot (TSC-deadline, as a tickless Linux guest: the "
                           "guest's timer handler re-arms it with a WRMSR(IA32_TSC_DEADLINE) "
-                          "TDVMCALL, one more TD exit per tick; issue 4)",
+                          "TDVMCALL, one more TD exit per tick)",
                           choices=("periodic", "oneshot")),
     },
     doc="What the guest vCPUs do.",
 )
 
-# --- issue 4: interrupt sources and SEPT zaps of one TD (all off by default) ---------------
+# --- interrupt sources and SEPT zaps of one TD (all off by default) -------------------------
 IPI_PATTERNS = ("unicast", "multicast", "broadcast", "shootdown")
 
 INTERRUPTS = Table(
@@ -289,7 +293,7 @@ SEPT = Table(
                           "returns TDX_OPERAND_BUSY (RET_PF_RETRY: KVM retries locally, "
                           "without re-entering the TD)", probability_below_one),
     },
-    doc="SEPT zaps of this TD's private memory (reference §7.3).",
+    doc="SEPT zaps of this TD's private memory (docs/interrupts.md).",
 )
 
 VM = Table(
@@ -308,7 +312,7 @@ VM = Table(
     doc="A guest (TD).",
 )
 
-# --- issue 5: the userspace VMM (tdsim.vmm) ------------------------------------------------
+# --- the userspace VMM (tdsim.vmm) ---------------------------------------------------------
 def _u64(v: Any) -> str | None:
     return None if 0 <= v < 1 << 64 else "must be a 64-bit unsigned value"
 
@@ -411,52 +415,28 @@ def _byte_list(v: Any) -> str | None:
     return "must be a non-empty list of 0..65535"
 
 
-# issue 3: every late entry abort path (reference §1.3 A-G) as a fault knob.  Rates are per
-# simulated second (per vCPU, or per VM for sept_zap_hz); probabilities are per TDH.VP.ENTER
-# attempt (per entry attempt for mmu_reload_fail).  All off by default.  Used by tdsim.faults.
-FAULTS = Table(
-    {
-        "request_exit_hz": _rate("abort A: a request whose processing exits to userspace "
-                                 "(KVM_REQ_DIRTY_RING_SOFT_FULL -> KVM_EXIT_DIRTY_RING_FULL)"),
-        "mmu_reload_fail": _prob("abort B: kvm_mmu_reload fails (root allocation); the error "
-                                 "propagates out of KVM_RUN and the VMM stops the vCPU"),
-        "kick_hz": _rate("abort C(a): another thread kicks the vCPU (kvm_vcpu_kick)"),
-        "request_hz": _rate("abort C(b): another vCPU sets a request bit (KVM_REQ_EVENT) "
-                            "and kicks"),
-        "signal_hz": _rate("abort C(c): the VMM signals the vCPU thread (-> KVM_EXIT_INTR)"),
-        "need_resched_hz": _rate("abort C(d): need_resched is set on the vCPU's CPU"),
-        "notify_resume_hz": _rate("abort C(e): TIF_NOTIFY_RESUME work is queued for the "
-                                  "vCPU thread"),
-        "sept_zap_hz": _rate("abort D: per TD, a SEPT zap retry raises "
-                             "kvm_tdx->wait_for_sept_zap and kicks every vCPU"),
-        "sept_zap_us": Key(NUM, 20.0, "abort D: how long wait_for_sept_zap stays set",
-                           positive),
-        "operand_busy": _prob("abort E: TDH.VP.ENTER returns TDX_OPERAND_BUSY"),
-        "operand_busy_ids": Key(list, [0x92, 0xA9, 0x82, 0x80], "operand ids drawn for "
-                                "OPERAND_BUSY (SEPT tree, TD epoch, TDVPR, TDR)",
-                                _byte_list, item_type=int),
-        "tsc_rollback": _prob("abort E: TDH.VP.ENTER returns TDX_TSC_ROLLBACK"),
-        "inconsistent_msr": _prob("abort E: TDH.VP.ENTER returns TDX_INCONSISTENT_MSR"),
-        "vcpu_associated": _prob("abort E: TDH.VP.ENTER returns TDX_VCPU_ASSOCIATED"),
-        "sw_error": _prob("abort E: the SEAMCALL itself fails (VMFAILINVALID, #GP, #UD, "
-                          "drawn evenly)"),
-        "zero_step": _prob("abort F: the module synthesizes an EPT-violation exit in "
-                           "zero-step mode without entering (status 48, guest MSRs not "
-                           "loaded)"),
-        "failed_vmentry": _prob("abort G: VM entry fails (bit 31; NON_RECOVERABLE_TD | "
-                                "0x80000021)"),
-        "non_recoverable": _prob("the TD exits with TDX_NON_RECOVERABLE_VCPU | TRIPLE_FAULT"),
-        "error_exit": _prob("the TD exits with a detail-less error status "
-                            "(TDX_TD_EXIT_BEFORE_L2_ENTRY-like) whose low bits are drawn from "
-                            "error_exit_low_bits: the exit_reason study"),
-        "error_exit_low_bits": Key(list, [0, 1, 77, 49], "low bits of error_exit statuses "
-                                   "(0 reads as EXCEPTION_NMI, 1 EXTERNAL_INTERRUPT, 77 TDCALL, "
-                                   "49 EPT_MISCONFIG)", _byte_list, item_type=int),
-        "genuine_ept_misconfig": _prob("TDH.VP.ENTER returns exactly 49 (a genuine "
-                                       "EPT_MISCONFIG: a KVM bug for a TD)"),
-    },
-    doc="Fault injection: every late entry abort path (docs/late-aborts.md).",
-)
+def _fault_keys() -> dict[str, Key]:
+    """The [faults] table: every knob declared in `tdsim.faults.FAULT_KNOBS` (rates per
+    simulated second, per vCPU or per TD; probabilities per TDH.VP.ENTER attempt, per entry
+    attempt for mmu_reload_fail; all off by default), plus the knobs' parameters."""
+    keys: dict[str, Key] = {}
+    for knob in _faults.FAULT_KNOBS:
+        doc = f"abort {knob.path}: {knob.doc}" if knob.path else knob.doc
+        keys[knob.key] = _rate(doc) if knob.kind == "rate" else _prob(doc)
+    keys["sept_zap_us"] = Key(NUM, 20.0, "abort D: how long wait_for_sept_zap stays set",
+                              positive)
+    keys["operand_busy_ids"] = Key(list, [0x92, 0xA9, 0x82, 0x80], "operand ids drawn for "
+                                   "OPERAND_BUSY (SEPT tree, TD epoch, TDVPR, TDR)",
+                                   _byte_list, item_type=int)
+    keys["error_exit_low_bits"] = Key(list, [0, 1, 77, 49], "low bits of error_exit "
+                                      "statuses (0 reads as EXCEPTION_NMI, 1 "
+                                      "EXTERNAL_INTERRUPT, 77 TDCALL, 49 EPT_MISCONFIG)",
+                                      _byte_list, item_type=int)
+    return keys
+
+
+FAULTS = Table(_fault_keys(),
+               doc="Fault injection: every late entry abort path (docs/late-aborts.md).")
 
 
 def _metric_bound(v: Any) -> str | None:
@@ -473,7 +453,7 @@ def _metric_bound(v: Any) -> str | None:
     return None
 
 
-# Expectations of a scenario used as a regression test (`tdsim check`, pytest); issue 7.
+# Expectations of a scenario used as a regression test (`tdsim check`, pytest).
 def _expect_keys() -> dict[str, Any]:
     return {
         "metrics": Map(None, Key((int, float, dict), None, "exact value, or { min = N, max = N } "
@@ -544,7 +524,6 @@ SCHEMA = Table(
                                "runs it once per strategy with the same seed (paired) and "
                                "prints them side by side; empty = run host_state only",
                                item_type=str),
-                # --- issue 5 (TDVMCALL fidelity) ---
                 "regs_layout": Key(str, "in_place", "GPR marshalling on TD exit/entry: "
                                    "\"in_place\" = vp_enter_args laid out like regs[] and used "
                                    "in place (no bulk copy, as today's KVM uses vp_enter_args "
@@ -557,7 +536,7 @@ SCHEMA = Table(
                                     "RETRY) or \"v6.16\" (as first merged: "
                                     "SetupEventNotifyInterrupt unsupported; any MapGPA error "
                                     "-> INVALID_OPERAND)", choices=("current", "v6.16")),
-                # issue 3: how tdx_to_vmx_exit_reason reads vp_enter_ret (reference §3.5)
+                # how tdx_to_vmx_exit_reason reads vp_enter_ret (docs/late-aborts.md)
                 "exit_reason": Key(str, "checked", "TDX exit-status handling: checked = bits "
                                    "15:0 are an exit reason only for the five valid statuses "
                                    "(today's KVM); raw = bits 31:0 taken whatever the status "
@@ -577,8 +556,8 @@ SCHEMA = Table(
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),
         "costs": COSTS,
-        "vmm": VMM,  # issue 5
-        "faults": FAULTS,  # issue 3: late entry aborts (tdsim.faults)
+        "vmm": VMM,
+        "faults": FAULTS,
         "expect": EXPECT,
     }
 )

@@ -1,4 +1,5 @@
-"""SEPT zaps of a TD's private memory and their contention with TDH.VP.ENTER (reference §7).
+"""SEPT zaps of a TD's private memory and their contention with TDH.VP.ENTER (tdx.c's
+private-SPTE removal path; docs/interrupts.md).
 
 One zap (``tdx_sept_zap``) models KVM removing private pages, e.g. on a private->shared
 conversion, with ``kvm->mmu_lock`` held for write:
@@ -27,31 +28,30 @@ Private-page faults (``private_fault_hz``; ``tdx_handle_ept_violation``): the gu
 violation on a private page not yet mapped, and KVM's local retry loop while TDH.MEM.PAGE.AUG
 is busy (``aug_busy_p``).
 
-Oracles: ``zap_stuck`` (a kick-and-wait never acked) and ``td_entry_during_zap``: no TD entry between the end of tdh_do_no_vcpus's
-kick-and-wait and the clearing of ``wait_for_sept_zap`` (checked at each TD exit against the
-VM's ``zap_excl_t0`` / ``zap_excl_t1``).
+Oracles: ``zap_stuck`` (a kick-and-wait never acked) and ``td_entry_during_zap``: no TD entry
+between the end of tdh_do_no_vcpus's kick-and-wait and the clearing of ``wait_for_sept_zap``
+(checked at each TD entry against the VM's ``zap_excl_t0`` / ``zap_excl_t1``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import random
+from typing import TYPE_CHECKING, Any
 
 from simpy import AllOf
 
 from . import arch
-from .kvm_x86 import (
-    CAUSE_LATE_ABORT,
-    EXITING_GUEST_MODE,
-    IN_GUEST_MODE,
-    OUTSIDE_GUEST_MODE,
-    PH_KERNEL,
-    PH_SEG,
-)
-from .rng import exp_ns, stream
+from .host import ProcessGenerator
+from .kvm_x86 import OUTSIDE_GUEST_MODE
+from .rng import exp_ns
 from .tdx_module import seamcall_keys
 
 if TYPE_CHECKING:
-    from .sim import Simulation
+    from .clock import Environment
+    from .config import Costs, SeptConfig
+    from .findings import Findings
+    from .host import HostCpu, Stat
+    from .kvm_tdx import KvmTdx, VcpuTdx
 
 NEVER = 1 << 62
 
@@ -59,14 +59,16 @@ NEVER = 1 << 62
 class SeptZapper:
     """The zapping side of one TD (kvm_tdx's private-SPTE removal path)."""
 
-    def __init__(self, sim: "Simulation", vm, cfg: dict) -> None:
-        self.sim = sim
+    def __init__(self, env: Environment, vm: KvmTdx, cfg: SeptConfig, costs: Costs,
+                 rng: random.Random, stat: Stat) -> None:
+        self.env = env
         self.vm = vm
-        self.rate_hz = cfg["zap_hz"]
-        self.pages = cfg["zap_pages"]
-        self.busy_p = cfg["remove_busy_p"]
-        self.rng = stream(sim.seed, f"vm.{vm.name}.sept")
-        self.stat = sim.host_stat
+        self.costs = costs
+        self.rate_hz = cfg.zap_hz
+        self.pages = cfg.zap_pages
+        self.busy_p = cfg.remove_busy_p
+        self.rng = rng
+        self.stat = stat
         self.waiting_since = -1  # start of the kick-and-wait in progress, -1 = none
 
     def count(self, leaf: int, status: int) -> None:
@@ -75,47 +77,46 @@ class SeptZapper:
         self.stat[k_leaf] += 1
         self.stat[k_status] += 1
 
-    def run(self):
-        env = self.sim.env
+    def run(self) -> ProcessGenerator:
+        env = self.env
         mean = 1e9 / self.rate_hz
         while True:
             yield env.timeout(exp_ns(self.rng, mean))
             yield from self.tdx_sept_zap()
 
-    def tdx_sept_zap(self):
+    def tdx_sept_zap(self) -> ProcessGenerator:
         """tdx_sept_remove_private_spte and friends, under mmu_lock (write)."""
-        sim = self.sim
-        env = sim.env
+        env = self.env
+        costs = self.costs
         vm = self.vm
         stat = self.stat
         t0 = env.now
         stat["sept.zaps"] += 1
         # tdx_track's TDH.MEM.TRACK will hold the epoch lock exclusively right after the
         # BLOCK; published now so that entries planned meanwhile see it at their SEAMCALL
-        vm.epoch_lock_t0 = t0 + sim.c_tdh_mem_range_block
-        vm.epoch_lock_t1 = vm.epoch_lock_t0 + sim.c_tdh_mem_track
-        yield env.timeout(sim.c_tdh_mem_range_block)
+        vm.epoch_lock_t0 = t0 + costs.tdh_mem_range_block_ns
+        vm.epoch_lock_t1 = vm.epoch_lock_t0 + costs.tdh_mem_track_ns
+        yield env.timeout(costs.tdh_mem_range_block_ns)
         self.count(arch.TDH_MEM_RANGE_BLOCK, arch.TDX_SUCCESS)
-        yield env.timeout(sim.c_tdh_mem_track)
+        yield env.timeout(costs.tdh_mem_track_ns)
         self.count(arch.TDH_MEM_TRACK, arch.TDX_SUCCESS)
         yield from self.kick_and_wait()
         for _ in range(self.pages):
-            yield env.timeout(sim.c_tdh_mem_page_remove)
+            yield env.timeout(costs.tdh_mem_page_remove_ns)
             if self.rng.random() < self.busy_p:
                 self.count(arch.TDH_MEM_PAGE_REMOVE,
                            arch.TDX_OPERAND_BUSY | arch.TDX_OPERAND_ID_SEPT)
                 stat["sept.remove_busy"] += 1
                 yield from self.tdh_do_no_vcpus(arch.TDH_MEM_PAGE_REMOVE,
-                                                sim.c_tdh_mem_page_remove)
+                                                costs.tdh_mem_page_remove_ns)
             else:
                 self.count(arch.TDH_MEM_PAGE_REMOVE, arch.TDX_SUCCESS)
         stat["sept.zap_ns"] += env.now - t0
 
-    def tdh_do_no_vcpus(self, leaf: int, cost_ns: int):
+    def tdh_do_no_vcpus(self, leaf: int, cost_ns: int) -> ProcessGenerator:
         """tdh_do_no_vcpus: after OPERAND_BUSY, block entries (wait_for_sept_zap), kick
         every vCPU out and wait, retry the SEAMCALL, unblock."""
-        sim = self.sim
-        env = sim.env
+        env = self.env
         vm = self.vm
         t0 = env.now
         vm.wait_for_sept_zap = True
@@ -128,11 +129,11 @@ class SeptZapper:
         vm.wait_for_sept_zap = False
         self.stat["sept.no_vcpus_ns"] += env.now - t0
 
-    def kick_and_wait(self):
+    def kick_and_wait(self) -> ProcessGenerator:
         """kvm_make_all_cpus_request(kvm, KVM_REQ_OUTSIDE_GUEST_MODE): NO_ACTION | WAIT |
-        NO_WAKEUP.  Every vCPU not OUTSIDE_GUEST_MODE is kicked and waited for."""
-        sim = self.sim
-        env = sim.env
+        NO_WAKEUP.  Every vCPU not OUTSIDE_GUEST_MODE is kicked and waited for: the wait ends
+        when it passes its IRQ window."""
+        env = self.env
         events = []
         for vcpu in self.vm.vcpus:
             if vcpu.mode == OUTSIDE_GUEST_MODE:
@@ -140,13 +141,7 @@ class SeptZapper:
             if vcpu.outside_ack is None:
                 vcpu.outside_ack = env.event()
             events.append(vcpu.outside_ack)
-            if vcpu.phase == PH_SEG and env.now < vcpu.t_late:
-                # planned but not yet past the late check: it will not enter
-                vcpu.mode = EXITING_GUEST_MODE
-                vcpu.phase = PH_KERNEL
-                vcpu.proc.interrupt(CAUSE_LATE_ABORT)
-            elif vcpu.mode == IN_GUEST_MODE:
-                vcpu.kvm_vcpu_kick()
+            vcpu.kvm_request_outside_guest_mode()
         self.stat["sept.kicks"] += len(events)
         if events:
             t0 = self.waiting_since = env.now
@@ -155,50 +150,37 @@ class SeptZapper:
             self.stat["sept.kick_wait_ns"] += env.now - t0
 
 
-def start(sim: "Simulation") -> list[SeptZapper]:
-    """Start the zap process of every TD that has ``[vm.sept] zap_hz > 0``."""
-    zappers = []
-    for vm in sim.vms:
-        cfg = vm.sept
-        if cfg["zap_hz"] > 0:
-            zapper = SeptZapper(sim, vm, cfg)
-            zappers.append(zapper)
-            sim.env.process(zapper.run())
-    return zappers
-
-
 STUCK_WAIT_NS = 100_000
 
 
-def check_end(sim: "Simulation", zappers: list[SeptZapper]) -> None:
+def check_end(findings: Findings, now: int, zappers: list[SeptZapper]) -> None:
     """Oracle ``zap_stuck``: a kick-and-wait still waiting at the end of the run after
     `STUCK_WAIT_NS` (an ack is due one IPI and one TD exit after the kick)."""
     for z in zappers:
-        if z.waiting_since >= 0 and sim.env.now - z.waiting_since > STUCK_WAIT_NS:
-            sim.invariants.record("zap_stuck", -1, None,
-                                  f"{z.vm.name}: KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait "
-                                  f"waiting since {z.waiting_since}")
+        if z.waiting_since >= 0 and now - z.waiting_since > STUCK_WAIT_NS:
+            findings.record("zap_stuck", -1, None,
+                            f"{z.vm.name}: KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait "
+                            f"waiting since {z.waiting_since}")
 
 
-def tdx_handle_ept_violation(vcpu, cpu) -> int:
+def tdx_handle_ept_violation(vcpu: VcpuTdx, cpu: HostCpu) -> int:
     """tdx_handle_ept_violation on a private GPA -> __vmx_handle_ept_violation ->
     kvm_mmu_page_fault (forced write) -> TDP MMU fault path -> TDH.MEM.PAGE.AUG, with TDX's
-    local retry loop (reference §7.4): while the result is RET_PF_RETRY (AUG returned
-    OPERAND_BUSY) KVM retries *without re-entering the TD* -- re-entering to re-fault would
-    feed the module's zero-step counter -- bailing out (r = 1, the guest re-faults) if a
-    signal is pending or ``kvm_vcpu_has_events`` (a pending interrupt or NMI), with
-    ``cond_resched`` between tries.
+    local retry loop: while the result is RET_PF_RETRY (AUG returned OPERAND_BUSY) KVM
+    retries *without re-entering the TD* -- re-entering to re-fault would feed the module's
+    zero-step counter -- bailing out (r = 1, the guest re-faults) if a signal is pending or
+    ``kvm_vcpu_has_events`` (a pending interrupt or NMI), with ``cond_resched`` between
+    tries.
 
     Simplified: straight-line work (each try costs the fault path plus one AUG); whether an
     AUG is busy is drawn per try (``aug_busy_p``; < 1, so the loop ends); cond_resched never
     schedules; the fault path does not wait for a SEPT zap in progress."""
-    sim = vcpu.sim
-    vm = vcpu.vm
-    busy_p = vm.sept["aug_busy_p"]
-    rng = vm.fault_rng
+    vm = vcpu.tdx_vm
+    busy_p = vm.sept.aug_busy_p
+    rng: Any = vm.fault_rng
     stat = vcpu.stat
     stat["ept.private_faults"] += 1
-    c_try = sim.c_kvm_private_fault + sim.c_tdh_mem_page_aug
+    c_try = vcpu.costs.kvm_private_fault_ns + vcpu.costs.tdh_mem_page_aug_ns
     k_ok = seamcall_keys(arch.TDH_MEM_PAGE_AUG, arch.TDX_SUCCESS)
     k_busy = seamcall_keys(arch.TDH_MEM_PAGE_AUG, arch.TDX_OPERAND_BUSY)
     while True:
@@ -211,7 +193,7 @@ def tdx_handle_ept_violation(vcpu, cpu) -> int:
         stat[k_busy[0]] += 1
         stat[k_busy[1]] += 1
         stat["ept.local_retries"] += 1
-        if vcpu.sigpending or vcpu.has_events(cpu):
+        if vcpu.sigpending or vcpu.kvm_vcpu_has_events(cpu):
             # re-enter; the guest re-executes the access and faults again
             stat["ept.retry_bailouts"] += 1
             return 1

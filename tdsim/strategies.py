@@ -39,22 +39,40 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from . import arch
 from .host import SITE_POST_EXIT, SITE_PREPARE, SITE_PUT, SITE_USER_RETURN
 
 if TYPE_CHECKING:
     from .host import HostCpu
-    from .kvm_tdx import VcpuTdx
+
+
+class StrategyVcpu(Protocol):
+    """What a strategy may use of a TD vCPU (`tdsim.kvm_tdx.VcpuTdx`)."""
+
+    name: str
+    msr_host_kernel_gs_base: int
+    guest_entered: bool
+
+    def host_gsbase(self) -> int: ...
+
 
 __all__ = [
-    "HostStateStrategy", "Current", "V616", "Eager", "load_strategy", "MODULE_URET_VALUES",
-    "SITE_PREPARE", "SITE_PUT", "SITE_POST_EXIT", "SITE_USER_RETURN",
+    "MODULE_URET_VALUES",
+    "SITE_POST_EXIT",
+    "SITE_PREPARE",
+    "SITE_PUT",
+    "SITE_USER_RETURN",
+    "V616",
+    "Current",
+    "Eager",
+    "HostStateStrategy",
+    "load_strategy",
 ]
 
-# The user-return MSRs the module clobbers and the values it leaves (reference §2.1/§2.2),
-# in the order tdx_prepare_switch_to_guest sets them.
+# The user-return MSRs the module clobbers and the values it leaves (docs/host-state.md), in
+# the order tdx_prepare_switch_to_guest sets them.
 MODULE_URET_VALUES = (
     (arch.MSR_SYSCALL_MASK, arch.TDX_MODULE_EXIT_MSRS[arch.MSR_SYSCALL_MASK]),
     (arch.MSR_STAR, arch.TDX_MODULE_EXIT_MSRS[arch.MSR_STAR]),
@@ -68,18 +86,18 @@ class HostStateStrategy:
 
     name = "base"
 
-    def prepare_switch_to_guest(self, vcpu: "VcpuTdx", cpu: "HostCpu") -> None:
+    def prepare_switch_to_guest(self, vcpu: StrategyVcpu, cpu: HostCpu) -> None:
         """tdx_prepare_switch_to_guest body, run once per vcpu_load (while
         ``guest_state_loaded`` is false, before the late exit-request check)."""
 
-    def vcpu_enter_exit(self, vcpu: "VcpuTdx", cpu: "HostCpu", vp_enter_ret: int) -> None:
+    def vcpu_enter_exit(self, vcpu: StrategyVcpu, cpu: HostCpu, vp_enter_ret: int) -> None:
         """Right after TDH.VP.ENTER returns (tdx_vcpu_run, after tdx_vcpu_enter_exit), for
         every SEAMCALL made, whether or not the TD actually ran."""
 
-    def prepare_switch_to_host(self, vcpu: "VcpuTdx", cpu: "HostCpu") -> None:
+    def prepare_switch_to_host(self, vcpu: StrategyVcpu, cpu: HostCpu) -> None:
         """tdx_prepare_switch_to_host body, at vcpu_put while ``guest_state_loaded``."""
 
-    def user_return(self, cpu: "HostCpu") -> None:
+    def user_return(self, cpu: HostCpu) -> None:
         """The user-return notifier (kvm_on_user_return) when a task returns to user mode
         on `cpu` while the notifier is registered."""
         cpu.uret.on_user_return(SITE_USER_RETURN)
@@ -92,30 +110,31 @@ class Current(HostStateStrategy):
 
     name = "current"
 
-    def prepare_switch_to_guest(self, vcpu, cpu):
+    def prepare_switch_to_guest(self, vcpu: StrategyVcpu, cpu: HostCpu) -> None:
         vcpu.msr_host_kernel_gs_base = vcpu.host_gsbase()
         uret = cpu.uret
         for slot, value in MODULE_URET_VALUES:
             uret.set(slot, value, SITE_PREPARE)
 
-    def prepare_switch_to_host(self, vcpu, cpu):
+    def prepare_switch_to_host(self, vcpu: StrategyVcpu, cpu: HostCpu) -> None:
         cpu.wrmsr(arch.MSR_KERNEL_GS_BASE, vcpu.msr_host_kernel_gs_base, SITE_PUT)
 
 
 class V616(HostStateStrategy):
     """TDX as first merged (Linux 6.16): ``guest_entered`` is set after every TDH.VP.ENTER
     return; at put, if set, the user-return *cache* is updated to the module's values
-    without writing the MSRs.  Wrong when the SEAMCALL returned without entering (§2.4)."""
+    without writing the MSRs.  Wrong when the SEAMCALL returned without entering
+    (docs/late-aborts.md)."""
 
     name = "v6.16"
 
-    def prepare_switch_to_guest(self, vcpu, cpu):
+    def prepare_switch_to_guest(self, vcpu: StrategyVcpu, cpu: HostCpu) -> None:
         vcpu.msr_host_kernel_gs_base = vcpu.host_gsbase()
 
-    def vcpu_enter_exit(self, vcpu, cpu, vp_enter_ret):
+    def vcpu_enter_exit(self, vcpu: StrategyVcpu, cpu: HostCpu, vp_enter_ret: int) -> None:
         vcpu.guest_entered = True
 
-    def prepare_switch_to_host(self, vcpu, cpu):
+    def prepare_switch_to_host(self, vcpu: StrategyVcpu, cpu: HostCpu) -> None:
         cpu.wrmsr(arch.MSR_KERNEL_GS_BASE, vcpu.msr_host_kernel_gs_base, SITE_PUT)
         if vcpu.guest_entered:
             uret = cpu.uret
@@ -130,17 +149,19 @@ class Eager(HostStateStrategy):
 
     name = "eager"
 
-    def prepare_switch_to_guest(self, vcpu, cpu):
+    def prepare_switch_to_guest(self, vcpu: StrategyVcpu, cpu: HostCpu) -> None:
         vcpu.msr_host_kernel_gs_base = vcpu.host_gsbase()
 
-    def vcpu_enter_exit(self, vcpu, cpu, vp_enter_ret):
+    def vcpu_enter_exit(self, vcpu: StrategyVcpu, cpu: HostCpu, vp_enter_ret: int) -> None:
         uret = cpu.uret
         for slot, _ in MODULE_URET_VALUES:
             cpu.wrmsr(slot, uret.host[slot], SITE_POST_EXIT)
         cpu.wrmsr(arch.MSR_KERNEL_GS_BASE, vcpu.msr_host_kernel_gs_base, SITE_POST_EXIT)
 
 
-BUILTIN = {"current": Current, "v6.16": V616, "eager": Eager}
+# The built-in strategies by name, declared once (the scenario schema and the CLI use it).
+BUILTIN: dict[str, type[HostStateStrategy]] = {"current": Current, "v6.16": V616,
+                                               "eager": Eager}
 
 
 def load_strategy(spec: str) -> HostStateStrategy:

@@ -1,28 +1,53 @@
 """The Intel TDX module as KVM sees it: SEAMCALLs with their register ABI and status codes.
 
-Modelled leaves: TDH.VP.ENTER (entry checks, vCPU-to-LP association, the TD exit with the
-values the module leaves in host MSRs), TDH.VP.FLUSH, TDH.VP.RD and TDH.VP.WR.  Outcomes are
-values (64-bit statuses), never exceptions, as in KVM.
+Modelled leaves: TDH.VP.ENTER (entry checks, vCPU-to-LP association, the guest's run, the TD
+exit with the values the module leaves in host MSRs), TDH.VP.FLUSH, TDH.VP.RD and TDH.VP.WR;
+the SEPT leaves are issued by `tdsim.sept`.  Outcomes are values (64-bit statuses), never
+exceptions, as in KVM (arch/x86/virt/vmx/tdx/tdx.c wraps each leaf in a function returning
+the status).
 
-TDH.VP.ENTER is split in two, because the model spends the guest's run in one SimPy timeout:
-`tdh_vp_enter_check` runs the module's pre-entry checks when KVM issues the SEAMCALL (no side
-effects: the entry may still be cut short by an interrupt that makes the CPU exit at once), and
-`tdh_vp_enter_exit` applies everything the module does from VM entry to SEAMRET at the instant
-the TD exits: association, TDVPR switch flush, then the TD exit itself (guest registers into
-`vp_enter_args`, fixed values into host MSRs, reference §2.1).
+`TdxModule.tdh_vp_enter` is the one SEAMCALL during which guest time passes: it runs the
+module's pre-entry checks, then the guest until its next exit (the entry segment of
+`tdsim.segment`), then the TD exit, and returns ``vp_enter_ret`` with the output registers in
+the vCPU's ``vp_enter_args``.  What happens at VM entry (the CPU's PIR processing, the
+module's NMI injection) is applied at the exit, when it is known that the guest ran.
+
+Fault injection (`tdsim.faults`) can make the module refuse an entry or enter and exit at once
+with a chosen status; the vCPU records which (``seg_fault``) for KVM's counters.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
 
 from . import arch
-from .faults import ASSOCIATES
 
 if TYPE_CHECKING:
+    from .clock import Environment
+    from .config import Costs
+    from .findings import Findings
     from .host import HostCpu
     from .kvm_tdx import VcpuTdx
-    from .sim import Simulation
+    from .trace import Tracer
+
+
+# Refusals raised after check_and_associate_vcpu (in tdh_vp_enter.c): the vCPU is associated
+# with the LP even though the TD is not entered.
+ASSOCIATES = frozenset({"zero_step", "tsc_rollback", "inconsistent_msr", "operand_busy_late"})
+# The zero-step mitigation's synthesized EPT violation: RCX = write-access qualification.
+EPT_VIOLATION_WRITE_QUAL = 0x2
+ZERO_STEP_GPA = 0x7FF000
+# Injected exit statuses of an entered TD that are not entry aborts (faults.<kind> counters)
+INJECTED_EXIT_KEYS = {k: f"faults.{k}" for k in ("non_recoverable", "error_exit",
+                                                 "genuine_ept_misconfig")}
+# The 13 registers of struct tdx_module_args, in its order.
+TDX_MODULE_ARGS = ("rcx", "rdx", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+                   "rbx", "rdi", "rsi")
+
+# What TDH.VP.ENTER does this time, when fault injection decides: (status or TDX_SUCCESS,
+# injected exit status or None, kind or None); see tdsim.faults.
+VpEnterOutcome = Callable[[Any], tuple[int, "int | None", "str | None"]]
 
 
 class TdxModuleArgs:
@@ -58,120 +83,170 @@ def seamcall_keys(leaf: int, status: int) -> tuple[str, str]:
 
 
 _VP_ENTER_KEY, _VP_ENTER_SUCCESS_KEY = seamcall_keys(arch.TDH_VP_ENTER, arch.TDX_SUCCESS)
+_STATUS = arch.TDX_SEAMCALL_STATUS_MASK
 
 
 class TdxModule:
-    """The TDX module of one host: per-vCPU association and per-LP TDVPR tracking."""
+    """The TDX module of one host: its per-LP state (the TDVPR each LP last entered) and
+    the SEAMCALLs KVM's vCPU path issues."""
 
-    def __init__(self, sim: "Simulation") -> None:
-        self.sim = sim
+    def __init__(self, env: Environment, ncpus: int, costs: Costs, findings: Findings,
+                 tracer: Tracer | None) -> None:
+        self.env = env
+        self.costs = costs
+        self.vp_enter_outcome: VpEnterOutcome | None = None  # fault injection, if any
+        self.findings = findings
+        self.tracer = tracer
+        self.lp_last_tdvpr: list[VcpuTdx | None] = [None] * ncpus
 
-    def count(self, cpu: "HostCpu", leaf: int, status: int) -> None:
+    def count(self, cpu: HostCpu, leaf: int, status: int) -> None:
+        """Count (and trace) one SEAMCALL issued on `cpu` and the status it returned."""
         k_leaf, k_status = seamcall_keys(leaf, status)
         stat = cpu.stat
         stat[k_leaf] += 1
         stat[k_status] += 1
-        tracer = self.sim.tracer
+        tracer = self.tracer
         if tracer is not None:
             cur = cpu.curr
-            tracer.emit(self.sim.env.now, "seamcall", cpu.index, cur.name if cur else None,
+            tracer.emit(self.env.now, "seamcall", cpu.index, cur.name if cur else None,
                         leaf=arch.SEAMCALL_NAMES[leaf], status=arch.tdx_status_name(status))
 
     # --- TDH.VP.ENTER --------------------------------------------------------------------
-    def tdh_vp_enter_check(self, vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
-        """The module's pre-entry checks (tdh_vp_enter.c, reference §3.4 steps 1-6).
+    def tdh_vp_enter(self, vcpu: VcpuTdx, cpu: HostCpu,
+                     args: TdxModuleArgs) -> Generator[Any, Any, int]:
+        """SEAMCALL TDH.VP.ENTER: enter the TD and return at its next exit.  Returns the
+        64-bit status (class in bits 63:32, VMX exit reason in 31:0); the output registers
+        are in `args`.  A refused entry returns at once with an error status, and the host
+        MSRs untouched."""
+        costs = self.costs
+        vcpu.t_seamcall = self.env.now + cpu.acc
+        status = self.tdh_vp_enter_checks(vcpu, cpu)
+        injected: int | None = None
+        fault: str | None = None
+        if status == arch.TDX_SUCCESS:
+            outcome = self.vp_enter_outcome
+            if outcome is not None:
+                status, injected, fault = outcome(vcpu)
+        else:
+            fault = "vcpu_associated"
+        vcpu.seg_status = status
+        vcpu.seg_exit = injected
+        vcpu.seg_fault = fault
+        if status != arch.TDX_SUCCESS:
+            cpu.acc += costs.seamcall_ns
+            yield from vcpu.run_entry(cpu, 0, 0, costs.td_exit_ns)
+            vcpu.seg_pi = 0
+            return self.tdh_vp_enter_refused(vcpu, cpu, status, fault, args)
+        entry = costs.seamcall_ns + costs.td_entry_ns + vcpu.regs_entry_copy_ns
+        if self.lp_last_tdvpr[cpu.index] is not vcpu:
+            # this LP last ran another TDVPR: the module flushes (ASID flush, IBPB)
+            entry += costs.first_entry_flush_ns
+        cpu.acc += entry
+        if injected is not None:
+            # the TD is entered (guest state loaded) and exits at once with `injected`
+            yield from vcpu.run_entry(cpu, 0, costs.td_exit_ns, costs.td_exit_ns)
+            vcpu.seg_pi = 0
+            return self.td_exit_with_status(vcpu, cpu, injected, args)
+        cut = yield from vcpu.run_entry(cpu, vcpu.plan_guest_run(), costs.td_exit_ns,
+                                        costs.td_exit_ns)
+        planned_pi = vcpu.seg_pi == 1
+        vcpu.at_td_entry(cut)
+        reason = vcpu.at_td_exit(cut, planned_pi)
+        ret = self.td_exit(vcpu, cpu, reason)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "seamcall", cpu.index, vcpu.name,  # at its return
+                        leaf="TDH_VP_ENTER", status="TDX_SUCCESS")
+            tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
+        return ret
 
-        Returns TDX_SUCCESS if the TD will be entered, else the error status the SEAMCALL
-        returns without entering (host MSRs untouched).  Association: a vCPU associated
-        with another LP cannot be entered here (TDX_VCPU_ASSOCIATED)."""
+    def tdh_vp_enter_checks(self, vcpu: VcpuTdx, cpu: HostCpu) -> int:
+        """The module's pre-entry checks (tdh_vp_enter.c, in order; none has a side effect).
+
+        A vCPU associated with another LP cannot be entered here (TDX_VCPU_ASSOCIATED: KVM
+        must TDH.VP.FLUSH it on the old LP first); while TDH.MEM.TRACK holds the TD epoch
+        lock the entry is TDX_OPERAND_BUSY on the epoch."""
         assoc = vcpu.module_assoc_cpu
         if assoc is not None and assoc is not cpu:
-            # issue 3 oracle: KVM must have flushed the vCPU off the old LP (reference §6)
-            self.sim.invariants.record(
+            self.findings.record(
                 "entry_on_associated_vcpu", cpu.index, vcpu.name,
                 f"TDH.VP.ENTER on cpu{cpu.index} while associated with cpu{assoc.index}")
             return arch.TDX_VCPU_ASSOCIATED
-        vm = vcpu.vm
+        vm = vcpu.tdx_vm
         if vm.epoch_lock_t0 <= vcpu.t_seamcall < vm.epoch_lock_t1:
-            # issue 4: TDH.MEM.TRACK holds the TD epoch lock exclusively (reference §7.1)
             return arch.TDX_OPERAND_BUSY | arch.TDX_OPERAND_ID_TD_EPOCH
         return arch.TDX_SUCCESS
 
-    def entry_cost(self, vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
-        """Time from SEAMCALL to VM entry: transition + module entry work (+ the ASID flush
-        and IBPB when this LP last ran a different TDVPR, §3.4 step 7)."""
-        sim = self.sim
-        ns = sim.c_seamcall + sim.c_td_entry
-        if cpu.last_tdvpr is not vcpu:
-            ns += sim.c_first_entry_flush
-        return ns
+    def tdh_vp_enter_refused(self, vcpu: VcpuTdx, cpu: HostCpu, status: int,
+                             fault: str | None, args: TdxModuleArgs) -> int:
+        """TDH.VP.ENTER returned an error without entering: no MSR was touched.
 
-    def tdh_vp_enter_exit(self, vcpu: "VcpuTdx", cpu: "HostCpu", exit_reason: int) -> int:
-        """Everything from VM entry to SEAMRET, applied at the TD exit.
+        Refusals raised after check_and_associate_vcpu (TSC_ROLLBACK, INCONSISTENT_MSR, the
+        epoch/SEPT OPERAND_BUSY, the zero-step exit) leave the vCPU associated with this LP.
+        The zero-step mitigation's synthesized EPT violation carries an exit qualification
+        (RCX, a write) and the GPA (R8); the module zeroes the other GPRs."""
+        if fault in ASSOCIATES:
+            vcpu.module_assoc_cpu = cpu
+        if (status & _STATUS) == arch.TDX_OPERAND_BUSY:
+            cpu.stat[f"seamcall.TDH_VP_ENTER.operand_busy.{status & 0xFFFF:#x}"] += 1
+        self.count(cpu, arch.TDH_VP_ENTER, status & _STATUS
+                   if (status & arch.TDX_SW_ERROR) != arch.TDX_SW_ERROR else status)
+        if status == arch.EXIT_REASON_EPT_VIOLATION:
+            args.clear()
+            args.rcx = EPT_VIOLATION_WRITE_QUAL
+            args.r8 = ZERO_STEP_GPA
+        return status
 
-        Associates the vCPU with this LP, records the TDVPR, then performs the TD exit:
-        guest GPRs the guest exposed go to ``vp_enter_args`` (the caller filled
-        ``vcpu.guest_regs`` for a TDVMCALL), and host MSRs get the module's fixed values.
-        Returns ``vp_enter_ret`` (status in bits 63:32, VMX exit reason in 31:0)."""
+    def td_exit_with_status(self, vcpu: VcpuTdx, cpu: HostCpu, ret: int,
+                            args: TdxModuleArgs) -> int:
+        """The TD was entered (guest state loaded, so the exit leaves the module's fixed
+        values in host MSRs) and the SEAMCALL returned `ret` (non-recoverable, failed VM
+        entry, a detail-less error, a genuine EPT misconfig); the module zeroes the GPRs it
+        does not expose.  Assumption: a failed VM entry happens after the guest-state load."""
         vcpu.module_assoc_cpu = cpu
-        cpu.last_tdvpr = vcpu
+        self.lp_last_tdvpr[cpu.index] = vcpu
         cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
-        # count(TDH_VP_ENTER, TDX_SUCCESS) inlined: the caller traces the SEAMCALL with
-        # its kvm_entry event (one tracer test per exit instead of two).
+        self.count(cpu, arch.TDH_VP_ENTER, ret & _STATUS)
+        args.clear()
+        return ret
+
+    def td_exit(self, vcpu: VcpuTdx, cpu: HostCpu, exit_reason: int) -> int:
+        """The TD exit of a successful entry: the vCPU is associated with this LP, the LP
+        holds its TDVPR, and the host MSRs get the module's fixed values (the guest's exit
+        registers are already in ``vp_enter_args``)."""
+        vcpu.module_assoc_cpu = cpu
+        self.lp_last_tdvpr[cpu.index] = vcpu
+        cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
+        # count(TDH_VP_ENTER, TDX_SUCCESS) inlined: tdh_vp_enter traces the SEAMCALL with
+        # its kvm_entry event
         stat = cpu.stat
         stat[_VP_ENTER_KEY] += 1
         stat[_VP_ENTER_SUCCESS_KEY] += 1
         return arch.TDX_SUCCESS | exit_reason
 
-    def tdh_vp_enter_fail(self, vcpu: "VcpuTdx", cpu: "HostCpu", status: int,
-                          kind: str | None = None) -> int:
-        """TDH.VP.ENTER returned an error without entering: no MSR was touched.
-
-        issue 3: refusals raised after check_and_associate_vcpu (§3.4 step 3: TSC_ROLLBACK,
-        INCONSISTENT_MSR, the epoch/SEPT OPERAND_BUSY, the zero-step exit) leave the vCPU
-        associated with this LP."""
-        if kind in ASSOCIATES:
-            vcpu.module_assoc_cpu = cpu
-        if (status & arch.TDX_SEAMCALL_STATUS_MASK) == arch.TDX_OPERAND_BUSY:
-            cpu.stat[f"seamcall.TDH_VP_ENTER.operand_busy.{status & 0xFFFF:#x}"] += 1
-        self.count(cpu, arch.TDH_VP_ENTER, status & arch.TDX_SEAMCALL_STATUS_MASK
-                   if (status & arch.TDX_SW_ERROR) != arch.TDX_SW_ERROR else status)
-        return status
-
-    def tdh_vp_enter_exit_status(self, vcpu: "VcpuTdx", cpu: "HostCpu", ret: int) -> int:
-        """issue 3: the TD was entered (guest state loaded, so the TD exit leaves the module's
-        fixed values in host MSRs) and the SEAMCALL returned the injected status `ret`
-        (non-recoverable, failed VM entry, detail-less error, genuine EPT misconfig).
-        Assumption: a failed VM entry happens after the guest-state load (§3.4 steps 8, 10)."""
-        vcpu.module_assoc_cpu = cpu
-        cpu.last_tdvpr = vcpu
-        cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
-        self.count(cpu, arch.TDH_VP_ENTER, ret & arch.TDX_SEAMCALL_STATUS_MASK)
-        return ret
-
     # --- other vCPU-scope leaves ---------------------------------------------------------
-    def tdh_vp_flush(self, vcpu: "VcpuTdx", cpu: "HostCpu") -> int:
+    def tdh_vp_flush(self, vcpu: VcpuTdx, cpu: HostCpu) -> int:
         """TDH.VP.FLUSH on `cpu` (the LP the vCPU was associated with): write back and
         dissociate.  TDX_VCPU_NOT_ASSOCIATED if it was not associated there."""
         if vcpu.module_assoc_cpu is not cpu:
             status = arch.TDX_VCPU_NOT_ASSOCIATED
         else:
             vcpu.module_assoc_cpu = None
-            if cpu.last_tdvpr is vcpu:
-                cpu.last_tdvpr = None
+            if self.lp_last_tdvpr[cpu.index] is vcpu:
+                self.lp_last_tdvpr[cpu.index] = None
             status = arch.TDX_SUCCESS
         self.count(cpu, arch.TDH_VP_FLUSH, status)
         return status
 
-    def tdh_vp_rd(self, vcpu: "VcpuTdx", cpu: "HostCpu", field: str) -> tuple[int, int]:
+    def tdh_vp_rd(self, vcpu: VcpuTdx, cpu: HostCpu, field: str) -> tuple[int, int]:
         """TDH.VP.RD of a TD vCPU field; returns (status, value)."""
-        cpu.acc += self.sim.c_tdh_vp_rd
+        cpu.acc += self.costs.tdh_vp_rd_ns
         self.count(cpu, arch.TDH_VP_RD, arch.TDX_SUCCESS)
         return arch.TDX_SUCCESS, vcpu.module_fields.get(field, 0)
 
-    def tdh_vp_wr(self, vcpu: "VcpuTdx", cpu: "HostCpu", field: str, value: int) -> int:
+    def tdh_vp_wr(self, vcpu: VcpuTdx, cpu: HostCpu, field: str, value: int) -> int:
         """TDH.VP.WR of a TD vCPU field (e.g. TD_VCPU_PEND_NMI)."""
-        cpu.acc += self.sim.c_tdh_vp_wr
+        cpu.acc += self.costs.tdh_vp_wr_ns
         vcpu.module_fields[field] = value
         self.count(cpu, arch.TDH_VP_WR, arch.TDX_SUCCESS)
         return arch.TDX_SUCCESS

@@ -1,8 +1,11 @@
 """Event tracing: the one channel through which the model reports what happened, when.
 
-The model holds ``sim.tracer``, which is ``None`` when tracing is off; every emitting site is
-written ``if tracer is not None: tracer.emit(...)``, so tracing that is off costs one attribute
-test and builds nothing.
+Every model component that reports events is built with the run's tracer, which is ``None``
+when tracing is off; every emitting site is written ``if tracer is not None:
+tracer.emit(...)``, so tracing that is off costs one attribute test and builds nothing.  The
+event kinds and their fields are declared once, in `EVENT_KINDS`; emitting an undeclared kind
+or other fields than declared is a tdsim bug and raises (the tests trace every shipped
+scenario, so a misspelt event fails a test).
 
 An event is a tuple ``(t_ns, kind, cpu, vcpu, fields)``:
 
@@ -18,7 +21,8 @@ An event is a tuple ``(t_ns, kind, cpu, vcpu, fields)``:
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # kind -> the fields it carries
 EVENT_KINDS: dict[str, tuple[str, ...]] = {
@@ -39,8 +43,9 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "pi_delivered": ("vector",),
     "userspace_exit": ("reason",),
     "violation": ("invariant", "detail"),
-    "nmi_delivered": (),                   # issue 4: the module injected PEND_NMI at entry
+    "nmi_delivered": (),                   # the TDX module injected PEND_NMI at TD entry
 }
+_FIELDS = {kind: frozenset(names) for kind, names in EVENT_KINDS.items()}
 
 Event = tuple[int, str, int, "str | None", dict[str, Any]]
 
@@ -66,6 +71,10 @@ class Tracer:
                 raise ValueError(f"unknown event kinds: {', '.join(sorted(unknown))}")
 
     def emit(self, t_ns: int, kind: str, cpu: int, vcpu: str | None, **fields: Any) -> None:
+        declared = _FIELDS.get(kind)
+        if declared is None or fields.keys() != declared:
+            raise ValueError(f"tdsim bug: trace event {kind!r} with fields {sorted(fields)} is "
+                             "not declared in tdsim.trace.EVENT_KINDS")
         if self._kinds is not None and kind not in self._kinds:
             return
         if self._cpus is not None and cpu not in self._cpus:

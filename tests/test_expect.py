@@ -1,10 +1,11 @@
 """Scenario expectations and trajectory fingerprints (tdsim.expect, ``tdsim check``)."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-import tdsim.kvm_tdx
+import tdsim.build
 from tdsim.cli import main
 from tdsim.expect import (
     check_expectations,
@@ -100,13 +101,14 @@ exits = { min = 5 }
 
 def _slow_exit_handling(monkeypatch):
     """A deliberate model change: 1 ns more work after every TD exit."""
-    orig = tdsim.kvm_tdx.VcpuTdx.tdx_handle_exit
+    ops = tdsim.build.TDX_X86_OPS
 
-    def patched(self, cpu):
+    def patched(vcpu, cpu, fastpath):
         cpu.acc += 1
-        return orig(self, cpu)
+        return ops.handle_exit(vcpu, cpu, fastpath)
 
-    monkeypatch.setattr(tdsim.kvm_tdx.VcpuTdx, "tdx_handle_exit", patched)
+    monkeypatch.setattr(tdsim.build, "TDX_X86_OPS",
+                        dataclasses.replace(ops, handle_exit=patched))
 
 
 def test_model_change_names_the_first_divergent_event(tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from tdsim.cli import print_summary
-from tdsim.interrupts import percentiles
+from tdsim.host import HOST_IRQ
+from tdsim.irqstats import percentiles
 from tdsim.scenario import ScenarioError, scenario_from_dict
 from tdsim.sim import Simulation, run
 from tdsim.trace import Tracer
@@ -125,12 +126,11 @@ def test_oneshot_timer_costs_one_rearm_exit_per_tick():
     assert r.violations == []
 
 
-def test_lost_rearm_is_reported(monkeypatch):
+def test_lost_rearm_is_reported():
     """If KVM dropped the re-arm WRMSR, the guest loses its tick: recorded as a lost
     interrupt."""
-    from tdsim.interrupts import IrqStats
-    monkeypatch.setattr(IrqStats, "kvm_set_lapic_tscdeadline_msr", lambda self, vcpu: None)
-    r = run(td(2000, workload={"compute_us": 30, "timer_hz": 10000, "timer_mode": "oneshot"}))
+    r = run(td(2000, workload={"compute_us": 30, "timer_hz": 10000, "timer_mode": "oneshot"}),
+            variants=["no_tscdeadline_rearm"])
     assert r.metrics["violations.lost_interrupt"] == 1
 
 
@@ -170,23 +170,23 @@ def test_lapic_timer_advance_waits_at_entry_until_the_deadline():
     assert base["irq.latency_ns.timer.p50"] == to_entry + entry  # lateness without advance
 
 
-def _nmi_sim(inject_at_us, count, late_signal=False):
+def _nmi_sim(inject_at_us, count, late_signal=False, tracer=None):
     """One vCPU in the guest; `count` NMIs injected at `inject_at_us`."""
-    sim = Simulation(td(300, workload={"compute_us": 20}))
+    sim = Simulation(td(300, workload={"compute_us": 20}), tracer)
     vcpu = sim.vcpus[0]
     if late_signal:
         # a signal arrives right after tdx_inject_nmi: the entry is aborted at the late check
-        orig = sim.irq.process_nmi
+        orig = vcpu.process_nmi
 
-        def process_nmi_then_signal(v, cpu):
-            orig(v, cpu)
-            v.sigpending = True
-        sim.irq.process_nmi = process_nmi_then_signal
+        def process_nmi_then_signal(cpu):
+            orig(cpu)
+            vcpu.sigpending = True
+        vcpu.process_nmi = process_nmi_then_signal
 
     def injector():
         yield sim.env.timeout(inject_at_us * 1000)
         for _ in range(count):
-            sim.irq.kvm_inject_nmi(vcpu)
+            vcpu.kvm_inject_nmi()
     sim.env.process(injector())
     return sim
 
@@ -195,8 +195,7 @@ def test_nmi_injected_before_a_late_abort_is_delivered_afterwards():
     """PEND_NMI written before the late check survives the abort and is delivered at the
     next entry."""
     tracer = Tracer(kinds=["late_abort", "nmi_delivered", "seamcall"])
-    sim = _nmi_sim(50, 1, late_signal=True)
-    sim.tracer = tracer
+    sim = _nmi_sim(50, 1, late_signal=True, tracer=tracer)
     r = sim.run()
     m = r.metrics
     assert m["late_abort.signal"] == 1
@@ -251,12 +250,11 @@ def test_latency_percentiles_in_result_document_and_summary():
     assert "ipi" in text
 
 
-def test_stuck_halt_oracle_fires_when_wakeups_are_lost(monkeypatch):
+def test_stuck_halt_oracle_fires_when_wakeups_are_lost():
     """With kvm_vcpu_wake_up broken, a halted vCPU stays blocked and the oracle says so."""
-    from tdsim.kvm_x86 import KvmVcpu
-    monkeypatch.setattr(KvmVcpu, "kvm_vcpu_wake_up", lambda self: None)
     r = run(td(2000, workload={"compute_us": 5, "mix": {"hlt": 1.0}, "timer_hz": 1},
-               interrupts={"device_irq_hz": 5000, "device_irq_vcpus": [0]}))
+               interrupts={"device_irq_hz": 5000, "device_irq_vcpus": [0]}),
+            variants=["lost_wakeup"])
     assert r.metrics["violations.stuck_halt"] > 0
 
 
@@ -368,7 +366,7 @@ def test_vector_posted_during_a_run_that_began_with_pi_is_taken_when_notified():
 
     def poster():
         yield sim.env.timeout(50_000)
-        vcpu.cpu.host_irq("timer")  # the hrtimer interrupt: the TD exits, re-enters with ON
+        vcpu.cpu.host_irq(HOST_IRQ["timer"])  # the hrtimer interrupt: the TD exits, re-enters with ON
         sim.irq.post(vcpu, 0xEC, "timer")
         yield sim.env.timeout(10_000)
         sim.irq.post(vcpu, 0x22, "device")

@@ -57,19 +57,9 @@ def test_entry_during_track_gets_operand_busy_and_is_retried():
     assert m["userspace_exits"] == 0
 
 
-def test_entry_oracle_fires_if_vcpus_ignore_wait_for_sept_zap(monkeypatch):
+def test_entry_oracle_fires_if_vcpus_ignore_wait_for_sept_zap():
     """With the wait_for_sept_zap check removed, vCPUs enter during the retry: recorded."""
-    orig = VcpuTdx.vcpu_run_vendor
-
-    def ignore_flag(self, cpu, late):
-        flag = self.vm.wait_for_sept_zap
-        self.vm.wait_for_sept_zap = False
-        try:
-            return orig(self, cpu, late)
-        finally:
-            self.vm.wait_for_sept_zap = flag
-    monkeypatch.setattr(VcpuTdx, "vcpu_run_vendor", ignore_flag)
-    r = run(zap_td(busy_p=1.0, vcpus=8, pages=4))
+    r = run(zap_td(busy_p=1.0, vcpus=8, pages=4), variants=["ignore_wait_for_sept_zap"])
     assert r.metrics["violations.td_entry_during_zap"] > 0
 
 
@@ -106,17 +96,8 @@ def test_private_fault_retry_bails_out_on_pending_interrupt():
         m["seamcall.TDH_MEM_PAGE_AUG.status.TDX_SUCCESS"] + m["ept.retry_bailouts"]
 
 
-def test_stuck_kick_and_wait_is_reported(monkeypatch):
+def test_stuck_kick_and_wait_is_reported():
     """If vCPUs never acknowledged the kick (no IRQ window after the exit), the zap hangs
     and the oracle says so."""
-    from tdsim.kvm_x86 import KvmVcpu
-
-    def dropping_ack(orig):
-        def f(self, *args):
-            self.outside_ack = None
-            return orig(self, *args)
-        return f
-    monkeypatch.setattr(KvmVcpu, "late_abort", dropping_ack(KvmVcpu.late_abort))
-    monkeypatch.setattr(VcpuTdx, "vcpu_exit_vendor", dropping_ack(VcpuTdx.vcpu_exit_vendor))
-    r = run(zap_td(duration_us=1000))
+    r = run(zap_td(duration_us=1000), variants=["no_outside_ack"])
     assert r.metrics["violations.zap_stuck"] == 1

@@ -1,0 +1,107 @@
+"""Deliberately wrong kernel variants: test-only switches that break one piece of the modelled
+kernel, so a test can show that the oracle meant to catch it does (a check that cannot fail
+is no check).  Each is declared once here with what it breaks; `apply` installs it on a built
+model (instance attributes and per-vCPU copies of the vendor table, nothing patched in the
+classes), so the correct model never pays for it.  Use them through
+``tdsim.sim.Simulation(scenario, variants=[...])``; they are never part of a scenario.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .kvm_tdx import VcpuTdx
+
+if TYPE_CHECKING:
+    from .build import Model
+    from .host import HostCpu
+
+
+def _delegate(gen: Generator[Any, Any, int], first: Any) -> Generator[Any, Any, int]:
+    """``yield from gen`` for a generator already advanced to its first yield (`first`)."""
+    item = first
+    while True:
+        try:
+            value = yield item
+        except BaseException as e:  # an Interrupt thrown into the process goes on to gen
+            try:
+                item = gen.throw(e)
+            except StopIteration as stop:
+                return int(stop.value)
+            continue
+        try:
+            item = gen.send(value)
+        except StopIteration as stop:
+            return int(stop.value)
+
+
+def _ignore_wait_for_sept_zap(model: Model) -> None:
+    def vcpu_run(vcpu: VcpuTdx, cpu: HostCpu) -> Generator[Any, Any, int]:
+        vm = vcpu.tdx_vm
+        flag = vm.wait_for_sept_zap
+        vm.wait_for_sept_zap = False
+        gen = VcpuTdx.tdx_vcpu_run(vcpu, cpu)
+        try:
+            first = next(gen)  # the entry decision is made before the first yield
+        except StopIteration as stop:
+            return int(stop.value)
+        finally:
+            vm.wait_for_sept_zap = flag
+        return (yield from _delegate(gen, first))
+
+    for vcpu in model.vcpus:
+        if isinstance(vcpu, VcpuTdx):
+            vcpu.kvm_x86_ops = dataclasses.replace(vcpu.kvm_x86_ops, vcpu_run=vcpu_run)
+
+
+def _no_outside_ack(model: Model) -> None:
+    for vcpu in model.vcpus:
+        vcpu.irq_window = lambda: None  # type: ignore[method-assign]
+
+
+def _lost_wakeup(model: Model) -> None:
+    for vcpu in model.vcpus:
+        vcpu.kvm_vcpu_wake_up = lambda: False  # type: ignore[method-assign]
+
+
+def _no_tscdeadline_rearm(model: Model) -> None:
+    for vcpu in model.vcpus:
+        timer = vcpu.lapic_timer
+        if timer is not None:
+            timer.kvm_set_lapic_tscdeadline_msr = lambda: None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One deliberately wrong variant of the modelled kernel."""
+
+    name: str
+    doc: str
+    apply: Callable[[Model], None]
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("ignore_wait_for_sept_zap", "tdx_vcpu_run does not check wait_for_sept_zap: "
+            "vCPUs enter while a SEPT zap retry needs them out (td_entry_during_zap)",
+            _ignore_wait_for_sept_zap),
+    Variant("no_outside_ack", "the IRQ window after an exit or a late abort does not "
+            "acknowledge KVM_REQ_OUTSIDE_GUEST_MODE's IPI (zap_stuck)", _no_outside_ack),
+    Variant("lost_wakeup", "kvm_vcpu_wake_up does nothing: a halted vCPU is never woken "
+            "(stuck_halt)", _lost_wakeup),
+    Variant("no_tscdeadline_rearm", "KVM drops the guest's WRMSR(IA32_TSC_DEADLINE): a "
+            "one-shot guest timer is never re-armed (lost_interrupt)",
+            _no_tscdeadline_rearm),
+)}
+
+
+def apply(model: Model, names: list[str] | tuple[str, ...]) -> None:
+    """Install the named variants on `model` (unknown names raise ValueError)."""
+    for name in names:
+        variant = VARIANTS.get(name)
+        if variant is None:
+            raise ValueError(f"unknown model variant {name!r} (known: "
+                             f"{', '.join(sorted(VARIANTS))})")
+        variant.apply(model)
