@@ -9,10 +9,12 @@ time adds up).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
+from simpy.core import StopSimulation
 
 from . import arch, sept
 from ._version import __version__
@@ -32,6 +34,9 @@ from .strategies import HostStateStrategy, load_strategy
 from .tdx_module import TdxModule
 from .trace import Tracer
 from .vmm import Vmm  # issue 5
+
+
+_STOPPED = object()  # the value of the event `Simulation.request_stop` schedules
 
 
 def us_to_ns(us: float) -> int:
@@ -71,6 +76,7 @@ class Simulation:
         self._warm: dict | None = None
         self.tracer = tracer
         self.env = simpy.Environment()
+        self._control_events = 0  # chunk boundaries and stops: not the model's events
         # costs: c_<name> for every costs.<name>_ns
         for key, value in d["costs"].items():
             setattr(self, "c_" + key[:-3], int(value))
@@ -202,7 +208,9 @@ class Simulation:
             "cpu": [list(c.ns) for c in self.cpus],
         }
 
-    def run(self) -> "Result":
+    def run(self, progress: Callable[[int, int], None] | None = None,
+            chunk_ns: int | None = None) -> "Result":
+        """Simulate, then collect.  `progress`/`chunk_ns`: see `_simulate`."""
         env = self.env
         for vcpu in self.vcpus:
             vcpu.proc = env.process(vcpu.main())
@@ -218,9 +226,43 @@ class Simulation:
         self.zappers = sept.start(self)
         self.faults.start()
         wall0 = time.perf_counter()
-        env.run(until=self.duration_ns)
+        partial = self._simulate(progress, chunk_ns)
         wall = time.perf_counter() - wall0
-        return self._collect(wall)
+        if partial:
+            self.duration_ns = env.now  # collect what happened up to the stop
+        result = self._collect(wall)
+        result.partial = partial
+        return result
+
+    # --- control from outside the model: progress and stop (tdsim.cli_run) ---------------
+    def _simulate(self, progress: Callable[[int, int], None] | None, chunk_ns: int | None
+                  ) -> bool:
+        """SimPy until ``sim.duration_us``; with `progress`, in chunks of `chunk_ns` simulated
+        ns, calling ``progress(now_ns, end_ns)`` between them.  A chunk boundary is one URGENT
+        SimPy event that reorders nothing, so a chunked run equals an unchunked one.  Returns
+        True if `request_stop` ended the run early."""
+        env, end = self.env, self.duration_ns
+        step = max(1, chunk_ns) if progress is not None and chunk_ns else end
+        t = env.now
+        while t < end:
+            t = min(t + step, end)
+            # SimPy numbers the `until` event and, when it stops the run, reschedules it
+            self._control_events += 2
+            if env.run(until=t) is _STOPPED:
+                return True
+            if progress is not None:
+                progress(env.now, end)
+        self._control_events -= 2  # as counted before chunking existed
+        return False
+
+    def request_stop(self) -> None:
+        """Stop the run after the event being processed (safe from a signal handler: it only
+        schedules a SimPy event at the current instant).  `run` then collects the results
+        up to that instant and marks them ``partial``."""
+        stop = self.env.event()
+        stop.callbacks.append(StopSimulation.callback)
+        stop.succeed(_STOPPED)
+        self._control_events += 2
 
     # --- collect -----------------------------------------------------------------------
     def _collect(self, wall_s: float) -> "Result":
@@ -280,7 +322,7 @@ class Simulation:
         exits = metrics["exits"]
         # Events scheduled: SimPy numbers every scheduled event from one counter (a private
         # attribute, read once here; nothing is patched).
-        sim_events = next(self.env._eid)
+        sim_events = next(self.env._eid) - self._control_events
         perf = {
             "wall_s": round(wall_s, 6),
             "sim_events": sim_events,
@@ -312,9 +354,14 @@ class Result:
     # issue 5: optional top-level keys, present only when non-empty: "calls" (scripted
     # guests' per-call records, by vCPU) and "vmm" (device reads/writes, system events)
     details: dict[str, Any] = field(default_factory=dict)
+    # stopped early (`Simulation.request_stop`, Ctrl-C in the CLI): metrics cover only the
+    # simulated time up to the stop, ``metrics["sim.duration_ns"]``
+    partial: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON result document; ``"partial": true`` only for a run stopped early."""
         return {
+            **({"partial": True} if self.partial else {}),
             **self.details,
             "tdsim_version": __version__,
             "scenario": self.scenario.data,
