@@ -1,14 +1,34 @@
 """tdsim: a discrete-event model of Intel TDX guests under Linux KVM.
 
-Public API::
+Public API (docs/api.md)::
 
     scenario = tdsim.load_scenario("scenarios/baseline.toml", overrides=["host.cpus=8"])
     result = tdsim.run(scenario)
     result.metrics["host_state_reload"], result.violations, result.to_dict()
+
+The names are loaded on first use, so that ``import tdsim.cli`` (and ``tdsim --help``) does
+not load the model.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .scenario import Scenario, ScenarioError, load_scenario
-from .sim import Result, run
 
 __all__ = ["__version__", "Scenario", "ScenarioError", "load_scenario", "Result", "run"]
+
+_WHERE = {"Scenario": "scenario", "ScenarioError": "scenario", "load_scenario": "scenario",
+          "Result": "sim", "run": "sim"}
+
+if TYPE_CHECKING:
+    from .scenario import Scenario, ScenarioError, load_scenario
+    from .sim import Result, run
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'tdsim' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
