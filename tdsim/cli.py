@@ -155,17 +155,21 @@ def _failed(e: Exception) -> int:
 
 
 def _user_frame(e: BaseException) -> str | None:
-    """``file:line`` of the innermost frame of `e` in code that is neither tdsim's nor
-    installed Python's (a user strategy), else None."""
+    """``file:line`` of the deepest frame, in `e` or the exceptions it was raised from, in
+    code that is neither tdsim's nor installed Python's (a user strategy), else None.  (SimPy
+    re-raises a process's exception as a copy whose ``__cause__`` is the original.)"""
     here = os.path.dirname(os.path.abspath(__file__))
     installed = tuple({os.path.abspath(p) for p in (sys.prefix, sys.base_prefix,
                                                     sys.exec_prefix)})
-    for frame in reversed(traceback.extract_tb(e.__traceback__)):
-        path = os.path.abspath(frame.filename)
-        if path.startswith(here + os.sep):
-            return None
-        if not path.startswith(installed):
-            return f"{frame.filename}:{frame.lineno}"
+    seen: set[int] = set()
+    exc: BaseException | None = e
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            path = os.path.abspath(frame.filename)
+            if not path.startswith(here + os.sep) and not path.startswith(installed):
+                return f"{frame.filename}:{frame.lineno}"
+        exc = exc.__cause__ or exc.__context__
     return None
 
 

@@ -98,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     estimates = [_guard(s, traced, args) for s in scenarios]
 
     outcomes: list[Outcome] = []
-    with RunControl(_progress_mode(args), args.progress_every or LINE_EVERY_S) as control:
+    every = LINE_EVERY_S if args.progress_every is None else args.progress_every
+    with RunControl(_progress_mode(args), every) as control:
         for scenario, est in zip(scenarios, estimates, strict=True):
             if control.interrupted:
                 break

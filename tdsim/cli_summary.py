@@ -60,6 +60,11 @@ def num(value: Any) -> str:
     return str(value)
 
 
+def us_text(us: float) -> str:
+    """Microseconds for a person: ``2,000,000`` (not ``2e+06``), ``12.5``."""
+    return f"{us:,.0f}" if float(us).is_integer() else f"{us:,}"
+
+
 def pct(part: float, total: float) -> str:
     return f"{100 * part / total:.1f}%" if total else "-"
 
@@ -103,14 +108,14 @@ def _data(scenario: Any) -> dict[str, Any]:
 def header(path: str, seed: int, data: dict[str, Any], results: Sequence[Any],
            extra: str = "") -> list[Block]:
     """The first line of a summary, and a warning line for a partial result."""
-    out: list[Block] = [Line(f"tdsim {Path(path).name}  seed {seed}  "
-                             f"{data['sim']['duration_us']:,g} us simulated{extra}", "bold")]
+    duration = us_text(data["sim"]["duration_us"])
+    out: list[Block] = [Line(f"tdsim {Path(path).name}  seed {seed}  {duration} us "
+                             f"simulated{extra}", "bold")]
     for r in results:
         if getattr(r, "partial", False):
             stopped = r.metrics.get("sim.duration_ns", 0) / 1000
-            out.append(Line(f"PARTIAL: interrupted at {stopped:,.0f} us of "
-                            f"{data['sim']['duration_us']:,g} us; the figures cover only "
-                            "that time", "bold red"))
+            out.append(Line(f"PARTIAL: interrupted at {stopped:,.0f} us of {duration} us; "
+                            "the figures cover only that time", "bold red"))
             break
     return out
 
