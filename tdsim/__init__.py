@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
-__all__ = ["__version__", "Scenario", "ScenarioError", "load_scenario", "Result", "run"]
+__all__ = ["Result", "Scenario", "ScenarioError", "__version__", "load_scenario", "run"]
 
 _WHERE = {"Scenario": "scenario", "ScenarioError": "scenario", "load_scenario": "scenario",
           "Result": "sim", "run": "sim"}

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
                         help="log threshold (default: warning)")
     # Also accepted after the subcommand; SUPPRESS keeps the main parser's value when absent.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
                         help="log threshold (default: warning)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
@@ -286,8 +286,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """Compare two result documents: metric deltas, violations, scenario differences.
 
 Lists each metric that changed with its relative change, the violations only one document
-has, and the scenario keys whose values differ.  Documents of a strategy comparison (or of several scenarios) are compared run by run, matched
-by strategy (or scenario file)."""
+has, and the scenario keys whose values differ.  Documents of a strategy comparison (or of
+several scenarios) are compared run by run, matched by strategy (or scenario file)."""
     from tdsim.diff import cmd_diff as diff
 
     return diff(args)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import IO, Any
 
-from tdsim.cli_summary import Block, Line, Table
+from tdsim.cli_summary import Block, Line
 
 
 def plain(blocks: Sequence[Block]) -> str:
@@ -26,7 +26,8 @@ def plain(blocks: Sequence[Block]) -> str:
                   for i, c in enumerate(block.columns)]
         left = [i == 0 or c in block.text for i, c in enumerate(block.columns)]
 
-        def row(cells: Sequence[str]) -> str:
+        def row(cells: Sequence[str], widths: list[int] = widths,
+                left: list[bool] = left) -> str:
             return "  ".join(c.ljust(w) if lt else c.rjust(w)
                              for c, w, lt in zip(cells, widths, left, strict=True)).rstrip()
 

@@ -319,7 +319,7 @@ def violation_blocks(violations: list[dict[str, Any]]) -> list[Block]:
                         f"({len(violations)} violations in all; every one is in the JSON "
                         "result)", "red"))
     explained = [g for g in groups if g[0].get("events")][:MAX_EXPLAINED]
-    for i, group in enumerate(explained):
+    for group in explained:
         first = group[0]
         out.append(Line(f"events leading to violation {groups.index(group) + 1} "
                         f"({first['invariant']} at {num(first['t_ns'])} ns, cpu "

@@ -67,8 +67,8 @@ def _bound_text(want: Any) -> str:
 
 def _meets(got: float, want: Any) -> bool:
     if not isinstance(want, dict):
-        return got == want
-    return want.get("min", got) <= got <= want.get("max", got)
+        return bool(got == want)
+    return bool(want.get("min", got) <= got <= want.get("max", got))
 
 
 def check_expectations(expect: dict[str, Any], metrics: dict[str, Any]) -> list[str]:

@@ -67,7 +67,8 @@ class Scenario:
     @property
     def seed(self) -> int:
         """The run seed (``sim.seed``)."""
-        return self.data["sim"]["seed"]
+        seed: int = self.data["sim"]["seed"]
+        return seed
 
     def replace(self, overrides: Overrides = None) -> Scenario:
         """A new scenario: this one's resolved data with `overrides` applied and re-validated."""
@@ -75,7 +76,8 @@ class Scenario:
 
     def to_toml_dict(self) -> dict[str, Any]:
         """`data` without the unset (``None``) keys, which TOML cannot express."""
-        return _drop_none(self.data)
+        data: dict[str, Any] = _drop_none(self.data)
+        return data
 
 
 # --- entry points -----------------------------------------------------------------------------
@@ -299,6 +301,7 @@ def _resolve_map(spec: Map, raw: Any, path: PathT) -> dict[str, Any]:
         given = {k: _check_value(spec.value, v, path + (k,)) for k, v in raw.items()}
     if spec.allowed is None:  # free-form keys: only those given
         return given
+    assert isinstance(spec.value, Key)  # a Map of tables has free-form keys
     return {k: given.get(k, spec.value.default) for k in spec.allowed}
 
 

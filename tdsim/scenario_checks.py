@@ -102,12 +102,12 @@ def resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> 
             # issue 4's guest behaviours are statistical (tdsim.guest_irq): a program states
             # its calls itself
             intr, sept = vm["interrupts"], vm["sept"]
-            for path, on in ((("workload", "timer_mode"), workload["timer_mode"] == "oneshot"),
-                             (("interrupts", "ipi_hz"), intr["ipi_hz"] > 0),
-                             (("interrupts", "hlt_irqs_off_p"), intr["hlt_irqs_off_p"] > 0),
-                             (("sept", "private_fault_hz"), sept["private_fault_hz"] > 0)):
+            for key, on in ((("workload", "timer_mode"), workload["timer_mode"] == "oneshot"),
+                            (("interrupts", "ipi_hz"), intr["ipi_hz"] > 0),
+                            (("interrupts", "hlt_irqs_off_p"), intr["hlt_irqs_off_p"] > 0),
+                            (("sept", "private_fault_hz"), sept["private_fault_hz"] > 0)):
                 if on:
-                    raise Bad(("vm", i) + path, "not with a scripted guest (`program`): "
+                    raise Bad(("vm", i) + key, "not with a scripted guest (`program`): "
                                "write the calls in the program instead")
 
 

@@ -39,10 +39,10 @@ def _describe_table(table: Table, name: str, out: list[str], heading: str | None
             out += [table.doc, ""]
     if keys:
         out += ["| key | type | default | limits | meaning |", "|---|---|---|---|---|"]
-        for k, s in keys:
-            of = f" of {_bare_type(s.item_type)}" if s.item_type else ""
-            out.append(f"| `{k}` | {_bare_type(s.type)}{of} | {_default_text(s)} "
-                       f"| {_limits_text(s)} | {_md(s.doc)} |")
+        for k, key in keys:
+            of = f" of {_bare_type(key.item_type)}" if key.item_type else ""
+            out.append(f"| `{k}` | {_bare_type(key.type)}{of} | {_default_text(key)} "
+                       f"| {_limits_text(key)} | {_md(key.doc)} |")
         out.append("")
     for k, s in table.keys.items():
         sub = f"{name}.{k}" if name else k
@@ -56,6 +56,7 @@ def _describe_table(table: Table, name: str, out: list[str], heading: str | None
             _describe_table(Table(s.value.keys, doc=s.doc[0].upper() + s.doc[1:] + "."),
                             f"{sub}.<name>", out)
         elif isinstance(s, Map):
+            assert isinstance(s.value, Key)
             out += [f"## `[{sub}]`", ""]
             if s.doc:
                 out += [_md(s.doc[0].upper() + s.doc[1:]) + ".", ""]

@@ -53,7 +53,7 @@ def test_documented_name_exists_with_docstring_and_signature(name, params):
     """The name exists, has a docstring, and its parameters are those of the heading."""
     obj = resolve(name)
     assert inspect.getdoc(obj), f"{name} has no docstring"
-    if params or callable(obj) and not inspect.isclass(obj):
+    if params or (callable(obj) and not inspect.isclass(obj)):
         assert shown(inspect.signature(obj)) == params
 
 

@@ -220,7 +220,8 @@ def test_real_entry_point_prints_one_line(workdir):
     proc = subprocess.run([sys.executable, "-m", "tdsim", "run", "strat_raises.toml"],
                           capture_output=True, text=True, cwd=workdir)
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "RuntimeError on import" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert "RuntimeError on import" in proc.stderr
 
 
 def test_missing_optional_module_names_the_extra(workdir, capsys, monkeypatch):
@@ -248,9 +249,11 @@ def test_a_bug_in_tdsim_is_loud_with_its_type_and_where_to_report(workdir, capsy
     monkeypatch.setattr(tdsim.cli_estimate, "EVENTS_PER_WALL_S", "oops")  # a tdsim bug
     assert cli.main(["run", "good.toml"]) == 3
     err = capsys.readouterr().err
-    assert "Traceback" in err and 'cli_estimate.py", line' in err
+    assert "Traceback" in err
+    assert 'cli_estimate.py", line' in err
     assert "tdsim: internal error: TypeError: unsupported operand" in err
-    assert "this is a bug in tdsim" in err and "please report it" in err
+    assert "this is a bug in tdsim" in err
+    assert "please report it" in err
 
 
 def test_an_exception_in_a_user_strategy_names_its_file(workdir, capsys):
@@ -276,7 +279,8 @@ def test_interrupt_outside_a_run_exits_130_without_traceback(workdir, capsys, mo
     monkeypatch.setattr(tdsim.cli_run, "load_scenario", interrupted)
     assert cli.main(["run", "good.toml"]) == 130
     err = capsys.readouterr().err
-    assert err.strip() == "tdsim: interrupted" and "Traceback" not in err
+    assert err.strip() == "tdsim: interrupted"
+    assert "Traceback" not in err
 
 
 def test_closed_pipe_is_quiet(workdir):
@@ -285,4 +289,5 @@ def test_closed_pipe_is_quiet(workdir):
                           "| head -1", shell=True, capture_output=True, text=True, cwd=workdir,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout.startswith("tdsim good.toml")
-    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "BrokenPipe" not in proc.stderr

@@ -51,8 +51,10 @@ def test_diff_shows_metric_deltas_and_scenario_changes(tmp_path, capsys):
     assert exits["rel"] == pytest.approx(exits["delta"] / exits["a"])
     assert cli.main(["diff", a, b]) == 1
     out = capsys.readouterr().out
-    assert "Scenario differences" in out and "sim.seed" in out
-    assert "Metrics that differ" in out and "%" in out
+    assert "Scenario differences" in out
+    assert "sim.seed" in out
+    assert "Metrics that differ" in out
+    assert "%" in out
 
 
 def test_diff_lists_violations_added_and_removed(tmp_path, capsys):
@@ -64,7 +66,8 @@ def test_diff_lists_violations_added_and_removed(tmp_path, capsys):
     cli.main(["run", zero_step, *common, "--set", "kvm.host_state=v6.16", "--json", str(b)])
     assert cli.main(["diff", str(a), str(b), "--format", "json"]) == 1
     [run] = json.loads(capsys.readouterr().out)["runs"]
-    assert run["violations_added"] and not run["violations_removed"]
+    assert run["violations_added"]
+    assert not run["violations_removed"]
     assert {v["invariant"] for v in run["violations_added"]} == {"uret_cache_mismatch"}
     assert cli.main(["diff", str(b), str(a)]) == 1
     assert "Violations only in A (removed)" in capsys.readouterr().out
@@ -78,7 +81,8 @@ def test_diff_matches_comparisons_by_strategy(tmp_path, capsys):
     assert cli.main(["diff", a, b, "--format", "json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert [r["label"] for r in doc["runs"]] == ["[current]"]
-    assert doc["runs"][0]["same"] and doc["only_a"] == ["[eager]"]
+    assert doc["runs"][0]["same"]
+    assert doc["only_a"] == ["[eager]"]
     assert doc["only_b"] == ["[v6.16]"]
 
 
@@ -160,7 +164,8 @@ def test_public_api_still_importable_from_the_package():
     scenario = tdsim.load_scenario(ROOT / "scenarios" / "baseline.toml",
                                    overrides=["sim.duration_us=200"])
     result = tdsim.run(scenario)
-    assert isinstance(result, tdsim.Result) and isinstance(scenario, tdsim.Scenario)
+    assert isinstance(result, tdsim.Result)
+    assert isinstance(scenario, tdsim.Scenario)
     with pytest.raises(AttributeError):
         tdsim.nothing_here  # noqa: B018
 

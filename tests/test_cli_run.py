@@ -61,7 +61,8 @@ def test_format_json_prints_the_result_document(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     written = json.loads(doc_path.read_text())
     printed["perf"].pop("wall_s"), written["perf"].pop("wall_s")
-    assert printed["metrics"] == written["metrics"] and printed["metrics"]["exits"] > 0
+    assert printed["metrics"] == written["metrics"]
+    assert printed["metrics"]["exits"] > 0
 
 
 def test_format_csv_has_one_row_per_metric_with_units(tmp_path, capsys):
@@ -73,7 +74,8 @@ def test_format_csv_has_one_row_per_metric_with_units(tmp_path, capsys):
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert {r["strategy"] for r in rows} == {"current", "eager"}
     exits = [r for r in rows if r["metric"] == "exits"]
-    assert len(exits) == 2 and all(r["unit"] == "exits" and int(r["value"]) > 0 for r in exits)
+    assert len(exits) == 2
+    assert all(r["unit"] == "exits" and int(r["value"]) > 0 for r in exits)
     assert {r["scenario"] for r in rows} == {str(scenario)}
 
 
@@ -96,7 +98,9 @@ def test_several_scenarios_in_one_run(tmp_path, capsys):
     doc_path = tmp_path / "r.json"
     assert cli.main(["run", str(a), str(b), "--json", str(doc_path)]) == 0
     out = capsys.readouterr().out
-    assert "tdsim a.toml" in out and "tdsim b.toml" in out and "Host-state work" in out
+    assert "tdsim a.toml" in out
+    assert "tdsim b.toml" in out
+    assert "Host-state work" in out
     doc = json.loads(doc_path.read_text())
     assert [r["scenario_path"] for r in doc["runs"]] == [str(a), str(b)]
     assert doc["runs"][0]["scenario"]["vm"][0]["vcpus"] == 2
@@ -130,7 +134,9 @@ def test_progress_bar_on_a_terminal(monkeypatch):
     progress(500, 1000)
     progress.close()
     text = stream.getvalue()
-    assert "x.toml" in text and "50.0% of simulated time" in text and "left" in text
+    assert "x.toml" in text
+    assert "50.0% of simulated time" in text
+    assert "left" in text
 
 
 def test_long_run_is_refused_or_announced(capsys):
@@ -182,7 +188,8 @@ def test_ctrl_c_in_a_comparison_keeps_the_strategies_run(tmp_path, capsys, monke
     assert doc["comparison"]["v6.16"]["partial"] is True
     assert doc["comparison"]["v6.16"]["metrics"]["sim.duration_ns"] < 300_000
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "marked partial" in err
+    assert "Traceback" not in err
+    assert "marked partial" in err
 
 
 def test_sigint_stops_a_long_run_and_writes_a_partial_result(tmp_path):
@@ -208,7 +215,8 @@ def test_sigint_stops_a_long_run_and_writes_a_partial_result(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "Traceback" not in err
+    assert "KeyboardInterrupt" not in err
     assert "marked partial" in err
     doc = json.loads(doc_path.read_text())
     assert doc["partial"] is True

@@ -51,7 +51,7 @@ def test_the_readme_has_examples():
     assert len(COMMANDS) >= 2
 
 
-@pytest.mark.parametrize("command,body", COMMANDS, ids=[c for c, _ in COMMANDS])
+@pytest.mark.parametrize(("command", "body"), COMMANDS, ids=[c for c, _ in COMMANDS])
 def test_printed_example_matches_this_build(command, body):
     """The command prints exactly what the README shows."""
     shown = body.split("\n", 1)[1]

@@ -28,7 +28,8 @@ def test_chunked_run_equals_unchunked(name, chunk_ns):
     assert (b.metrics, b.violations) == (a.metrics, a.violations)
     assert chunked.events == plain.events
     assert b.perf["sim_events"] == a.perf["sim_events"]
-    assert not b.partial and "partial" not in b.to_dict()
+    assert not b.partial
+    assert "partial" not in b.to_dict()
     end = a.metrics["sim.duration_ns"]
     assert seen[-1] == (end, end)
     assert len(seen) == -(-end // chunk_ns)
@@ -40,7 +41,8 @@ def test_progress_times_are_integer_nanoseconds():
     scenario = load_scenario(SCENARIOS / "baseline.toml")
     seen: list[int] = []
     Simulation(scenario).run(progress=lambda now, end: seen.append(now), chunk_ns=999_999)
-    assert seen and all(type(t) is int for t in seen)
+    assert seen
+    assert all(type(t) is int for t in seen)
 
 
 def test_request_stop_keeps_a_consistent_partial_result():
@@ -54,7 +56,8 @@ def test_request_stop_keeps_a_consistent_partial_result():
             sim.request_stop()
 
     r = sim.run(progress=progress, chunk_ns=1_000_000)
-    assert r.partial and r.to_dict()["partial"] is True
+    assert r.partial
+    assert r.to_dict()["partial"] is True
     stopped = r.metrics["sim.duration_ns"]
     assert 5_000_000 <= stopped < 20_000_000
     for cpu in range(scenario.data["host"]["cpus"]):
@@ -69,4 +72,5 @@ def test_stop_before_the_run_stops_at_time_zero():
     sim = Simulation(load_scenario(SCENARIOS / "baseline.toml"))
     sim.request_stop()
     r = sim.run()
-    assert r.partial and r.metrics["sim.duration_ns"] == 0
+    assert r.partial
+    assert r.metrics["sim.duration_ns"] == 0
