@@ -291,3 +291,19 @@ def test_closed_pipe_is_quiet(workdir):
     assert proc.stdout.startswith("tdsim good.toml")
     assert "Traceback" not in proc.stderr
     assert "BrokenPipe" not in proc.stderr
+
+
+def test_output_directory_check_for_study_out(tmp_path):
+    """`check_output_dir` (for `tdsim study --out`): an existing directory or one that can be
+    created is fine; a file, or a path under a file, is one line naming the option."""
+    from tdsim.cli_io import check_output_dir
+    from tdsim.scenario import ScenarioError
+
+    check_output_dir(tmp_path, "--out")
+    check_output_dir(tmp_path / "new" / "deeper", "--out")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ScenarioError, match=r"^--out: .*/f: exists and is not a directory$"):
+        check_output_dir(tmp_path / "f", "--out")
+    with pytest.raises(ScenarioError, match=r"^--out: .*/f/sub: .*/f is not a directory$"):
+        check_output_dir(tmp_path / "f" / "sub", "--out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # nothing created
