@@ -125,6 +125,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _check_flags(args: argparse.Namespace) -> None:
     """Options that contradict each other or do nothing (one line each, exit status 2)."""
     many = len(args.scenarios) > 1
+    for option in ("json", "trace"):
+        if getattr(args, option) == "-":
+            raise ScenarioError(f"--{option}", "-", "writes a file; for the result document "
+                                                    "on stdout use --format json")
     for option in ("log", "trace"):
         if getattr(args, option) is not None and many:
             raise ScenarioError(f"--{option}", getattr(args, option), f"takes one scenario "

@@ -142,6 +142,7 @@ CASES = [
      ["--trace", "r.json", "--json"]),
     ("parent-is-file", ["run", "good.toml", "--trace", "plain.txt/t.json"],
      ["--trace", "plain.txt/t.json", "not a directory"]),
+    ("json-stdout", ["run", "good.toml", "--json", "-"], ["--json", "--format json"]),
     ("log-two-scenarios", ["run", "good.toml", "good.toml", "--log", "l.jsonl"],
      ["--log", "one scenario"]),
     # other commands
@@ -224,20 +225,19 @@ def test_real_entry_point_prints_one_line(workdir):
     assert "RuntimeError on import" in proc.stderr
 
 
-def test_missing_optional_module_names_the_extra(workdir, capsys, monkeypatch):
-    """A missing optional dependency (scipy, for studies) names the extra to install."""
-    import tdsim.study.cli as study_cli
-
-    def needs_scipy(args):
-        raise ModuleNotFoundError("No module named 'scipy'", name="scipy")
-
-    monkeypatch.setitem(cli._COMMANDS, "study", (needs_scipy, *cli._COMMANDS["study"][1:]))
-    del study_cli
-    status = cli.main(["study", "x.toml"])
-    err = capsys.readouterr().err
-    assert status == 2
-    assert err == ("tdsim: error: this needs the optional module 'scipy': install tdsim's "
-                   "'study' extra (pip install 'tdsim[study]')\n")
+def test_missing_optional_module_names_the_extra(workdir):
+    """Without the study extra (scipy made unimportable), `tdsim study` names the extra to
+    install in one line instead of raising ModuleNotFoundError; nothing is written."""
+    study = Path(__file__).parents[1] / "studies" / "regs_layout.toml"
+    code = ("import sys; sys.modules['scipy'] = None\n"
+            "from tdsim.cli import main\n"
+            f"sys.exit(main(['study', {str(study)!r}, '--jobs', '1', '--out', 'out']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=workdir)
+    assert proc.returncode == 2
+    assert proc.stderr == ("tdsim: error: this needs the optional module 'scipy': install "
+                           "tdsim's 'study' extra (pip install 'tdsim[study]')\n")
+    assert not (workdir / "out").exists()
 
 
 def test_a_bug_in_tdsim_is_loud_with_its_type_and_where_to_report(workdir, capsys,
