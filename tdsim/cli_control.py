@@ -76,21 +76,21 @@ class Progress:
             if elapsed < BAR_DELAY_S or now_ns >= end_ns:
                 return
             self._start_bar(end_ns)
-        self._bar.update(self._task, completed=now_ns, eta=eta)
+        self._bar.update(self._task, completed=now_ns, eta=eta, elapsed=duration_text(elapsed))
         self._bar.refresh()
 
     def _start_bar(self, end_ns: int) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, TextColumn
         from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress(
             TextColumn("{task.description}"), BarColumn(),
-            TextColumn("{task.percentage:>5.1f}% of simulated time"),
-            TimeElapsedColumn(), TextColumn("about {task.fields[eta]} left"),
+            TextColumn("{task.percentage:>5.1f}% of simulated time,"),
+            TextColumn("{task.fields[elapsed]} elapsed, about {task.fields[eta]} left"),
             console=Console(file=self.stream), transient=True, auto_refresh=False)
         self._bar.start()
-        self._task = self._bar.add_task(self.label, total=end_ns, eta="?")
+        self._task = self._bar.add_task(self.label, total=end_ns, eta="?", elapsed="?")
 
     def close(self) -> None:
         if self._bar is not None:
