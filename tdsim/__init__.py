@@ -25,10 +25,16 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'tdsim' has no attribute {name!r}")
+    """The public names, and the submodules (``tdsim.sim`` after a bare ``import tdsim``, as
+    when this package imported them eagerly), loaded on first use."""
     from importlib import import_module
+    from importlib.util import find_spec
 
-    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    if name in _WHERE:
+        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    elif not name.startswith("_") and find_spec(f"{__name__}.{name}") is not None:
+        value = import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'tdsim' has no attribute {name!r}")
     globals()[name] = value
     return value
