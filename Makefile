@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-slow bench lint clean distclean
+.PHONY: venv run test test-slow bench lint typecheck clean distclean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff --version >/dev/null 2>&1 || $(PY) -m pip install -q ruff
 	$(PY) -m ruff check tdsim tests
+
+# mypy --strict on the modules listed in pyproject.toml ([tool.mypy] files)
+typecheck: $(STAMP)
+	$(PY) -m mypy --version >/dev/null 2>&1 || $(PY) -m pip install -q mypy
+	$(PY) -m mypy
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .ruff_cache

@@ -13,8 +13,8 @@ emitted after the fact, e.g. ``cpu_state`` at the end of a segment).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import IO, Any
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
@@ -29,13 +29,14 @@ def matches(event: Event, kinds: frozenset[str] | None, cpus: frozenset[int] | N
             and (vcpus is None or vcpu in vcpus))
 
 
-def _sim_timestamp(_logger: Any, _name: str, record: dict[str, Any]) -> dict[str, Any]:
+def _sim_timestamp(_logger: Any, _name: str, record: MutableMapping[str, Any]
+                   ) -> MutableMapping[str, Any]:
     """Processor: ``timestamp`` is the simulated time in microseconds (not the wall clock)."""
     record["timestamp"] = f"{record['t_ns'] / 1000:.3f}us"
     return record
 
 
-def event_logger(stream: IO[str], console: bool) -> Any:
+def event_logger(stream: TextIO, console: bool) -> Any:
     """A structlog logger writing to `stream`: console lines if `console`, else JSON lines."""
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=stream.isatty(), sort_keys=False)
                      if console else structlog.processors.JSONRenderer())
@@ -46,7 +47,7 @@ def event_logger(stream: IO[str], console: bool) -> Any:
                                  cache_logger_on_first_use=True)
 
 
-def write_event_log(events: Iterable[Event], stream: IO[str], console: bool = False,
+def write_event_log(events: Iterable[Event], stream: TextIO, console: bool = False,
                     kinds: Iterable[str] | None = None, cpus: Iterable[int] | None = None,
                     vcpus: Iterable[str] | None = None) -> int:
     """Write `events` (time-ordered here) that pass the filters; returns how many."""

@@ -7,13 +7,16 @@ model reads plain dicts and never needs a default of its own.  Any problem with 
 (``baseline.toml: vm[0].pin[1]: CPU 7 does not exist: host.cpus = 4``).
 
 The engine is generic over the schema's node types (`Key`, `Table`, `Map`, `ArrayOfTables`);
-rules that relate several keys (pins against ``host.cpus``, a wake source for ``hlt``) are
-the functions listed in `CROSS_CHECKS`.
+rules that relate several keys (pins against ``host.cpus``, a wake source for ``hlt``, the
+warm-up against the duration, known invariant names in ``[expect]``) are the functions listed
+in `tdsim.scenario_checks.CROSS_CHECKS`.  User strategies are imported and instantiated here,
+so a strategy that cannot be used is bad input like any other.
 
 Overrides (``--set KEY=VALUE`` on the command line) use dotted keys; a numeric segment indexes
 an array of tables, and the index one past the end appends a new item (``vm.1.vcpus=2`` adds
-a second VM).  A value is parsed as a TOML literal and falls back to the plain string;
-nothing is ever evaluated.
+a second VM).  A value is parsed as a TOML literal and falls back to the plain string; a
+key whose type is a string always takes the text as a string (``vm.0.name=5`` names the VM
+"5").  Nothing is ever evaluated.
 """
 
 from __future__ import annotations
@@ -28,20 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tdsim.schema import (
-    BUILTIN_STRATEGIES,
-    SCHEMA,
-    ArrayOfTables,
-    Key,
-    Map,
-    Table,
-    non_negative,
-    positive,
-    probability,
-    probability_below_one,
-)
+from tdsim.scenario_checks import CROSS_CHECKS, PathT, resolve_programs, resolve_strategies
+from tdsim.scenario_checks import Bad as _Bad
+from tdsim.schema import SCHEMA, ArrayOfTables, Key, Map, Table
 
-PathT = tuple[str | int, ...]
+__all__ = ["CROSS_CHECKS", "Scenario", "ScenarioError", "apply_overrides", "describe_schema",
+           "format_path", "load_scenario", "load_scenario_text", "parse_override",
+           "parse_value", "scenario_from_dict"]
 Overrides = list[str] | Mapping[str, Any] | None  # see `apply_overrides`
 
 _MISSING = object()
@@ -55,15 +51,6 @@ class ScenarioError(Exception):
         self.key = key
         self.message = " ".join(str(message).splitlines())
         super().__init__(f"{file}: {key}: {self.message}")
-
-
-class _Bad(Exception):
-    """Raised inside the engine with a key path; turned into a `ScenarioError` at the top."""
-
-    def __init__(self, path: PathT, message: str) -> None:
-        super().__init__(message)
-        self.path = path
-        self.message = message
 
 
 @dataclass
@@ -80,7 +67,8 @@ class Scenario:
     @property
     def seed(self) -> int:
         """The run seed (``sim.seed``)."""
-        return self.data["sim"]["seed"]
+        seed: int = self.data["sim"]["seed"]
+        return seed
 
     def replace(self, overrides: Overrides = None) -> Scenario:
         """A new scenario: this one's resolved data with `overrides` applied and re-validated."""
@@ -88,7 +76,8 @@ class Scenario:
 
     def to_toml_dict(self) -> dict[str, Any]:
         """`data` without the unset (``None``) keys, which TOML cannot express."""
-        return _drop_none(self.data)
+        data: dict[str, Any] = _drop_none(self.data)
+        return data
 
 
 # --- entry points -----------------------------------------------------------------------------
@@ -148,10 +137,15 @@ def _build(raw: dict[str, Any], name: str, overrides: Overrides, base_dir: Any) 
         data = _resolve_table(SCHEMA, raw, (), None)
         for check in CROSS_CHECKS:
             check(data)
-        # An override's path is typed relative to the shell, not to the scenario file.
-        from_cli = any(p == ("kvm", "host_state")[: len(p)] for p in overridden)
-        _resolve_strategy_path(data, Path.cwd() if from_cli or base_dir is None else base_dir)
-        _resolve_programs(data, Path.cwd() if base_dir is None else base_dir)  # issue 5
+        # A path given on the command line is typed relative to the shell, not to the file.
+        here = Path.cwd() if base_dir is None else base_dir
+
+        def typed_in_shell(key: PathT) -> bool:
+            return any(p == key[: len(p)] for p in overridden)
+
+        resolve_strategies(data, Path.cwd() if typed_in_shell(("kvm", "host_state")) else here,
+                           Path.cwd() if typed_in_shell(("kvm", "compare")) else here)
+        resolve_programs(data, here)
     except _Bad as e:
         raise ScenarioError(name, format_path(e.path), e.message) from None
     return Scenario(path=name, data=data)
@@ -171,28 +165,47 @@ def parse_value(text: str) -> Any:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """Split ``"KEY=VALUE"`` into the dotted key and its parsed value."""
+    """Split ``"KEY=VALUE"`` into the dotted key and its parsed value (`parse_value`)."""
+    key, text = _split_override(item)
+    return key, parse_value(text)
+
+
+def _split_override(item: str) -> tuple[str, str]:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise _Bad(("--set",), f"expected KEY=VALUE, got {item!r}")
-    return key, parse_value(text.strip())
+    return key, text.strip()
+
+
+class _Text(str):
+    """A ``--set`` value not parsed yet: `_set_dotted` parses it once it knows the key's
+    type (a string key takes the text itself)."""
+
+
+def _override_value(spec: Any, value: Any) -> Any:
+    if not isinstance(value, _Text):
+        return value
+    parsed = parse_value(str(value))
+    if isinstance(spec, Key) and spec.type is str and not isinstance(parsed, str):
+        return str(value)  # vm.0.name=5 is the name "5"
+    return parsed
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> list[PathT]:
     """Apply `overrides` to the unvalidated dict `raw` in place; return the paths set.
 
-    `overrides` is a list of ``"KEY=VALUE"`` strings (values parsed by `parse_value`) or a
-    mapping from dotted key to an already-typed value.
+    `overrides` is a list of ``"KEY=VALUE"`` strings (values parsed by `parse_value`, or
+    taken as text for a string key) or a mapping from dotted key to an already-typed value.
     """
     if not overrides:
         return []
+    pairs: list[tuple[str, Any]]
     if isinstance(overrides, Mapping):
         pairs = list(overrides.items())
-    elif isinstance(overrides, str):
-        pairs = [parse_override(overrides)]
     else:
-        pairs = [parse_override(item) for item in overrides]
+        items = [overrides] if isinstance(overrides, str) else list(overrides)
+        pairs = [(k, _Text(t)) for k, t in map(_split_override, items)]
     return [_set_dotted(raw, key, value) for key, value in pairs]
 
 
@@ -205,6 +218,7 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> PathT:
     node: Any = raw
     spec: Any = SCHEMA
     path: PathT = ()
+    n: str | int
     for depth, seg in enumerate(segs):
         last = depth == len(segs) - 1
         if isinstance(node, list):
@@ -217,15 +231,15 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> PathT:
                 raise _Bad(path + (n,), f"index {n} out of range: {format_path(path)} has "
                                         f"{len(node)} item(s); use {dotted}.{len(node)} "
                                         f"to add one")
-            if n == len(node):
-                node.append(value if last else {})
-            elif last:
-                node[n] = value
             spec = spec.item if isinstance(spec, ArrayOfTables) else None
+            if n == len(node):
+                node.append(_override_value(spec, value) if last else {})
+            elif last:
+                node[n] = _override_value(spec, value)
         elif isinstance(node, dict):
             spec = spec.keys.get(seg) if isinstance(spec, Table) else None
             if last:
-                node[seg] = value
+                node[seg] = _override_value(spec, value)
             elif seg not in node:
                 items = spec.default_items if isinstance(spec, ArrayOfTables) else 0
                 node[seg] = [{} for _ in range(items)] if items else {}
@@ -287,6 +301,7 @@ def _resolve_map(spec: Map, raw: Any, path: PathT) -> dict[str, Any]:
         given = {k: _check_value(spec.value, v, path + (k,)) for k, v in raw.items()}
     if spec.allowed is None:  # free-form keys: only those given
         return given
+    assert isinstance(spec.value, Key)  # a Map of tables has free-form keys
     return {k: given.get(k, spec.value.default) for k in spec.allowed}
 
 
@@ -397,217 +412,8 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
-# --- cross-field checks -----------------------------------------------------------------------
-
-
-def _check_vm_names(data: dict[str, Any]) -> None:
-    """VM names are unique (they scope every vCPU: ``td0.vcpu3``)."""
-    seen: dict[str, int] = {}
-    for i, vm in enumerate(data["vm"]):
-        if vm["name"] in seen:
-            raise _Bad(("vm", i, "name"), f"duplicate VM name {vm['name']!r} "
-                                          f"(also vm[{seen[vm['name']]}])")
-        seen[vm["name"]] = i
-
-
-def _check_pins(data: dict[str, Any]) -> None:
-    """A pin list has one entry per vCPU, each an existing host CPU."""
-    cpus = data["host"]["cpus"]
-    for i, vm in enumerate(data["vm"]):
-        pin = vm["pin"]
-        if pin is None:
-            continue
-        if len(pin) != vm["vcpus"]:
-            entries = "entry" if len(pin) == 1 else "entries"
-            raise _Bad(("vm", i, "pin"), f"has {len(pin)} {entries} but vcpus = {vm['vcpus']}: "
-                                         f"give one host CPU per vCPU")
-        for j, cpu in enumerate(pin):
-            if not 0 <= cpu < cpus:
-                raise _Bad(("vm", i, "pin", j), f"CPU {cpu} does not exist: host.cpus = "
-                                                f"{cpus} (valid 0..{cpus - 1})")
-
-
-def _check_mix(data: dict[str, Any]) -> None:
-    """Each mix has a positive weight; a mix that halts has a timer to wake the vCPU."""
-    for i, vm in enumerate(data["vm"]):
-        workload = vm["workload"]
-        mix = workload["mix"]
-        if not any(w > 0 for w in mix.values()):
-            raise _Bad(("vm", i, "workload", "mix"),
-                       "all weights are 0: give at least one TDVMCALL kind a positive weight")
-        if mix.get("hlt", 0) > 0 and not workload["timer_hz"] > 0:
-            raise _Bad(("vm", i, "workload", "mix", "hlt"),
-                       f"a halted vCPU could never be woken: set "
-                       f"vm[{i}].workload.timer_hz > 0")
-
-
-def _check_strategy_syntax(data: dict[str, Any]) -> None:
-    """A user strategy is ``package.module:Class`` or ``path/file.py:Class`` (the model
-    imports it; only the spelling is checked here)."""
-    spec = data["kvm"]["host_state"]
-    if spec in BUILTIN_STRATEGIES:
-        return
-    target, _, cls = spec.rpartition(":")
-    is_file = target.endswith(".py") and len(target) > 3
-    is_module = all(part.isidentifier() for part in target.split("."))
-    if not (cls.isidentifier() and (is_file or is_module)):
-        raise _Bad(("kvm", "host_state"), f"bad strategy {spec!r}: expected one of "
-                                          f"{', '.join(BUILTIN_STRATEGIES)}, "
-                                          f'"package.module:Class" or "path/file.py:Class"')
-
-
-def _resolve_strategy_path(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> None:
-    """Make a relative ``file.py:Class`` strategy absolute, so a run works from any cwd."""
-    spec = data["kvm"]["host_state"]
-    target, _, cls = spec.rpartition(":")
-    if spec in BUILTIN_STRATEGIES or not target.endswith(".py"):
-        return
-    target = os.path.expanduser(target)
-    if not os.path.isabs(target):
-        target = os.path.join(base_dir, target)
-    data["kvm"]["host_state"] = f"{os.path.abspath(target)}:{cls}"
-
-
-def _resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> None:
-    """Scripted guests (issue 5): inline a ``program_file`` into ``program`` (the resolved
-    scenario then carries the program itself) and check every program's steps."""
-    from tdsim.program import ProgramError, compile_program, load_program_file
-
-    for i, vm in enumerate(data["vm"]):
-        workload = vm["workload"]
-        if workload["program_file"] is not None:
-            where = ("vm", i, "workload", "program_file")
-            if workload["program"]:
-                raise _Bad(where, "set `program` or `program_file`, not both")
-            path = Path(os.path.expanduser(workload["program_file"]))
-            if not path.is_absolute():
-                path = Path(base_dir) / path
-            try:
-                workload["program"] = load_program_file(path)
-            except (OSError, ValueError) as e:
-                raise _Bad(where, f"{path}: {e}") from None
-            workload["program_file"] = None
-        try:
-            compile_program(workload["program"])
-        except ProgramError as e:
-            raise _Bad(("vm", i, "workload", "program") + e.path, e.message) from None
-        if workload["program"] and vm["flavor"] != "tdx":
-            raise _Bad(("vm", i, "workload", "program"), "scripted guests are TDs (flavor tdx)")
-        if workload["program"]:
-            # issue 4's guest behaviours are statistical (tdsim.guest_irq): a program states
-            # its calls itself
-            intr, sept = vm["interrupts"], vm["sept"]
-            for path, on in ((("workload", "timer_mode"), workload["timer_mode"] == "oneshot"),
-                             (("interrupts", "ipi_hz"), intr["ipi_hz"] > 0),
-                             (("interrupts", "hlt_irqs_off_p"), intr["hlt_irqs_off_p"] > 0),
-                             (("sept", "private_fault_hz"), sept["private_fault_hz"] > 0)):
-                if on:
-                    raise _Bad(("vm", i) + path, "not with a scripted guest (`program`): "
-                               "write the calls in the program instead")
-def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
-    """issue 4: device interrupts are routed to existing vCPUs; a guest halting with
-    interrupts disabled has NMIs to wake it."""
-    for i, vm in enumerate(data["vm"]):
-        if vm["interrupts"]["hlt_irqs_off_p"] > 0 and not vm["interrupts"]["nmi_hz"] > 0:
-            raise _Bad(("vm", i, "interrupts", "hlt_irqs_off_p"),
-                       f"a vCPU halted with interrupts disabled wakes only on an NMI: set "
-                       f"vm[{i}].interrupts.nmi_hz > 0")
-        targets = vm["interrupts"]["device_irq_vcpus"]
-        if vm["interrupts"]["device_irq_hz"] > 0 and not targets:
-            raise _Bad(("vm", i, "interrupts", "device_irq_vcpus"), "empty: route the device "
-                       "interrupts to at least one vCPU")
-        for j, v in enumerate(targets):
-            if not 0 <= v < vm["vcpus"]:
-                raise _Bad(("vm", i, "interrupts", "device_irq_vcpus", j),
-                           f"vCPU {v} does not exist (valid 0..{vm['vcpus'] - 1})")
-
-
-# Run in order on the resolved data; each raises _Bad at the first problem.  Add new
-# relations between keys here.
-CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_syntax,
-                _check_device_irq_vcpus]
-
-
-# --- reference documentation ------------------------------------------------------------------
-
-_CHECK_TEXT = {positive: "> 0", non_negative: ">= 0", probability: "0 to 1",
-               probability_below_one: "0 to < 1"}
-
-
 def describe_schema(schema: Table = SCHEMA) -> str:
-    """The schema as Markdown: one section per table, one row per key with its type, default,
-    limits and meaning (``tdsim schema`` prints it; the README's reference is this text)."""
-    out = ["# Scenario reference", "",
-           "Every key a scenario file may set. Unknown keys are errors; a key left out takes "
-           "the default shown. Override any key from the command line with "
-           "`--set KEY=VALUE` (dotted keys, `vm.0.vcpus=4`; the value is a TOML literal).", ""]
-    _describe_table(schema, "", out)
-    return "\n".join(out).rstrip() + "\n"
+    """The schema as Markdown (``tdsim schema``); see `tdsim.schema_doc`."""
+    from tdsim.schema_doc import describe_schema as describe
 
-
-def _describe_table(table: Table, name: str, out: list[str], heading: str | None = None) -> None:
-    keys = [(k, s) for k, s in table.keys.items() if isinstance(s, Key)]
-    if keys or table.doc:
-        out += [f"## `{heading or f'[{name}]'}`", ""]
-        if table.doc:
-            out += [table.doc, ""]
-    if keys:
-        out += ["| key | type | default | limits | meaning |", "|---|---|---|---|---|"]
-        for k, s in keys:
-            of = f" of {_bare_type(s.item_type)}" if s.item_type else ""
-            out.append(f"| `{k}` | {_bare_type(s.type)}{of} | {_default_text(s)} "
-                       f"| {_limits_text(s)} | {_md(s.doc)} |")
-        out.append("")
-    for k, s in table.keys.items():
-        sub = f"{name}.{k}" if name else k
-        if isinstance(s, Table):
-            _describe_table(s, sub, out)
-        elif isinstance(s, ArrayOfTables):
-            item = Table(s.item.keys, doc=" ".join(filter(None, [s.doc, s.item.doc, (
-                f"At least {s.min_items}; {s.default_items} created when absent.")])))
-            _describe_table(item, sub, out, heading=f"[[{sub}]]")
-        elif isinstance(s, Map) and isinstance(s.value, Table):
-            _describe_table(Table(s.value.keys, doc=s.doc[0].upper() + s.doc[1:] + "."),
-                            f"{sub}.<name>", out)
-        elif isinstance(s, Map):
-            out += [f"## `[{sub}]`", ""]
-            if s.doc:
-                out += [_md(s.doc[0].upper() + s.doc[1:]) + ".", ""]
-            out += [f"Values: {_bare_type(s.value.type)}, "
-                    f"{_limits_text(s.value) or 'any'}; {_md(s.value.doc)}.", "",
-                    "| key | default |", "|---|---|"]
-            if s.default:
-                out[-2:-2] = ["The defaults apply when the table is absent; when it is given, "
-                              f"keys it does not name are {_toml(s.value.default)}.", ""]
-            if s.allowed is None:
-                out[-2:] = ["Keys: any name."]
-            else:
-                out += [f"| `{a}` | {_toml(s.default.get(a, s.value.default))} |"
-                        for a in s.allowed]
-            out.append("")
-
-
-def _bare_type(types: type | tuple[type, ...]) -> str:
-    """``"integer"`` rather than ``"an integer"``."""
-    return _type_name(types).split(" ", 1)[1]
-
-
-def _default_text(key: Key) -> str:
-    if key.index_default is not None:
-        return "`" + _md(_toml(key.index_default.format(i="<i>"))) + "`"
-    if key.default is None:
-        return "unset"
-    return "`" + _md(_toml(key.default)) + "`"
-
-
-def _limits_text(key: Key) -> str:
-    parts = []
-    if key.choices is not None:
-        parts.append("one of " + ", ".join(f"`{_toml(c)}`" for c in key.choices))
-    if key.check is not None and key.check in _CHECK_TEXT:
-        parts.append(_CHECK_TEXT[key.check])
-    return _md("; ".join(parts))
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return describe(schema)

@@ -21,17 +21,20 @@ from . import guest as _guest
 from . import strategies as _strategies
 
 
+_Type = type  # the builtin, for annotations inside `Key` (whose field `type` shadows it)
+
+
 @dataclass(frozen=True)
 class Key:
     """One scalar or list key: its type, default and an optional check on the value."""
 
-    type: type | tuple[type, ...]
+    type: _Type | tuple[_Type, ...]
     default: Any
     doc: str
     check: Callable[[Any], str | None] | None = None  # returns an error message or None
     choices: tuple[Any, ...] | None = None
     optional: bool = False  # default None means "not set"
-    item_type: type | None = None  # for list keys
+    item_type: _Type | None = None  # for list keys
     index_default: str | None = None  # inside an array of tables: default, "{i}" = item index
 
 
@@ -39,7 +42,7 @@ class Key:
 class Table:
     """A TOML table with a fixed set of keys."""
 
-    keys: dict[str, Key | Table | Map]
+    keys: dict[str, Key | Table | Map | ArrayOfTables]
     doc: str = ""
 
 

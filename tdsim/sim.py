@@ -9,8 +9,11 @@ dotted metrics, derive the sums).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from simpy.core import StopSimulation
 
 from . import sept
 from ._version import __version__
@@ -24,6 +27,9 @@ from .strategies import load_strategy
 if TYPE_CHECKING:
     from .scenario import Scenario
     from .trace import Tracer
+
+_STOPPED = object()  # the value of the event `Simulation.request_stop` schedules
+
 
 class Simulation:
     """One run of one scenario."""
@@ -42,6 +48,7 @@ class Simulation:
             from .variants import apply
             apply(self.model, variants)
         self._warm: dict[str, Any] | None = None
+        self._control_events = 0  # chunk boundaries and stops: not the model's events
 
     # the built components, for tests and tools that look inside a run
     @property
@@ -111,16 +118,52 @@ class Simulation:
             "cpu": [list(c.ns) for c in self.model.cpus],
         }
 
-    def run(self) -> Result:
+    def run(self, progress: Callable[[int, int], None] | None = None,
+            chunk_ns: int | None = None) -> Result:
+        """Simulate, then collect.  `progress`/`chunk_ns`: see `_simulate`."""
         model = self.model
         model.start()
         if 0 < self.warmup_ns < self.duration_ns:
             model.env.process(self._warmup())
         model.start_sources()
         wall0 = time.perf_counter()
-        model.env.run(until=self.duration_ns)
+        partial = self._simulate(progress, chunk_ns)
         wall = time.perf_counter() - wall0
-        return self._collect(wall)
+        if partial:
+            self.duration_ns = model.env.now  # collect what happened up to the stop
+        result = self._collect(wall)
+        result.partial = partial
+        return result
+
+    # --- control from outside the model: progress and stop (tdsim.cli_run) ---------------
+    def _simulate(self, progress: Callable[[int, int], None] | None,
+                  chunk_ns: int | None) -> bool:
+        """SimPy until ``sim.duration_us``; with `progress`, in chunks of `chunk_ns` simulated
+        ns, calling ``progress(now_ns, end_ns)`` between them.  A chunk boundary is one URGENT
+        SimPy event that reorders nothing, so a chunked run equals an unchunked one.  Returns
+        True if `request_stop` ended the run early."""
+        env, end = self.model.env, self.duration_ns
+        step = max(1, chunk_ns) if progress is not None and chunk_ns else end
+        t = env.now
+        while t < end:
+            t = min(t + step, end)
+            # SimPy numbers the `until` event and, when it stops the run, reschedules it
+            self._control_events += 2
+            if env.run(until=t) is _STOPPED:
+                return True
+            if progress is not None:
+                progress(env.now, end)
+        self._control_events -= 2  # as counted before chunking existed
+        return False
+
+    def request_stop(self) -> None:
+        """Stop the run after the event being processed (safe from a signal handler: it only
+        schedules a SimPy event at the current instant).  `run` then collects the results
+        up to that instant and marks them ``partial``."""
+        stop = self.model.env.event()
+        stop.callbacks.append(StopSimulation.callback)
+        stop.succeed(_STOPPED)
+        self._control_events += 2
 
     # --- collect -----------------------------------------------------------------------
     def _collect(self, wall_s: float) -> Result:
@@ -184,7 +227,7 @@ class Simulation:
         exits = metrics["exits"]
         # Events scheduled: SimPy numbers every scheduled event from one counter (a private
         # attribute, read once here; nothing is patched).
-        sim_events = next(model.env._eid)  # type: ignore[attr-defined]
+        sim_events = next(model.env._eid) - self._control_events  # type: ignore[attr-defined]
         perf = {
             "wall_s": round(wall_s, 6),
             "sim_events": sim_events,
@@ -217,9 +260,14 @@ class Result:
     # optional top-level keys, present only when non-empty: "calls" (scripted guests'
     # per-call records, by vCPU) and "vmm" (device reads/writes, system events)
     details: dict[str, Any] = field(default_factory=dict)
+    # stopped early (`Simulation.request_stop`, Ctrl-C in the CLI): metrics cover only the
+    # simulated time up to the stop, ``metrics["sim.duration_ns"]``
+    partial: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON result document; ``"partial": true`` only for a run stopped early."""
         return {
+            **({"partial": True} if self.partial else {}),
             **self.details,
             "tdsim_version": __version__,
             "scenario": self.scenario.data,

@@ -34,11 +34,14 @@ What a hook may use:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
 from . import arch
@@ -68,6 +71,7 @@ __all__ = [
     "Current",
     "Eager",
     "HostStateStrategy",
+    "StrategyError",
     "load_strategy",
 ]
 
@@ -164,31 +168,88 @@ BUILTIN: dict[str, type[HostStateStrategy]] = {"current": Current, "v6.16": V616
                                                "eager": Eager}
 
 
+class StrategyError(ValueError):
+    """A strategy spec that cannot be used: ``str()`` is one line saying why (the module or
+    file cannot be imported or raised on import, the class is missing, or it is not a
+    `HostStateStrategy`).  The scenario loader reports it under ``kvm.host_state``."""
+
+
 def load_strategy(spec: str) -> HostStateStrategy:
     """Instantiate a strategy: a built-in name, ``"package.module:Class"`` or
-    ``"path/file.py:Class"`` (the scenario loader has already made the path absolute)."""
+    ``"path/file.py:Class"`` (the scenario loader has already made the path absolute).
+    Raises `StrategyError` for a spec that cannot be used."""
     if spec in BUILTIN:
         return BUILTIN[spec]()
     target, _, cls_name = spec.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target)
-        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-        mod_name = f"tdsim_user_strategy_{digest}"
-        module = sys.modules.get(mod_name)
-        if module is None:
-            mod_spec = importlib.util.spec_from_file_location(mod_name, path)
-            if mod_spec is None or mod_spec.loader is None:
-                raise ValueError(f"cannot load strategy file {path}")
-            module = importlib.util.module_from_spec(mod_spec)
-            sys.modules[mod_name] = module
-            mod_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
+    module = _import_strategy_module(target)
     cls = getattr(module, cls_name, None)
     if cls is None:
-        raise ValueError(f"strategy {spec!r}: no class {cls_name!r} in {target}")
-    strategy = cls()
-    if not isinstance(strategy, HostStateStrategy):
-        raise ValueError(f"strategy {spec!r} does not subclass tdsim.strategies."
-                         "HostStateStrategy")
-    return strategy
+        classes = sorted(k for k, v in vars(module).items()
+                         if isinstance(v, type) and issubclass(v, HostStateStrategy))
+        close = difflib.get_close_matches(cls_name, classes, n=1)
+        hint = (f" (did you mean {close[0]!r}?)" if close else
+                f" (strategies there: {', '.join(classes)})" if classes else "")
+        raise StrategyError(f"no class {cls_name!r} in {target}{hint}")
+    if not (isinstance(cls, type) and issubclass(cls, HostStateStrategy)):
+        what = "class" if isinstance(cls, type) else type(cls).__name__
+        raise StrategyError(f"{cls_name!r} in {target} is a {what} that does not subclass "
+                            "tdsim.strategies.HostStateStrategy")
+    try:
+        return cls()
+    except Exception as e:  # the user's constructor: report it as bad input, in one line
+        raise StrategyError(f"{cls_name}() raised {_one_line(e, target)}") from None
+
+
+def _import_strategy_module(target: str) -> ModuleType:
+    """The module of a strategy spec: a ``.py`` file (loaded once per path, under a name
+    derived from the path) or an importable module."""
+    if not target.endswith(".py"):
+        try:
+            return importlib.import_module(target)
+        except ModuleNotFoundError as e:
+            if e.name is not None and (target == e.name or target.startswith(e.name + ".")):
+                raise StrategyError(f"no module named {e.name!r} (is it on the Python "
+                                    "path?)") from None
+            raise StrategyError(f"module {target} raised {_one_line(e, target, 'on import')}"
+                                ) from None
+        except (Exception, SystemExit) as e:
+            raise StrategyError(f"module {target} raised {_one_line(e, target, 'on import')}"
+                                ) from None
+    path = Path(target)
+    if not path.is_file():
+        raise StrategyError(f"strategy file {path} does not exist" if not path.exists()
+                            else f"strategy file {path} is not a file")
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    mod_name = f"tdsim_user_strategy_{digest}"
+    module = sys.modules.get(mod_name)
+    if module is not None:
+        return module
+    mod_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise StrategyError(f"cannot load strategy file {path}")
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[mod_name] = module
+    try:
+        mod_spec.loader.exec_module(module)
+    except (Exception, SystemExit) as e:
+        del sys.modules[mod_name]  # a second attempt must not find it half-initialised
+        raise StrategyError(f"strategy file {path} raised "
+                            f"{_one_line(e, target, 'on import')}") from None
+    return module
+
+
+def _one_line(e: BaseException, target: str, when: str = "") -> str:
+    """``Type when: message (line N)``: the exception and the innermost line of the user's
+    file (or module) where it was raised."""
+    text = " ".join(str(e).split())
+    where = ""
+    if isinstance(e, SyntaxError):
+        text = " ".join(str(e.msg).split())
+        where = f" (line {e.lineno})" if e.lineno else ""
+    else:
+        for frame in reversed(traceback.extract_tb(e.__traceback__)):
+            if frame.filename == target or target.replace(".", "/") in frame.filename:
+                where = f" (line {frame.lineno})"
+                break
+    name = f"{type(e).__name__} {when}".rstrip()
+    return f"{name}: {text}{where}" if text else f"{name}{where}"

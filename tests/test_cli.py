@@ -1,7 +1,6 @@
 """The tdsim command line: exit statuses, error lines, validate, schema and run --json."""
 
 import importlib.util
-import io
 import json
 import sys
 import types
@@ -26,6 +25,7 @@ class FakeResult:
             "cpu.0.ns.guest": 7500, "cpu.0.ns.kvm": 2500, "cpu.1.ns.idle": 10000,
         }
         self.violations = list(violations)
+        self.partial = False
         self.perf = {"wall_s": 0.01, "sim_events": 500, "td_exits": 100,
                      "events_per_td_exit": 5.0, "td_exits_per_s": 10000.0}
 
@@ -36,14 +36,27 @@ class FakeResult:
 
 @pytest.fixture
 def fake_sim(monkeypatch):
-    """Replace tdsim.sim with a module whose run() records its calls; returns that list."""
+    """Replace tdsim.sim with a module whose Simulation.run() and run() record the scenarios
+    they run; returns (the module, that list)."""
     calls = []
     module = types.ModuleType("tdsim.sim")
 
-    def run(scenario, tracer=None):  # tracer: tdsim.explain re-runs traced on violations
-        calls.append(scenario)
-        return FakeResult(scenario, violations=getattr(module, "violations", ()))
+    class Simulation:
+        def __init__(self, scenario, tracer=None):
+            self.scenario = scenario
+            self.duration_ns = int(scenario.data["sim"]["duration_us"] * 1000)
 
+        def run(self, progress=None, chunk_ns=None):
+            calls.append(self.scenario)
+            return FakeResult(self.scenario, violations=getattr(module, "violations", ()))
+
+        def request_stop(self):
+            pass
+
+    def run(scenario, tracer=None):  # tracer: tdsim.explain re-runs traced on violations
+        return Simulation(scenario, tracer).run()
+
+    module.Simulation = Simulation
     module.run = run
     monkeypatch.setitem(sys.modules, "tdsim.sim", module)
     return module, calls
@@ -86,8 +99,8 @@ def test_run_prints_summary_sections(scenario_file, fake_sim, capsys):
     cli.main(["run", str(scenario_file)])
     out = capsys.readouterr().out
     for text in ("TD exits", "host_state_reload", "WRMSRs by site", "MSR_LSTAR",
-                 "TDVMCALLs by kind", "EXTERNAL_INTERRUPT", "CPU time (%)", "75.0",
-                 "late abort: kick", "no invariant violations"):
+                 "TDVMCALLs by kind", "EXTERNAL_INTERRUPT", "CPU time by category", "75.0%",
+                 "late entry aborts: kick", "no invariant violations"):
         assert text in out
 
 
@@ -100,9 +113,10 @@ def test_run_with_violations_exits_1_and_still_writes(scenario_file, fake_sim, t
     assert cli.main(["run", str(scenario_file), "--json", str(out)]) == 1
     assert len(json.loads(out.read_text())["violations"]) == 25
     printed = capsys.readouterr().out
-    assert "leak 19" in printed
-    assert "leak 20" not in printed
-    assert "5 more (25 in all)" in printed
+    # one instant, CPU, vCPU and invariant: one row, every detail in it
+    assert "leak 0; leak 1" in printed
+    assert "leak 24" in printed
+    assert "Invariant violations: 25 recorded" in printed
 
 
 def test_run_json_writes_result_document(scenario_file, fake_sim, tmp_path):
@@ -156,14 +170,12 @@ def test_log_level_accepted_after_subcommand(capsys):
 
 def test_summary_prints_scripted_guest_calls_and_register_copies():
     """A scripted guest's summary shows its calls (status, exit fields) and GPR copies."""
-    from rich.console import Console
-
+    from tdsim.cli_render import plain
+    from tdsim.cli_summary import summary_blocks
     from tdsim.scenario import load_scenario
     from tdsim.sim import run
 
-    console = Console(width=220, record=True, file=io.StringIO())
-    cli.print_summary(run(load_scenario("scenarios/ghci_every_subfunction.toml")), console)
-    text = console.export_text()
+    text = plain(summary_blocks(run(load_scenario("scenarios/ghci_every_subfunction.toml"))))
     assert "Calls of td0.vcpu0 (scripted guest): 26 recorded" in text
     assert "HYPERCALL nr=0xc" in text
     assert "INVALID_OPERAND" in text

@@ -13,5 +13,5 @@ def test_compare_table_lists_aborts_and_oracles(capsys):
     rc = cli.main(["run", str(SCENARIO), "--set", "sim.duration_us=5000"])
     out = capsys.readouterr().out
     assert rc == 1
-    for row in ("late aborts", "zero_step", "signal", "uret_cache_mismatch"):
+    for row in ("late entry aborts", "zero_step", "signal", "uret_cache_mismatch"):
         assert row in out

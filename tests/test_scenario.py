@@ -65,18 +65,93 @@ def test_resolved_data_is_json_serialisable():
     assert json.loads(json.dumps(data)) == data
 
 
+LAZY = "from tdsim.strategies import Current\n\nclass Lazy(Current):\n    name = 'lazy'\n"
+
+
 def test_relative_strategy_file_resolves_against_scenario_directory(tmp_path):
     """A relative path/file.py strategy is made absolute from the scenario file's directory."""
+    (tmp_path / "strat").mkdir()
+    (tmp_path / "strat" / "mine.py").write_text(LAZY)
     path = tmp_path / "s.toml"
-    path.write_text('[kvm]\nhost_state = "strat/mine.py:Lazy"\n')
+    path.write_text('[kvm]\nhost_state = "strat/mine.py:Lazy"\n'
+                    'compare = ["current", "strat/mine.py:Lazy"]\n')
     data = load_scenario(path).data
     assert data["kvm"]["host_state"] == f"{tmp_path / 'strat' / 'mine.py'}:Lazy"
+    assert data["kvm"]["compare"][1] == f"{tmp_path / 'strat' / 'mine.py'}:Lazy"
 
 
-def test_module_strategy_is_kept_as_given():
+def test_module_strategy_is_kept_as_given(tmp_path, monkeypatch):
     """A package.module:Class strategy is not a path and is left alone."""
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "lazy.py").write_text(LAZY)
+    monkeypatch.syspath_prepend(str(tmp_path))
     data = load_scenario_text('[kvm]\nhost_state = "mypkg.lazy:Lazy"\n').data
     assert data["kvm"]["host_state"] == "mypkg.lazy:Lazy"
+
+
+@pytest.mark.parametrize(("source", "spec", "message"), [
+    (None, "nowhere.py:S", "strategy file {dir}/nowhere.py does not exist"),
+    ("1 / 0\n", "s.py:S", "strategy file {dir}/s.py raised ZeroDivisionError on import: "
+                          "division by zero (line 1)"),
+    ("def broken(:\n", "s.py:S", "strategy file {dir}/s.py raised SyntaxError on import: "
+                                 "invalid syntax (line 1)"),
+    (LAZY, "s.py:Lazzy", "no class 'Lazzy' in {dir}/s.py (did you mean 'Lazy'?)"),
+    ("class S:\n    pass\n", "s.py:S", "'S' in {dir}/s.py is a class that does not subclass "
+                                        "tdsim.strategies.HostStateStrategy"),
+    ("S = 3\n", "s.py:S", "'S' in {dir}/s.py is a int that does not subclass "
+                          "tdsim.strategies.HostStateStrategy"),
+    (LAZY + "    def __init__(self):\n        raise RuntimeError('no')\n", "s.py:Lazy",
+     "Lazy() raised RuntimeError: no (line 6)"),
+    (None, "no_such_pkg_tdsim.mod:S", "no module named 'no_such_pkg_tdsim' (is it on the "
+                                      "Python path?)"),
+])
+def test_unusable_strategy_is_bad_input_at_load_time(tmp_path, source, spec, message):
+    """A strategy that cannot be imported, is missing, or is not a HostStateStrategy is a
+    one-line error under kvm.host_state when the scenario is loaded (nothing runs)."""
+    if source is not None:
+        (tmp_path / "s.py").write_text(source)
+    path = tmp_path / "x.toml"
+    path.write_text(f'[kvm]\nhost_state = "{spec}"\n')
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert str(info.value) == f"{path}: kvm.host_state: " + message.format(dir=tmp_path)
+
+
+def test_unusable_compared_strategy_names_its_index():
+    """A kvm.compare entry is checked like kvm.host_state, under its own index."""
+    assert error_of('[kvm]\ncompare = ["current", "nosuch_mod_tdsim:X"]\n') == (
+        "s.toml: kvm.compare[1]: no module named 'nosuch_mod_tdsim' (is it on the Python "
+        "path?)")
+    assert error_of('[kvm]\ncompare = ["eager", "current", "eager"]\n') == (
+        "s.toml: kvm.compare[2]: 'eager' is listed twice (also kvm.compare[0])")
+
+
+def test_warmup_must_end_before_the_run():
+    """A warm-up as long as the run leaves nothing to measure: an error, not empty metrics."""
+    assert error_of("[sim]\nduration_us = 100\nwarmup_us = 100\n") == (
+        "s.toml: sim.warmup_us: must be less than sim.duration_us = 100 (got 100): the "
+        "warm-up would leave nothing to measure")
+
+
+def test_unknown_invariant_or_metric_in_expect_is_an_error():
+    """A misspelt invariant or metric in [expect] is an error with a suggestion, not a
+    silently met expectation."""
+    assert error_of('[expect]\nviolations_must_not = ["host_state_leek"]\n') == (
+        "s.toml: expect.violations_must_not[0]: unknown invariant 'host_state_leek' (did "
+        "you mean 'host_state_leak'?)")
+    assert "expect.strategy.eager.violations_must[0]: unknown invariant 'nope'" in error_of(
+        '[expect.strategy.eager]\nviolations_must = ["nope"]\n')
+    assert error_of("[expect.metrics]\nexit = 0\n").startswith(
+        "s.toml: expect.metrics.exit: unknown metric 'exit'")
+
+
+def test_string_key_takes_the_text_of_a_set_value():
+    """--set on a string key keeps the text, even when it reads as a number or boolean."""
+    data = load_scenario_text("", overrides=["vm.0.name=5", "vm.1.name=true",
+                                             'vm.2.name="quoted"']).data
+    assert [vm["name"] for vm in data["vm"]] == ["5", "true", "quoted"]
+    assert load_scenario_text("", overrides=["host.cpus=5"]).data["host"]["cpus"] == 5
 
 
 # --- validation errors ------------------------------------------------------------------------
@@ -239,12 +314,15 @@ def test_parse_value_evaluates_nothing():
     assert parse_value("__import__('os').getcwd()") == "__import__('os').getcwd()"
 
 
-def test_override_strategy_path_is_relative_to_cwd(tmp_path):
+def test_override_strategy_path_is_relative_to_cwd(tmp_path, monkeypatch):
     """A strategy file given with --set is resolved from the current directory."""
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "x.py").write_text(LAZY)
+    monkeypatch.chdir(tmp_path / "cwd")
     path = tmp_path / "s.toml"
     path.write_text("")
-    data = load_scenario(path, overrides=["kvm.host_state=x.py:S"]).data
-    assert data["kvm"]["host_state"] == f"{os.path.join(os.getcwd(), 'x.py')}:S"
+    data = load_scenario(path, overrides=["kvm.host_state=x.py:Lazy"]).data
+    assert data["kvm"]["host_state"] == f"{os.path.join(os.getcwd(), 'x.py')}:Lazy"
 
 
 def test_overrides_do_not_modify_the_input_dict():

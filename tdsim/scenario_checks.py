@@ -1,0 +1,225 @@
+"""Scenario rules that relate several keys, and the resolution steps that need the file's
+directory (user strategies, program files).
+
+Each check takes the resolved data (every default filled in) and raises `Bad` with the key
+path at the first problem; `tdsim.scenario` turns that into a one-line `ScenarioError` naming
+the file.  Add a new relation between keys to `CROSS_CHECKS`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+from tdsim.schema import BUILTIN_STRATEGIES
+
+PathT = tuple[str | int, ...]
+
+
+class Bad(Exception):
+    """A problem at a key path; turned into a `tdsim.scenario.ScenarioError` at the top."""
+
+    def __init__(self, path: PathT, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def _did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+
+
+def _check_vm_names(data: dict[str, Any]) -> None:
+    """VM names are unique (they scope every vCPU: ``td0.vcpu3``)."""
+    seen: dict[str, int] = {}
+    for i, vm in enumerate(data["vm"]):
+        if vm["name"] in seen:
+            raise Bad(("vm", i, "name"), f"duplicate VM name {vm['name']!r} "
+                                          f"(also vm[{seen[vm['name']]}])")
+        seen[vm["name"]] = i
+
+
+def _check_pins(data: dict[str, Any]) -> None:
+    """A pin list has one entry per vCPU, each an existing host CPU."""
+    cpus = data["host"]["cpus"]
+    for i, vm in enumerate(data["vm"]):
+        pin = vm["pin"]
+        if pin is None:
+            continue
+        if len(pin) != vm["vcpus"]:
+            entries = "entry" if len(pin) == 1 else "entries"
+            raise Bad(("vm", i, "pin"), f"has {len(pin)} {entries} but vcpus = {vm['vcpus']}: "
+                                         f"give one host CPU per vCPU")
+        for j, cpu in enumerate(pin):
+            if not 0 <= cpu < cpus:
+                raise Bad(("vm", i, "pin", j), f"CPU {cpu} does not exist: host.cpus = "
+                                                f"{cpus} (valid 0..{cpus - 1})")
+
+
+def _check_mix(data: dict[str, Any]) -> None:
+    """Each mix has a positive weight; a mix that halts has a timer to wake the vCPU."""
+    for i, vm in enumerate(data["vm"]):
+        workload = vm["workload"]
+        mix = workload["mix"]
+        if not any(w > 0 for w in mix.values()):
+            raise Bad(("vm", i, "workload", "mix"),
+                       "all weights are 0: give at least one TDVMCALL kind a positive weight")
+        if mix.get("hlt", 0) > 0 and not workload["timer_hz"] > 0:
+            raise Bad(("vm", i, "workload", "mix", "hlt"),
+                       f"a halted vCPU could never be woken: set "
+                       f"vm[{i}].workload.timer_hz > 0")
+
+
+def resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> None:
+    """Scripted guests (issue 5): inline a ``program_file`` into ``program`` (the resolved
+    scenario then carries the program itself) and check every program's steps."""
+    from tdsim.program import ProgramError, compile_program, load_program_file
+
+    for i, vm in enumerate(data["vm"]):
+        workload = vm["workload"]
+        if workload["program_file"] is not None:
+            where = ("vm", i, "workload", "program_file")
+            if workload["program"]:
+                raise Bad(where, "set `program` or `program_file`, not both")
+            path = Path(os.path.expanduser(workload["program_file"]))
+            if not path.is_absolute():
+                path = Path(base_dir) / path
+            try:
+                workload["program"] = load_program_file(path)
+            except (OSError, ValueError) as e:
+                raise Bad(where, f"{path}: {e}") from None
+            workload["program_file"] = None
+        try:
+            compile_program(workload["program"])
+        except ProgramError as e:
+            raise Bad(("vm", i, "workload", "program") + e.path, e.message) from None
+        if workload["program"] and vm["flavor"] != "tdx":
+            raise Bad(("vm", i, "workload", "program"), "scripted guests are TDs (flavor tdx)")
+        if workload["program"]:
+            # issue 4's guest behaviours are statistical (tdsim.guest_irq): a program states
+            # its calls itself
+            intr, sept = vm["interrupts"], vm["sept"]
+            for key, on in ((("workload", "timer_mode"), workload["timer_mode"] == "oneshot"),
+                            (("interrupts", "ipi_hz"), intr["ipi_hz"] > 0),
+                            (("interrupts", "hlt_irqs_off_p"), intr["hlt_irqs_off_p"] > 0),
+                            (("sept", "private_fault_hz"), sept["private_fault_hz"] > 0)):
+                if on:
+                    raise Bad(("vm", i) + key, "not with a scripted guest (`program`): "
+                               "write the calls in the program instead")
+
+
+def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
+    """issue 4: device interrupts are routed to existing vCPUs; a guest halting with
+    interrupts disabled has NMIs to wake it."""
+    for i, vm in enumerate(data["vm"]):
+        if vm["interrupts"]["hlt_irqs_off_p"] > 0 and not vm["interrupts"]["nmi_hz"] > 0:
+            raise Bad(("vm", i, "interrupts", "hlt_irqs_off_p"),
+                       f"a vCPU halted with interrupts disabled wakes only on an NMI: set "
+                       f"vm[{i}].interrupts.nmi_hz > 0")
+        targets = vm["interrupts"]["device_irq_vcpus"]
+        if vm["interrupts"]["device_irq_hz"] > 0 and not targets:
+            raise Bad(("vm", i, "interrupts", "device_irq_vcpus"), "empty: route the device "
+                       "interrupts to at least one vCPU")
+        for j, v in enumerate(targets):
+            if not 0 <= v < vm["vcpus"]:
+                raise Bad(("vm", i, "interrupts", "device_irq_vcpus", j),
+                           f"vCPU {v} does not exist (valid 0..{vm['vcpus'] - 1})")
+
+
+def _check_warmup(data: dict[str, Any]) -> None:
+    """The warm-up ends before the run does (else nothing would be measured)."""
+    sim = data["sim"]
+    if sim["warmup_us"] > 0 and sim["warmup_us"] >= sim["duration_us"]:
+        raise Bad(("sim", "warmup_us"), f"must be less than sim.duration_us = "
+                                        f"{sim['duration_us']:g} (got {sim['warmup_us']:g}): "
+                                        f"the warm-up would leave nothing to measure")
+
+
+def _check_expectations(data: dict[str, Any]) -> None:
+    """``[expect]`` names only invariants and oracles the model checks, and metrics it
+    declares (a misspelt name would silently count as 0)."""
+    from tdsim.findings import NAMES
+    from tdsim.metrics import family
+
+    known = sorted(NAMES)
+    expect = data["expect"]
+    tables: list[tuple[PathT, dict[str, Any]]] = [(("expect",), expect)]
+    tables += [(("expect", "strategy", name), t) for name, t in expect["strategy"].items()]
+    for where, table in tables:
+        for key in ("violations_must", "violations_must_not"):
+            for j, name in enumerate(table[key]):
+                if name not in known:
+                    raise Bad(where + (key, j), f"unknown invariant {name!r}"
+                                                + _did_you_mean(name, known))
+        for name in table["metrics"]:
+            if family(name) is None:
+                raise Bad(where + ("metrics", name), f"unknown metric {name!r} "
+                          "(names as in the result's `metrics`; `tdsim schema` and the "
+                          "README list them)")
+
+
+def _check_strategy_specs(data: dict[str, Any]) -> None:
+    """Each strategy (``kvm.host_state``, every ``kvm.compare`` entry) is a built-in name,
+    ``package.module:Class`` or ``path/file.py:Class``; compared strategies are distinct."""
+    for where, spec in strategy_specs(data):
+        target, _, cls = spec.rpartition(":")
+        if spec in BUILTIN_STRATEGIES:
+            continue
+        is_file = target.endswith(".py") and len(target) > 3
+        is_module = all(part.isidentifier() for part in target.split("."))
+        if not (cls.isidentifier() and (is_file or is_module)):
+            raise Bad(where, f"bad strategy {spec!r}: expected one of "
+                             f"{', '.join(BUILTIN_STRATEGIES)}, "
+                             f'"package.module:Class" or "path/file.py:Class"')
+    seen: dict[str, int] = {}
+    for j, spec in enumerate(data["kvm"]["compare"]):
+        if spec in seen:
+            raise Bad(("kvm", "compare", j), f"{spec!r} is listed twice (also "
+                                             f"kvm.compare[{seen[spec]}])")
+        seen[spec] = j
+
+
+def strategy_specs(data: dict[str, Any]) -> list[tuple[PathT, str]]:
+    """The strategies a scenario names, with their key paths."""
+    kvm = data["kvm"]
+    return [(("kvm", "host_state"), kvm["host_state"])] + [
+        (("kvm", "compare", j), spec) for j, spec in enumerate(kvm["compare"])]
+
+
+def resolve_strategies(data: dict[str, Any], base_dir: str | os.PathLike[str],
+                       compare_dir: str | os.PathLike[str]) -> None:
+    """Make each relative ``file.py:Class`` strategy absolute (``kvm.host_state`` against
+    `base_dir`, ``kvm.compare`` entries against `compare_dir`), so a run works from any
+    directory; then import each user strategy and instantiate it, so a strategy that cannot
+    be used is bad input now rather than a crash when the run starts."""
+    kvm = data["kvm"]
+    kvm["host_state"] = _absolute(kvm["host_state"], base_dir)
+    kvm["compare"] = [_absolute(spec, compare_dir) for spec in kvm["compare"]]
+    for where, spec in strategy_specs(data):
+        if spec in BUILTIN_STRATEGIES:
+            continue
+        from tdsim.strategies import StrategyError, load_strategy
+
+        try:
+            load_strategy(spec)
+        except StrategyError as e:
+            raise Bad(where, str(e)) from None
+
+
+def _absolute(spec: str, base_dir: str | os.PathLike[str]) -> str:
+    target, _, cls = spec.rpartition(":")
+    if spec in BUILTIN_STRATEGIES or not target.endswith(".py"):
+        return spec
+    target = os.path.expanduser(target)
+    if not os.path.isabs(target):
+        target = os.path.join(base_dir, target)
+    return f"{os.path.abspath(target)}:{cls}"
+
+
+# Run in order on the resolved data; each raises Bad at the first problem.  Add new
+# relations between keys here.
+CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_specs,
+                _check_device_irq_vcpus, _check_warmup, _check_expectations]
