@@ -140,21 +140,22 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
                 guest = GuestVcpu(scope.stream(seed, "workload"), wl.compute_ns,
                                   wl.compute_exp, wl.mix, costs.guest_tdvmcall_ns)
             pin = vmc.pin[i] if vmc.pin else None
+            first_cpu = cpus[pin if pin is not None else (len(model.vcpus) % len(cpus))]
             vcpu: KvmVcpu
             if isinstance(vm, KvmTdx):
                 tdx = VcpuTdx(env, scope, vm, pin, guest, costs, config.kvm, kvm, module,
-                              percpu, sched, irq, new_stat(), findings, tracer, TDX_X86_OPS)
+                              percpu, sched, irq, new_stat(), findings, tracer, TDX_X86_OPS,
+                              first_cpu)
                 tdvmcall.init_vcpu(tdx)
                 tdx.vmm_service = vmm.handle_exit
                 vcpu = tdx
             else:
                 vcpu = VcpuVmx(env, scope, vm, pin, guest, wl.tsc_aux_read_hz, costs, kvm,
-                               sched, irq, new_stat(), findings, tracer)
+                               sched, irq, new_stat(), findings, tracer, first_cpu)
             if faults.mmu_rng is not None:
                 vcpu.mmu_reload_fails = faults.mmu_reload_fails
             if isinstance(guest, ScriptedGuest):
                 guest.bind(vcpu)
-            vcpu.cpu = cpus[pin if pin is not None else (len(model.vcpus) % len(cpus))]
             vm.vcpus.append(vcpu)
             model.vcpus.append(vcpu)
             if wl.timer_hz > 0:

@@ -174,13 +174,14 @@ class Thread:
     category = HOST_TASK  # CPU time category of its kernel-side work
 
     def __init__(self, env: Environment, name: str, pin: int | None, gsbase: int,
-                 stat: Stat, tracer: Tracer | None) -> None:
+                 stat: Stat, tracer: Tracer | None, cpu: HostCpu) -> None:
         self.env = env
+        self.timeout = env.timeout  # (SimPy's descriptor resolved once)
         self.name = name
         self.pin = pin
         self.gsbase = gsbase  # the task's real user GS base (thread.gsbase)
         self.state = SLEEPING
-        self.cpu: HostCpu | None = None  # the CPU it runs on or last ran on
+        self.cpu = cpu  # the CPU it runs on or last ran on (where it is first placed)
         self.need_resched = False
         self.stat = stat
         self.tracer = tracer
@@ -193,17 +194,10 @@ class Thread:
         self.seg_d2 = 0
         self.run_event: Event = env.event()
 
-    @property
-    def on_cpu(self) -> HostCpu:
-        """The CPU the thread runs on (a thread that runs always has one)."""
-        cpu = self.cpu
-        assert cpu is not None, f"tdsim bug: {self.name} runs without a CPU"
-        return cpu
-
     # --- time accounting ------------------------------------------------------------------
     def begin_seg(self, k1: int, d1: int, k2: int = KVM, d2: int = 0) -> None:
         """Start a timed stretch on the CPU: d1 ns of k1, then d2 ns of k2, then KVM."""
-        self.seg_t0 = self.env.now
+        self.seg_t0 = self.env._now
         self.seg_k1 = k1
         self.seg_d1 = d1
         self.seg_k2 = k2
@@ -216,7 +210,7 @@ class Thread:
         if tracer is not None:
             self.trace_seg(tracer, elapsed)
         self.seg_t0 = -1
-        ns = self.on_cpu.ns
+        ns = self.cpu.ns
         d1 = self.seg_d1
         if elapsed <= d1:
             ns[self.seg_k1] += elapsed
@@ -235,7 +229,7 @@ class Thread:
         """Emit ``cpu_state`` for each part of the stretch that ran (up to three: k1, k2,
         KVM), at the instant the part began (so these events are emitted after the fact)."""
         t0 = self.seg_t0
-        cpu = self.on_cpu.index
+        cpu = self.cpu.index
         name = self.name
         d1 = self.seg_d1
         if elapsed > 0 and d1 > 0:
@@ -322,7 +316,7 @@ class Scheduler:
         cpus = self.cpus
         if t.pin is not None:
             return cpus[t.pin]
-        prev = t.cpu if t.cpu is not None else cpus[0]
+        prev = t.cpu
         if prev.curr is None and not prev.rq:
             return prev
         nxt = self._next_after(self.idle, prev.index)
@@ -416,7 +410,7 @@ class Scheduler:
         if t.state == RUNNING:
             self.findings.record("vcpu_on_one_cpu", cpu.index, t.name,
                                  f"{t.name} dispatched on cpu{cpu.index} while running on "
-                                 f"cpu{t.on_cpu.index}")
+                                 f"cpu{t.cpu.index}")
         cpu.curr = t
         self._set_idle(cpu, False)
         cpu.stat = t.stat
@@ -451,7 +445,7 @@ class HostTask(Thread):
                  sleep_ns: int, exp: bool, start_cpu: HostCpu, sched: Scheduler,
                  stat: Stat, tracer: Tracer | None) -> None:
         super().__init__(env, f"task{index}", None, 0x7F0000000000 + index * 0x1000, stat,
-                         tracer)
+                         tracer, start_cpu)
         self.rng = rng
         self.run_ns = run_ns
         self.sleep_ns = sleep_ns
@@ -459,7 +453,6 @@ class HostTask(Thread):
         self.sched = sched
         self.remaining = 0
         self.in_user = False
-        self.cpu = start_cpu
 
     def _draw(self, mean: int) -> int:
         if not self.exp or mean == 0:

@@ -160,7 +160,7 @@ class IrqStats:
             outstanding += nmi_out
             irq = (vcpu.pi_on or vcpu.pir) and vcpu.tdx_interrupt_allowed()
             if vcpu.phase == PH_BLOCKED and (irq or nmi_out or vcpu.requests & arch.KVM_REQ_NMI):
-                self.findings.record("stuck_halt", vcpu.on_cpu.index, vcpu.name,
+                self.findings.record("stuck_halt", vcpu.cpu.index, vcpu.name,
                                      "halted at the end of the run with a deliverable "
                                      "interrupt or NMI")
             if vcpu.oneshot_period:
@@ -170,7 +170,7 @@ class IrqStats:
                 if fired_unarmed > 1 or (fired_unarmed == 1 and not (
                         arch.LOCAL_TIMER_VECTOR in vcpu.pi_src or guest.rearm_due
                         or guest.rearm_planned or guest.kind == "tsc_deadline")):
-                    self.findings.record("lost_interrupt", vcpu.on_cpu.index, vcpu.name,
+                    self.findings.record("lost_interrupt", vcpu.cpu.index, vcpu.name,
                                          "one-shot timer fired but never re-armed")
         if self.nmi_injected != self.nmi_delivered + self.nmi_coalesced + outstanding:
             self.findings.record(

@@ -102,10 +102,11 @@ class VcpuTdx(KvmVcpu):
     def __init__(self, env: Environment, scope: VcpuScope, vm: KvmTdx, pin: int | None,
                  guest: Any, costs: Costs, config: KvmConfig, kvm: KvmX86, module: TdxModule,
                  percpu: TdxPerCpu, sched: Scheduler, irq: IrqStats, stat: Stat,
-                 findings: Findings, tracer: Tracer | None, ops: KvmX86Ops) -> None:
+                 findings: Findings, tracer: Tracer | None, ops: KvmX86Ops,
+                 cpu: HostCpu) -> None:
         super().__init__(env, scope, vm, pin,
                          0x7F5500000000 + (vm.index << 20) + scope.index * 0x1000,
-                         costs, kvm, sched, irq, stat, findings, tracer)
+                         costs, kvm, sched, irq, stat, findings, tracer, cpu)
         self.kvm_x86_ops = ops  # vt_x86_ops (tdsim.vt)
         self.tdx_vm = vm
         self.guest = guest
@@ -331,7 +332,7 @@ class VcpuTdx(KvmVcpu):
         entry oracles check what KVM let into the TD."""
         guest = self.guest
         if guest.awaiting:
-            self.findings.record("tdvmcall_completion", self.on_cpu.index, self.name,
+            self.findings.record("tdvmcall_completion", self.cpu.index, self.name,
                                  f"TD entered with its TDVMCALL ({guest.kind}) not completed")
         if self.seg_pi:
             if self.seg_pi == SEG_PI_LATE:  # its handler's time is not in the planned run
@@ -346,7 +347,7 @@ class VcpuTdx(KvmVcpu):
             self.irq.check_entry(self)
         vm = self.tdx_vm
         if vm.zap_excl_t0 <= self.t_enter < vm.zap_excl_t1:
-            self.findings.record("td_entry_during_zap", self.on_cpu.index, self.name,
+            self.findings.record("td_entry_during_zap", self.cpu.index, self.name,
                                  f"TD entry at {self.t_enter} while a SEPT zap needs every "
                                  f"vCPU out (since {vm.zap_excl_t0})")
 
@@ -441,7 +442,7 @@ class VcpuTdx(KvmVcpu):
         irq.sample("nmi", t0, t - t0, self)
         tracer = self.tracer
         if tracer is not None:
-            tracer.emit(t, "nmi_delivered", self.on_cpu.index, self.name)
+            tracer.emit(t, "nmi_delivered", self.cpu.index, self.name)
 
     def tdx_inject_nmi(self, cpu: HostCpu) -> None:
         """tdx_inject_nmi: ++stat.nmi_injections, TDH.VP.WR(PEND_NMI, 1), nmi_pending = 0.
@@ -469,7 +470,7 @@ class VcpuTdx(KvmVcpu):
         self.irq.taken(self, t)
         tracer = self.tracer
         if tracer is not None:
-            tracer.emit(t, "pi_delivered", self.on_cpu.index, self.name, vector=-1)
+            tracer.emit(t, "pi_delivered", self.cpu.index, self.name, vector=-1)
 
     def tdx_deliver_interrupt(self, vector: int, source: str) -> None:
         """tdx_deliver_interrupt -> __vmx_deliver_posted_interrupt: set the PIR bit, set ON,

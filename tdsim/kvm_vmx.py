@@ -59,10 +59,10 @@ class VcpuVmx(KvmVcpu):
     def __init__(self, env: Environment, scope: VcpuScope, vm: Kvm, pin: int | None,
                  guest: Any, tsc_aux_read_hz: float, costs: Costs, kvm: KvmX86,
                  sched: Scheduler, irq: IrqStats, stat: Stat, findings: Findings,
-                 tracer: Tracer | None) -> None:
+                 tracer: Tracer | None, cpu: HostCpu) -> None:
         super().__init__(env, scope, vm, pin,
                          0x7F5500000000 + (vm.index << 20) + scope.index * 0x1000,
-                         costs, kvm, sched, irq, stat, findings, tracer)
+                         costs, kvm, sched, irq, stat, findings, tracer, cpu)
         self.kvm_x86_ops = VMX_X86_OPS
         self.guest = guest
         self.guest_uret_msrs_loaded = False

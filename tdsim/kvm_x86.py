@@ -275,8 +275,8 @@ class KvmVcpu(VcpuSegment):
 
     def __init__(self, env: Environment, scope: VcpuScope, vm: Kvm, pin: int | None,
                  gsbase: int, costs: Costs, kvm: KvmX86, sched: Scheduler, irq: IrqStats,
-                 stat: Stat, findings: Findings, tracer: Tracer | None) -> None:
-        super().__init__(env, scope.name, pin, gsbase, stat, tracer)
+                 stat: Stat, findings: Findings, tracer: Tracer | None, cpu: HostCpu) -> None:
+        super().__init__(env, scope.name, pin, gsbase, stat, tracer, cpu)
         self.init_segment()
         self.scope = scope
         self.vm = vm
@@ -380,7 +380,7 @@ class KvmVcpu(VcpuSegment):
 
     def smp_send_reschedule(self) -> None:
         """The kick's IPI to the vCPU's CPU: a host interrupt there after costs.ipi_ns."""
-        cpu = self.on_cpu
+        cpu = self.cpu
         ev = self.env.timeout(self.costs.ipi_ns)
         tracer = self.tracer
         if tracer is not None:  # the kick, then the IPI's arrival
@@ -473,12 +473,12 @@ class KvmVcpu(VcpuSegment):
         cpu.exit_to_user_mode(self)
         while True:
             r = yield from self.kvm_arch_vcpu_ioctl_run(cpu)
-            cpu = self.on_cpu
+            cpu = self.cpu
             if self.vmm_stops_vcpu(r):
                 yield from self.vmm_stop(cpu)
                 return
             yield from self.vmm_run(cpu)
-            cpu = self.on_cpu
+            cpu = self.cpu
 
     def vmm_stops_vcpu(self, r: int) -> bool:
         """What the VMM does after a fatal exit: KVM_RUN failed (an errno other than EINTR)
@@ -531,7 +531,7 @@ class KvmVcpu(VcpuSegment):
             r = ops.vcpu_pre_run(self)
             if r > 0:
                 r = yield from self.vcpu_run(cpu)
-        cpu = self.on_cpu
+        cpu = self.cpu
         self.vcpu_put(cpu, PUT_KVM_RUN_RETURN)
         stat = self.stat
         stat["userspace_exits"] += 1
@@ -553,12 +553,12 @@ class KvmVcpu(VcpuSegment):
         while True:
             if self.mp_state != KVM_MP_STATE_RUNNABLE:
                 r = yield from self.vcpu_block(cpu)
-                cpu = self.on_cpu
+                cpu = self.cpu
                 if r <= 0:
                     return r
                 continue
             r = yield from self.vcpu_enter_guest(cpu)
-            cpu = self.on_cpu
+            cpu = self.cpu
             if r <= 0:
                 return r
             if self.notify_resume:
@@ -594,7 +594,9 @@ class KvmVcpu(VcpuSegment):
         ops.prepare_switch_to_guest(self, cpu)
         cpu.acc += self.costs.vcpu_enter_guest_ns  # local_irq_disable, mode, barriers
         self.mode = IN_GUEST_MODE
-        self.mark_late_check(cpu)
+        # (simulation) the late check is reached when the work accumulated so far is done
+        self.t_seg0 = now = self.env._now
+        self.t_late = now + cpu.acc
         if self.kvm_vcpu_exit_request():
             r = self.late_abort(cpu)
             yield from self.spend_kernel(cpu)
@@ -608,7 +610,8 @@ class KvmVcpu(VcpuSegment):
             return r
         self.mode = OUTSIDE_GUEST_MODE
         ops.handle_exit_irqoff(self, cpu)
-        self.irq_window()
+        if self.outside_ack is not None:
+            self.irq_window()
         return ops.handle_exit(self, cpu, exit_fastpath)
 
     def irq_window(self) -> None:

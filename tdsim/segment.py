@@ -39,7 +39,7 @@ from __future__ import annotations
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
-from simpy import Interrupt
+from simpy import Interrupt, Timeout
 
 from .host import GUEST, HOST_IRQ, KVM, RESCHED, Cause, HostIrq, ProcessGenerator, Thread
 
@@ -122,45 +122,64 @@ class VcpuSegment(Thread):
         proc.interrupt(cause)
 
     # --- segments -----------------------------------------------------------------------------
-    def mark_late_check(self, cpu: HostCpu) -> None:
-        """The late exit-request check is reached when the work accumulated so far is done."""
-        self.t_seg0 = now = self.env.now
-        self.t_late = now + cpu.acc
-
-    def run_entry(self, cpu: HostCpu, guest_ns: int, exit_ns: int,
-                  cut_exit_ns: int) -> ProcessGenerator:
-        """Spend the pending work, ``guest_ns`` of guest run and ``exit_ns`` of exit in one
-        timeout (``guest_ns = 0``: the entry is refused or exits at once).  Returns the cause
-        that cut the guest's run short (the exit then takes ``cut_exit_ns``), or None; raises
-        `LateCheckFired` if the late check fires after all."""
+    def begin_entry(self, cpu: HostCpu, guest_ns: int, exit_ns: int) -> Timeout:
+        """Start an entry segment: the work accumulated on `cpu` (up to VM entry), then
+        ``guest_ns`` of guest run and ``exit_ns`` of exit (``guest_ns = 0``: the entry is
+        refused, or the TD exits at once).  Returns the one timeout to wait for; then
+        `end_entry`, or `cut_entry` if the wait was interrupted."""
         env = self.env
-        now = env.now
+        now = env._now  # (tdsim.clock: integer ns)
         work = cpu.acc
         cpu.acc = 0
         self.t_enter = t_enter = now + work
         self.t_guest_end = t_enter + guest_ns
         self.seg_cut = None
         self.phase = PH_SEG
-        self.begin_seg(KVM, work, GUEST, guest_ns)
+        # time accounting: [KVM: the work][GUEST: the run][KVM: the exit] (Thread.begin_seg)
+        self.seg_t0 = now
+        self.seg_k1 = KVM
+        self.seg_d1 = work
+        self.seg_k2 = GUEST
+        self.seg_d2 = guest_ns
+        return self.timeout(work + guest_ns + exit_ns)
+
+    def end_entry(self) -> None:
+        """The entry segment ran to its planned end."""
+        self.end_seg(self.env._now)
+        self.phase = PH_KERNEL
+        self.seg_ran = self.seg_d2
+
+    def cut_entry(self, cause: Cause, cut_exit_ns: int) -> ProcessGenerator:
+        """The entry segment was interrupted by `cause` (see `disturb`): at the late check,
+        roll the entry back (`LateCheckFired` once the check's instant is reached); in the
+        guest, exit at once (at VM entry if not yet entered), the exit taking
+        ``cut_exit_ns``.  Returns the cause that cut the guest's run."""
+        env = self.env
+        if cause is LATE_CHECK:
+            wait = self.t_late - env.now
+            if wait > 0:
+                yield env.timeout(wait)
+            self.end_seg(env.now)
+            raise LateCheckFired()
+        t_enter = self.t_enter
+        t_exit = max(env.now, t_enter)
+        # the guest ran up to the exit; what follows is KVM time (time accounting too)
+        self.seg_ran = self.seg_d2 = t_exit - t_enter
+        yield env.timeout(t_exit - env.now + cut_exit_ns)
+        self.end_seg(env.now)
+        return self.seg_cut
+
+    def run_entry(self, cpu: HostCpu, guest_ns: int, exit_ns: int,
+                  cut_exit_ns: int) -> ProcessGenerator:
+        """`begin_entry`, the wait, then `end_entry` or `cut_entry`: returns the cause that
+        cut the guest's run short, or None."""
+        ev = self.begin_entry(cpu, guest_ns, exit_ns)
         try:
-            yield env.timeout(work + guest_ns + exit_ns)
-            self.end_seg(env.now)
-            self.phase = PH_KERNEL
-            self.seg_ran = guest_ns
-            return None
+            yield ev
         except Interrupt as intr:
-            if intr.cause is LATE_CHECK:
-                wait = self.t_late - env.now
-                if wait > 0:
-                    yield env.timeout(wait)
-                self.end_seg(env.now)
-                raise LateCheckFired() from None
-            t_exit = max(env.now, t_enter)
-            # the guest ran up to the exit; what follows is KVM time (time accounting too)
-            self.seg_ran = self.seg_d2 = t_exit - t_enter
-            yield env.timeout(t_exit - env.now + cut_exit_ns)
-            self.end_seg(env.now)
-            return self.seg_cut
+            return (yield from self.cut_entry(intr.cause, cut_exit_ns))
+        self.end_entry()
+        return None
 
     def spend_kernel(self, cpu: HostCpu) -> ProcessGenerator:
         """Spend the accumulated straight-line kernel work in one timeout (not disturbed)."""

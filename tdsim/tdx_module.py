@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from simpy import Interrupt
+
 from . import arch
 
 if TYPE_CHECKING:
@@ -147,8 +149,15 @@ class TdxModule:
             yield from vcpu.run_entry(cpu, 0, costs.td_exit_ns, costs.td_exit_ns)
             vcpu.seg_pi = 0
             return self.td_exit_with_status(vcpu, cpu, injected, args)
-        cut = yield from vcpu.run_entry(cpu, vcpu.plan_guest_run(), costs.td_exit_ns,
-                                        costs.td_exit_ns)
+        # the guest runs until its next exit, unless something cuts its run short
+        ev = vcpu.begin_entry(cpu, vcpu.plan_guest_run(), costs.td_exit_ns)
+        try:
+            yield ev
+        except Interrupt as intr:
+            cut = yield from vcpu.cut_entry(intr.cause, costs.td_exit_ns)
+        else:
+            vcpu.end_entry()
+            cut = None
         planned_pi = vcpu.seg_pi == 1
         vcpu.at_td_entry(cut)
         reason = vcpu.at_td_exit(cut, planned_pi)
