@@ -47,7 +47,7 @@ class GuestVcpu:
 
     __slots__ = ("rng", "mean_ns", "exp", "kinds", "cum", "total", "c_tdvmcall",
                  "remaining_ns", "kind", "tdvmcall_key", "irq_debt_ns", "_regs", "awaiting",
-                 "tsc_aux_acc")
+                 "tsc_aux_acc", "_random", "_lambd", "_calls", "_single")
 
     def __init__(self, rng: random.Random, compute_ns: int, exp: bool,
                  mix: Any, c_tdvmcall: int) -> None:
@@ -65,23 +65,24 @@ class GuestVcpu:
         self._regs = TDVMCALL_REGS["cpuid"]
         self.awaiting = False  # a TDVMCALL issued and not yet completed
         self.tsc_aux_acc = 0   # VMX guests: TSC_AUX reads owed (x 1e9)
+        self._random = rng.random
+        self._lambd = 1.0 / compute_ns if exp else 0.0
+        # per kind: (kind, its counter, its registers); the only one if the mix has one
+        self._calls = [(k, TDVMCALL_KEYS[k], TDVMCALL_REGS[k]) for k in self.kinds]
+        self._single = self._calls[0] if len(self._calls) == 1 else None
         self.next_period()
 
     def next_period(self) -> None:
         """Start a compute period and choose the TDVMCALL that ends it (completes the previous
         TDVMCALL, if any)."""
         self.awaiting = False
-        rng = self.rng
+        random = self._random
         # random.expovariate(1 / mean), computed in place (the same value)
-        compute = (int(-log(1.0 - rng.random()) / (1.0 / self.mean_ns)) if self.exp
-                   else self.mean_ns)
-        if len(self.kinds) == 1:
-            kind = self.kinds[0]
-        else:
-            kind = self.kinds[bisect_right(self.cum, rng.random() * self.total)]
-        self.kind = kind
-        self.tdvmcall_key = TDVMCALL_KEYS[kind]
-        self._regs = TDVMCALL_REGS[kind]
+        compute = int(-log(1.0 - random()) / self._lambd) if self.exp else self.mean_ns
+        call = self._single
+        if call is None:
+            call = self._calls[bisect_right(self.cum, random() * self.total)]
+        self.kind, self.tdvmcall_key, self._regs = call
         self.remaining_ns = compute + self.c_tdvmcall + self.irq_debt_ns
         self.irq_debt_ns = 0
 

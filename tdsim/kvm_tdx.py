@@ -243,9 +243,7 @@ class VcpuTdx(KvmVcpu):
             hook(self, cpu, self.vp_enter_ret)
         ret = self.vp_enter_ret
         basic = self.exit_reason & 0xFFFF
-        stat = self.stat
-        stat["exits"] += 1
-        stat[_EXIT_KEYS.get(basic, "exits.reason.INVALID")] += 1
+        self.stat[_EXIT_KEYS.get(basic, "exits.reason.INVALID")] += 1  # (exits: their sum)
         tracer = self.tracer
         if tracer is not None:
             tracer.emit(self.env.now, "kvm_exit", cpu.index, self.name,

@@ -427,9 +427,7 @@ class KvmVcpu(VcpuSegment):
 
     def vcpu_put(self, cpu: HostCpu, cause_key: str) -> None:
         """vcpu_put -> kvm_arch_vcpu_put -> vendor vcpu_put (host-state restore)."""
-        stat = self.stat
-        stat["vcpu_put"] += 1
-        stat[cause_key] += 1
+        self.stat[cause_key] += 1  # (vcpu_put: the sum over causes)
         cpu.acc += self.costs.vcpu_put_ns
         tracer = self.tracer
         if tracer is not None:
@@ -533,9 +531,7 @@ class KvmVcpu(VcpuSegment):
                 r = yield from self.vcpu_run(cpu)
         cpu = self.cpu
         self.vcpu_put(cpu, PUT_KVM_RUN_RETURN)
-        stat = self.stat
-        stat["userspace_exits"] += 1
-        stat[_USERSPACE_EXIT_KEYS[self.run_exit_reason]] += 1
+        self.stat[_USERSPACE_EXIT_KEYS[self.run_exit_reason]] += 1  # (and their sum)
         if tracer is not None:
             tracer.emit(self.env.now, "userspace_exit", cpu.index, self.name,
                         reason=arch.KVM_EXIT_NAMES.get(self.run_exit_reason, "?"))
@@ -640,9 +636,7 @@ class KvmVcpu(VcpuSegment):
         kind = self.exit_request_kind()
         self.mode = OUTSIDE_GUEST_MODE
         self.irq_window()
-        stat = self.stat
-        stat[ABORT_KEYS[kind]] += 1
-        stat["late_abort"] += 1
+        self.stat[ABORT_KEYS[kind]] += 1  # (late_abort: the sum over paths)
         tracer = self.tracer
         if tracer is not None:
             tracer.emit(self.env.now, "late_abort", cpu.index, self.name, abort=kind)
@@ -650,10 +644,8 @@ class KvmVcpu(VcpuSegment):
 
     def count_abort(self, cpu: HostCpu, kind: str) -> None:
         """Count an entry abort that is not the late exit-request check."""
-        stat = self.stat
         key = ABORT_KEYS[kind]
-        stat[key] += 1
-        stat["late_abort"] += 1
+        self.stat[key] += 1
         tracer = self.tracer
         if tracer is not None:
             tracer.emit(self.env.now, "late_abort", cpu.index, self.name, abort=key[11:])

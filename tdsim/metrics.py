@@ -249,15 +249,21 @@ def _regex(pattern: str) -> re.Pattern[str]:
 _COMPILED = tuple((_regex(f.pattern), f) for f in METRICS)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=8192)
+def _family_of(name: str) -> MetricFamily | None:
+    for regex, fam in _COMPILED:
+        if regex.fullmatch(name):
+            return fam
+    return None
+
+
 def family(metric: str) -> MetricFamily | None:
     """The declared family of `metric` (a per-vCPU name matches through its prefix)."""
     m = _VCPU_PREFIX.match(metric)
-    name = metric[m.end():] if m else metric
-    for regex, fam in _COMPILED:
-        if regex.fullmatch(name) and (m is None or fam.per_vcpu):
-            return fam
-    return None
+    if m is None:
+        return _family_of(metric)
+    fam = _family_of(metric[m.end():])
+    return fam if fam is not None and fam.per_vcpu else None
 
 
 def undeclared(metrics: dict[str, object] | list[str]) -> list[str]:

@@ -30,6 +30,26 @@ if TYPE_CHECKING:
 
 _STOPPED = object()  # the value of the event `Simulation.request_stop` schedules
 
+# Totals the model does not count itself: each is the sum of its parts, derived here.
+_SUMS = (("exits.reason.", "exits"), ("late_abort.", "late_abort"),
+         ("userspace_exits.reason.", "userspace_exits"), ("vcpu_put.cause.", "vcpu_put"))
+
+
+def with_sums(stat: dict[str, int]) -> dict[str, int]:
+    """`stat` with its derived totals: exits, late_abort, userspace_exits, vcpu_put and
+    seamcall.<LEAF> (the sum over its statuses)."""
+    out = dict(stat)
+    for key, value in stat.items():
+        for prefix, total in _SUMS:
+            if key.startswith(prefix):
+                out[total] = out.get(total, 0) + value
+                break
+        else:
+            if key.startswith("seamcall.") and ".status." in key:
+                leaf = key[:key.index(".status.")]
+                out[leaf] = out.get(leaf, 0) + value
+    return out
+
 
 class Simulation:
     """One run of one scenario."""
@@ -196,11 +216,11 @@ class Simulation:
 
         for vcpu in model.vcpus:
             prefix = vcpu.scope.metric_prefix
-            for key, value in vcpu.stat.items():
+            for key, value in with_sums(vcpu.stat).items():
                 if value:
                     metrics[prefix + key] = value
                     add(key, value)
-        for key, value in model.host_stat.items():
+        for key, value in with_sums(model.host_stat).items():
             if value:
                 add(key, value)
         for key in [k for k in metrics if k.startswith("wrmsr.msr.")]:

@@ -84,7 +84,7 @@ def seamcall_keys(leaf: int, status: int) -> tuple[str, str]:
     return keys
 
 
-_VP_ENTER_KEY, _VP_ENTER_SUCCESS_KEY = seamcall_keys(arch.TDH_VP_ENTER, arch.TDX_SUCCESS)
+_VP_ENTER_SUCCESS_KEY = seamcall_keys(arch.TDH_VP_ENTER, arch.TDX_SUCCESS)[1]
 _STATUS = arch.TDX_SEAMCALL_STATUS_MASK
 
 
@@ -103,10 +103,7 @@ class TdxModule:
 
     def count(self, cpu: HostCpu, leaf: int, status: int) -> None:
         """Count (and trace) one SEAMCALL issued on `cpu` and the status it returned."""
-        k_leaf, k_status = seamcall_keys(leaf, status)
-        stat = cpu.stat
-        stat[k_leaf] += 1
-        stat[k_status] += 1
+        cpu.stat[seamcall_keys(leaf, status)[1]] += 1  # (seamcall.<LEAF>: the sum)
         tracer = self.tracer
         if tracer is not None:
             cur = cpu.curr
@@ -228,9 +225,7 @@ class TdxModule:
         cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
         # count(TDH_VP_ENTER, TDX_SUCCESS) inlined: tdh_vp_enter traces the SEAMCALL with
         # its kvm_entry event
-        stat = cpu.stat
-        stat[_VP_ENTER_KEY] += 1
-        stat[_VP_ENTER_SUCCESS_KEY] += 1
+        cpu.stat[_VP_ENTER_SUCCESS_KEY] += 1
         return arch.TDX_SUCCESS | exit_reason
 
     # --- other vCPU-scope leaves ---------------------------------------------------------

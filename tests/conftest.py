@@ -9,6 +9,6 @@ import os
 
 from hypothesis import settings
 
-settings.register_profile("dev", max_examples=50)
+settings.register_profile("dev", max_examples=50, deadline=None)  # no timing in tests
 settings.register_profile("ci", derandomize=True, max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
