@@ -67,6 +67,13 @@ _VALID = arch.TDX_EXIT_REASON_VALID_STATUSES
 _STATUS = arch.TDX_SEAMCALL_STATUS_MASK
 
 _EXIT_KEYS = {r: f"exits.reason.{n}" for r, n in arch.EXIT_REASON_NAMES.items()}
+_EXIT_INVALID = "exits.reason.INVALID"
+_EPT_MISCONFIG = arch.EXIT_REASON_EPT_MISCONFIG
+_SW_ERROR = arch.TDX_SW_ERROR
+_FAILED_VMENTRY = arch.VMX_EXIT_REASONS_FAILED_VMENTRY
+_INVALID = arch.EXIT_REASON_INVALID
+_TDCALL = arch.EXIT_REASON_TDCALL
+_OPERAND_BUSY = arch.TDX_OPERAND_BUSY
 
 
 class KvmTdx(Kvm):
@@ -155,6 +162,9 @@ class VcpuTdx(KvmVcpu):
             self.regs_entry_copy_ns = 0
         self.regs_moves = 0              # moves made by the handler running now
         self.pending_completion: Callable[[Any, HostCpu], int] | None = None
+        # TDH.VP.ENTER's work up to VM entry: the SEAMCALL, the module's entry work, and
+        # with the "copy" layout the copy regs[] -> vp_enter_args before it
+        self.entry_ns = costs.seamcall_ns + costs.td_entry_ns + self.regs_entry_copy_ns
         # TDVMCALL state (tdsim.tdvmcall): MapGPA progress, a call outstanding in userspace,
         # KVM's emulated MSR values, the scripted guest's call log
         self.map_gpa_next = 0            # vcpu_tdx->map_gpa_next
@@ -162,6 +172,7 @@ class VcpuTdx(KvmVcpu):
         self.tdvmcall_outstanding = False
         self.msr_values: dict[int, int] = {}
         self.call_log: Any = None
+        self.tdvmcall_handlers: dict[int, tuple[Callable[..., int], int | None]] = {}
         # the VMM's service of an exit to userspace, wired by the build step
         self.vmm_service: Callable[[Any], int] | None = None
 
@@ -222,6 +233,7 @@ class VcpuTdx(KvmVcpu):
         or EXIT_FASTPATH_NONE (tdx_handle_exit decides)."""
         if self.tdx_vm.wait_for_sept_zap:
             # abort path D: another thread retries a SEPT-zap SEAMCALL; no SEAMCALL here
+            # (simulation: the pending work is spent in an entry segment with no entry)
             self.seg_status = SEG_SEPT_SPIN
             self.seg_pi = SEG_PI_NONE
             yield from self.run_entry(cpu, 0, 0, self.costs.td_exit_ns)
@@ -238,23 +250,22 @@ class VcpuTdx(KvmVcpu):
         else:
             self.seg_pi = SEG_PI_NONE
         yield from self.tdx_vcpu_enter_exit(cpu)
+        ret = self.vp_enter_ret
         hook = self.strategy_vcpu_enter_exit
         if hook is not None:
-            hook(self, cpu, self.vp_enter_ret)
-        ret = self.vp_enter_ret
-        basic = self.exit_reason & 0xFFFF
-        self.stat[_EXIT_KEYS.get(basic, "exits.reason.INVALID")] += 1  # (exits: their sum)
+            hook(self, cpu, ret)
+        exit_reason = self.exit_reason
+        self.stat[_EXIT_KEYS.get(exit_reason & 0xFFFF, _EXIT_INVALID)] += 1  # (exits: the sum)
         tracer = self.tracer
         if tracer is not None:
-            tracer.emit(self.env.now, "kvm_exit", cpu.index, self.name,
-                        reason=arch.EXIT_REASON_NAMES.get(basic, "?"),
+            tracer.emit(self.env._now, "kvm_exit", cpu.index, self.name,
+                        reason=arch.EXIT_REASON_NAMES.get(exit_reason & 0xFFFF, "?"),
                         vp_enter_ret=f"{ret:#x}")
-        if ret == arch.EXIT_REASON_EPT_MISCONFIG or (
-                ret & arch.TDX_SW_ERROR) == arch.TDX_SW_ERROR:
-            return EXIT_FASTPATH_NONE
-        if self.exit_reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY and (
-                self.exit_reason != arch.EXIT_REASON_INVALID):
-            return EXIT_FASTPATH_NONE
+        if ret >> 32 or ret == _EPT_MISCONFIG:  # (a success's status bits are 0)
+            if ret == _EPT_MISCONFIG or (ret & _SW_ERROR) == _SW_ERROR:
+                return EXIT_FASTPATH_NONE
+            if exit_reason & _FAILED_VMENTRY and exit_reason != _INVALID:
+                return EXIT_FASTPATH_NONE
         return self.tdx_exit_handlers_fastpath()
 
     def kvm_wait_lapic_expire(self, cpu: HostCpu) -> None:
@@ -299,10 +310,10 @@ class VcpuTdx(KvmVcpu):
 
         With ``[kvm] exit_reason = "raw"`` the low 32 bits are taken whatever the status, as
         the early ``union tdx_exit_reason`` code did."""
-        if (ret & _STATUS) not in _VALID and not self.config.exit_reason_raw:
-            return arch.EXIT_REASON_INVALID
+        if ret >> 32 and (ret & _STATUS) not in _VALID and not self.config.exit_reason_raw:
+            return _INVALID
         reason = ret & 0xFFFFFFFF
-        if reason == arch.EXIT_REASON_TDCALL:
+        if reason == _TDCALL:
             args = self.vp_enter_args
             if args.r10:
                 return arch.EXIT_REASON_VMCALL
@@ -313,7 +324,7 @@ class VcpuTdx(KvmVcpu):
         """tdx_exit_handlers_fastpath: EXIT_FASTPATH_EXIT_HANDLED only for OPERAND_BUSY (e.g.
         TDH.MEM.TRACK holds the TD epoch): the run loop retries TDH.VP.ENTER through the IRQ
         window, where a KVM_REQ_OUTSIDE_GUEST_MODE requester's IPI can be acked."""
-        if (self.vp_enter_ret & _STATUS) == arch.TDX_OPERAND_BUSY:
+        if (self.vp_enter_ret & _STATUS) == _OPERAND_BUSY:
             self.stat["vp_enter_busy"] += 1
             return EXIT_FASTPATH_EXIT_HANDLED
         return EXIT_FASTPATH_NONE
@@ -324,6 +335,7 @@ class VcpuTdx(KvmVcpu):
         self.seg_pi = SEG_PI_NONE
 
     # --- what the TD does between VM entry and exit (applied at the exit) ---------------
+
     def at_td_entry(self, cut: Any) -> None:
         """What happens at TD entry (``t_enter``), applied when the TD exits: the CPU
         processes a pending PIR (the self-IPI), the module injects a pending NMI, and the
@@ -338,7 +350,7 @@ class VcpuTdx(KvmVcpu):
             self.seg_pi = SEG_PI_NONE
             self.process_pir(self.t_enter)
         if self.module_fields.get("PEND_NMI", 0):
-            self.deliver_nmi(self.t_enter)
+            self.deliver_nmi(self.t_enter)  # (which clears the field)
         if self.pi_src and not (cut is not None and self.seg_ran == 0):
             # (an entry cut by a pending host interrupt runs no guest instruction; the
             # hrtimer's own vector is posted by that interrupt's handler, after it)
@@ -427,7 +439,7 @@ class VcpuTdx(KvmVcpu):
     # --- NMIs --------------------------------------------------------------------------
     def deliver_nmi(self, t: int) -> None:
         """The module injects the pending NMI at TD entry `t`; the guest runs its handler."""
-        self.module_fields["PEND_NMI"] = 0
+        del self.module_fields["PEND_NMI"]  # (a field not set reads as 0)
         irq = self.irq
         irq.nmi_delivered += 1
         stat = self.stat

@@ -289,6 +289,7 @@ class KvmVcpu(VcpuSegment):
         # fault injection (tdsim.faults): does kvm_mmu_reload fail at this entry attempt?
         self.mmu_reload_fails: Callable[[], bool] | None = None
         self.halt_poll_ns = kvm.config.halt_poll_ns
+        self.c_enter_guest = costs.vcpu_enter_guest_ns
         self.requests = 0
         self.mode = OUTSIDE_GUEST_MODE
         self.mp_state = KVM_MP_STATE_RUNNABLE
@@ -587,8 +588,9 @@ class KvmVcpu(VcpuSegment):
             self.run_exit_reason = 0
             return -arch.ENOMEM
         ops = self.kvm_x86_ops
-        ops.prepare_switch_to_guest(self, cpu)
-        cpu.acc += self.costs.vcpu_enter_guest_ns  # local_irq_disable, mode, barriers
+        if not self.guest_state_loaded:  # (both vendors return at once while it is loaded)
+            ops.prepare_switch_to_guest(self, cpu)
+        cpu.acc += self.c_enter_guest  # local_irq_disable, mode, barriers
         self.mode = IN_GUEST_MODE
         # (simulation) the late check is reached when the work accumulated so far is done
         self.t_seg0 = now = self.env._now

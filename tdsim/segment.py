@@ -127,8 +127,7 @@ class VcpuSegment(Thread):
         ``guest_ns`` of guest run and ``exit_ns`` of exit (``guest_ns = 0``: the entry is
         refused, or the TD exits at once).  Returns the one timeout to wait for; then
         `end_entry`, or `cut_entry` if the wait was interrupted."""
-        env = self.env
-        now = env._now  # (tdsim.clock: integer ns)
+        now = self.env._now  # (tdsim.clock: integer ns)
         work = cpu.acc
         cpu.acc = 0
         self.t_enter = t_enter = now + work
@@ -144,10 +143,18 @@ class VcpuSegment(Thread):
         return self.timeout(work + guest_ns + exit_ns)
 
     def end_entry(self) -> None:
-        """The entry segment ran to its planned end."""
-        self.end_seg(self.env._now)
+        """The entry segment ran to its planned end: the guest ran all of its part."""
+        ran = self.seg_d2
+        self.seg_ran = ran
         self.phase = PH_KERNEL
-        self.seg_ran = self.seg_d2
+        if self.seg_k2 != GUEST or self.tracer is not None:
+            self.end_seg(self.env._now)  # a segment split at the warm-up, or traced
+            return
+        # Thread.end_seg for an unsplit entry segment: KVM, the guest's run, KVM
+        ns = self.cpu.ns
+        ns[KVM] += self.env._now - self.seg_t0 - ran
+        ns[GUEST] += ran
+        self.seg_t0 = -1
 
     def cut_entry(self, cause: Cause, cut_exit_ns: int) -> ProcessGenerator:
         """The entry segment was interrupted by `cause` (see `disturb`): at the late check,

@@ -144,9 +144,7 @@ def dispatch_tdvmcall_exit(vcpu: VcpuTdx, cpu: HostCpu, basic: int) -> int:
     and trace event, its handling cost (costs.tdvmcall_*_ns for CPUID, MSR, hypercall and
     HLT; costs.tdvmcall_userspace_ns when the call goes to userspace; costs.tdvmcall_simple_ns
     for a call KVM answers without emulation), and the guest's next compute period."""
-    g = vcpu.gprs
     guest = vcpu.guest
-    costs = vcpu.costs
     if not guest.awaiting:
         vcpu.findings.record("tdvmcall_completion", cpu.index, vcpu.name,
                              f"completing a TDVMCALL the guest did not issue "
@@ -154,30 +152,13 @@ def dispatch_tdvmcall_exit(vcpu: VcpuTdx, cpu: HostCpu, basic: int) -> int:
     vcpu.stat[guest.tdvmcall_key] += 1
     tracer = vcpu.tracer
     if tracer is not None:
-        tracer.emit(vcpu.env.now, "tdvmcall", cpu.index, vcpu.name, leaf=guest.kind)
-    if basic == arch.EXIT_REASON_CPUID:
-        cpu.acc += costs.tdvmcall_cpuid_ns
-        r = tdx_emulate_cpuid(vcpu, cpu, g)
-    elif basic == arch.EXIT_REASON_MSR_READ:
-        cpu.acc += costs.tdvmcall_msr_ns
-        r = kvm_emulate_rdmsr(vcpu, cpu, g)
-    elif basic == arch.EXIT_REASON_MSR_WRITE:
-        cpu.acc += costs.tdvmcall_msr_ns
-        r = kvm_emulate_wrmsr(vcpu, cpu, g)
-    elif basic == arch.EXIT_REASON_VMCALL:
-        cpu.acc += costs.tdvmcall_hypercall_ns
-        r = tdx_emulate_vmcall(vcpu, cpu, g)
-    elif basic == arch.EXIT_REASON_HLT:
-        cpu.acc += costs.tdvmcall_hlt_ns
-        r = kvm_emulate_halt_noskip(vcpu, cpu, g)
-    else:
-        if basic == arch.EXIT_REASON_IO_INSTRUCTION:
-            r = tdx_emulate_io(vcpu, cpu, g)
-        elif basic == arch.EXIT_REASON_EPT_MISCONFIG:
-            r = tdx_emulate_mmio(vcpu, cpu, g)
-        else:
-            r = handle_tdvmcall(vcpu, cpu, g)
-        cpu.acc += costs.tdvmcall_simple_ns if r else costs.tdvmcall_userspace_ns
+        tracer.emit(vcpu.env._now, "tdvmcall", cpu.index, vcpu.name, leaf=guest.kind)
+    handler, cost = vcpu.tdvmcall_handlers[basic]
+    r = handler(vcpu, cpu, vcpu.gprs)
+    if cost is not None:
+        cpu.acc += cost
+    else:  # answered without emulation, or gone to userspace
+        cpu.acc += vcpu.costs.tdvmcall_simple_ns if r else vcpu.costs.tdvmcall_userspace_ns
     if vcpu.regs_moves:
         _account_moves(vcpu, cpu)
     if r > 0:
@@ -209,8 +190,20 @@ def complete_userspace_io(vcpu: VcpuTdx, cpu: HostCpu) -> int:
 
 
 def init_vcpu(vcpu: VcpuTdx) -> None:
-    """KVM's emulated MSR values of a new vCPU (vCPU 0 is the BSP), and the call log of a
-    scripted guest."""
+    """KVM's emulated MSR values of a new vCPU (vCPU 0 is the BSP), the call log of a
+    scripted guest, and the handler of each converted reason with its handling cost (None:
+    by whether it answered in the kernel)."""
+    costs = vcpu.costs
+    vcpu.tdvmcall_handlers = {
+        arch.EXIT_REASON_CPUID: (tdx_emulate_cpuid, costs.tdvmcall_cpuid_ns),
+        arch.EXIT_REASON_MSR_READ: (kvm_emulate_rdmsr, costs.tdvmcall_msr_ns),
+        arch.EXIT_REASON_MSR_WRITE: (kvm_emulate_wrmsr, costs.tdvmcall_msr_ns),
+        arch.EXIT_REASON_VMCALL: (tdx_emulate_vmcall, costs.tdvmcall_hypercall_ns),
+        arch.EXIT_REASON_HLT: (kvm_emulate_halt_noskip, costs.tdvmcall_hlt_ns),
+        arch.EXIT_REASON_IO_INSTRUCTION: (tdx_emulate_io, None),
+        arch.EXIT_REASON_EPT_MISCONFIG: (tdx_emulate_mmio, None),
+        arch.EXIT_REASON_TDCALL: (handle_tdvmcall, None),
+    }
     vcpu.msr_values = {i: v for i, (v, _w) in TDX_EMULATED_MSRS.items()}
     if vcpu.vcpu_id != 0:
         vcpu.msr_values[IA32_APICBASE] &= ~0x100

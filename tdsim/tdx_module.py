@@ -118,7 +118,7 @@ class TdxModule:
         are in `args`.  A refused entry returns at once with an error status, and the host
         MSRs untouched."""
         costs = self.costs
-        vcpu.t_seamcall = self.env.now + cpu.acc
+        vcpu.t_seamcall = self.env._now + cpu.acc
         status = self.tdh_vp_enter_checks(vcpu, cpu)
         injected: int | None = None
         fault: str | None = None
@@ -131,16 +131,16 @@ class TdxModule:
         vcpu.seg_status = status
         vcpu.seg_exit = injected
         vcpu.seg_fault = fault
-        if status != arch.TDX_SUCCESS:
+        if status:  # != TDX_SUCCESS
             cpu.acc += costs.seamcall_ns
             yield from vcpu.run_entry(cpu, 0, 0, costs.td_exit_ns)
             vcpu.seg_pi = 0
             return self.tdh_vp_enter_refused(vcpu, cpu, status, fault, args)
-        entry = costs.seamcall_ns + costs.td_entry_ns + vcpu.regs_entry_copy_ns
-        if self.lp_last_tdvpr[cpu.index] is not vcpu:
+        if self.lp_last_tdvpr[cpu.index] is vcpu:
+            cpu.acc += vcpu.entry_ns  # SEAMCALL, the module's entry work (and regs copy)
+        else:
             # this LP last ran another TDVPR: the module flushes (ASID flush, IBPB)
-            entry += costs.first_entry_flush_ns
-        cpu.acc += entry
+            cpu.acc += vcpu.entry_ns + costs.first_entry_flush_ns
         if injected is not None:
             # the TD is entered (guest state loaded) and exits at once with `injected`
             yield from vcpu.run_entry(cpu, 0, costs.td_exit_ns, costs.td_exit_ns)
@@ -156,12 +156,15 @@ class TdxModule:
             vcpu.end_entry()
             cut = None
         planned_pi = vcpu.seg_pi == 1
-        vcpu.at_td_entry(cut)
+        vm = vcpu.tdx_vm
+        if (planned_pi or vcpu.seg_pi or vcpu.module_fields or vcpu.pi_src or vcpu.guest.awaiting
+                or vm.zap_excl_t0 <= vcpu.t_enter < vm.zap_excl_t1):
+            vcpu.at_td_entry(cut)  # (anything to do at TD entry)
         reason = vcpu.at_td_exit(cut, planned_pi)
         ret = self.td_exit(vcpu, cpu, reason)
         tracer = self.tracer
         if tracer is not None:
-            tracer.emit(self.env.now, "seamcall", cpu.index, vcpu.name,  # at its return
+            tracer.emit(self.env._now, "seamcall", cpu.index, vcpu.name,  # at its return
                         leaf="TDH_VP_ENTER", status="TDX_SUCCESS")
             tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
         return ret
