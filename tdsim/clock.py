@@ -21,4 +21,4 @@ class Environment(simpy.Environment):
     @property
     def now(self) -> int:
         """The current simulated time in ns."""
-        return self._now  # type: ignore[return-value]
+        return self._now

@@ -266,7 +266,8 @@ def from_data(d: Mapping[str, Any]) -> ModelConfig:
             map_gpa_results=tuple(vmm["map_gpa_results"]),
             get_quote_ret=vmm["get_quote_ret"],
             setup_event_notify_ret=vmm["setup_event_notify_ret"],
-            tdvmcall_info=tuple(vmm["tdvmcall_info"]),  # type: ignore[arg-type]
+            tdvmcall_info=(vmm["tdvmcall_info"][0], vmm["tdvmcall_info"][1],
+                           vmm["tdvmcall_info"][2], vmm["tdvmcall_info"][3]),
             fatal_error=vmm["fatal_error"], unassigned_read=vmm["unassigned_read"],
             msr_exits=tuple(vmm["msr_exits"]),
             msr_filter_deny_read=frozenset(vmm["msr_filter_deny_read"]),

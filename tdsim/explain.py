@@ -28,7 +28,8 @@ def explain(scenario: Any, result: Any, events: list[Event] | None = None,
         return
     if events is None:
         if rerun is None:
-            from .sim import run as rerun
+            from .sim import run
+            rerun = run
         tracer = Tracer()
         rerun(scenario, tracer=tracer)
         events = tracer.events
@@ -40,23 +41,24 @@ def attach_context(violations: list[dict[str, Any]], events: list[Event],
     """Match each violation record to its ``violation`` event and attach the `n` events
     before it on the same CPU (or the same vCPU/task when ``cpu`` is -1)."""
     ordered = sorted(events, key=lambda e: e[0])
-    where: dict[tuple, list[int]] = {}
+    where: dict[tuple[Any, ...], list[int]] = {}
     for i, (t, kind, cpu, vcpu, fields) in enumerate(ordered):
         if kind == "violation":
             key = (t, cpu, vcpu, fields.get("invariant"), fields.get("detail"))
             where.setdefault(key, []).append(i)
     for v in violations:
-        key = (v.get("t_ns"), v.get("cpu"), v.get("vcpu"), v.get("invariant"),
-               v.get("detail"))
-        hits = where.get(key)
+        vkey = (v.get("t_ns"), v.get("cpu"), v.get("vcpu"), v.get("invariant"),
+                v.get("detail"))
+        hits = where.get(vkey)
         if not hits:
             v["events"] = []
             continue
         i = hits.pop(0)
-        cpu, vcpu = key[1], key[2]
+        where_cpu: int = v.get("cpu", -1)
+        who = v.get("vcpu")
         before = []
         for e in reversed(ordered[:i]):
-            if (e[2] == cpu if cpu >= 0 else e[3] == vcpu) and e[1] != "violation":
+            if (e[2] == where_cpu if where_cpu >= 0 else e[3] == who) and e[1] != "violation":
                 before.append(e)
                 if len(before) == n:
                     break

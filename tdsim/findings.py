@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from simpy import Environment
-
+    from .clock import Environment
     from .trace import Tracer
 
 

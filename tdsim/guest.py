@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
+from collections.abc import Callable
 from itertools import accumulate
 from math import log
 from typing import Any
@@ -65,7 +66,7 @@ class GuestVcpu:
         self.remaining_ns = 0
         self.kind = ""
         self.tdvmcall_key = ""
-        self._regs = TDVMCALL_REGS["cpuid"]
+        self._regs: tuple[int, ...] = TDVMCALL_REGS["cpuid"]
         self.awaiting = False  # a TDVMCALL issued and not yet completed
         self.tsc_aux_acc = 0   # VMX guests: TSC_AUX reads owed (x 1e9)
         self._random = rng.random
@@ -74,7 +75,7 @@ class GuestVcpu:
         self._calls: list[_Call] = [(k, TDVMCALL_KEYS[k], TDVMCALL_REGS[k])
                                     for k in self.kinds]
         self._single = self._calls[0] if len(self._calls) == 1 else None
-        self._next = iter(()).__next__
+        self._next: Callable[[], tuple[int, _Call]] = iter(()).__next__
         self.next_period()
 
     def _draw_batch(self) -> list[tuple[int, _Call]]:
@@ -101,6 +102,8 @@ class GuestVcpu:
         """Start a compute period and choose the TDVMCALL that ends it (completes the previous
         TDVMCALL, if any)."""
         self.awaiting = False
+        compute: int
+        call: _Call
         try:
             compute, call = self._next()
         except StopIteration:

@@ -57,7 +57,7 @@ class IrqGuestVcpu(GuestVcpu):
                               if fault_mean_ns else 1 << 62)
         self.fault_gpa = 0x100000000
         self.oneshot = oneshot
-        self.saved: tuple[int, str, str, tuple[int, ...]] | None = None
+        self.saved: tuple[int, str, str, tuple[int, ...]] | None = None  # set-aside period
         self.rearm_due = False      # a timer was taken without a planned re-arm
         self.rearm_planned = False  # the re-arm call is planned for a pending timer vector
         self.ipi_left_ns = (exp_ns(ipi_rng, ipi_mean_ns)
@@ -86,7 +86,7 @@ class IrqGuestVcpu(GuestVcpu):
         self.awaiting = False  # the TDVMCALL (e.g. the re-arm WRMSR) completed
         if self.saved is not None:
             self.remaining_ns, self.kind, self.tdvmcall_key, self._regs = self.saved
-            self.saved: tuple[int, str, str, tuple[int, ...]] | None = None
+            self.saved = None
             self.remaining_ns += self.irq_debt_ns
             self.irq_debt_ns = 0
             return

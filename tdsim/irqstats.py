@@ -34,7 +34,7 @@ class IrqVcpu(Protocol):
     vcpu_id: int
     vm: Any
     stat: Stat
-    cpu: HostCpu | None
+    cpu: HostCpu
     phase: int
     guest: Any
     kvm_x86_ops: Any

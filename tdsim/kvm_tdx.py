@@ -83,6 +83,7 @@ class KvmTdx(Kvm):
     def __init__(self, index: int, name: str, interrupts: InterruptConfig, sept: SeptConfig,
                  ipi_rng: random.Random, fault_rng: random.Random) -> None:
         super().__init__(index, name, "tdx", interrupts)
+        self.tdx_interrupts = interrupts  # (a TD always has its [vm.interrupts])
         self.sept = sept                # [vm.sept]
         self.ipi_rng = ipi_rng          # a statistical guest's IPI destinations
         self.fault_rng = fault_rng      # TDH.MEM.PAGE.AUG outcomes of the fault path

@@ -272,6 +272,7 @@ class KvmVcpu(VcpuSegment):
     """struct kvm_vcpu plus the VMM thread that runs it (KVM_RUN in a loop)."""
 
     kvm_x86_ops: KvmX86Ops  # the vendor's table, set by the vendor class's constructor
+    guest: Any  # the guest that runs on it (tdsim.guest, tdsim.program), set likewise
 
     def __init__(self, env: Environment, scope: VcpuScope, vm: Kvm, pin: int | None,
                  gsbase: int, costs: Costs, kvm: KvmX86, sched: Scheduler, irq: IrqStats,

@@ -418,11 +418,11 @@ def _byte_list(v: Any) -> str | None:
     return "must be a non-empty list of 0..65535"
 
 
-def _fault_keys() -> dict[str, Key]:
+def _fault_keys() -> dict[str, Key | Table | Map | ArrayOfTables]:
     """The [faults] table: every knob declared in `tdsim.faults.FAULT_KNOBS` (rates per
     simulated second, per vCPU or per TD; probabilities per TDH.VP.ENTER attempt, per entry
     attempt for mmu_reload_fail; all off by default), plus the knobs' parameters."""
-    keys: dict[str, Key] = {}
+    keys: dict[str, Key | Table | Map | ArrayOfTables] = {}
     for knob in _faults.FAULT_KNOBS:
         doc = f"abort {knob.path}: {knob.doc}" if knob.path else knob.doc
         keys[knob.key] = _rate(doc) if knob.kind == "rate" else _prob(doc)

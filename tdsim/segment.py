@@ -37,7 +37,7 @@ The phase and the landmarks are set only here and by the run loop (`tdsim.kvm_x8
 from __future__ import annotations
 
 from contextlib import suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from simpy import Interrupt, Timeout
 
@@ -147,8 +147,12 @@ class VcpuSegment(Thread):
         ran = self.seg_d2
         self.seg_ran = ran
         self.phase = PH_KERNEL
-        if self.seg_k2 != GUEST or self.tracer is not None:
-            self.end_seg(self.env._now)  # a segment split at the warm-up, or traced
+        tracer = self.tracer
+        if tracer is not None:
+            self.end_seg(self.env._now)  # (which traces the segment's parts)
+            return
+        if self.seg_k2 != GUEST:
+            self.end_seg(self.env._now)  # a segment split at the warm-up
             return
         # Thread.end_seg for an unsplit entry segment: KVM, the guest's run, KVM
         ns = self.cpu.ns
@@ -184,7 +188,8 @@ class VcpuSegment(Thread):
         try:
             yield ev
         except Interrupt as intr:
-            return (yield from self.cut_entry(intr.cause, cut_exit_ns))
+            cause: Any = intr.cause  # (a Cause)
+            return (yield from self.cut_entry(cause, cut_exit_ns))
         self.end_entry()
         return None
 

@@ -247,7 +247,7 @@ class Simulation:
         exits = metrics["exits"]
         # Events scheduled: SimPy numbers every scheduled event from one counter (a private
         # attribute, read once here; nothing is patched).
-        sim_events = next(model.env._eid) - self._control_events  # type: ignore[attr-defined]
+        sim_events = next(model.env._eid) - self._control_events
         perf = {
             "wall_s": round(wall_s, 6),
             "sim_events": sim_events,

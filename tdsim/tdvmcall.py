@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import arch, lapic
 from .guest import SHARED_BIT
-from .kvm_x86 import KVM_MP_STATE_HALTED, KVM_REQ_NMI
+from .arch import KVM_REQ_NMI
+from .kvm_x86 import KVM_MP_STATE_HALTED
 
 if TYPE_CHECKING:
     from .host import HostCpu
@@ -376,7 +377,7 @@ def kvm_emulate_wrmsr(vcpu: VcpuTdx, cpu: HostCpu, g: Any) -> int:
     vcpu.regs_moves += 3
     index = g.rcx & 0xFFFFFFFF
     data = (g.rdx << 32) | g.rax
-    vm = vcpu.vm
+    vm = vcpu.tdx_vm
     if vm.msr_filter_deny_write and not _msr_allowed(vcpu, index, True):
         r = KVM_MSR_RET_FILTERED
     elif index in vcpu.msr_values and TDX_EMULATED_MSRS[index][1]:
@@ -387,8 +388,8 @@ def kvm_emulate_wrmsr(vcpu: VcpuTdx, cpu: HostCpu, g: Any) -> int:
                 lapic.kvm_x2apic_icr_write(vcpu, cpu, data, vcpu.irq,
                                            vcpu.costs.icr_write_ns)
             else:  # a statistical guest: the destinations its pattern names
-                lapic.kvm_apic_send_ipi_pattern(vcpu, cpu, data, vm.interrupts, vm.ipi_rng,
-                                                vcpu.irq, vcpu.costs.icr_write_ns)
+                lapic.kvm_apic_send_ipi_pattern(vcpu, cpu, data, vm.tdx_interrupts,
+                                                vm.ipi_rng, vcpu.irq, vcpu.costs.icr_write_ns)
         elif vcpu.guest.kind == "tsc_deadline":  # the one-shot timer is re-armed
             vcpu.lapic_timer.kvm_set_lapic_tscdeadline_msr()
     else:

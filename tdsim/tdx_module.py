@@ -151,7 +151,8 @@ class TdxModule:
         try:
             yield ev
         except Interrupt as intr:
-            cut = yield from vcpu.cut_entry(intr.cause, costs.td_exit_ns)
+            cause: Any = intr.cause  # (a tdsim.host.Cause)
+            cut = yield from vcpu.cut_entry(cause, costs.td_exit_ns)
         else:
             vcpu.end_entry()
             cut = None
