@@ -128,7 +128,7 @@ class VcpuTdx(KvmVcpu):
             hook if type(kvm.strategy).vcpu_enter_exit is not _BASE_ENTER_EXIT else None)
         self.msr_host_kernel_gs_base = 0  # vt->msr_host_kernel_gs_base
         self.guest_entered = False        # v6.16's flag (free for strategies)
-        self.vp_enter_args = TdxModuleArgs()
+        self.vp_enter_args: TdxModuleArgs = TdxModuleArgs()
         self.vp_enter_ret = 0             # raw return of the last TDH.VP.ENTER
         self.exit_reason = 0              # vt->exit_reason, derived by KVM
         # posted-interrupt descriptor: 256-bit request bitmap and ON
@@ -159,7 +159,7 @@ class VcpuTdx(KvmVcpu):
             self.gprs = KvmRegs()
             self.regs_entry_copy_ns = len(TDX_MODULE_ARGS) * costs.regs_copy_ns
         else:
-            self.gprs = self.vp_enter_args = KvmRegs()  # type: ignore[assignment]
+            self.gprs = self.vp_enter_args = KvmRegs()
             self.regs_entry_copy_ns = 0
         self.regs_moves = 0              # moves made by the handler running now
         self.pending_completion: Callable[[Any, HostCpu], int] | None = None

@@ -24,6 +24,7 @@ from .arch import (
     KVM_REQ_VM_DEAD,
 )
 from .host import HOST_IRQ, SLEEPING, VMM, ProcessGenerator
+from .tdx_module import TdxModuleArgs
 from .segment import (
     EXIT_REQUEST,
     PH_BLOCKED,
@@ -81,16 +82,14 @@ GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 
 
-class KvmRegs:
-    """vcpu->arch.regs[NR_VCPU_REGS]: the GPR cache, in KVM's order (VCPU_REGS_RAX..R15).
+class KvmRegs(TdxModuleArgs):
+    """vcpu->arch.regs[NR_VCPU_REGS]: the GPR cache, in KVM's order (VCPU_REGS_RAX..R15): the
+    13 registers of struct tdx_module_args and RAX, RSP, RBP.
 
     With ``regs_layout = "in_place"`` it is also a TD vCPU's ``vp_enter_args`` (the TDX
     module reads and writes the 13 registers of struct tdx_module_args by name)."""
 
-    __slots__ = GPRS
-
-    def __init__(self) -> None:
-        self.clear()
+    __slots__ = ("rax", "rsp", "rbp")
 
     def clear(self) -> None:
         self.rax = self.rcx = self.rdx = self.rbx = self.rsp = self.rbp = self.rsi = 0
