@@ -24,6 +24,18 @@ def resolve(study, overrides: dict[str, Any]) -> dict[str, Any]:
     return {"overrides": dict(sorted(overrides.items()))}
 
 
+def resolve_rejecting(key: str, bad_value: Any):
+    """A resolver whose scenario refuses `key` = `bad_value` (as the real loader would)."""
+    from tdsim.scenario import ScenarioError
+
+    def resolver(study, overrides: dict[str, Any]) -> dict[str, Any]:
+        if overrides.get(key) == bad_value:
+            raise ScenarioError(str(study.scenario_path), key, f"refuses {bad_value!r}")
+        return resolve(study, overrides)
+
+    return resolver
+
+
 def _rng(*parts: Any) -> random.Random:
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
@@ -41,7 +53,7 @@ def normal_runner(task: RunTask) -> dict[str, Any]:
     own = _rng("own", task.seed, task.strategy, sorted(point.items()))
     exits = guest.gauss(true_exits_mean(point), 5.0)
     wrmsr = guest.gauss(100.0, SD_SHARED) + STRATEGY_OFFSET[task.strategy] + own.gauss(0, SD_OWN)
-    return {"metrics": {"exits": exits, "wrmsr.total": wrmsr, "zero": 0}}
+    return {"metrics": {"exits": exits, "wrmsr.total": wrmsr, "kvm_bug": 0}}
 
 
 def failing_runner(task: RunTask) -> dict[str, Any]:

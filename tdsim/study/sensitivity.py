@@ -1,0 +1,248 @@
+"""Do the study's conclusions survive the uncertainty of the model's costs?
+
+A study with ``[uncertainty]`` runs every design point at the nominal costs and at K Latin
+hypercube samples of the uncertain costs (`tdsim.study.costs`), with the same replication
+seeds at every sample (common random numbers), so a change between samples is the costs'
+doing, not the guest's.  For each *conclusion* (a contrast and metric at the nominal costs,
+read as its verdict: "higher by more than the minimum effect", "no difference that matters",
+...) this module reports:
+
+* the share of the cost space where it holds: the share of samples whose estimated effect
+  satisfies the same claim (and how many of those the sample's own interval confirms);
+* which costs it depends on most: the partial rank correlation coefficient (PRCC; Marino et
+  al. 2008) between each cost and the claim's *margin* (how far the effect is on the claim's
+  side of its threshold), i.e. the cost's monotone effect on the claim with the other costs'
+  effects removed.  Positive: a higher cost makes the claim safer.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tdsim.study.fmt import MINUS, interval, pct
+from tdsim.study.labels import metric_label
+from tdsim.study.summary import Difference, Summary
+
+TOP_COSTS = 3
+
+
+@dataclass
+class Conclusion:
+    """One nominal difference and how it fares over the cost samples."""
+
+    nominal: Difference
+    claim: str                             # "> +m", "< -m", "within ±m", "> 0", "< 0"
+    samples: list[Difference] = field(default_factory=list)
+    holds: list[bool] = field(default_factory=list)
+    confirmed: list[bool] = field(default_factory=list)
+    prcc: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def share(self) -> float:
+        return sum(self.holds) / len(self.holds) if self.holds else math.nan
+
+    def top_costs(self, k: int = TOP_COSTS) -> list[tuple[str, float]]:
+        ranked = sorted(((c, v) for c, v in self.prcc.items() if not math.isnan(v)),
+                        key=lambda cv: -abs(cv[1]))
+        return ranked[:k]
+
+
+@dataclass
+class Analysis:
+    summary: Summary
+    costs: list[str]
+    sample_costs: list[tuple[int, ...]]    # per sample, the cost values
+    conclusions: list[Conclusion]
+    method: str = "PRCC"
+
+    def section(self) -> list[str]:
+        """The report section; its first line is the headline sentence for the Answer."""
+        return section(self)
+
+
+def _claim(d: Difference) -> tuple[str, Callable[[float, float], float]]:
+    """The nominal verdict as a claim about an effect e and threshold m, with its margin
+    (>= 0 when the claim holds)."""
+    e = d.diff.mean
+    if d.verdict == "material":
+        if e > 0:
+            return "> +min effect", lambda x, m: x - m
+        return "< \u2212min effect", lambda x, m: -x - m
+    if d.verdict == "negligible":
+        return "within ±min effect", lambda x, m: m - abs(x)
+    if e >= 0:
+        return "> 0", lambda x, m: x
+    return "< 0", lambda x, m: -x
+
+
+def _margin_holds_ci(d: Difference, claim: str) -> bool:
+    e, m = d.diff, d.threshold
+    if claim.startswith(">"):
+        return e.low > (m if "min" in claim else 0.0)
+    if claim.startswith("<"):
+        return e.high < (-m if "min" in claim else 0.0)
+    return -m <= e.low and e.high <= m
+
+
+def analyse(summary: Summary) -> Analysis:
+    study = summary.study
+    c_dim = study.cost_dimension
+    if c_dim is None or study.uncertainty is None:
+        raise ValueError(f"{study.path}: the study has no [uncertainty] table")
+    dim = study.dimensions[c_dim]
+    costs = [k.removeprefix("costs.") for k in dim.keys]
+    sample_costs = [tuple(int(v) for v in lv) for lv in dim.levels[1:]]
+    by_index = {p.index: p for p in summary.points}
+    # The same contrast at every cost level: key by (comparison, where without the costs,
+    # what, metric) and the cost level of the treatment point.
+    nominal: list[Difference] = []
+    at_level: dict[tuple[int, str, str, str, int], Difference] = {}
+    for d in summary.differences:
+        level = by_index[d.contrast.treatment[0]].levels[c_dim]
+        key = (d.contrast.comparison, _where(d, summary), d.contrast.what, d.metric)
+        if level == 0:
+            nominal.append(d)
+        else:
+            at_level[key + (level,)] = d
+    conclusions = []
+    for d in nominal:
+        claim, margin = _claim(d)
+        c = Conclusion(d, claim)
+        key = (d.contrast.comparison, _where(d, summary), d.contrast.what, d.metric)
+        margins = []
+        for level in range(1, len(dim.levels)):
+            s = at_level[key + (level,)]
+            c.samples.append(s)
+            x = margin(s.diff.mean, s.threshold)
+            margins.append(x)
+            c.holds.append(not math.isnan(x) and x >= 0)
+            c.confirmed.append(_margin_holds_ci(s, claim))
+        c.prcc = dict(zip(costs, prcc(sample_costs, margins), strict=True))
+        conclusions.append(c)
+    return Analysis(summary, costs, sample_costs, conclusions)
+
+
+def _where(d: Difference, summary: Summary) -> str:
+    """The contrast's place without the cost sample (identical at every level)."""
+    study = summary.study
+    p = next(p for p in summary.points if p.index == d.contrast.treatment[0])
+    c_dim = study.cost_dimension
+    return ",".join(str(lv) for i, lv in enumerate(p.levels) if i != c_dim) + \
+        f"|{d.contrast.treatment[1]}"
+
+
+def prcc(x_rows: list[tuple[int, ...]], y: list[float]) -> list[float]:
+    """Partial rank correlation of y with each column of x (NaN for a constant column).
+    With fewer samples than columns + 3, the rank regression is underdetermined and plain
+    Spearman correlations are returned instead."""
+    import numpy as np
+
+    x = np.asarray(x_rows, dtype=float)
+    yy = np.asarray(y, dtype=float)
+    n, k = x.shape
+    ok = np.isfinite(yy)
+    x, yy = x[ok], yy[ok]
+    n = len(yy)
+    if n < 3:
+        return [math.nan] * k
+    rx = np.column_stack([_ranks(x[:, j]) for j in range(k)])
+    ry = _ranks(yy)
+    varying = [j for j in range(k) if np.ptp(rx[:, j]) > 0]
+    out = [math.nan] * k
+    if np.ptp(ry) == 0:
+        return out
+    partial = n >= len(varying) + 3
+    for j in varying:
+        if partial:
+            others = np.column_stack([np.ones(n)] + [rx[:, i] for i in varying if i != j])
+            res_x = rx[:, j] - others @ np.linalg.lstsq(others, rx[:, j], rcond=None)[0]
+            res_y = ry - others @ np.linalg.lstsq(others, ry, rcond=None)[0]
+        else:
+            res_x, res_y = rx[:, j] - rx[:, j].mean(), ry - ry.mean()
+        denom = math.sqrt(float(res_x @ res_x) * float(res_y @ res_y))
+        out[j] = float(res_x @ res_y) / denom if denom > 0 else math.nan
+    return out
+
+
+def _ranks(v: object) -> object:
+    """Average ranks (ties share their mean rank)."""
+    import numpy as np
+
+    a = np.asarray(v, dtype=float)
+    order = np.argsort(a, kind="mergesort")
+    ranks = np.empty(len(a))
+    ranks[order] = np.arange(1, len(a) + 1)
+    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def section(a: Analysis) -> list[str]:
+    study = a.summary.study
+    u = study.uncertainty
+    assert u is not None
+    k = len(a.sample_costs)
+    robust = [c for c in a.conclusions if c.share == 1.0]
+    fragile = sorted((c for c in a.conclusions if c.share < 1.0), key=lambda c: c.share)
+    head = (f"**Cost uncertainty.** Over {k} Latin hypercube samples of {len(a.costs)} "
+            f"uncertain costs, {len(robust)} of {len(a.conclusions)} conclusions hold in "
+            "every sample")
+    if fragile:
+        worst = fragile[0]
+        head += (f"; the least robust, {_conclusion_text(worst)}, holds in "
+                 f"{pct(worst.share, sign=False)} of the cost space and depends most on "
+                 f"{_costs_text(worst)}")
+    head += "."
+    lines = [head, "## Cost uncertainty", "",
+             f"Every point ran at the nominal costs and at {k} samples of "
+             f"{len(a.costs)} costs drawn by Latin hypercube over their plausible ranges "
+             f"(`tdsim schema`, [costs]; seed {u.seed}), with the same replication seeds at "
+             "every sample.  A conclusion is the nominal verdict read as a claim about the "
+             "effect; \"holds\" counts samples whose estimated effect satisfies it, "
+             "\"confirmed\" those whose own interval does.  The costs it depends on most are "
+             "ranked by |PRCC| between the cost and the claim's margin (positive: a higher "
+             "cost makes the claim safer).", ""]
+    rows = []
+    for c in a.conclusions:
+        d = c.nominal
+        rows.append([d.contrast.where, d.contrast.what, metric_label(d.metric).text,
+                     f"{interval(d.diff)} {c.claim}", pct(c.share, sign=False),
+                     f"{sum(c.confirmed)} of {k}", _costs_text(c)])
+    from tdsim.study.report_sections import table
+
+    lines += table(["at", "difference", "metric", "nominal effect, claim", "holds in",
+                    "confirmed", "depends most on (PRCC)"], rows)
+    lines += ["", "Per-sample effects and costs: `uncertainty.csv`.", ""]
+    return lines
+
+
+def _conclusion_text(c: Conclusion) -> str:
+    d = c.nominal
+    return (f"{d.contrast.what} in {metric_label(d.metric).text} at {d.contrast.where} "
+            f"({c.claim.replace('-', MINUS)})")
+
+
+def _costs_text(c: Conclusion) -> str:
+    top = c.top_costs()
+    if not top:
+        return "no cost (the effect does not vary)"
+    return ", ".join(f"`{name}` ({v:+.2f})".replace("-", MINUS) for name, v in top)
+
+
+def write_csv(a: Analysis, path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["at", "contrast", "metric", "claim", "sample", "effect", "ci_low",
+                    "ci_high", "min_effect", "holds", "confirmed"] + a.costs)
+        for c in a.conclusions:
+            d = c.nominal
+            for i, s in enumerate(c.samples):
+                w.writerow([d.contrast.where, d.contrast.what.replace(MINUS, "-"), d.metric,
+                            c.claim, i + 1, s.diff.mean, s.diff.low, s.diff.high,
+                            s.threshold, c.holds[i], c.confirmed[i]]
+                           + list(a.sample_costs[i]))
+    return path
