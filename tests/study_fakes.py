@@ -116,3 +116,24 @@ x = [0, 1, 2]
 [replications]
 count = 4
 '''
+
+
+# Known truths for the coverage of the sequential procedure: a normal and a skewed (gamma)
+# mean, and a normal and a skewed paired difference.
+GAMMA_MEAN = 100.0      # host_state_reload ~ Gamma(shape 4, scale 25): skewness 1
+SKEWED_EFFECT = 0.05    # vcpu_put: eager = (1 + 0.05) x a shared Gamma(2, 50) + own noise
+SKEWED_DIFF = SKEWED_EFFECT * 100.0
+
+
+def skewed_runner(task: RunTask) -> dict[str, Any]:
+    """normal_runner's metrics plus a skewed mean (host_state_reload) and a skewed paired
+    difference (vcpu_put: eager - current has mean SKEWED_DIFF)."""
+    out = normal_runner(task)
+    point = dict(task.point)
+    guest = _rng("guest-skewed", task.seed, sorted(point.items()))
+    own = _rng("own-skewed", task.seed, task.strategy, sorted(point.items()))
+    shared = guest.gammavariate(2.0, 50.0)
+    factor = 1.0 + (SKEWED_EFFECT if task.strategy == "eager" else 0.0)
+    out["metrics"]["host_state_reload"] = guest.gammavariate(4.0, GAMMA_MEAN / 4.0)
+    out["metrics"]["vcpu_put"] = shared * factor + own.gauss(0.0, 3.0)
+    return out

@@ -63,11 +63,11 @@ def test_pairing_removes_the_shared_noise():
 
 
 def test_final_count_is_the_stein_formula_with_the_first_stage_dof():
-    """sd 2, target 0.5 at 96.7%: ceil((t(0.9833, 9) * 2 / 0.5)^2) = ceil(100.77) = 101,
+    """sd 2, target 0.5 at 97.5%: ceil((t(0.9875, 9) * 2 / 0.5)^2) = ceil(115.35) = 116,
     capped at max."""
     c = t_quantile(interval_confidence(0.95, True), 9)
-    assert c == pytest.approx(2.509587, abs=1e-6)
-    assert final_count(10, [(2.0, 0.5)], interval_confidence(0.95, True), 200) == 101
+    assert c == pytest.approx(2.685011, abs=1e-6)
+    assert final_count(10, [(2.0, 0.5)], interval_confidence(0.95, True), 200) == 116
     assert final_count(10, [(2.0, 0.5)], interval_confidence(0.95, True), 50) == 50
 
 
@@ -75,7 +75,7 @@ def test_final_count_is_the_stein_formula_with_the_first_stage_dof():
     ("spreads", "expected"),
     [
         ([(1.0, 10.0)], 10),              # already narrow enough: the first stage is all
-        ([(1.0, 10.0), (3.0, 1.0)], 57),  # the widest quantity decides: ceil((2.51*3)^2)
+        ([(1.0, 10.0), (3.0, 1.0)], 65),  # the widest quantity decides: ceil((2.685*3)^2)
         ([(0.0, 0.0)], 10),               # a constant needs nothing more
         ([(1.0, 0.0)], 80),               # a varying quantity around a zero mean: max
         ([(math.nan, 1.0)], 10),          # no spread estimate (a failed cell): no growth
@@ -87,9 +87,9 @@ def test_final_count(spreads, expected):
 
 
 def test_sequential_intervals_use_a_higher_confidence():
-    """A nominal 95% sequential study computes its intervals at 1 - 0.05 * 2/3."""
+    """A nominal 95% sequential study computes its intervals at 97.5%."""
     assert interval_confidence(0.95, False) == 0.95
-    assert interval_confidence(0.95, True) == pytest.approx(1 - 0.05 * 2 / 3)
+    assert interval_confidence(0.95, True) == pytest.approx(0.975)
 
 
 def test_p_value_matches_the_t_test():
