@@ -98,6 +98,7 @@ def write_study(directory, body: str, name: str = "study.toml"):
     from pathlib import Path
 
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "base.toml").write_text('[sim]\nduration_us = 100\n')
     path = directory / name
     path.write_text(body)
@@ -136,4 +137,26 @@ def skewed_runner(task: RunTask) -> dict[str, Any]:
     factor = 1.0 + (SKEWED_EFFECT if task.strategy == "eager" else 0.0)
     out["metrics"]["host_state_reload"] = guest.gammavariate(4.0, GAMMA_MEAN / 4.0)
     out["metrics"]["vcpu_put"] = shared * factor + own.gauss(0.0, 3.0)
+    return out
+
+
+def layout_runner(task: RunTask) -> dict[str, Any]:
+    """A register-layout stand-in: `copy` adds exactly 26 GPR copies per exit to in_place's
+    2.5, and its KVM time per exit grows by 26 ns (plus the run's own noise)."""
+    point = dict(task.point)
+    guest = _rng("guest", task.seed)
+    own = _rng("own", task.seed, sorted(point.items()))
+    exits = round(guest.gauss(1000.0, 30.0))
+    copy = point.get("kvm.regs_layout") == "copy"
+    copies = exits * (2.5 + (26 if copy else 0))
+    kvm_ns = exits * (2300.0 + (26 if copy else 0)) + own.gauss(0.0, 500.0)
+    return {"metrics": {"exits": exits, "regs.copies": copies, "cpu.4.ns.kvm": kvm_ns}}
+
+
+def crossing_runner(task: RunTask) -> dict[str, Any]:
+    """normal_runner, but eager's WRMSR offset falls with x: +8 at x = 0, 0 at 1, -8 at 2."""
+    out = normal_runner(task)
+    if task.strategy == "eager":
+        x = float(dict(task.point).get("x", 0))
+        out["metrics"]["wrmsr.total"] += -8.0 * x
     return out

@@ -29,12 +29,19 @@ def num(x: float, d: int, *, sign: bool = False) -> str:
     return text.replace("-", MINUS)
 
 
+def exact(x: float, *, sign: bool = False) -> str:
+    """A value known exactly: up to 6 significant digits, no trailing zeros."""
+    return (f"{x:+,.6g}" if sign else f"{x:,.6g}").replace("-", MINUS)
+
+
 def ci(e: Estimate, *, sign: bool = False) -> str:
     """``mean ± half-width`` with the half-width to two significant digits."""
     if e.n == 0:
         return "-"
     if e.n == 1 or math.isnan(e.halfwidth):
         return f"{num(e.mean, decimals(0.0, e.mean), sign=sign)} (n=1)"
+    if e.halfwidth == 0:
+        return f"{exact(e.mean, sign=sign)} ± 0"
     d = decimals(e.halfwidth, e.mean)
     return f"{num(e.mean, d, sign=sign)} ± {num(e.halfwidth, d)}"
 
@@ -43,9 +50,9 @@ def interval(e: Estimate, *, sign: bool = True) -> str:
     """``+2.1 (CI +2.0 to +2.2)``."""
     if e.n < 2 or math.isnan(e.halfwidth):
         return num(e.mean, decimals(0.0, e.mean), sign=sign) + " (no interval)"
-    d = decimals(e.halfwidth, e.mean)
     if e.halfwidth == 0:
-        return f"{num(e.mean, d, sign=sign)} (exactly, in every replication)"
+        return f"{exact(e.mean, sign=sign)} (exactly, in every replication)"
+    d = decimals(e.halfwidth, e.mean)
     return (f"{num(e.mean, d, sign=sign)} (CI {num(e.low, d, sign=sign)} to "
             f"{num(e.high, d, sign=sign)})")
 
