@@ -160,3 +160,33 @@ def crossing_runner(task: RunTask) -> dict[str, Any]:
         x = float(dict(task.point).get("x", 0))
         out["metrics"]["wrmsr.total"] += -8.0 * x
     return out
+
+
+def cost_runner(task: RunTask) -> dict[str, Any]:
+    """KVM time that depends on the sampled costs: every exit costs exit_handling_ns and
+    every WRMSR wrmsr_ns; eager writes 1,000 more MSRs per run than current.  vmm_io_ns
+    changes nothing.  The resolved 'scenario' is the overrides (see `resolve`)."""
+    from tdsim.study.costs import cost_ranges
+
+    ov = task.scenario["overrides"]
+    ranges = cost_ranges()
+    wrmsr_ns = ov.get("costs.wrmsr_ns", ranges["wrmsr_ns"].default)
+    exit_ns = ov.get("costs.exit_handling_ns", ranges["exit_handling_ns"].default)
+    guest = _rng("guest", task.seed)
+    own = _rng("own", task.seed, task.strategy, ov.get("costs.vmm_io_ns"))
+    exits = round(guest.gauss(1000.0, 30.0))
+    wrmsrs = 4 * exits + (1000 if task.strategy == "eager" else 0)
+    kvm_ns = exits * exit_ns + wrmsrs * wrmsr_ns + own.gauss(0.0, 200.0)
+    return {"metrics": {"exits": exits, "wrmsr.total": wrmsrs, "cpu.0.ns.kvm": kvm_ns}}
+
+
+def warming_runner(task: RunTask) -> dict[str, Any]:
+    """normal_runner plus a per-window series of exits: 60 windows, the first 12 inflated by
+    a start-up transient that decays, then steady around 20 per window."""
+    out = normal_runner(task)
+    if task.window_ns:
+        rng = _rng("series", task.seed, task.strategy)
+        exits = [20.0 + (40.0 * (12 - k) / 12 if k < 12 else 0.0) + rng.gauss(0.0, 1.0)
+                 for k in range(60)]
+        out["series"] = {"exits": exits, "exits.reason.CPUID": [1.0] * 60}
+    return out

@@ -9,6 +9,7 @@ loader's own message after it, so the user knows which line of which file to fix
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,19 @@ from tdsim.study import runner
 from tdsim.study.runner import Resolver, run_overrides
 
 
-def check_out_dir(study: Study, out: Path) -> None:
+def check_out_dir(study: Study, out: Path, *, create: bool = False) -> None:
     """`out` exists as a writable directory, or can be created: its nearest existing
-    ancestor is a writable directory.  Creates nothing (``--dry-run`` uses it too)."""
+    ancestor is a writable directory.  With `create`, make it and write a probe file there
+    (which also catches what permission bits do not say); otherwise create nothing."""
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out):
+                pass
+        except OSError as e:
+            raise StudyError(study.path, "--out", f"cannot write to {out}: "
+                             f"{e.strerror or e}") from None
+        return
     probe = out.resolve()
     while not probe.exists():
         parent = probe.parent

@@ -103,6 +103,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(describe(study))
             return 0
+        check_out_dir(study, out, create=True)
     except bad_input as e:
         return _fail(e)
 

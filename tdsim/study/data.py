@@ -5,8 +5,8 @@ Columns: one per factor key (``host.tasks``), ``strategy``, ``replication``, ``s
 ``status``, ``error``, ``wall_s``, ``scenario_sha256``, the provenance (``tdsim_version``,
 ``model_sha256``, ``python``, ``simpy``), ``point_index``, then one column per metric any run
 reported (``exits``, ``wrmsr.total``, ``run.measured_s``, ...; NaN where a run did not report
-it).  Rows are the newest stored row of every run, in design order (point, strategy,
-replication) -- the same rows `results.csv` holds, typed.
+it).  Rows are the newest stored row of every run, sorted by point, strategy name and
+replication -- the runs `results.csv` holds, typed.
 """
 
 from __future__ import annotations

@@ -28,6 +28,11 @@ from tdsim.study.labels import metric_label
 from tdsim.study.summary import Difference, Summary
 
 TOP_COSTS = 3
+WEAK_PRCC = 0.2  # below this |PRCC| a cost is not named as one the conclusion depends on
+CLAIM_WORDS = {"> +min effect": "higher by more than the minimum effect",
+               "< \u2212min effect": "lower by more than the minimum effect",
+               "within ±min effect": "no difference that matters",
+               "> 0": "higher", "< 0": "lower"}
 
 
 @dataclass
@@ -46,7 +51,9 @@ class Conclusion:
         return sum(self.holds) / len(self.holds) if self.holds else math.nan
 
     def top_costs(self, k: int = TOP_COSTS) -> list[tuple[str, float]]:
-        ranked = sorted(((c, v) for c, v in self.prcc.items() if not math.isnan(v)),
+        """The costs with the largest |PRCC| (at least `WEAK_PRCC`), strongest first."""
+        ranked = sorted(((c, v) for c, v in self.prcc.items()
+                         if not math.isnan(v) and abs(v) >= WEAK_PRCC),
                         key=lambda cv: -abs(cv[1]))
         return ranked[:k]
 
@@ -205,12 +212,12 @@ def section(a: Analysis) -> list[str]:
              "effect; \"holds\" counts samples whose estimated effect satisfies it, "
              "\"confirmed\" those whose own interval does.  The costs it depends on most are "
              "ranked by |PRCC| between the cost and the claim's margin (positive: a higher "
-             "cost makes the claim safer).", ""]
+             f"cost makes the claim safer; costs under |PRCC| {WEAK_PRCC} are not named).", ""]
     rows = []
     for c in a.conclusions:
         d = c.nominal
         rows.append([d.contrast.where, d.contrast.what, metric_label(d.metric).text,
-                     f"{interval(d.diff)} {c.claim}", pct(c.share, sign=False),
+                     f"{interval(d.diff)}: {CLAIM_WORDS[c.claim]}", pct(c.share, sign=False),
                      f"{sum(c.confirmed)} of {k}", _costs_text(c)])
     from tdsim.study.report_sections import table
 
@@ -222,14 +229,17 @@ def section(a: Analysis) -> list[str]:
 
 def _conclusion_text(c: Conclusion) -> str:
     d = c.nominal
-    return (f"{d.contrast.what} in {metric_label(d.metric).text} at {d.contrast.where} "
-            f"({c.claim.replace('-', MINUS)})")
+    where = "" if d.contrast.where == "(base scenario)" else f" at {d.contrast.where}"
+    return (f"\"{d.contrast.what} in {metric_label(d.metric).text}{where}: "
+            f"{CLAIM_WORDS[c.claim]}\"")
 
 
 def _costs_text(c: Conclusion) -> str:
     top = c.top_costs()
     if not top:
-        return "no cost (the effect does not vary)"
+        varies = any(not math.isnan(v) for v in c.prcc.values())
+        return "no single cost (|PRCC| < 0.2 for all)" if varies else (
+            "no cost (the effect does not vary)")
     return ", ".join(f"`{name}` ({v:+.2f})".replace("-", MINUS) for name, v in top)
 
 

@@ -6,8 +6,11 @@ per-window values of those metrics (``tdsim.sim.run(scenario, windows_ns=W)`` fi
 warm-up included).  The series of the replications are averaged window by window, and the
 MSER-5 rule (White 1997; White, Cobb & Spratt 2000) picks the truncation point: the batch of
 five windows d* that minimizes the squared standard error of the mean of what is left,
-``sum((Y_i - mean)^2) / (n - d)^2`` over batch means Y, for d up to half the run.  The report
-suggests the largest truncation over points and strategies as ``warmup_us``.
+``sum((Y_i - mean)^2) / (n - d)^2`` over batch means Y, for d up to half the run.  The series
+are averaged over every run of a design point (replications and strategies: they share the
+guest's start-up), and the report suggests the largest truncation over the points as
+``warmup_us``.  A truncation at the half-way limit means the run is too short to tell, and
+the report says so instead of trusting it.
 
 When the model does not provide series (the hook is missing), the study still runs and the
 report says the analysis was skipped.
@@ -84,7 +87,7 @@ def mean_series(runs: list[list[float]]) -> list[float]:
 
 def analyse(result: StudyRun) -> dict[str, list[tuple[str, list[float], int]]]:
     """Per series metric: (where, mean series, MSER-5 truncation in windows) per nominal
-    point and strategy that has series."""
+    point that has series (-1: the truncation hit the half-way limit)."""
     study = result.study
     spec = study.series
     window_s = spec.window_us / 1e6
@@ -94,18 +97,15 @@ def analyse(result: StudyRun) -> dict[str, list[tuple[str, list[float], int]]]:
         metric = parse_metric(name, "series", Errors(study.path))
         cells = []
         for pi, p in points.items():
-            for s in study.strategies:
-                runs = [window_values(metric, r.get("series") or {}, window_s)
-                        for r in result.rows if r["point_index"] == pi
-                        and r["strategy"] == s and r["status"] == "ok"]
-                have = [r for r in runs if r]
-                if not have:
-                    continue
-                avg = mean_series(have)
-                where = study.point_label(p)
-                if len(study.strategies) > 1:
-                    where += f" under `{s}`"
-                cells.append((where, avg, mser([x for x in avg if not math.isnan(x)])))
+            runs = [window_values(metric, r.get("series") or {}, window_s)
+                    for r in result.rows if r["point_index"] == pi and r["status"] == "ok"]
+            have = [r for r in runs if r]
+            if not have:
+                continue
+            avg = [x for x in mean_series(have) if not math.isnan(x)]
+            cut = mser(avg)
+            limit = (len(avg) // BATCH) // 2 * BATCH
+            cells.append((study.point_label(p), avg, -1 if cut >= limit > 0 else cut))
         out[name] = cells
     return out
 
@@ -124,13 +124,16 @@ def warmup_section(result: StudyRun) -> list[str]:
     analysis = analyse(result)
     rows = []
     worst_all = 0
+    too_short: list[str] = []
     for name, cells in analysis.items():
         if not cells:
             rows.append([metric_label(name).text, "-", "-", "no series"])
             continue
-        worst = max(cells, key=lambda c: c[2])
+        too_short += [f"{metric_label(name).text} at {c[0]}" for c in cells if c[2] < 0]
+        fine = [c for c in cells if c[2] >= 0] or cells
+        worst = max(fine, key=lambda c: c[2])
         worst_all = max(worst_all, worst[2])
-        median = sorted(c[2] for c in cells)[len(cells) // 2]
+        median = sorted(c[2] for c in fine)[len(fine) // 2]
         rows.append([metric_label(name).text, _us(worst[2], spec.window_us),
                      _us(median, spec.window_us), worst[0]])
     from tdsim.study.report_sections import table
@@ -141,10 +144,13 @@ def warmup_section(result: StudyRun) -> list[str]:
     verdict = ("the study's warm-up covers it" if current >= suggestion else
                f"**the study's warm-up ({current:g} µs) is shorter**")
     lines += ["", f"Suggested `warmup_us` = {suggestion:g} µs (MSER-5 over {spec.window_us:g} "
-              f"µs windows, averaged over replications, largest over points and strategies); "
+              f"µs windows, averaged over the runs of each point, largest over the points); "
               f"{verdict}.", ""]
+    if too_short:
+        lines += [f"The truncation reached half the run (too short to tell; lengthen "
+                  f"`sim.duration_us`) for: {'; '.join(too_short)}.", ""]
     return lines
 
 
 def _us(windows: int, window_us: float) -> str:
-    return f"{windows * window_us:g} µs"
+    return f"{max(0, windows) * window_us:g} µs" if windows >= 0 else "too short"
