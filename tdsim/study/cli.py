@@ -145,8 +145,10 @@ def _executor(args: argparse.Namespace) -> Executor:
     from tdsim.study.execute import DaskExecutor, InProcessExecutor, LocalExecutor
 
     if args.executor == "dask":
-        return DaskExecutor(args.scheduler, n_workers=args.jobs)
-    return InProcessExecutor() if args.jobs == 1 else LocalExecutor(args.jobs)
+        return DaskExecutor(args.scheduler, n_workers=args.jobs, warm_plotting=True)
+    if args.jobs == 1:
+        return InProcessExecutor(warm_plotting=True)
+    return LocalExecutor(args.jobs, warm_plotting=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -160,6 +160,27 @@ def configure_worker() -> None:
     import tdsim.sim  # noqa: F401  (warm the worker: the import is the first run's cost)
 
 
+def configure_plotting_worker() -> None:
+    """`configure_worker`, and matplotlib imported while the runs are being handed out: the
+    workers draw the figures at the end (`LocalExecutor.call`)."""
+    configure_worker()
+    if multiprocessing.parent_process() is not None:
+        from tdsim.study.plots import import_matplotlib
+
+        import_matplotlib()
+
+
+def import_matplotlib_in_background() -> threading.Thread:
+    """Import matplotlib on a thread of this process while it waits for runs: the figures
+    are drawn here (in-process and Dask executors).  Never together with fork: a pool made
+    while this thread holds the import lock would deadlock its children."""
+    from tdsim.study.plots import import_matplotlib
+
+    thread = threading.Thread(target=import_matplotlib, name="import-matplotlib", daemon=True)
+    thread.start()
+    return thread
+
+
 def _exit_with_parent(poll_s: float = 1.0) -> None:
     """A worker whose study process was killed exits instead of running on as an orphan."""
     parent = os.getppid()
@@ -188,6 +209,10 @@ class InProcessExecutor:
 
     name = "local, 1 job"
 
+    def __init__(self, *, warm_plotting: bool = False) -> None:
+        if warm_plotting:
+            import_matplotlib_in_background()
+
     def map(self, run_one: RunOne, tasks: Iterable[RunTask]) -> Iterator[dict[str, Any]]:
         for task in tasks:
             yield execute_task(run_one, task)
@@ -208,17 +233,17 @@ class LocalExecutor:
     pool.
     """
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, jobs: int, *, warm_plotting: bool = False) -> None:
         if jobs < 1:
             raise ValueError("jobs must be >= 1")
         self.jobs = jobs
         self.name = f"local, {jobs} jobs"
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._init = configure_plotting_worker if warm_plotting else configure_worker
 
     def _get_pool(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = cf.ProcessPoolExecutor(max_workers=self.jobs,
-                                                initializer=configure_worker)
+            self._pool = cf.ProcessPoolExecutor(max_workers=self.jobs, initializer=self._init)
         return self._pool
 
     def map(self, run_one: RunOne, tasks: Iterable[RunTask]) -> Iterator[dict[str, Any]]:
@@ -266,7 +291,8 @@ class DaskExecutor:
     Output work (plots) stays in this process: the workers may not share its file system.
     """
 
-    def __init__(self, scheduler: Any = None, *, n_workers: int = 1) -> None:
+    def __init__(self, scheduler: Any = None, *, n_workers: int = 1,
+                 warm_plotting: bool = False) -> None:
         try:
             from distributed import Client, LocalCluster
         except ImportError as e:  # pragma: no cover - depends on the environment
@@ -282,6 +308,8 @@ class DaskExecutor:
             self.client, self._own = Client(scheduler), True
         self.client.register_worker_callbacks(configure_worker)
         self.name = f"dask, {self.client.scheduler.address}"
+        if warm_plotting:
+            import_matplotlib_in_background()
 
     def map(self, run_one: RunOne, tasks: Iterable[RunTask]) -> Iterator[dict[str, Any]]:
         from distributed import as_completed
