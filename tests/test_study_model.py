@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tdsim.study.execute import InProcessExecutor, LocalExecutor
 from tdsim.study.checks import resolve_points
+from tdsim.study.execute import InProcessExecutor, LocalExecutor
 from tdsim.study.runner import run_study
 from tdsim.study.spec import load_study
 

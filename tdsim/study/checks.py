@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tdsim.study.design import Study, StudyError, fmt_value
 from tdsim.study import runner
+from tdsim.study.design import Study, StudyError, fmt_value
 from tdsim.study.runner import Resolver, run_overrides
 
 

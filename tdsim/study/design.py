@@ -63,14 +63,18 @@ class Dimension:
         return "__".join(k.replace(".", "_") for k in self.keys)
 
     def level_label(self, i: int) -> str:
+        """The level's label, else the value(s); a named lockstep group is labelled by its
+        first key (the one that drives it, by the convention of its file)."""
         if self.labels:
             return self.labels[i]
+        if self.name:
+            return fmt_value(self.levels[i][0])
         return " | ".join(fmt_value(v) for v in self.levels[i])
 
     @property
     def numeric(self) -> bool:
         """True when the first key's levels are all numbers and the levels carry no labels
-        (plotted on a numeric axis)."""
+        (plotted on a numeric axis against that key)."""
         return self.labels is None and all(
             isinstance(lv[0], (int, float)) and not isinstance(lv[0], bool)
             for lv in self.levels)
@@ -189,10 +193,16 @@ class Comparison:
     baseline_level: int = 0
 
     def describe(self, study: Study) -> str:
+        """``v6.16 - current, eager - current`` or ``copy - in_place (kvm.regs_layout)``."""
+        minus = " \u2212 "
         if self.dimension is None:
-            return f"each strategy - `{study.baseline}`"
+            return ", ".join(f"{s}{minus}{study.baseline}" for s in study.strategies
+                             if s != study.baseline)
         d = study.dimensions[self.dimension]
-        return (f"each level of {d.label} - {d.level_label(self.baseline_level)}")
+        base = d.level_label(self.baseline_level)
+        pairs = ", ".join(f"{d.level_label(i)}{minus}{base}" for i in range(len(d.levels))
+                          if i != self.baseline_level)
+        return f"{pairs} ({d.label})"
 
 
 @dataclass(frozen=True)

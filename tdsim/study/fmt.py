@@ -10,11 +10,12 @@ MINUS = "\u2212"
 
 
 def decimals(halfwidth: float, value: float = 0.0) -> int:
-    """Decimals that show the half-width to two significant digits (at most 6)."""
+    """Decimals that show the half-width to two significant digits (at most 6; negative:
+    round to tens, hundreds, ...)."""
     if halfwidth > 0 and math.isfinite(halfwidth):
-        return max(0, min(6, 1 - math.floor(math.log10(halfwidth))))
+        return min(6, 1 - math.floor(math.log10(halfwidth)))
     if value and math.isfinite(value):
-        return max(0, min(6, 3 - math.floor(math.log10(abs(value)))))
+        return min(6, 3 - math.floor(math.log10(abs(value))))
     return 0
 
 
@@ -25,6 +26,7 @@ def num(x: float, d: int, *, sign: bool = False) -> str:
     if math.isinf(x):
         return ("+" if sign and x > 0 else "") + ("∞" if x > 0 else f"{MINUS}∞")
     x = round(x, d) + 0.0  # + 0.0 turns a rounded -0.0 into 0.0
+    d = max(0, d)
     text = f"{x:+,.{d}f}" if sign else f"{x:,.{d}f}"
     return text.replace("-", MINUS)
 

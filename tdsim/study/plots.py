@@ -33,6 +33,8 @@ SLIDE_IN = (12.8, 7.2)
 DPI = 125
 MAX_PANELS = 6
 MARKERS = "osD^v<>ph*"
+VERDICT_WORDS = {"material": "matters", "detected": "real, maybe small",
+                 "negligible": "negligible", "inconclusive": "inconclusive"}
 STYLE = {"font.size": 14, "axes.titlesize": 15, "axes.labelsize": 14, "legend.fontsize": 12,
          "xtick.labelsize": 12, "ytick.labelsize": 12, "figure.titlesize": 17,
          "svg.hashsalt": "tdsim", "axes.spines.top": False, "axes.spines.right": False}
@@ -99,7 +101,7 @@ def import_matplotlib() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
+    import matplotlib.pyplot
 
 
 def draw(item: tuple[Summary, PlotJob]) -> list[Path]:
@@ -154,8 +156,14 @@ def _grid(n: int) -> tuple[Figure, list[Axes]]:
     return fig, flat[:n]
 
 
+def _yaxis(ax: Axes) -> None:
+    """Large or tiny values get a "x 10^6" offset in math text instead of "1e6"."""
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
+
+
 def _xaxis(ax: Axes, dim: Dimension, xs: list[float], ticks: list[str] | None) -> None:
     if ticks is not None:
+        ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)  # categories sit in the middle of a slot
         rotate = len(xs) > 4 or max(len(t) for t in ticks) > 10
         ax.set_xticks(xs, [_wrap(t, 16) for t in ticks], rotation=25 if rotate else 0,
                       ha="right" if rotate else "center")
@@ -196,6 +204,7 @@ def _means(summary: Summary, job: PlotJob) -> Figure:
                         marker=MARKERS[s_i % len(MARKERS)], capsize=4, markersize=7,
                         linewidth=2 if dim.numeric else 0, elinewidth=1.5, label=s)
         _xaxis(ax, dim, xs, ticks)
+        _yaxis(ax)
     for ax in axes:
         ax.set_xlabel(_xlabel(dim))
     axes[0].set_ylabel(_wrap(label.axis, 38))
@@ -223,13 +232,19 @@ def _contrast_series(summary: Summary, job: PlotJob) -> dict[str, list[Differenc
     return out
 
 
-def _band(ax: Axes, diffs: list[Difference], horizontal: bool = True) -> None:
-    """Zero line and the band of effects smaller than the minimum effect."""
+def _band(ax: Axes, diffs: list[Difference], horizontal: bool = True,
+          at: dict[float, float] | None = None) -> None:
+    """Zero line and the band of effects smaller than the minimum effect: one span when it
+    is the same everywhere, else (`at`: x -> threshold) a band that follows the points."""
     m = [d.threshold for d in diffs if not math.isnan(d.threshold)]
     (ax.axhline if horizontal else ax.axvline)(0.0, color="0.3", linewidth=1)
     if m and len(set(m)) == 1 and m[0] > 0:
         (ax.axhspan if horizontal else ax.axvspan)(-m[0], m[0], color="0.85", alpha=0.6,
                                                    zorder=0, label="within min effect")
+    elif at and horizontal and any(v > 0 for v in at.values()):
+        xs = sorted(at)
+        ax.fill_between(xs, [-at[x] for x in xs], [at[x] for x in xs], color="0.85",
+                        alpha=0.6, zorder=0, linewidth=0, label="within min effect")
 
 
 def _diffs(summary: Summary, job: PlotJob) -> Figure:
@@ -245,6 +260,7 @@ def _diffs(summary: Summary, job: PlotJob) -> Figure:
     series = _contrast_series(summary, job)
     for ax, (fixed, _) in zip(axes, panels, strict=True):
         shown: list[Difference] = []
+        band: dict[float, float] = {}
         for k, (name, diffs) in enumerate(series.items()):
             pts = []
             for d in diffs:
@@ -254,6 +270,9 @@ def _diffs(summary: Summary, job: PlotJob) -> Figure:
             if not pts:
                 continue
             shown += [d for _, d in pts]
+            for x, d in pts:
+                if not math.isnan(d.threshold):
+                    band[x] = max(band.get(x, 0.0), d.threshold)
             dodge = (k - (len(series) - 1) / 2) * 0.012 * span * (1 if dim.numeric else 8)
             strategy = pts[0][1].contrast.treatment[1]
             ax.errorbar([x + dodge for x, _ in pts], [d.diff.mean for _, d in pts],
@@ -261,14 +280,15 @@ def _diffs(summary: Summary, job: PlotJob) -> Figure:
                         color=strategy_colour(strategy), marker=MARKERS[k % len(MARKERS)],
                         capsize=4, markersize=7, linewidth=2 if dim.numeric else 0,
                         elinewidth=1.5, label=name)
-        _band(ax, shown)
+        _band(ax, shown, at=band)
         _xaxis(ax, dim, xs, ticks)
+        _yaxis(ax)
     for ax in axes:
         ax.set_xlabel(_xlabel(dim))
     axes[0].set_ylabel(_wrap(f"Δ {label.axis}", 38))
     axes[0].legend()
-    _titles(fig, axes, f"{label.text}: paired difference ({comp.describe(study)}), "
-            f"{study.confidence * 100:g}% CI", [t for _, t in panels])
+    _titles(fig, axes, f"{label.text}: paired difference, {study.confidence * 100:g}% CI",
+            [t for _, t in panels])
     return fig
 
 
@@ -278,7 +298,9 @@ def _forest(summary: Summary, job: PlotJob) -> Figure:
     study = summary.study
     label = metric_label(job.metric)
     diffs = [d for ds in _contrast_series(summary, job).values() for d in ds]
-    fig, ax = plt.subplots(figsize=SLIDE_IN, layout="constrained")
+    # A slide's width; as tall as the rows need (a single contrast is a banner, not a page).
+    height = min(SLIDE_IN[1], 2.4 + 0.9 * len(diffs))
+    fig, ax = plt.subplots(figsize=(SLIDE_IN[0], height), layout="constrained")
     names = []
     for i, d in enumerate(diffs):
         y = len(diffs) - 1 - i
@@ -287,11 +309,12 @@ def _forest(summary: Summary, job: PlotJob) -> Figure:
                     color=strategy_colour(d.contrast.treatment[1]))
         where = "" if d.contrast.where == "(base scenario)" else f"\n{d.contrast.where}"
         names.append((y, _wrap(d.contrast.what + where, 34)))
-        ax.annotate(f"{_short(d.diff.mean)}  ({d.verdict})", (d.diff.mean, y),
+        ax.annotate(f"{_short(d.diff.mean)}: {VERDICT_WORDS[d.verdict]}", (d.diff.mean, y),
                     textcoords="offset points", xytext=(0, 12), ha="center", fontsize=12)
     _band(ax, diffs, horizontal=False)
+    ax.margins(x=0.12)
     ax.set_yticks([y for y, _ in names], [n for _, n in names])
-    ax.set_ylim(-0.7, len(diffs) - 0.3)
+    ax.set_ylim(-0.6, len(diffs) - 0.4)
     ax.set_xlabel(_wrap(f"Δ {label.axis}", 70))
     ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(_wrap(f"{label.text}: paired difference, "
@@ -313,11 +336,16 @@ def _heatmap(summary: Summary, job: PlotJob) -> Figure:
     top = max(finite, default=0.0) or 1.0
     fig, ax = plt.subplots(figsize=SLIDE_IN, layout="constrained")
     im = ax.imshow(grid, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -top, top), aspect="auto")
+    from matplotlib.patches import Rectangle
+
     for i, ds in enumerate(series.values()):
         for j, d in enumerate(ds):
             strong = d.verdict == "material"
-            dark = abs(d.diff.mean) > 0.6 * top
-            ax.text(j, i, f"{_short(d.diff.mean)}\n±{_short(_hw(d.diff.halfwidth))}",
+            if d.verdict in ("negligible", "inconclusive"):  # no difference shown: fade it
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white",
+                                       alpha=0.7, edgecolor="none"))
+            dark = strong and abs(d.diff.mean) > 0.6 * top
+            ax.text(j, i, f"{_short(d.diff.mean)}\n±{_hw(d.diff.halfwidth):.3g}",
                     ha="center", va="center", fontsize=12,
                     fontweight="bold" if strong else "normal",
                     color="white" if dark else ("black" if strong else "0.35"))
@@ -328,8 +356,9 @@ def _heatmap(summary: Summary, job: PlotJob) -> Figure:
     ax.set_xlabel(dim.label)
     bar = fig.colorbar(im, ax=ax, shrink=0.9)
     bar.set_label(_wrap(f"Δ {label.axis}", 40))
-    fig.suptitle(_wrap(f"{label.text}: difference from `{study.baseline}` "
-                       f"(bold: matters)", 90))
+    fig.suptitle(_wrap(f"{label.text}: paired difference from {study.baseline} "
+                       f"± {study.confidence * 100:g}% CI half-width (bold: matters; faded: "
+                       "no difference shown)", 90))
     return fig
 
 

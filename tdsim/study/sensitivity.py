@@ -25,10 +25,12 @@ from pathlib import Path
 
 from tdsim.study.fmt import MINUS, interval, pct
 from tdsim.study.labels import metric_label
+from tdsim.study.stats import holm
 from tdsim.study.summary import Difference, Summary
+from tdsim.study.tdist import t_cdf
 
 TOP_COSTS = 3
-WEAK_PRCC = 0.2  # below this |PRCC| a cost is not named as one the conclusion depends on
+ALPHA = 0.05  # a cost is named only if its PRCC differs from 0 at this level (Holm)
 CLAIM_WORDS = {"> +min effect": "higher by more than the minimum effect",
                "< \u2212min effect": "lower by more than the minimum effect",
                "within ±min effect": "no difference that matters",
@@ -45,15 +47,17 @@ class Conclusion:
     holds: list[bool] = field(default_factory=list)
     confirmed: list[bool] = field(default_factory=list)
     prcc: dict[str, float] = field(default_factory=dict)
+    prcc_p: dict[str, float] = field(default_factory=dict)  # Holm-adjusted p-values
 
     @property
     def share(self) -> float:
         return sum(self.holds) / len(self.holds) if self.holds else math.nan
 
     def top_costs(self, k: int = TOP_COSTS) -> list[tuple[str, float]]:
-        """The costs with the largest |PRCC| (at least `WEAK_PRCC`), strongest first."""
+        """The costs with the largest |PRCC| among those significant after Holm, strongest
+        first (a PRCC of an inert cost is noise of about 1/sqrt(samples - costs))."""
         ranked = sorted(((c, v) for c, v in self.prcc.items()
-                         if not math.isnan(v) and abs(v) >= WEAK_PRCC),
+                         if not math.isnan(v) and self.prcc_p.get(c, 1.0) <= ALPHA),
                         key=lambda cv: -abs(cv[1]))
         return ranked[:k]
 
@@ -128,7 +132,10 @@ def analyse(summary: Summary) -> Analysis:
             margins.append(x)
             c.holds.append(not math.isnan(x) and x >= 0)
             c.confirmed.append(_margin_holds_ci(s, claim))
-        c.prcc = dict(zip(costs, prcc(sample_costs, margins), strict=True))
+        coefficients, dof = prcc_with_dof(sample_costs, margins)
+        c.prcc = dict(zip(costs, coefficients, strict=True))
+        c.prcc_p = dict(zip(costs, holm([_prcc_p(r, dof) for r in coefficients]),
+                            strict=True))
         conclusions.append(c)
     return Analysis(summary, costs, sample_costs, conclusions)
 
@@ -142,10 +149,26 @@ def _where(d: Difference, summary: Summary) -> str:
         f"|{d.contrast.treatment[1]}"
 
 
+def _prcc_p(r: float, dof: int) -> float:
+    """Two-sided p-value of a (partial) correlation r on `dof` degrees of freedom."""
+    if math.isnan(r) or dof < 1:
+        return math.nan
+    if abs(r) >= 1.0:
+        return 0.0
+    t = abs(r) * math.sqrt(dof / (1.0 - r * r))
+    return 2.0 * (1.0 - t_cdf(t, dof))
+
+
 def prcc(x_rows: list[tuple[int, ...]], y: list[float]) -> list[float]:
-    """Partial rank correlation of y with each column of x (NaN for a constant column).
-    With fewer samples than columns + 3, the rank regression is underdetermined and plain
-    Spearman correlations are returned instead."""
+    """Partial rank correlation of y with each column of x (`prcc_with_dof`)."""
+    return prcc_with_dof(x_rows, y)[0]
+
+
+def prcc_with_dof(x_rows: list[tuple[int, ...]], y: list[float]) -> tuple[list[float], int]:
+    """Partial rank correlation of y with each column of x (NaN for a constant column), and
+    the degrees of freedom of its test (samples - varying columns - 1).  With fewer samples
+    than columns + 3, the rank regression is underdetermined and plain Spearman
+    correlations are returned instead (samples - 2 degrees of freedom)."""
     import numpy as np
 
     x = np.asarray(x_rows, dtype=float)
@@ -155,14 +178,15 @@ def prcc(x_rows: list[tuple[int, ...]], y: list[float]) -> list[float]:
     x, yy = x[ok], yy[ok]
     n = len(yy)
     if n < 3:
-        return [math.nan] * k
+        return [math.nan] * k, 0
     rx = np.column_stack([_ranks(x[:, j]) for j in range(k)])
     ry = _ranks(yy)
     varying = [j for j in range(k) if np.ptp(rx[:, j]) > 0]
     out = [math.nan] * k
-    if np.ptp(ry) == 0:
-        return out
     partial = n >= len(varying) + 3
+    dof = n - len(varying) - 1 if partial else n - 2
+    if np.ptp(ry) == 0:
+        return out, dof
     for j in varying:
         if partial:
             others = np.column_stack([np.ones(n)] + [rx[:, i] for i in varying if i != j])
@@ -172,7 +196,7 @@ def prcc(x_rows: list[tuple[int, ...]], y: list[float]) -> list[float]:
             res_x, res_y = rx[:, j] - rx[:, j].mean(), ry - ry.mean()
         denom = math.sqrt(float(res_x @ res_x) * float(res_y @ res_y))
         out[j] = float(res_x @ res_y) / denom if denom > 0 else math.nan
-    return out
+    return out, dof
 
 
 def _ranks(v: object) -> object:
@@ -212,7 +236,8 @@ def section(a: Analysis) -> list[str]:
              "effect; \"holds\" counts samples whose estimated effect satisfies it, "
              "\"confirmed\" those whose own interval does.  The costs it depends on most are "
              "ranked by |PRCC| between the cost and the claim's margin (positive: a higher "
-             f"cost makes the claim safer; costs under |PRCC| {WEAK_PRCC} are not named).", ""]
+             "cost makes the claim safer); a cost is named only if its PRCC is significant "
+             f"at {ALPHA:g} after Holm's correction over the costs.", ""]
     rows = []
     for c in a.conclusions:
         d = c.nominal
@@ -238,7 +263,7 @@ def _costs_text(c: Conclusion) -> str:
     top = c.top_costs()
     if not top:
         varies = any(not math.isnan(v) for v in c.prcc.values())
-        return "no single cost (|PRCC| < 0.2 for all)" if varies else (
+        return "no cost clearly (no PRCC significant)" if varies else (
             "no cost (the effect does not vary)")
     return ", ".join(f"`{name}` ({v:+.2f})".replace("-", MINUS) for name, v in top)
 
