@@ -110,7 +110,8 @@ def draw(item: tuple[Summary, PlotJob]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     summary, job = item
-    with plt.rc_context(STYLE):
+    style: Any = STYLE  # matplotlib types rc keys as a Literal of every known name
+    with plt.rc_context(style):
         fig = {"means": _means, "diffs": _diffs, "forest": _forest, "heatmap": _heatmap,
                "bars": _bars}[job.kind](summary, job)
         return _save(fig, job.out)

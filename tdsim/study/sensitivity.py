@@ -22,12 +22,17 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tdsim.study.fmt import MINUS, interval, pct
 from tdsim.study.labels import metric_label
 from tdsim.study.stats import holm
 from tdsim.study.summary import Difference, Summary
 from tdsim.study.tdist import t_cdf
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 TOP_COSTS = 3
 ALPHA = 0.05  # a cost is named only if its PRCC differs from 0 at this level (Holm)
@@ -199,7 +204,7 @@ def prcc_with_dof(x_rows: list[tuple[int, ...]], y: list[float]) -> tuple[list[f
     return out, dof
 
 
-def _ranks(v: object) -> object:
+def _ranks(v: NDArray[np.float64]) -> NDArray[np.float64]:
     """Average ranks (ties share their mean rank)."""
     import numpy as np
 
@@ -209,7 +214,8 @@ def _ranks(v: object) -> object:
     ranks[order] = np.arange(1, len(a) + 1)
     _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
     sums = np.bincount(inverse, weights=ranks)
-    return sums[inverse] / counts[inverse]
+    out: NDArray[np.float64] = sums[inverse] / counts[inverse]
+    return out
 
 
 def section(a: Analysis) -> list[str]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tdsim.study.design import Study
+from tdsim.study.design import DesignPoint, Study
 from tdsim.study.fmt import MINUS, interval, relative
 from tdsim.study.labels import metric_label
+from tdsim.study.stats import Estimate
 from tdsim.study.summary import Difference, Summary
 
 VERDICT_TEXT = {
@@ -82,7 +83,10 @@ def _difference_sentence(study: Study, metric: str, what: str, diffs: list[Diffe
         return f"{head}{_effect(d)}{where}; {verdict}."
     lo = min(diffs, key=lambda d: d.diff.mean)
     hi = max(diffs, key=lambda d: d.diff.mean)
-    counts = Counter(d.verdict for d in diffs)
+    if lo.diff.mean == hi.diff.mean and lo.verdict == hi.verdict and all(
+            d.diff.halfwidth == 0 for d in diffs):
+        return (f"{head}{_effect(lo)} at every point; {VERDICT_TEXT[lo.verdict]}.")
+    counts: Counter[str] = Counter(d.verdict for d in diffs)
     material = [d for d in diffs if d.verdict == "material"]
     up = sum(d.direction > 0 for d in material)
     parts = []
@@ -133,14 +137,14 @@ def _mean_sentence(summary: Summary, metric: str) -> str:
     head = f"{_metric_phrase(metric)}: "
     if not cells:
         return head + "no run reported it."
+
+    def at(cell: tuple[DesignPoint, str, Estimate]) -> str:
+        where = study.point_label(cell[0])
+        return where if len(study.strategies) == 1 else f"{where} under `{cell[1]}`"
+
     if len(cells) == 1:
-        p, s, e = cells[0]
-        return f"{head}{interval(e, sign=False)} under `{s}` at {study.point_label(p)}."
+        return f"{head}{interval(cells[0][2], sign=False)} at {at(cells[0])}."
     lo = min(cells, key=lambda c: c[2].mean)
     hi = max(cells, key=lambda c: c[2].mean)
-    def at(c: tuple[object, str, object]) -> str:
-        p, s, _ = c
-        where = study.point_label(p)  # type: ignore[arg-type]
-        return where if len(study.strategies) == 1 else f"{where} under `{s}`"
     return (f"{head}from {interval(lo[2], sign=False)} at {at(lo)} to "
             f"{interval(hi[2], sign=False)} at {at(hi)}.")
