@@ -57,13 +57,13 @@ def write_outputs(result: StudyRun, out_dir: str | Path, executor: Executor | No
     write_rows_csv(result.rows, files[0], factor_keys)
     summary.write_csv(files[1], files[2])
     files[3].write_text(json.dumps(_design(result), indent=2, sort_keys=True) + "\n")
-    uncertainty_lines: list[str] = []
+    uncertainty_lines: tuple[list[str], list[str]] | None = None
     if study.uncertainty is not None:
         from tdsim.study.sensitivity import analyse, write_csv
 
         analysis = analyse(summary)
         files.append(write_csv(analysis, out_dir / "uncertainty.csv"))
-        uncertainty_lines = analysis.section()
+        uncertainty_lines = (analysis.answer(), analysis.section())
     from tdsim.study.warmup import warmup_section
 
     warmup_lines = warmup_section(result)
@@ -92,21 +92,21 @@ def _design(result: StudyRun) -> dict[str, Any]:
 
 
 def render_report(result: StudyRun, plots: dict[str, list[Path]], *,
-                  uncertainty: list[str] | None = None, warmup: list[str] | None = None
-                  ) -> str:
+                  uncertainty: tuple[list[str], list[str]] | None = None,
+                  warmup: list[str] | None = None) -> str:
     study, summary = result.study, result.summary
     lines = [f"# Study `{study.name}`", "", f"**Question.** {study.question}", "",
              "## Answer", ""]
     lines += [f"- {s}" for s in sentences(summary)]
     lines += ["", _reading_note(result), ""]
     if uncertainty:
-        lines += [uncertainty[0], ""]  # its headline sentence belongs to the answer
+        lines += uncertainty[0] + [""]  # what survives the costs belongs to the answer
     lines += _method(result)
     lines += _design_table(result)
     for m in study.metrics:
         lines += _metric_section(result, m.name, plots.get(m.name, []))
     if uncertainty:
-        lines += uncertainty[1:]
+        lines += uncertainty[1]
     lines += warmup or []
     lines += violations_section(result)
     lines += errors_section(result)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 TOP_COSTS = 3
+MAX_LISTED = 6
 ALPHA = 0.05  # a cost is named only if its PRCC differs from 0 at this level (Holm)
 CLAIM_WORDS = {"> +min effect": "higher by more than the minimum effect",
                "< \u2212min effect": "lower by more than the minimum effect",
@@ -75,8 +76,13 @@ class Analysis:
     conclusions: list[Conclusion]
     method: str = "PRCC"
 
+    def answer(self) -> list[str]:
+        """The lines the report's Answer gets: a headline, then each conclusion that does not
+        hold everywhere (up to `MAX_LISTED`, least robust first)."""
+        return answer(self)
+
     def section(self) -> list[str]:
-        """The report section; its first line is the headline sentence for the Answer."""
+        """The report's Cost uncertainty section."""
         return section(self)
 
 
@@ -218,23 +224,29 @@ def _ranks(v: NDArray[np.float64]) -> NDArray[np.float64]:
     return out
 
 
-def section(a: Analysis) -> list[str]:
-    study = a.summary.study
-    u = study.uncertainty
-    assert u is not None
+def answer(a: Analysis) -> list[str]:
     k = len(a.sample_costs)
     robust = [c for c in a.conclusions if c.share == 1.0]
     fragile = sorted((c for c in a.conclusions if c.share < 1.0), key=lambda c: c.share)
     head = (f"**Cost uncertainty.** Over {k} Latin hypercube samples of {len(a.costs)} "
             f"uncertain costs, {len(robust)} of {len(a.conclusions)} conclusions hold in "
-            "every sample")
-    if fragile:
-        worst = fragile[0]
-        head += (f"; the least robust, {_conclusion_text(worst)}, holds in "
-                 f"{pct(worst.share, sign=False)} of the cost space and depends most on "
-                 f"{_costs_text(worst)}")
-    head += "."
-    lines = [head, "## Cost uncertainty", "",
+            "every sample" + (". The others:" if fragile else "."))
+    lines = [head]
+    for c in fragile[:MAX_LISTED]:
+        lines.append(f"- {_conclusion_text(c)} holds in {pct(c.share, sign=False)} of the "
+                     f"cost space; it depends most on {_costs_text(c)}.")
+    if len(fragile) > MAX_LISTED:
+        lines.append(f"- ... and {len(fragile) - MAX_LISTED} more (see Cost uncertainty).")
+    return lines
+
+
+def section(a: Analysis) -> list[str]:
+    study = a.summary.study
+    u = study.uncertainty
+    if u is None:
+        raise ValueError(f"{study.path}: the study has no [uncertainty] table")
+    k = len(a.sample_costs)
+    lines = ["## Cost uncertainty", "",
              f"Every point ran at the nominal costs and at {k} samples of "
              f"{len(a.costs)} costs drawn by Latin hypercube over their plausible ranges "
              f"(`tdsim schema`, [costs]; seed {u.seed}), with the same replication seeds at "
