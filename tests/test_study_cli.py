@@ -48,11 +48,14 @@ def test_dry_run_lists_points_and_run_count(tmp_path, capsys):
 
 
 def test_run_then_resume(tmp_path, capsys):
-    """A study runs, refuses to overwrite itself, and resumes with nothing left to run."""
+    """A study runs (--no-plots: no figures), refuses to overwrite itself, and resumes with
+    nothing left to run."""
     path = write_study(tmp_path, BASIC)
-    argv = ["study", str(path), "--jobs", "1", "--out", str(tmp_path / "o")]
+    argv = ["study", str(path), "--jobs", "1", "--out", str(tmp_path / "o"), "--no-plots"]
     assert tdsim_main(argv) == 0
     assert (tmp_path / "o" / "report.md").is_file()
+    assert not (tmp_path / "o" / "plots").exists()
+    assert "![" not in (tmp_path / "o" / "report.md").read_text()
     assert "36 runs (36 run now, 0 reused, 0 failed)" in capsys.readouterr().out
     assert tdsim_main(argv) == 2
     assert "--resume" in capsys.readouterr().err
@@ -156,7 +159,8 @@ def test_factor_the_scenario_refuses_names_the_study_file_and_level(tmp_path, mo
 def test_progress_lines_go_to_stderr_when_it_is_not_a_terminal(tmp_path, capsys):
     """Without a terminal, stderr gets plain progress lines with a whole-study ETA."""
     path = write_study(tmp_path, BASIC)
-    assert tdsim_main(["study", str(path), "--jobs", "1", "--out", str(tmp_path / "o")]) == 0
+    assert tdsim_main(["study", str(path), "--jobs", "1", "--out", str(tmp_path / "o"),
+                       "--no-plots"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("study: 36/36 runs (100%), 0 failed, ")
     assert err[-1].endswith("left for the whole study")

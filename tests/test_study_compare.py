@@ -28,6 +28,7 @@ count = 5
 
 def run(body, tmp_path, runner, **kw):
     kw.setdefault("write_outputs", True)
+    kw.setdefault("plots", False)  # the report's text is what these tests read
     study = load_study(write_study(tmp_path, body))
     return run_study(study, tmp_path / "out", run_one=runner, resolver=resolve, **kw)
 

@@ -76,7 +76,7 @@ def test_allow_mixed_reuses_them_and_the_report_says_so(tmp_path):
     _rewrite_digest(tmp_path / "out" / "results.jsonl", "f" * 64)
     counting = CountingRunner()
     result = run(study, tmp_path / "out", counting, resume=True, allow_mixed=True,
-                 write_outputs=True)
+                 write_outputs=True, plots=False)
     assert (counting.calls, result.reused, result.foreign_rows) == ([], N_RUNS, N_RUNS)
     report = (tmp_path / "out" / "report.md").read_text()
     section = report.split("## Provenance")[1]
@@ -89,7 +89,7 @@ def test_cli_refusal_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tdsim.study.runner, "resolve_scenario", study_fakes.resolve)
     monkeypatch.setattr(tdsim.study.runner, "run_model", study_fakes.normal_runner)
     path = write_study(tmp_path, BASIC)
-    argv = [str(path), "--jobs", "1", "--out", str(tmp_path / "o")]
+    argv = [str(path), "--jobs", "1", "--out", str(tmp_path / "o"), "--no-plots"]
     assert main(argv) == 0
     capsys.readouterr()
     _rewrite_digest(tmp_path / "o" / "results.jsonl", "0" * 64)

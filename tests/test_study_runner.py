@@ -217,7 +217,7 @@ def test_outputs_are_written(basic, tmp_path):
 
 def test_report_lists_violations_per_strategy(basic, tmp_path):
     """The report's verdict section names the violating strategy, the invariant, an example."""
-    run(basic, tmp_path / "out", violating_runner, write_outputs=True)
+    run(basic, tmp_path / "out", violating_runner, write_outputs=True, plots=False)
     report = (tmp_path / "out" / "report.md").read_text()
     section = report.split("## Violations found")[1].split("## ")[0]
     assert "| x=0 | `eager` | 4 of 4 | 4 | host_state_leak 4 |" in section
@@ -231,7 +231,7 @@ def test_counter_absent_from_some_runs_is_zero_but_unknown_metric_is_missing(tmp
     body = BASIC.replace('"wrmsr.total/exits"]',
                          '"violations.host_state_leak", "late_abort.kick"]')
     study = load_study(write_study(tmp_path, body))
-    result = run(study, tmp_path / "out", violating_runner, write_outputs=True)
+    result = run(study, tmp_path / "out", violating_runner, write_outputs=True, plots=False)
     cells = result.summary.cells
     assert (cells[(0, "current", "violations.host_state_leak")].mean,
             cells[(0, "eager", "violations.host_state_leak")].mean) == (0.0, 1.0)

@@ -32,7 +32,7 @@ count = 3
 def result(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("unc")
     study = load_study(write_study(tmp, STUDY))
-    return run_study(study, tmp / "out", run_one=cost_runner, resolver=resolve)
+    return run_study(study, tmp / "out", run_one=cost_runner, resolver=resolve, plots=False)
 
 
 def test_every_cost_declares_a_status_and_a_plausible_range_around_its_default():

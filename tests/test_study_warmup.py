@@ -30,7 +30,8 @@ def test_report_suggests_a_warm_up_from_the_series(tmp_path):
     """Rows keep the asked series; the report suggests the MSER-5 truncation (the fake
     transient lasts 12 of 60 windows of 100 us: about 1,000-1,500 us)."""
     study = load_study(write_study(tmp_path, SERIES))
-    result = run_study(study, tmp_path / "out", run_one=warming_runner, resolver=resolve)
+    result = run_study(study, tmp_path / "out", run_one=warming_runner, resolver=resolve,
+                       plots=False)
     assert set(result.rows[0]["series"]) == {"exits", "exits.reason.CPUID"}
     report = (tmp_path / "out" / "report.md").read_text()
     section = report.split("## Warm-up (MSER-5)")[1].split("## ")[0]
@@ -43,7 +44,7 @@ def test_report_suggests_a_warm_up_from_the_series(tmp_path):
 def test_without_series_the_analysis_is_skipped_and_said(tmp_path):
     """A model without the series hook: the study runs, the report says why no MSER."""
     study = load_study(write_study(tmp_path, SERIES))
-    run_study(study, tmp_path / "out", run_one=normal_runner, resolver=resolve)
+    run_study(study, tmp_path / "out", run_one=normal_runner, resolver=resolve, plots=False)
     section = (tmp_path / "out" / "report.md").read_text().split("## Warm-up (MSER-5)")[1]
     assert section.strip().startswith("Skipped: the runs carry no per-window series.")
 

@@ -39,6 +39,8 @@ STUDY_ARGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--dry-run",), {"action": "store_true",
                       "help": "validate, list the design points and the run count, run "
                               "nothing"}),
+    (("--no-plots",), {"action": "store_true",
+                        "help": "write the tables and report without figures (faster)"}),
     (("--parquet",), {"action": "store_true",
                       "help": "also write OUT/results.parquet (one row per run; needs "
                               "pyarrow, in tdsim[study])"}),
@@ -114,7 +116,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     try:
         executor = _executor(args)
         result = run_study(study, out, executor=executor, resume=args.resume,
-                           allow_mixed=args.allow_mixed,
+                           allow_mixed=args.allow_mixed, plots=not args.no_plots,
                            progress=Progress(study.name, default_mode(sys.stderr)))
         if args.parquet:
             from tdsim.study.data import export_parquet
@@ -144,11 +146,12 @@ def cmd_study(args: argparse.Namespace) -> int:
 def _executor(args: argparse.Namespace) -> Executor:
     from tdsim.study.execute import DaskExecutor, InProcessExecutor, LocalExecutor
 
+    warm = not args.no_plots
     if args.executor == "dask":
-        return DaskExecutor(args.scheduler, n_workers=args.jobs, warm_plotting=True)
+        return DaskExecutor(args.scheduler, n_workers=args.jobs, warm_plotting=warm)
     if args.jobs == 1:
-        return InProcessExecutor(warm_plotting=True)
-    return LocalExecutor(args.jobs, warm_plotting=True)
+        return InProcessExecutor(warm_plotting=warm)
+    return LocalExecutor(args.jobs, warm_plotting=warm)
 
 
 def main(argv: list[str] | None = None) -> int:

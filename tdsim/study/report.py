@@ -44,9 +44,9 @@ VERDICT_SHORT = {"material": "**matters**", "detected": "real, maybe small",
                  "negligible": "negligible", "inconclusive": "inconclusive"}
 
 
-def write_outputs(result: StudyRun, out_dir: str | Path, executor: Executor | None = None
-                  ) -> list[Path]:
-    from tdsim.study.plots import write_plots
+def write_outputs(result: StudyRun, out_dir: str | Path, executor: Executor | None = None,
+                  *, plots: bool = True) -> list[Path]:
+    from tdsim.study.plots import write_plots  # matplotlib: only when figures are drawn
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,13 +67,13 @@ def write_outputs(result: StudyRun, out_dir: str | Path, executor: Executor | No
     from tdsim.study.warmup import warmup_section
 
     warmup_lines = warmup_section(result)
-    plots = write_plots(summary, out_dir / "plots", executor)
+    figures = write_plots(summary, out_dir / "plots", executor) if plots else {}
     report = out_dir / "report.md"
     relative_paths = {m: [p.relative_to(out_dir) for p in ps if p.suffix == ".png"]
-                      for m, ps in plots.items()}
+                      for m, ps in figures.items()}
     report.write_text(render_report(result, relative_paths, uncertainty=uncertainty_lines,
                                     warmup=warmup_lines))
-    return files + [p for ps in plots.values() for p in ps] + [report]
+    return files + [p for ps in figures.values() for p in ps] + [report]
 
 
 def _design(result: StudyRun) -> dict[str, Any]:

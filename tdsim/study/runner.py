@@ -145,8 +145,10 @@ def check_store(study: Study, out_dir: Path, *, resume: bool, allow_mixed: bool
 def run_study(study: Study, out_dir: str | Path, *, executor: Executor | None = None,
               run_one: RunOne | None = None, resolver: Resolver | None = None,
               resume: bool = False, allow_mixed: bool = False,
-              progress: Progress | None = None, write_outputs: bool = True) -> StudyRun:
-    """Run (or resume) `study`, storing rows in ``out_dir/results.jsonl`` as they finish."""
+              progress: Progress | None = None, write_outputs: bool = True,
+              plots: bool = True) -> StudyRun:
+    """Run (or resume) `study`, storing rows in ``out_dir/results.jsonl`` as they finish;
+    then (`write_outputs`) the tables and report, with figures unless not `plots`."""
     out_dir = Path(out_dir)
     previous, skipped_lines = check_store(study, out_dir, resume=resume,
                                           allow_mixed=allow_mixed)
@@ -227,5 +229,5 @@ def run_study(study: Study, out_dir: str | Path, *, executor: Executor | None = 
     if write_outputs:
         from tdsim.study.report import write_outputs as _write
 
-        result.files = _write(result, out_dir, executor)
+        result.files = _write(result, out_dir, executor, plots=plots)
     return result
