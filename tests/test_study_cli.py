@@ -164,3 +164,14 @@ def test_progress_lines_go_to_stderr_when_it_is_not_a_terminal(tmp_path, capsys)
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("study: 36/36 runs (100%), 0 failed, ")
     assert err[-1].endswith("left for the whole study")
+
+
+def test_parquet_flag_writes_the_runs_as_parquet(tmp_path):
+    """--parquet adds OUT/results.parquet with one row per run."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    path = write_study(tmp_path, BASIC)
+    out = tmp_path / "o"
+    assert tdsim_main(["study", str(path), "-j", "1", "--out", str(out), "--no-plots",
+                       "--parquet"]) == 0
+    assert len(pd.read_parquet(out / "results.parquet")) == 36
