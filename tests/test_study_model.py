@@ -106,3 +106,21 @@ def test_shipped_study_points_resolve_on_the_model(name):
     """Every design point of the studies that need only the foundation model resolves."""
     study = load_study(STUDIES / f"{name}.toml")
     assert len(resolve_points(study)) == len(study.points())
+
+
+def test_resolving_once_per_point_equals_loading_every_run(tmp_path):
+    """The runner resolves a point once and sets each replication's seed in a copy: the
+    same data the scenario loader gives for that seed, and an edited file is re-read."""
+    from tdsim.scenario import load_scenario
+    from tdsim.study.runner import resolve_scenario, run_overrides
+
+    study = _study(tmp_path, 3, 2)
+    point = study.points()[0]
+    for rep in range(3):
+        ov = run_overrides(study, point, "eager", rep)
+        assert resolve_scenario(study, ov) == load_scenario(study.scenario_path, ov).data
+    text = (tmp_path / "known.toml").read_text()
+    (tmp_path / "known.toml").write_text(text.replace("duration_us = 2000",
+                                                      "duration_us = 3000"))
+    ov = run_overrides(study, point, "eager", 0)
+    assert resolve_scenario(study, ov)["sim"]["duration_us"] == 3000

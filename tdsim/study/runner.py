@@ -31,7 +31,7 @@ Resolver = Callable[[Study, dict[str, Any]], dict[str, Any]]
 
 STORE_NAME = "results.jsonl"
 
-_RESOLVED: dict[tuple[str, str], dict[str, Any]] = {}
+_RESOLVED: dict[tuple[str, int, int, str], dict[str, Any]] = {}
 
 
 def resolve_scenario(study: Study, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +42,9 @@ def resolve_scenario(study: Study, overrides: dict[str, Any]) -> dict[str, Any]:
     from tdsim.scenario import load_scenario
 
     rest = {k: v for k, v in overrides.items() if k != "sim.seed"}
-    key = (str(study.scenario_path), json.dumps(rest, sort_keys=True, default=str))
+    stat = study.scenario_path.stat()  # an edited file is resolved afresh
+    key = (str(study.scenario_path), stat.st_mtime_ns, stat.st_size,
+           json.dumps(rest, sort_keys=True, default=str))
     data = _RESOLVED.get(key)
     if data is None:
         if len(_RESOLVED) > 4096:
