@@ -103,108 +103,141 @@ def _strategy_check(v: str) -> str | None:
     )
 
 
-def _cost(default: int, status: str, doc: str) -> Key:
-    return Key(int, default, f"[{status}] {doc}", non_negative)
+def _cost(default: int, status: str, plausible: tuple[int, int], doc: str) -> Key:
+    """A cost key; its doc starts ``[<status>; plausible <low>-<high> ns]``, which
+    `tdsim schema` prints and cost-uncertainty studies read (docs/studies.md)."""
+    low, high = plausible
+    assert low <= default <= high, (default, plausible)
+    return Key(int, default, f"[{status}; plausible {low}-{high} ns] {doc}", non_negative)
 
 
 # Per-operation costs (reference §9).  `source` = cited in the reference; `estimate` = a stated
 # or derived estimate; `placeholder` = UNVERIFIED calibration value, change it freely.
+# `plausible` is the range a cost-uncertainty study samples: for a placeholder about half to
+# three times the default (the uncertainty of an uncalibrated guess), narrower where the
+# reference or a measurement bounds it (wrmsr_ns, ipi_ns, vmx_*); a judgement to revise with
+# every calibration.
 COSTS = Table(
     {
-        "wrmsr_ns": _cost(35, "estimate", "one WRMSR; Sean Christopherson's ~300-500 cycles for "
-                          "4 user-return WRMSRs (v5 patch, lore 20251030191528) at ~3 GHz"),
-        "rdmsr_ns": _cost(30, "placeholder", "one RDMSR"),
-        "seamcall_ns": _cost(300, "placeholder", "bare SEAMCALL/SEAMRET transition pair "
-                             "(reference §9: several hundred to ~1000+ cycles, UNVERIFIED)"),
-        "td_entry_ns": _cost(600, "placeholder", "TDH.VP.ENTER module work up to VM entry "
-                             "(checks, guest state load); with td_exit_ns and seamcall_ns a TD "
-                             "round trip of 'thousands of cycles' (reference §9)"),
-        "td_exit_ns": _cost(600, "placeholder", "TD exit: module saves guest state, sets host "
-                            "fixed values, SEAMRET"),
-        "first_entry_flush_ns": _cost(1500, "placeholder", "module ASID flush + IBPB when an LP "
-                                      "switches TDVPR (reference §3.4 step 7)"),
-        "vcpu_enter_guest_ns": _cost(250, "placeholder", "KVM bookkeeping in vcpu_enter_guest "
-                                     "before TDH.VP.ENTER (request check, IRQs off, mode, "
-                                     "late check)"),
-        "exit_handling_ns": _cost(250, "placeholder", "KVM work after TD exit: post-exit "
-                                  "fix-ups, irqoff handling, IRQ window, tdx_handle_exit "
-                                  "dispatch"),
-        "guest_tdvmcall_ns": _cost(400, "placeholder", "guest #VE handling and TDCALL set-up "
-                                   "before a TDVMCALL (charged as guest time)"),
-        "tdvmcall_cpuid_ns": _cost(300, "placeholder", "KVM handling of TDVMCALL CPUID"),
-        "tdvmcall_msr_ns": _cost(200, "placeholder", "KVM handling of TDVMCALL RDMSR/WRMSR"),
-        "tdvmcall_hypercall_ns": _cost(300, "placeholder", "KVM hypercall (R10 != 0) handling"),
-        "tdvmcall_hlt_ns": _cost(200, "placeholder", "KVM handling of TDVMCALL HLT before "
-                                 "blocking"),
-        "tdvmcall_userspace_ns": _cost(300, "placeholder", "KVM work to prepare an exit to "
-                                       "userspace (kvm_run fields, completion callback)"),
-        "kvm_run_ioctl_ns": _cost(800, "placeholder", "KVM_RUN return to userspace and the next "
-                                  "KVM_RUN syscall (entry/exit, FPU put/load)"),
-        "vmm_io_ns": _cost(3000, "placeholder", "userspace VMM service time for KVM_EXIT_IO"),
-        "vmm_mmio_ns": _cost(4000, "placeholder", "userspace VMM service time for "
-                             "KVM_EXIT_MMIO"),
-        "vmm_mapgpa_ns": _cost(20000, "placeholder", "userspace VMM service time for "
+        "wrmsr_ns": _cost(35, "estimate", (25, 70),
+                          "one WRMSR; Sean Christopherson's ~300-500 cycles for 4 user-return "
+                          "WRMSRs (v5 patch, lore 20251030191528) at ~3 GHz"),
+        "rdmsr_ns": _cost(30, "placeholder", (15, 90), "one RDMSR"),
+        "seamcall_ns": _cost(300, "placeholder", (100, 600),
+                             "bare SEAMCALL/SEAMRET transition pair (reference §9: several "
+                             "hundred to ~1000+ cycles, UNVERIFIED)"),
+        "td_entry_ns": _cost(600, "placeholder", (300, 1800),
+                             "TDH.VP.ENTER module work up to VM entry (checks, guest state load); "
+                             "with td_exit_ns and seamcall_ns a TD round trip of 'thousands of "
+                             "cycles' (reference §9)"),
+        "td_exit_ns": _cost(600, "placeholder", (300, 1800),
+                            "TD exit: module saves guest state, sets host fixed values, SEAMRET"),
+        "first_entry_flush_ns": _cost(1500, "placeholder", (700, 4500),
+                                      "module ASID flush + IBPB when an LP switches TDVPR "
+                                      "(reference §3.4 step 7)"),
+        "vcpu_enter_guest_ns": _cost(250, "placeholder", (120, 750),
+                                     "KVM bookkeeping in vcpu_enter_guest before TDH.VP.ENTER "
+                                     "(request check, IRQs off, mode, late check)"),
+        "exit_handling_ns": _cost(250, "placeholder", (120, 750),
+                                  "KVM work after TD exit: post-exit fix-ups, irqoff handling, "
+                                  "IRQ window, tdx_handle_exit dispatch"),
+        "guest_tdvmcall_ns": _cost(400, "placeholder", (200, 1200),
+                                   "guest #VE handling and TDCALL set-up before a TDVMCALL "
+                                   "(charged as guest time)"),
+        "tdvmcall_cpuid_ns": _cost(300, "placeholder", (150, 900),
+                                   "KVM handling of TDVMCALL CPUID"),
+        "tdvmcall_msr_ns": _cost(200, "placeholder", (100, 600),
+                                 "KVM handling of TDVMCALL RDMSR/WRMSR"),
+        "tdvmcall_hypercall_ns": _cost(300, "placeholder", (150, 900),
+                                       "KVM hypercall (R10 != 0) handling"),
+        "tdvmcall_hlt_ns": _cost(200, "placeholder", (100, 600),
+                                 "KVM handling of TDVMCALL HLT before blocking"),
+        "tdvmcall_userspace_ns": _cost(300, "placeholder", (150, 900),
+                                       "KVM work to prepare an exit to userspace (kvm_run fields, "
+                                       "completion callback)"),
+        "kvm_run_ioctl_ns": _cost(800, "placeholder", (400, 2400),
+                                  "KVM_RUN return to userspace and the next KVM_RUN syscall "
+                                  "(entry/exit, FPU put/load)"),
+        "vmm_io_ns": _cost(3000, "placeholder", (1500, 9000),
+                           "userspace VMM service time for KVM_EXIT_IO"),
+        "vmm_mmio_ns": _cost(4000, "placeholder", (2000, 12000),
+                             "userspace VMM service time for KVM_EXIT_MMIO"),
+        "vmm_mapgpa_ns": _cost(20000, "placeholder", (10000, 60000),
+                               "userspace VMM service time for "
                                "KVM_EXIT_HYPERCALL(KVM_HC_MAP_GPA_RANGE)"),
-        "vcpu_load_ns": _cost(150, "placeholder", "kvm_arch_vcpu_load bookkeeping (PI "
-                              "descriptor update, list add), MSR writes excluded"),
-        "vcpu_put_ns": _cost(150, "placeholder", "kvm_arch_vcpu_put bookkeeping, MSR writes "
-                             "excluded"),
-        "context_switch_ns": _cost(1500, "placeholder", "host context switch (schedule(), "
-                                   "switch_to)"),
-        "ipi_ns": _cost(1500, "placeholder", "cross-CPU IPI delivery (reference §9: ~1-2 us, "
-                        "UNVERIFIED)"),
-        "host_irq_ns": _cost(1000, "placeholder", "host interrupt handler run in "
-                             "handle_exit_irqoff (tick, hrtimer)"),
-        "tdh_vp_flush_ns": _cost(2000, "placeholder", "TDH.VP.FLUSH on the old CPU, SEAMCALL "
-                                 "included"),
-        "tdh_vp_rd_ns": _cost(400, "placeholder", "TDH.VP.RD, SEAMCALL included"),
-        "tdh_vp_wr_ns": _cost(400, "placeholder", "TDH.VP.WR, SEAMCALL included"),
-        "guest_irq_ns": _cost(1000, "placeholder", "guest interrupt handler for a delivered "
-                              "posted interrupt (guest time)"),
+        "vcpu_load_ns": _cost(150, "placeholder", (75, 450),
+                              "kvm_arch_vcpu_load bookkeeping (PI descriptor update, list add), "
+                              "MSR writes excluded"),
+        "vcpu_put_ns": _cost(150, "placeholder", (75, 450),
+                             "kvm_arch_vcpu_put bookkeeping, MSR writes excluded"),
+        "context_switch_ns": _cost(1500, "placeholder", (750, 4500),
+                                   "host context switch (schedule(), switch_to)"),
+        "ipi_ns": _cost(1500, "placeholder", (1000, 2000),
+                        "cross-CPU IPI delivery (reference §9: ~1-2 us, UNVERIFIED)"),
+        "host_irq_ns": _cost(1000, "placeholder", (500, 3000),
+                             "host interrupt handler run in handle_exit_irqoff (tick, hrtimer)"),
+        "tdh_vp_flush_ns": _cost(2000, "placeholder", (1000, 6000),
+                                 "TDH.VP.FLUSH on the old CPU, SEAMCALL included"),
+        "tdh_vp_rd_ns": _cost(400, "placeholder", (200, 1200), "TDH.VP.RD, SEAMCALL included"),
+        "tdh_vp_wr_ns": _cost(400, "placeholder", (200, 1200), "TDH.VP.WR, SEAMCALL included"),
+        "guest_irq_ns": _cost(1000, "placeholder", (500, 3000),
+                              "guest interrupt handler for a delivered posted interrupt (guest "
+                              "time)"),
         # --- issue 5 (TDVMCALL fidelity) ---
-        "tdvmcall_simple_ns": _cost(150, "placeholder", "KVM handling of a TDVMCALL answered "
-                                    "without emulation: a validation failure, "
-                                    "SUBFUNC_UNSUPPORTED, GetTdVmCallInfo leaf 0"),
-        "regs_copy_ns": _cost(0, "placeholder", "one 8-byte GPR copy between vp_enter_args and "
-                              "KVM's regs[] (about a cycle, below the model's 1 ns resolution: "
-                              "0 by default; set it to price the register layout)"),
-        "vmm_tdx_ns": _cost(5000, "placeholder", "userspace VMM service time for KVM_EXIT_TDX "
-                            "(GetQuote queued, SetupEventNotifyInterrupt, GetTdVmCallInfo)"),
-        "vmm_msr_ns": _cost(3000, "placeholder", "userspace VMM service time for "
-                            "KVM_EXIT_X86_RDMSR/WRMSR"),
-        "vmm_system_event_ns": _cost(2000, "placeholder", "userspace VMM service time for "
-                                     "KVM_EXIT_SYSTEM_EVENT (TDX fatal error report)"),
+        "tdvmcall_simple_ns": _cost(150, "placeholder", (75, 450),
+                                    "KVM handling of a TDVMCALL answered without emulation: a "
+                                    "validation failure, SUBFUNC_UNSUPPORTED, GetTdVmCallInfo "
+                                    "leaf 0"),
+        "regs_copy_ns": _cost(0, "placeholder", (0, 1),
+                              "one 8-byte GPR copy between vp_enter_args and KVM's regs[] (about "
+                              "a cycle, below the model's 1 ns resolution: 0 by default; set it "
+                              "to price the register layout)"),
+        "vmm_tdx_ns": _cost(5000, "placeholder", (2500, 15000),
+                            "userspace VMM service time for KVM_EXIT_TDX (GetQuote queued, "
+                            "SetupEventNotifyInterrupt, GetTdVmCallInfo)"),
+        "vmm_msr_ns": _cost(3000, "placeholder", (1500, 9000),
+                            "userspace VMM service time for KVM_EXIT_X86_RDMSR/WRMSR"),
+        "vmm_system_event_ns": _cost(2000, "placeholder", (1000, 6000),
+                                     "userspace VMM service time for KVM_EXIT_SYSTEM_EVENT (TDX "
+                                     "fatal error report)"),
         # --- issue 3: late entry aborts, VMX co-tenants -------------------------------------
-        "vmx_entry_ns": _cost(500, "placeholder", "VMX VM entry (VMRESUME), hardware; with "
-                              "vmx_exit_ns ~1,000-1,500 cycles (reference §9, UNVERIFIED)"),
-        "vmx_exit_ns": _cost(300, "placeholder", "VMX VM exit, hardware"),
-        "vmx_exit_handling_ns": _cost(500, "placeholder", "KVM VMX exit handling for an "
-                                      "in-kernel exit (CPUID, MSR, hypercall)"),
-        "ept_violation_ns": _cost(1500, "placeholder", "tdx_handle_ept_violation for a "
-                                  "synthesized zero-step EPT violation (fault path, page "
-                                  "already mapped)"),
-        "notify_resume_ns": _cost(300, "placeholder", "resume_user_mode_work run from "
-                                  "xfer_to_guest_mode_handle_work"),
-        "in_guest_mode_window_ns": _cost(50, "placeholder", "from vcpu->mode = IN_GUEST_MODE "
-                                         "to the late kvm_vcpu_exit_request check (a kick "
-                                         "in it aborts the entry)"),
+        "vmx_entry_ns": _cost(500, "placeholder", (250, 750),
+                              "VMX VM entry (VMRESUME), hardware; with vmx_exit_ns ~1,000-1,500 "
+                              "cycles (reference §9, UNVERIFIED)"),
+        "vmx_exit_ns": _cost(300, "placeholder", (150, 450), "VMX VM exit, hardware"),
+        "vmx_exit_handling_ns": _cost(500, "placeholder", (250, 1500),
+                                      "KVM VMX exit handling for an in-kernel exit (CPUID, MSR, "
+                                      "hypercall)"),
+        "ept_violation_ns": _cost(1500, "placeholder", (750, 4500),
+                                  "tdx_handle_ept_violation for a synthesized zero-step EPT "
+                                  "violation (fault path, page already mapped)"),
+        "notify_resume_ns": _cost(300, "placeholder", (150, 900),
+                                  "resume_user_mode_work run from xfer_to_guest_mode_handle_work"),
+        "in_guest_mode_window_ns": _cost(50, "placeholder", (25, 150),
+                                         "from vcpu->mode = IN_GUEST_MODE to the late "
+                                         "kvm_vcpu_exit_request check (a kick in it aborts the "
+                                         "entry)"),
         # --- issue 4: interrupts, NMIs, SEPT zaps ---
-        "icr_write_ns": _cost(150, "placeholder", "KVM emulation of an x2APIC ICR write, per "
-                              "destination (kvm_apic_send_ipi -> __apic_accept_irq -> PI post)"),
-        "host_nmi_ns": _cost(1500, "placeholder", "host NMI handler (perf / watchdog) run in "
-                             "tdx_vcpu_enter_exit after an EXCEPTION_NMI exit"),
-        "guest_nmi_ns": _cost(2000, "placeholder", "guest NMI handler (guest time)"),
-        "tdh_mem_range_block_ns": _cost(800, "placeholder", "TDH.MEM.RANGE.BLOCK, SEAMCALL "
-                                        "included"),
-        "tdh_mem_track_ns": _cost(500, "placeholder", "TDH.MEM.TRACK, SEAMCALL included (holds "
-                                  "the TD epoch lock exclusively meanwhile)"),
-        "tdh_mem_page_remove_ns": _cost(1000, "placeholder", "TDH.MEM.PAGE.REMOVE, SEAMCALL "
-                                        "included"),
-        "tdh_mem_page_aug_ns": _cost(1000, "placeholder", "TDH.MEM.PAGE.AUG, SEAMCALL "
-                                     "included"),
-        "kvm_private_fault_ns": _cost(500, "placeholder", "KVM's TDP MMU fault path for one "
-                                      "try on a private GPA (kvm_mmu_page_fault, mmu_lock "
-                                      "read, walk), SEAMCALL excluded"),
+        "icr_write_ns": _cost(150, "placeholder", (75, 450),
+                              "KVM emulation of an x2APIC ICR write, per destination "
+                              "(kvm_apic_send_ipi -> __apic_accept_irq -> PI post)"),
+        "host_nmi_ns": _cost(1500, "placeholder", (750, 4500),
+                             "host NMI handler (perf / watchdog) run in tdx_vcpu_enter_exit after "
+                             "an EXCEPTION_NMI exit"),
+        "guest_nmi_ns": _cost(2000, "placeholder", (1000, 6000), "guest NMI handler (guest time)"),
+        "tdh_mem_range_block_ns": _cost(800, "placeholder", (400, 2400),
+                                        "TDH.MEM.RANGE.BLOCK, SEAMCALL included"),
+        "tdh_mem_track_ns": _cost(500, "placeholder", (250, 1500),
+                                  "TDH.MEM.TRACK, SEAMCALL included (holds the TD epoch lock "
+                                  "exclusively meanwhile)"),
+        "tdh_mem_page_remove_ns": _cost(1000, "placeholder", (500, 3000),
+                                        "TDH.MEM.PAGE.REMOVE, SEAMCALL included"),
+        "tdh_mem_page_aug_ns": _cost(1000, "placeholder", (500, 3000),
+                                     "TDH.MEM.PAGE.AUG, SEAMCALL included"),
+        "kvm_private_fault_ns": _cost(500, "placeholder", (250, 1500),
+                                      "KVM's TDP MMU fault path for one try on a private GPA "
+                                      "(kvm_mmu_page_fault, mmu_lock read, walk), SEAMCALL "
+                                      "excluded"),
     },
     doc="Per-operation costs in ns.",
 )

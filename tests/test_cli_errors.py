@@ -226,16 +226,16 @@ def test_real_entry_point_prints_one_line(workdir):
 
 
 def test_missing_optional_module_names_the_extra(workdir):
-    """Without the study extra (scipy made unimportable), `tdsim study` names the extra to
+    """Without the study extra (matplotlib made unimportable), `tdsim study` names the extra to
     install in one line instead of raising ModuleNotFoundError; nothing is written."""
     study = Path(__file__).parents[1] / "studies" / "regs_layout.toml"
-    code = ("import sys; sys.modules['scipy'] = None\n"
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
             "from tdsim.cli import main\n"
             f"sys.exit(main(['study', {str(study)!r}, '--jobs', '1', '--out', 'out']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=workdir)
     assert proc.returncode == 2
-    assert proc.stderr == ("tdsim: error: this needs the optional module 'scipy': install "
+    assert proc.stderr == ("tdsim: error: this needs the optional module 'matplotlib': install "
                            "tdsim's 'study' extra (pip install 'tdsim[study]')\n")
     assert not (workdir / "out").exists()
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tdsim.study.checks import resolve_points
 from tdsim.study.execute import InProcessExecutor, LocalExecutor
-from tdsim.study.runner import resolve_points, run_study
+from tdsim.study.runner import run_study
 from tdsim.study.spec import load_study
 
 # One vCPU alone on one CPU, no ticks, no host tasks, fixed compute time, and CPUID and
@@ -81,7 +82,7 @@ def test_ci_covers_the_known_expectation_about_95_percent(tmp_path):
     (n,) = _tdvmcall_totals(tmp_path)
     hits = 0
     for k in range(REPETITIONS):
-        study = _study(tmp_path, 1 + REPLICATIONS * k, REPLICATIONS)  # disjoint seeds
+        study = _study(tmp_path, 1 + k, REPLICATIONS)  # hashed seeds: disjoint
         summary = run_study(study, tmp_path / f"out{k}", write_outputs=False).summary
         hits += summary.cells[(0, "current", "tdvmcall.cpuid")].covers(n / 2)
     assert 0.90 * REPETITIONS <= hits <= 0.99 * REPETITIONS, hits
@@ -105,3 +106,21 @@ def test_shipped_study_points_resolve_on_the_model(name):
     """Every design point of the studies that need only the foundation model resolves."""
     study = load_study(STUDIES / f"{name}.toml")
     assert len(resolve_points(study)) == len(study.points())
+
+
+def test_resolving_once_per_point_equals_loading_every_run(tmp_path):
+    """The runner resolves a point once and sets each replication's seed in a copy: the
+    same data the scenario loader gives for that seed, and an edited file is re-read."""
+    from tdsim.scenario import load_scenario
+    from tdsim.study.runner import resolve_scenario, run_overrides
+
+    study = _study(tmp_path, 3, 2)
+    point = study.points()[0]
+    for rep in range(3):
+        ov = run_overrides(study, point, "eager", rep)
+        assert resolve_scenario(study, ov) == load_scenario(study.scenario_path, ov).data
+    text = (tmp_path / "known.toml").read_text()
+    (tmp_path / "known.toml").write_text(text.replace("duration_us = 2000",
+                                                      "duration_us = 3000"))
+    ov = run_overrides(study, point, "eager", 0)
+    assert resolve_scenario(study, ov)["sim"]["duration_us"] == 3000

@@ -17,8 +17,10 @@ from study_fakes import (
 )
 
 from tdsim.study.runner import run_study
-from tdsim.study.spec import StudyError, load_study
+from tdsim.study.spec import StudyError, load_study, replication_seed
+from tdsim.study.stats import final_count
 from tdsim.study.store import ResultStore
+from tdsim.study.summary import summarize
 
 N_RUNS = 3 * 3 * 4  # points x strategies x replications in BASIC
 
@@ -41,8 +43,8 @@ def test_rows_come_in_design_order_with_shared_seeds(basic, tmp_path):
     """One row per point x strategy x replication, sorted by design key; seeds shared."""
     result = run(basic, tmp_path / "out")
     got = [(r["point"]["x"], r["strategy"], r["replication"], r["seed"]) for r in result.rows]
-    assert got == [(x, s, r, 1 + r) for x in (0, 1, 2) for s in ("current", "v6.16", "eager")
-                   for r in range(4)]
+    assert got == [(x, s, r, replication_seed(1, r)) for x in (0, 1, 2)
+                   for s in ("current", "v6.16", "eager") for r in range(4)]
     assert all(r["status"] == "ok" and r["tdsim_version"] for r in result.rows)
     assert len({r["scenario_sha256"] for r in result.rows}) == N_RUNS
 
@@ -140,26 +142,48 @@ def test_changed_scenario_reruns_everything(tmp_path):
     assert result.stale_rows == N_RUNS
 
 
-def test_sequential_rule_adds_replications_until_the_target_holds(tmp_path):
-    """exits has sd 5 around 50-70: a 5% target needs about 10-20 runs, more than min = 3."""
-    body = BASIC.replace("count = 4", "target_rel_halfwidth = 0.05\nmin = 3\nmax = 60\n"
-                         'metrics = ["exits"]')
+def test_sequential_study_runs_the_count_its_first_stage_asks_for(tmp_path):
+    """Two stages: every point's count is final_count() of its first 10 replications'
+    paired differences (the quantity compared), and strategies stay paired."""
+    body = BASIC.replace("count = 4", "target_rel_halfwidth = 0.004\nmin = 10\nmax = 60\n"
+                         'metrics = ["wrmsr.total"]')
     study = load_study(write_study(tmp_path, body))
     result = run(study, tmp_path / "out")
+    first = [r for r in result.rows if r["replication"] < 10]
+    grew = 0
     for p in study.points():
         ns = {result.summary.cells[(p.index, s, "exits")].n for s in study.strategies}
         assert len(ns) == 1  # strategies stay paired
-        n = ns.pop()
-        assert 3 < n < 60
-        assert result.summary.cells[(p.index, "current", "exits")].rel_halfwidth <= 0.05
+        stage1 = summarize(study, [r for r in first if r["point_index"] == p.index],
+                           only={p.index})
+        spreads = [(d.diff.sd, 0.004 * abs(d.baseline.mean)) for d in stage1.differences
+                   if d.metric == "wrmsr.total"]
+        assert ns.pop() == final_count(10, spreads, study.interval_confidence, 60)
+        grew += result.summary.cells[(p.index, "current", "exits")].n > 10
+    assert grew  # the test is weak if no point needed a second stage
+
+
+def test_sequential_study_without_comparison_targets_the_means(tmp_path):
+    """One strategy: the count is set by each cell's mean (exits: sd 5 around 50-70)."""
+    body = BASIC.replace('strategies = ["current", "v6.16", "eager"]', 'strategies = ["eager"]'
+                         ).replace("count = 4", "target_rel_halfwidth = 0.02\nmin = 10\n"
+                                   'max = 200\nmetrics = ["exits"]')
+    study = load_study(write_study(tmp_path, body))
+    result = run(study, tmp_path / "out")
+    for p in study.points():
+        stage1 = [r for r in result.rows if r["point_index"] == p.index
+                  and r["replication"] < 10]
+        e = summarize(study, stage1, only={p.index}).cells[(p.index, "eager", "exits")]
+        want = final_count(10, [(e.sd, 0.02 * e.mean)], study.interval_confidence, 200)
+        assert result.summary.cells[(p.index, "eager", "exits")].n == want > 10
 
 
 def test_sequential_rule_stops_at_max_when_target_is_unreachable(tmp_path):
-    """The metric `zero` is always 0 (met); exits at a 0.1% target hits max."""
-    body = BASIC.replace('"wrmsr.total/exits"]', '"zero"]').replace(
-        "count = 4", "target_rel_halfwidth = 0.001\nmin = 2\nmax = 5")
+    """The metric `kvm_bug` is always 0 (met); exits at a 0.1% target hits max."""
+    body = BASIC.replace('"wrmsr.total/exits"]', '"kvm_bug"]').replace(
+        "count = 4", "target_rel_halfwidth = 0.001\nmin = 10\nmax = 12")
     result = run(load_study(write_study(tmp_path, body)), tmp_path / "out")
-    assert {e.n for e in result.summary.cells.values()} == {5}
+    assert {e.n for e in result.summary.cells.values()} == {12}
 
 
 def test_outputs_are_written(basic, tmp_path):
@@ -186,12 +210,14 @@ def test_outputs_are_written(basic, tmp_path):
     design = json.loads((out / "design.json").read_text())
     assert design["points"][2]["factors"] == {"x": 2}
     assert design["points"][2]["scenario"]["overrides"]["kvm.host_state"] == "current"
-    assert len(result.files) == 5 + len(pngs) + 0  # csv x3, design, report + plots
+    svgs = sorted(p.name for p in (out / "plots").glob("*.svg"))
+    assert [p.removesuffix(".svg") for p in svgs] == [p.removesuffix(".png") for p in pngs]
+    assert len(result.files) == 5 + len(pngs) + len(svgs)  # csv x3, design, report, plots
 
 
 def test_report_lists_violations_per_strategy(basic, tmp_path):
     """The report's verdict section names the violating strategy, the invariant, an example."""
-    run(basic, tmp_path / "out", violating_runner, write_outputs=True)
+    run(basic, tmp_path / "out", violating_runner, write_outputs=True, plots=False)
     report = (tmp_path / "out" / "report.md").read_text()
     section = report.split("## Violations found")[1].split("## ")[0]
     assert "| x=0 | `eager` | 4 of 4 | 4 | host_state_leak 4 |" in section
@@ -200,24 +226,25 @@ def test_report_lists_violations_per_strategy(basic, tmp_path):
 
 
 def test_counter_absent_from_some_runs_is_zero_but_unknown_metric_is_missing(tmp_path):
-    """`violations.host_state_leak` appears only under eager, so it is 0 elsewhere; a metric
-    no run reports is flagged as missing, not silently zero."""
-    body = BASIC.replace('"wrmsr.total/exits"]', '"violations.host_state_leak", "no.such"]')
+    """`violations.host_state_leak` appears only under eager, so it is 0 elsewhere; a
+    declared metric no run reports is flagged as missing, not silently zero."""
+    body = BASIC.replace('"wrmsr.total/exits"]',
+                         '"violations.host_state_leak", "late_abort.kick"]')
     study = load_study(write_study(tmp_path, body))
-    result = run(study, tmp_path / "out", violating_runner, write_outputs=True)
+    result = run(study, tmp_path / "out", violating_runner, write_outputs=True, plots=False)
     cells = result.summary.cells
     assert (cells[(0, "current", "violations.host_state_leak")].mean,
             cells[(0, "eager", "violations.host_state_leak")].mean) == (0.0, 1.0)
-    assert cells[(0, "current", "no.such")].n == 0
-    assert result.summary.missing == {"no.such": N_RUNS}
+    assert cells[(0, "current", "late_abort.kick")].n == 0
+    assert result.summary.missing == {"late_abort.kick": N_RUNS}
     assert "**Missing** from 36 successful runs" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_sequential_rule_gives_up_on_a_failing_point(tmp_path):
-    """v6.16 replication 1 always fails: no point grows past its first failing batch."""
-    body = BASIC.replace("count = 4", "target_rel_halfwidth = 0.01\nmin = 2\nmax = 40")
+    """v6.16 replication 1 always fails: no point grows past its first stage."""
+    body = BASIC.replace("count = 4", "target_rel_halfwidth = 0.01\nmin = 10\nmax = 40")
     result = run(load_study(write_study(tmp_path, body)), tmp_path / "out", failing_runner)
-    assert max(r["replication"] for r in result.rows) == 1
+    assert max(r["replication"] for r in result.rows) == 9
 
 
 def test_one_categorical_dimension_gets_a_strategy_by_level_matrix(tmp_path):

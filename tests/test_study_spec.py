@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from study_fakes import BASIC, write_study
 
-from tdsim.study.spec import StudyError, load_study
+from tdsim.study.spec import StudyError, load_study, replication_seed
 
 
 def study(tmp_path, body):
@@ -26,7 +26,33 @@ REPS = "\n[replications]\ncount = 2\n"
         (HEAD + 'strategies = []' + REPS, "strategies", "must not be empty"),
         (HEAD + 'baseline = "eager"' + REPS, "baseline", "not one of the strategies"),
         (HEAD.replace('["exits"]', '["a/b/c"]') + REPS, "metrics[0]", "ratio"),
-        (HEAD.replace('["exits"]', '["a/0"]') + REPS, "metrics[0]", "divides by zero"),
+        (HEAD.replace('["exits"]', '["exits/0"]') + REPS, "metrics[0]", "divides by zero"),
+        (HEAD.replace('["exits"]', '["wrmsr.totl"]') + REPS, "metrics[0]",
+         "did you mean 'wrmsr.total'?"),
+        (HEAD.replace('["exits"]', '["exits", "wrmsr.total/exitz"]') + REPS, "metrics[1]",
+         "'exitz' is not a metric tdsim reports"),
+        (HEAD + 'strategies = ["current", "eagre"]' + REPS, "strategies[1]",
+         "unknown strategy 'eagre'"),
+        (HEAD + 'strategies = ["current", "nope.py:Cls"]' + REPS, "strategies[1]",
+         "not found"),
+        (HEAD + 'ratio = "median"' + REPS, "ratio", "ratio_of_means"),
+        (HEAD + 'compare = "x"' + REPS, "compare", "not a factor of this study"),
+        (HEAD + 'compare = "strategy"' + REPS, "compare", "lists only one"),
+        (HEAD + 'compare = {factor = "x", baseline = 9}\n[factors]\nx = [1, 2]' + REPS,
+         "compare.baseline", "not a level"),
+        (HEAD + 'compare = "x"\n[factors]\nx = [1]' + REPS, "compare", "one level"),
+        (HEAD + "min_effect = 5" + REPS, "min_effect", "below 1"),
+        (HEAD + "min_effect = {wrmsr = 0.1}" + REPS, "min_effect.wrmsr",
+         "not one of the reported metrics"),
+        (HEAD + "min_effect = {exits = {absolute = -1}}" + REPS, "min_effect.exits.absolute",
+         ">= 0"),
+        (HEAD + "\n[series]\nmetrics = [\"exits\"]\nwindow_us = 0" + REPS,
+         "series.window_us", "> 0"),
+        (HEAD + "\n[uncertainty]\nsamples = 4\ncosts = [\"wrmsr\"]" + REPS,
+         "uncertainty.costs[0]", "not a cost"),
+        (HEAD + "\n[uncertainty]\nsamples = 1" + REPS, "uncertainty.samples", ">= 2"),
+        (HEAD + '\n[overrides]\n"costs.wrmsr_ns" = 3\n[uncertainty]\nsamples = 2' + REPS,
+         "uncertainty", "set twice"),
         (HEAD + "confidence = 1.5" + REPS, "confidence", "between 0 and 1"),
         (HEAD + "warmup_us = -1" + REPS, "warmup_us", ">= 0"),
         (HEAD + 'seed = "one"' + REPS, "seed", "must be an integer"),
@@ -34,11 +60,11 @@ REPS = "\n[replications]\ncount = 2\n"
         (HEAD + "\n[replications]\ncount = 0\n", "replications.count", ">= 1"),
         (HEAD + "\n[replications]\ncount = 2\nmax = 3\n", "replications.max",
          "not allowed with count"),
-        (HEAD + "\n[replications]\ntarget_rel_halfwidth = 0.1\nmin = 5\nmax = 3\n",
+        (HEAD + "\n[replications]\ntarget_rel_halfwidth = 0.1\nmin = 12\nmax = 11\n",
          "replications.max", "must be >= min"),
-        (HEAD + "\n[replications]\ntarget_rel_halfwidth = 0.1\nmin = 1\nmax = 3\n",
-         "replications.min", ">= 2"),
-        (HEAD + "\n[replications]\ntarget_rel_halfwidth = 0.1\nmax = 9\nmetrics = [\"w\"]\n",
+        (HEAD + "\n[replications]\ntarget_rel_halfwidth = 0.1\nmin = 5\nmax = 30\n",
+         "replications.min", ">= 10"),
+        (HEAD + "\n[replications]\ntarget_rel_halfwidth = 0.1\nmax = 19\nmetrics = [\"w\"]\n",
          "replications.metrics[0]", "not one of the reported metrics"),
         (HEAD + '\n[factors]\n"kvm.host_state" = ["eager"]' + REPS, "factors.kvm.host_state",
          "use `strategies`"),
@@ -134,18 +160,86 @@ def test_no_factors_is_one_design_point(tmp_path):
 
 
 def test_replication_seeds_are_shared_by_strategies(tmp_path):
-    """Replication r uses seed + r whatever the strategy (common random numbers)."""
+    """Replication r runs with one seed, hashed from (study seed, r), whatever the strategy
+    or point (common random numbers)."""
     s = study(tmp_path, BASIC.replace("[factors]", 'seed = 40\n[factors]'))
-    assert [s.seed_of(r) for r in range(3)] == [40, 41, 42]
+    assert [s.seed_of(r) for r in range(3)] == [replication_seed(40, r) for r in range(3)]
+    assert len({s.seed_of(r) for r in range(100)}) == 100
     assert s.baseline == "current"
+
+
+def test_neighbouring_study_seeds_share_no_replication_seed():
+    """Study seeds 1 and 2 (and 2 and 3) draw disjoint replication seeds, not shifted ones."""
+    seeds = [{replication_seed(k, r) for r in range(1000)} for k in (1, 2, 3)]
+    assert not seeds[0] & seeds[1]
+    assert not seeds[1] & seeds[2]
+
+
+def test_replication_seed_is_a_stable_hash():
+    """The seed of (1, 0) is fixed: a change would silently invalidate every stored study."""
+    assert replication_seed(1, 0) == 0x7ccde00b425b
+    assert replication_seed(1, 0) < 2**48
 
 
 def test_ratio_metric_is_computed_per_run(tmp_path):
     """'a/b' divides two metrics of one run; 'a/1000' scales by a number."""
-    s = study(tmp_path, HEAD.replace('["exits"]', '["w/e", "w/1000"]') + REPS)
-    assert s.metric("w/e").value({"w": 6, "e": 3}) == 2.0
-    assert s.metric("w/1000").value({"w": 500}) == 0.5
-    assert s.metric("w/e").value({"w": 6}) is None
+    s = study(tmp_path, HEAD.replace('["exits"]', '["wrmsr.total/exits", "wrmsr.total/1000"]')
+              + REPS)
+    assert s.metric("wrmsr.total/exits").value({"wrmsr.total": 6, "exits": 3}) == 2.0
+    assert s.metric("wrmsr.total/1000").value({"wrmsr.total": 500}) == 0.5
+    assert s.metric("wrmsr.total/exits").value({"wrmsr.total": 6}) is None
+
+
+def test_star_segment_sums_the_matching_metrics(tmp_path):
+    """'cpu.*.ns.kvm' is the KVM time of all CPUs: the sum of cpu.<i>.ns.kvm."""
+    s = study(tmp_path, HEAD.replace('["exits"]', '["cpu.*.ns.kvm/exits"]') + REPS)
+    run = {"cpu.0.ns.kvm": 100, "cpu.1.ns.kvm": 50, "cpu.1.ns.guest": 999, "exits": 3}
+    assert s.metric("cpu.*.ns.kvm/exits").value(run) == 50.0
+
+
+def test_compare_a_factor_names_its_baseline_level(tmp_path):
+    """`compare = {factor, baseline}` contrasts every level with the named one; the string
+    form takes the first level."""
+    body = HEAD + 'compare = {factor = "layout", baseline = "copy"}\n' + (
+        '[factors]\nlayout = ["in_place", "copy", "packed"]' + REPS)
+    s = study(tmp_path, body)
+    assert [(c.dimension, c.baseline_level) for c in s.comparisons] == [(0, 1)]
+    s = study(tmp_path, body.replace('{factor = "layout", baseline = "copy"}', '"layout"'))
+    assert [(c.dimension, c.baseline_level) for c in s.comparisons] == [(0, 0)]
+
+
+def test_strategies_are_compared_by_default_and_not_when_a_factor_is(tmp_path):
+    """Several strategies: compared with the baseline unless `compare` says otherwise."""
+    assert [c.dimension for c in study(tmp_path, BASIC).comparisons] == [None]
+    s = study(tmp_path, BASIC.replace("[factors]", 'compare = "x"\n[factors]'))
+    assert [c.dimension for c in s.comparisons] == [0]
+
+
+def test_min_effect_per_metric_absolute_or_relative(tmp_path):
+    """A table sets a default fraction and per-metric thresholds in the metric's unit."""
+    s = study(tmp_path, HEAD.replace('["exits"]', '["exits", "wrmsr.total"]') + (
+        'min_effect = {default = 0.05, "wrmsr.total" = {absolute = 2}}' + REPS))
+    assert s.min_effect("exits").threshold(200.0) == pytest.approx(10.0)
+    assert s.min_effect("wrmsr.total").threshold(200.0) == 2.0
+
+
+def test_sequential_groups_keep_compared_levels_together(tmp_path):
+    """With a compared factor, its levels share one count (their runs stay paired)."""
+    s = study(tmp_path, HEAD + 'compare = "a"\n[factors]\na = [1, 2]\nb = [3, 4, 5]' + REPS)
+    assert s.sequential_groups() == [[0, 3], [1, 4], [2, 5]]
+
+
+def test_uncertainty_adds_a_cost_sample_dimension_nominal_first(tmp_path):
+    """[uncertainty] samples costs over their plausible ranges: level 0 is the defaults,
+    then a Latin hypercube (each range's strata used once)."""
+    s = study(tmp_path, HEAD + '\n[uncertainty]\nsamples = 8\n'
+              'costs = ["wrmsr_ns", "vmm_io_ns"]' + REPS)
+    dim = s.dimensions[s.cost_dimension]
+    assert dim.keys == ("costs.wrmsr_ns", "costs.vmm_io_ns")
+    assert dim.levels[0] == (35, 3000)
+    wrmsr = sorted(lv[0] for lv in dim.levels[1:])
+    assert [int((w - 25) / (70 - 25) * 8) for w in wrmsr] == list(range(8))
+    assert len(s.points()) == 9
 
 
 def test_lockstep_group_may_name_itself_and_its_levels(tmp_path):

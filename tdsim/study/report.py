@@ -4,12 +4,16 @@ Files in the output directory::
 
     results.jsonl   the store: one row per run, in completion order (see store.py)
     results.csv     one line per run, in design order
-    summary.csv     per design point x strategy x metric: n, mean, sd, CI
-    paired.csv      per design point x non-baseline strategy x metric: paired difference, CI
+    summary.csv     per design point x strategy x metric: estimator, n, mean, sd, CI
+    paired.csv      per contrast x metric: difference, CI, ratio with its Fieller interval,
+                    p-value, Holm-adjusted p-value, min effect, verdict
+    uncertainty.csv per conclusion x cost sample: the effect and the sampled costs (studies
+                    with [uncertainty])
     design.json     the study, and every design point's resolved scenario (baseline strategy,
                     replication 0: set kvm.host_state and sim.seed to reproduce any row)
-    plots/*.png     see plots.py
-    report.md       the question, the design, the tables and the plots
+    plots/*.png     see plots.py; each also as .svg
+    report.md       the answer in words, the design, the tables and the plots, cost
+                    uncertainty, warm-up, violations, failed runs, provenance
 """
 
 from __future__ import annotations
@@ -19,19 +23,31 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tdsim.study.execute import tdsim_version
-from tdsim.study.plots import write_plots
-from tdsim.study.stats import Estimate
+from tdsim.study.fmt import ci, interval, p_value, relative
+from tdsim.study.labels import metric_label
+from tdsim.study.report_sections import (
+    errors_section,
+    notes_section,
+    provenance_section,
+    table,
+    violations_section,
+)
 from tdsim.study.store import write_rows_csv
+from tdsim.study.summary import MINUS, estimator_name
+from tdsim.study.verdicts import sentences
 
 if TYPE_CHECKING:
+    from tdsim.study.execute import Executor
     from tdsim.study.runner import StudyRun
 
-MAX_ERRORS_LISTED = 20
+VERDICT_SHORT = {"material": "**matters**", "detected": "real, maybe small",
+                 "negligible": "negligible", "inconclusive": "inconclusive"}
 
 
-def write_outputs(result: StudyRun, out_dir: str | Path, *, executor_name: str = ""
-                  ) -> list[Path]:
+def write_outputs(result: StudyRun, out_dir: str | Path, executor: Executor | None = None,
+                  *, plots: bool = True) -> list[Path]:
+    from tdsim.study.plots import write_plots  # matplotlib: only when figures are drawn
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     study, summary = result.study, result.summary
@@ -41,11 +57,23 @@ def write_outputs(result: StudyRun, out_dir: str | Path, *, executor_name: str =
     write_rows_csv(result.rows, files[0], factor_keys)
     summary.write_csv(files[1], files[2])
     files[3].write_text(json.dumps(_design(result), indent=2, sort_keys=True) + "\n")
-    plots = write_plots(summary, out_dir / "plots")
+    uncertainty_lines: tuple[list[str], list[str]] | None = None
+    if study.uncertainty is not None:
+        from tdsim.study.sensitivity import analyse, write_csv
+
+        analysis = analyse(summary)
+        files.append(write_csv(analysis, out_dir / "uncertainty.csv"))
+        uncertainty_lines = (analysis.answer(), analysis.section())
+    from tdsim.study.warmup import warmup_section
+
+    warmup_lines = warmup_section(result)
+    figures = write_plots(summary, out_dir / "plots", executor) if plots else {}
     report = out_dir / "report.md"
-    relative = {m: [p.relative_to(out_dir) for p in ps] for m, ps in plots.items()}
-    report.write_text(render_report(result, relative, executor_name=executor_name))
-    return files + [p for ps in plots.values() for p in ps] + [report]
+    relative_paths = {m: [p.relative_to(out_dir) for p in ps if p.suffix == ".png"]
+                      for m, ps in figures.items()}
+    report.write_text(render_report(result, relative_paths, uncertainty=uncertainty_lines,
+                                    warmup=warmup_lines))
+    return files + [p for ps in figures.values() for p in ps] + [report]
 
 
 def _design(result: StudyRun) -> dict[str, Any]:
@@ -56,111 +84,150 @@ def _design(result: StudyRun) -> dict[str, Any]:
         "metrics": [m.name for m in s.metrics], "confidence": s.confidence, "seed": s.seed,
         "warmup_us": s.warmup_us, "overrides": dict(s.overrides),
         "replications": s.replications.describe(),
+        "compare": [c.describe(s) for c in s.comparisons],
+        "ratio": s.ratio_estimator,
         "points": [{"index": p.index, "factors": dict(p.values),
                     "scenario": result.resolved.get(p.index)} for p in result.summary.points],
     }
 
 
-def fmt_ci(e: Estimate) -> str:
-    """``mean ± half-width`` with the half-width to two significant digits."""
-    if e.n == 0:
-        return "-"
-    if e.n == 1 or math.isnan(e.halfwidth):
-        return f"{e.mean:.4g} (n=1)"
-    if e.halfwidth == 0:
-        return f"{e.mean:.6g} ± 0"
-    d = max(0, min(6, 1 - math.floor(math.log10(e.halfwidth))))
-    mean = round(e.mean, d) + 0.0  # + 0.0 turns a rounded -0.0 into 0.0
-    return f"{mean:,.{d}f} ± {e.halfwidth:,.{d}f}"
-
-
-def fmt_diff(d: Estimate, base: Estimate) -> str:
-    """A paired difference, its relative size and a mark when its CI excludes zero."""
-    if d.n == 0:
-        return "-"
-    text = fmt_ci(d)
-    if base.n and base.mean and not math.isnan(base.mean):
-        text += f" ({d.mean / abs(base.mean) * 100:+.1f}%)"
-    if d.n > 1 and not math.isnan(d.halfwidth) and (d.low > 0 or d.high < 0):
-        text = f"**{text}**"
-    return text
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    esc = [[c.replace("|", "\\|") for c in r] for r in [header] + rows]
-    out = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in esc[1:]]
-    return out
-
-
 def render_report(result: StudyRun, plots: dict[str, list[Path]], *,
-                  executor_name: str = "") -> str:
+                  uncertainty: tuple[list[str], list[str]] | None = None,
+                  warmup: list[str] | None = None) -> str:
     study, summary = result.study, result.summary
-    conf = f"{study.confidence * 100:g}%"
-    n_err = len(result.errors)
-    lines = [
-        f"# Study `{study.name}`",
-        "",
-        f"**Question.** {study.question}",
-        "",
-        f"- Study file: `{_shown(study.path)}`",
-        f"- Base scenario: `{_shown(study.scenario_path)}`",
-        f"- Strategies (`kvm.host_state`): {', '.join(f'`{s}`' for s in study.strategies)}; "
-        f"baseline `{study.baseline}`",
-        f"- Replications: {study.replications.describe()}; replication r runs with "
-        f"`sim.seed` = {study.seed} + r for every strategy and point (common random numbers)",
-        f"- Confidence intervals: {conf}, Student t",
-        f"- Warm-up: {_warmup(result)}",
-        f"- Runs: {len(result.rows)} ({result.ran} run now, {result.reused} reused from the "
-        f"store, {n_err} failed); executor: {executor_name or 'n/a'}; "
-        f"tdsim {tdsim_version()}",
-    ]
-    if study.overrides:
-        lines.append("- Fixed overrides: "
-                     + ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in study.overrides))
-    lines += ["", "## Design", ""]
-    factor_keys = [k for d in study.dimensions for k in d.keys]
-    named = [(i, d) for i, d in enumerate(study.dimensions) if d.labels]
-    if factor_keys:
-        lines += _table(["point"] + [d.label for _, d in named] + [f"`{k}`" for k in factor_keys],
-                        [[str(p.index)] + [d.level_label(p.levels[i]) for i, d in named]
-                         + [_val(v) for _, v in p.values] for p in summary.points])
-    else:
-        lines.append("One design point: the base scenario.")
-    lines.append("")
-
+    lines = [f"# Study `{study.name}`", "", f"**Question.** {study.question}", "",
+             "## Answer", ""]
+    lines += [f"- {s}" for s in sentences(summary)]
+    lines += ["", _reading_note(result), ""]
+    if uncertainty:
+        lines += uncertainty[0] + [""]  # what survives the costs belongs to the answer
+    lines += _method(result)
+    lines += _design_table(result)
     for m in study.metrics:
-        lines += [f"## `{m.name}`", ""]
-        if m.name in summary.missing:
-            lines += [f"> **Missing** from {summary.missing[m.name]} successful runs: the model "
-                      f"did not report {' or '.join(f'`{n}`' for n in m.needs)}.", ""]
-        header = ["point"] + [f"`{s}`" for s in study.strategies]
-        others = [s for s in study.strategies if s != study.baseline]
-        header += [f"`{s}` - `{study.baseline}`" for s in others]
-        rows = []
-        for p in summary.points:
-            row = [study.point_label(p)]
-            row += [fmt_ci(summary.cells[(p.index, s, m.name)]) + _n(summary, p.index, s,
-                                                                     m.name)
-                    for s in study.strategies]
-            row += [fmt_diff(summary.paired[(p.index, s, m.name)],
-                             summary.cells[(p.index, study.baseline, m.name)])
-                    for s in others]
-            rows.append(row)
-        lines += _table(header, rows)
-        lines += ["", f"Mean ± {conf} CI half-width over replications (n when it varies). "
-                  + ("Differences are means of per-replication differences from the baseline; "
-                     "**bold** when the CI excludes zero." if others else ""), ""]
-        for p in plots.get(m.name, ()):
-            lines += [f"![{p.stem}]({p.as_posix()})", ""]
-
-    lines += _violations_section(result)
-    lines += _errors_section(result)
-    lines += _notes(result)
+        lines += _metric_section(result, m.name, plots.get(m.name, []))
+    if uncertainty:
+        lines += uncertainty[1]
+    lines += warmup or []
+    lines += violations_section(result)
+    lines += errors_section(result)
+    lines += provenance_section(result)
+    lines += notes_section(result)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _n(summary, point_index: int, strategy: str, metric: str) -> str:
+def _reading_note(result: StudyRun) -> str:
+    study = result.study
+    conf = f"{study.confidence * 100:g}%"
+    me = study.default_min_effect
+    me_text = me.describe() + ("" if me.declared else " (the default; set `min_effect`)")
+    if study.min_effects:
+        me_text += "; " + ", ".join(f"`{k}`: {v.describe()}" for k, v in study.min_effects)
+    text = (f"Effects are paired differences with {conf} confidence intervals; relative "
+            f"effects are ratios of means with Fieller intervals; \"matters\" means "
+            f"significant after Holm's correction over all {_family_size(result)} "
+            f"differences and the whole interval beyond the minimum effect: {me_text}.")
+    return text if study.comparisons else (f"Means with {conf} confidence intervals "
+                                           "(the study compares nothing).")
+
+
+def _family_size(result: StudyRun) -> int:
+    return sum(1 for d in result.summary.differences if not math.isnan(d.p_holm))
+
+
+def _method(result: StudyRun) -> list[str]:
+    study = result.study
+    reps = study.replications
+    conf = f"{study.confidence * 100:g}%"
+    if reps.sequential:
+        ci_text = (f"{conf}, Student t; as a sequential study every interval uses the "
+                   f"critical value of {study.interval_confidence * 100:.1f}% (docs/"
+                   "studies.md: the two-stage procedure)")
+    else:
+        ci_text = f"{conf}, Student t"
+    ratios = [m.name for m in study.metrics if m.is_ratio]
+    lines = [
+        "## Method", "",
+        f"- Study file: `{_shown(study.path)}`; base scenario: `{_shown(study.scenario_path)}`",
+        f"- Strategies (`kvm.host_state`): {', '.join(f'`{s}`' for s in study.strategies)}; "
+        f"baseline `{study.baseline}`",
+        "- Compared: " + ("; ".join(c.describe(study) for c in study.comparisons)
+                          or "nothing (one strategy, no compared factor)"),
+        f"- Replications: {reps.describe()}; replication r runs with the same `sim.seed` "
+        f"(hashed from study seed {study.seed} and r) for every strategy and point: common "
+        "random numbers",
+        f"- Confidence intervals: {ci_text}",
+        f"- Warm-up: {_warmup_text(result)}",
+        f"- Runs: {len(result.rows)} ({result.ran} run now, {result.reused} reused from the "
+        f"store, {len(result.errors)} failed); executor: {result.executor_name or 'n/a'}",
+    ]
+    if ratios:
+        est = ("ratio of means (sum of a / sum of b over the replications, delta-method "
+               "interval)" if study.ratio_estimator == "ratio_of_means"
+               else "mean of the per-run ratios a/b")
+        lines.append(f"- Ratio metrics ({', '.join(f'`{r}`' for r in ratios)}): {est}; "
+                     "set `ratio` to choose")
+    if study.overrides:
+        lines.append("- Fixed overrides: "
+                     + ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in study.overrides))
+    return lines + [""]
+
+
+def _design_table(result: StudyRun) -> list[str]:
+    study, summary = result.study, result.summary
+    lines = ["## Design", ""]
+    dims = study.factor_dimensions
+    keys = [k for _, d in dims for k in d.keys]
+    if not keys:
+        lines.append("One design point: the base scenario.")
+    else:
+        named = [(i, d) for i, d in dims if d.labels]
+        shown = [p for p in summary.points if summary.nominal(p)]
+        lines += table(["point"] + [d.label for _, d in named] + [f"`{k}`" for k in keys],
+                       [[str(p.index)] + [d.level_label(p.levels[i]) for i, d in named]
+                        + [_val(v) for k, v in p.values if k in keys] for p in shown])
+    if study.uncertainty is not None:
+        lines += ["", f"Each point also runs at {study.uncertainty.samples} samples of the "
+                  "costs (see Cost uncertainty); the tables below are at the nominal costs."]
+    return lines + [""]
+
+
+def _metric_section(result: StudyRun, metric: str, plots: list[Path]) -> list[str]:
+    study, summary = result.study, result.summary
+    label = metric_label(metric)
+    est = estimator_name(study, study.metric(metric)).replace("_", " ")
+    lines = [f"## {label.text}", "", f"`{metric}` [{label.unit or '-'}], {est}.", ""]
+    if metric in summary.missing:
+        names = " or ".join(f"`{n}`" for n in study.metric(metric).needs)
+        lines += [f"> **Missing** from {summary.missing[metric]} successful runs: the model "
+                  f"did not report {names}.", ""]
+    shown = [p for p in summary.points if summary.nominal(p)]
+    rows = [[study.point_label(p)] + [ci(summary.cells[(p.index, s, metric)])
+                                      + _n(result, p.index, s, metric)
+                                      for s in study.strategies] for p in shown]
+    lines += table(["point"] + [f"`{s}`" for s in study.strategies], rows)
+    conf = f"{study.confidence * 100:g}%"
+    lines += ["", f"Mean ± {conf} CI half-width over replications (n when it varies).", ""]
+    diffs = [d for d in summary.differences if d.metric == metric and not math.isnan(d.p_holm)]
+    if diffs:
+        rows = [[d.contrast.where, d.contrast.what, interval(d.diff),
+                 relative(d.relative), p_value(d.p_holm), _threshold(d.threshold),
+                 VERDICT_SHORT[d.verdict]] for d in diffs]
+        lines += table(["at", "difference", f"effect ({conf} CI)", "relative (Fieller)",
+                        "p (Holm)", "min effect", "verdict"], rows)
+        lines += ["", f"Paired differences (treatment {MINUS} baseline, same seeds).", ""]
+    for p in plots:
+        lines += [f"![{p.stem}]({p.as_posix()})", ""]
+    return lines
+
+
+def _threshold(x: float) -> str:
+    if math.isnan(x):
+        return "-"
+    return f"±{x:.3g}"
+
+
+def _n(result: StudyRun, point_index: int, strategy: str, metric: str) -> str:
+    summary = result.summary
     ns = {summary.cells[(point_index, s, metric)].n for s in summary.study.strategies}
     wanted = summary.study.replications
     e = summary.cells[(point_index, strategy, metric)]
@@ -181,7 +248,7 @@ def _val(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _warmup(result: StudyRun) -> str:
+def _warmup_text(result: StudyRun) -> str:
     """The warm-up as requested, and whether the model says it applied it."""
     study = result.study
     if not study.warmup_us:
@@ -194,87 +261,3 @@ def _warmup(result: StudyRun) -> str:
     return (f"{study.warmup_us:g} µs requested (`sim.warmup_us`), but **not applied** (the "
             "runs' `sim.measured_ns` is not below `sim.duration_ns`): the metrics cover the "
             "whole run, warm-up included")
-
-
-def _violations_section(result: StudyRun) -> list[str]:
-    """Modelled-system invariants broken, per point and strategy: the study's verdicts."""
-    study = result.study
-    cells: dict[tuple[int, str], dict[str, Any]] = {}
-    for r in result.rows:
-        if r["status"] != "ok" or not r["metrics"].get("violations"):
-            continue
-        c = cells.setdefault((r["point_index"], r["strategy"]),
-                             {"runs": 0, "total": 0, "by": {}, "example": None})
-        c["runs"] += 1
-        c["total"] += r["metrics"]["violations"]
-        for name, n in r["metrics"].items():
-            if name.startswith("violations."):
-                inv = name.removeprefix("violations.")
-                c["by"][inv] = c["by"].get(inv, 0) + n
-        if c["example"] is None and r["violation_examples"]:
-            v = r["violation_examples"][0]
-            c["example"] = (f"seed {r['seed']}, t={v.get('t_ns')} ns, cpu {v.get('cpu')}, "
-                            f"{v.get('vcpu')}: {v.get('invariant')}: {v.get('detail')}")
-    lines = ["## Violations found", ""]
-    if not cells:
-        return lines + ["No run broke a modelled-system invariant.", ""]
-    n_runs = {k: ok for k, (ok, _err) in result.summary.runs.items()}
-    rows = []
-    points = {p.index: p for p in result.summary.points}
-    for (pi, s), c in sorted(cells.items(), key=lambda kv: (kv[0][0],
-                                                             study.strategies.index(kv[0][1]))):
-        rows.append([study.point_label(points[pi]), f"`{s}`",
-                     f"{c['runs']} of {n_runs[(pi, s)]}", str(c["total"]),
-                     ", ".join(f"{k} {v}" for k, v in sorted(c["by"].items())),
-                     c["example"] or ""])
-    lines += _table(["point", "strategy", "runs with violations", "violations",
-                     "by invariant", "first example"], rows)
-    clean = [s for s in study.strategies if not any(k[1] == s for k in cells)]
-    if clean:
-        lines += ["", "No violations under: " + ", ".join(f"`{s}`" for s in clean) + "."]
-    return lines + [""]
-
-
-def _errors_section(result: StudyRun) -> list[str]:
-    errors = result.errors
-    if not errors:
-        return []
-    lines = ["## Failed runs", "",
-             f"{len(errors)} runs failed; they are left out of every estimate.  "
-             "`--resume` reruns them.", ""]
-    rows = [[json.dumps(r["point"]), r["strategy"], str(r["replication"]), str(r["seed"]),
-             r["error"] or ""] for r in errors[:MAX_ERRORS_LISTED]]
-    lines += _table(["point", "strategy", "replication", "seed", "error"], rows)
-    if len(errors) > MAX_ERRORS_LISTED:
-        lines.append(f"\n… and {len(errors) - MAX_ERRORS_LISTED} more (see results.csv).")
-    return lines + [""]
-
-
-def _notes(result: StudyRun) -> list[str]:
-    study = result.study
-    notes = []
-    if study.replications.sequential:
-        notes.append("Replications were added until the target half-width held (or the cap "
-                     "was reached); a sequential stopping rule makes the nominal coverage "
-                     "approximate.")
-        failing = {p.index for p in result.summary.points
-                   if any(result.summary.runs[(p.index, s)][1] for s in study.strategies)}
-        if failing:
-            notes.append("Points with failed runs got no further replications.")
-        capped = [study.point_label(p) for p in result.summary.points
-                  if p.index not in failing
-                  and any(r > study.replications.target_rel_halfwidth for r in
-                          result.summary.rel_halfwidths(p.index, study.replications.metrics))]
-        if capped:
-            notes.append(f"The target was not reached within max = {study.replications.max} "
-                         f"at: {'; '.join(capped)}.")
-    if result.stale_rows:
-        notes.append(f"{result.stale_rows} rows in the store belong to no run of this study "
-                     "(an earlier version of the study or scenario) and were ignored.")
-    if result.skipped_lines:
-        notes.append(f"{result.skipped_lines} torn or unreadable lines in the store were "
-                     "skipped.")
-    notes.append("Costs marked `placeholder` in the scenario schema are uncalibrated: read "
-                 "absolute times as illustrative; counts (exits, WRMSRs, reloads) do not "
-                 "depend on them directly.")
-    return ["## Notes", ""] + [f"- {n}" for n in notes] + [""]

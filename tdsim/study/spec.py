@@ -1,52 +1,66 @@
 """Study files: what to vary, what to compare, how many replications, what to report.
 
-A study file is TOML::
+A study file is TOML (studies/README.md and docs/studies.md describe every key)::
 
     question = "How many more WRMSRs does v6.16 cost than current as host contention grows?"
     scenario = "../scenarios/two_vcpus.toml"   # relative to the study file
     strategies = ["current", "v6.16", "eager"] # sets kvm.host_state; the first is the baseline
-    metrics = ["host_state_reload", "wrmsr.total", "wrmsr.total/exits"]
-    confidence = 0.95
-    seed = 1                                   # replication r runs with sim.seed = seed + r
-    warmup_us = 1000.0                         # events before this are not counted
-
-    [overrides]                                # fixed for the whole study
-    "sim.duration_us" = 20000
+    metrics = ["host_state_reload", "wrmsr.total/exits", "cpu.*.ns.kvm/exits"]
+    compare = "strategy"                       # or a factor: each level - its first level
+    min_effect = 0.01                          # differences under 1% of the baseline do not matter
+    ratio = "ratio_of_means"                   # or "mean_of_ratios" (for metrics "a/b")
+    seed = 1                                   # replication r runs with a seed hashed from (1, r)
 
     [factors]                                  # full product of the levels, by dotted key
     "host.tasks" = [0, 2, 4, 8]
-    "vm.0.workload.compute_us" = { start = 10, stop = 50, step = 10 }  # stop is included
-
-    [[lockstep]]                               # these lists vary together (one dimension)
-    "vm.0.workload.mix.io" = [0.0, 0.5, 1.0]
-    "vm.0.workload.mix.cpuid" = [1.0, 0.5, 0.0]
-    name = "io share"                          # optional: the dimension's name in tables
-    labels = ["none", "half", "all"]           # optional: a name per level (categorical)
 
     [replications]
-    count = 10                                 # or the sequential rule:
-    # target_rel_halfwidth = 0.05, min = 5, max = 50, metrics = ["wrmsr.total"]
-
-Keys may be written quoted (``"host.tasks" = [...]``) or as TOML dotted keys
-(``host.tasks = [...]``); both name the same scenario key.  A metric may be a ratio of two
-metrics or of a metric and a number (``"wrmsr.total/exits"``); ratios are taken per run and
-then averaged.
+    count = 10                                 # or the two-stage sequential procedure:
+    # target_rel_halfwidth = 0.05, min = 10, max = 50, metrics = ["wrmsr.total/exits"]
 
 Everything is checked here, before any run: a bad study file yields one `StudyError` line
-``<file>: <key path>: <message>``.  Whether each factor key exists in the scenario is checked
-by resolving every design point (`tdsim.study.runner.resolve_points`), which raises the
-scenario loader's own error.
+``<file>: <key path>: <message>``, including metric names the model does not declare
+(`tdsim.metrics`) and strategies it does not know.  Whether each factor key and level is
+accepted by the scenario is checked by `tdsim.study.checks`, which resolves every level.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
+
+from tdsim.study.design import (
+    Comparison,
+    DesignPoint,
+    Dimension,
+    Metric,
+    MinEffect,
+    Replications,
+    SeriesSpec,
+    Study,
+    StudyError,
+    Uncertainty,
+    point_key,
+    replication_seed,
+)
+from tdsim.study.spec_analyses import (
+    cost_dimension,
+    parse_compare,
+    parse_min_effect,
+    parse_series,
+    parse_uncertainty,
+)
+from tdsim.study.spec_fields import Errors, check_strategy, get, parse_metric, string_list
+from tdsim.study.stats import MIN_FIRST_STAGE
+
+__all__ = [
+    "Comparison", "DesignPoint", "Dimension", "Metric", "MinEffect", "Replications",
+    "SeriesSpec", "Study", "StudyError", "Uncertainty", "load_study", "point_key",
+    "replication_seed", "study_from_dict",
+]
 
 # Scenario keys the study itself sets: strategies choose kvm.host_state, replications choose
 # sim.seed and warmup_us sets sim.warmup_us.  A factor or override on them would fight the
@@ -55,171 +69,11 @@ RESERVED_KEYS = ("kvm.host_state", "sim.seed", "sim.warmup_us")
 
 TOP_LEVEL_KEYS = (
     "question", "scenario", "strategies", "baseline", "metrics", "confidence", "seed",
-    "warmup_us", "overrides", "factors", "lockstep", "replications",
+    "warmup_us", "overrides", "factors", "lockstep", "replications", "compare", "min_effect",
+    "ratio", "series", "uncertainty",
 )
 RANGE_KEYS = frozenset({"start", "stop", "step", "num"})
-
-
-class StudyError(ValueError):
-    """Bad study input; the message is one line: ``<file>: <key path>: <message>``."""
-
-    def __init__(self, file: str | Path, key_path: str, message: str) -> None:
-        self.file = str(file)
-        self.key_path = key_path
-        self.message = message
-        super().__init__(f"{file}: {key_path}: {message}" if key_path else f"{file}: {message}")
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One swept axis: a single factor, or a lockstep group of keys that move together."""
-
-    keys: tuple[str, ...]
-    levels: tuple[tuple[Any, ...], ...]  # one tuple per level, aligned with `keys`
-    name: str | None = None               # lockstep groups may be named ...
-    labels: tuple[str, ...] | None = None  # ... and their levels too
-
-    @property
-    def label(self) -> str:
-        return self.name or " | ".join(self.keys)
-
-    @property
-    def slug(self) -> str:
-        if self.name:
-            return "".join(c if c.isalnum() else "_" for c in self.name)
-        return "__".join(k.replace(".", "_") for k in self.keys)
-
-    def level_label(self, i: int) -> str:
-        if self.labels:
-            return self.labels[i]
-        return " | ".join(_fmt(v) for v in self.levels[i])
-
-    @property
-    def numeric(self) -> bool:
-        """True when the first key's levels are all numbers and the levels carry no labels
-        (plotted on a numeric axis)."""
-        return self.labels is None and all(
-            isinstance(lv[0], (int, float)) and not isinstance(lv[0], bool)
-            for lv in self.levels)
-
-
-@dataclass(frozen=True)
-class DesignPoint:
-    """One combination of factor levels."""
-
-    index: int
-    levels: tuple[int, ...]              # level index per dimension
-    values: tuple[tuple[str, Any], ...]  # (dotted key, value) in dimension order
-
-    @property
-    def key(self) -> str:
-        """Canonical identity of the point (stable across processes and study edits)."""
-        return point_key(dict(self.values))
-
-
-def point_key(values: dict[str, Any]) -> str:
-    return json.dumps(values, sort_keys=True, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A reported metric: a model metric name, or a ratio ``a/b`` computed per run."""
-
-    name: str
-    numerator: str
-    denominator: str | float | None = None
-
-    def value(self, metrics: dict[str, Any], absent: float | None = None) -> float | None:
-        """This metric of one run; a needed model metric that is not there counts as
-        `absent` (None: the whole value is None)."""
-        num = metrics.get(self.numerator, absent)
-        if num is None:
-            return None
-        if self.denominator is None:
-            return float(num)
-        den = (self.denominator if isinstance(self.denominator, float)
-               else metrics.get(self.denominator, absent))
-        if den is None:
-            return None
-        return float(num) / den if den != 0 else math.nan
-
-    @property
-    def needs(self) -> tuple[str, ...]:
-        return tuple(n for n in (self.numerator, self.denominator) if isinstance(n, str))
-
-
-@dataclass(frozen=True)
-class Replications:
-    """A fixed count, or: add replications until every `metrics` CI half-width is below
-    `target_rel_halfwidth` x |mean| for every strategy at the point, between `min` and `max`."""
-
-    count: int | None = None
-    target_rel_halfwidth: float | None = None
-    min: int = 0
-    max: int = 0
-    metrics: tuple[str, ...] = ()
-
-    @property
-    def sequential(self) -> bool:
-        return self.count is None
-
-    @property
-    def first_batch(self) -> int:
-        return self.min if self.sequential else self.count
-
-    def describe(self) -> str:
-        if not self.sequential:
-            return f"{self.count} per design point and strategy"
-        return (f"sequential: until the {_pct(self.target_rel_halfwidth)} relative CI "
-                f"half-width target holds for {', '.join(self.metrics)} "
-                f"(min {self.min}, max {self.max})")
-
-
-@dataclass(frozen=True)
-class Study:
-    """A validated study file."""
-
-    path: Path
-    question: str
-    scenario_path: Path
-    strategies: tuple[str, ...]
-    baseline: str
-    metrics: tuple[Metric, ...]
-    confidence: float
-    seed: int
-    warmup_us: float | None
-    overrides: tuple[tuple[str, Any], ...]
-    dimensions: tuple[Dimension, ...]
-    replications: Replications
-
-    @property
-    def name(self) -> str:
-        return self.path.stem
-
-    def points(self) -> list[DesignPoint]:
-        """The design points: the product of all dimensions, first dimension slowest."""
-        points = []
-        ranges = [range(len(d.levels)) for d in self.dimensions]
-        for i, combo in enumerate(itertools.product(*ranges)):
-            values: list[tuple[str, Any]] = []
-            for dim, lv in zip(self.dimensions, combo, strict=True):
-                values.extend(zip(dim.keys, dim.levels[lv], strict=True))
-            points.append(DesignPoint(i, tuple(combo), tuple(values)))
-        return points
-
-    def seed_of(self, replication: int) -> int:
-        """Replication r of every point and strategy runs with the same seed (common random
-        numbers), so strategies see identical guest behaviour and differences pair up."""
-        return self.seed + replication
-
-    def point_label(self, point: DesignPoint) -> str:
-        """``dim=level, ...`` using dimension names and level labels where given."""
-        parts = [f"{d.label}={d.level_label(lv)}"
-                 for d, lv in zip(self.dimensions, point.levels, strict=True)]
-        return ", ".join(parts) or "(base scenario)"
-
-    def metric(self, name: str) -> Metric:
-        return next(m for m in self.metrics if m.name == name)
+RATIO_ESTIMATORS = ("ratio_of_means", "mean_of_ratios")
 
 
 # ----------------------------------------------------------------------------------------
@@ -233,6 +87,8 @@ def load_study(path: str | Path) -> Study:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise StudyError(path, "", "no such file") from None
+    except OSError as e:
+        raise StudyError(path, "", f"cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise StudyError(path, "", f"not valid TOML: {e}") from None
     return study_from_dict(raw, path)
@@ -241,139 +97,101 @@ def load_study(path: str | Path) -> Study:
 def study_from_dict(raw: dict[str, Any], path: str | Path) -> Study:
     """Validate a parsed study; `path` names the file in errors and anchors `scenario`."""
     path = Path(path)
-    err = _Errors(path)
+    err = Errors(path)
     for k in raw:
         if k not in TOP_LEVEL_KEYS:
             err(k, f"unknown key (allowed: {', '.join(TOP_LEVEL_KEYS)})")
 
-    question = _get(raw, "question", str, err, required=True)
+    question = get(raw, "question", str, err, required=True)
     if not question.strip():
         err("question", "must not be empty: a study answers a question")
 
-    scenario_rel = _get(raw, "scenario", str, err, required=True)
+    scenario_rel = get(raw, "scenario", str, err, required=True)
     scenario_path = (path.parent / scenario_rel).resolve()
     if not scenario_path.is_file():
         err("scenario", f"no such file: {scenario_path}")
 
-    strategies = _string_list(raw, "strategies", err, default=["current"])
+    strategies = string_list(raw, "strategies", err, default=["current"])
     if len(set(strategies)) != len(strategies):
         err("strategies", "lists a strategy twice")
-    baseline = _get(raw, "baseline", str, err, default=strategies[0])
+    for i, name in enumerate(strategies):
+        check_strategy(name, f"strategies[{i}]", err)
+    baseline = get(raw, "baseline", str, err, default=strategies[0])
     if baseline not in strategies:
         err("baseline", f"{baseline!r} is not one of the strategies")
 
-    metric_names = _string_list(raw, "metrics", err)
-    metrics = tuple(_parse_metric(n, f"metrics[{i}]", err) for i, n in enumerate(metric_names))
+    metric_names = string_list(raw, "metrics", err)
+    metrics = tuple(parse_metric(n, f"metrics[{i}]", err) for i, n in enumerate(metric_names))
     if len({m.name for m in metrics}) != len(metrics):
         err("metrics", "lists a metric twice")
 
-    confidence = float(_get(raw, "confidence", (int, float), err, default=0.95))
+    confidence = float(get(raw, "confidence", (int, float), err, default=0.95))
     if not 0 < confidence < 1:
         err("confidence", "must be between 0 and 1 (exclusive)")
-    seed = _get(raw, "seed", int, err, default=1)
+    seed = get(raw, "seed", int, err, default=1)
     if seed < 0:
         err("seed", "must be >= 0")
-    warmup = _get(raw, "warmup_us", (int, float), err, default=None)
+    warmup = get(raw, "warmup_us", (int, float), err, default=None)
     if warmup is not None and warmup < 0:
         err("warmup_us", "must be >= 0")
+    ratio = get(raw, "ratio", str, err, default="ratio_of_means")
+    if ratio not in RATIO_ESTIMATORS:
+        err("ratio", f"must be one of {', '.join(RATIO_ESTIMATORS)}, got {ratio!r}")
 
-    overrides = _flatten(_get(raw, "overrides", dict, err, default={}), "overrides", err)
+    overrides = _flatten(get(raw, "overrides", dict, err, default={}))
     for k, v in overrides.items():
         _check_settable(k, f"overrides.{k}", err)
         if isinstance(v, dict):
             err(f"overrides.{k}", "must be a value, not a table")
 
-    dimensions = _factors(_get(raw, "factors", dict, err, default={}), err)
-    lockstep = _get(raw, "lockstep", list, err, default=[])
+    dimensions = _factors(get(raw, "factors", dict, err, default={}), err)
+    lockstep = get(raw, "lockstep", list, err, default=[])
     for i, group in enumerate(lockstep):
         dimensions.append(_lockstep(group, f"lockstep[{i}]", err))
+    uncertainty = None
+    if "uncertainty" in raw:
+        uncertainty = parse_uncertainty(get(raw, "uncertainty", dict, err), seed, err)
+        dimensions.append(cost_dimension(uncertainty))
     seen: dict[str, str] = {k: "overrides" for k in overrides}
     for dim in dimensions:
         for k in dim.keys:
             if k in seen:
-                err(k, f"set twice (also in {seen[k]})")
-            seen[k] = "factors/lockstep"
+                err(dim.key_path if dim.role == "costs" else k, f"{k} set twice (also in "
+                    f"{seen[k]})")
+            seen[k] = dim.key_path
 
-    replications = _replications(_get(raw, "replications", dict, err, required=True),
-                                 {m.name for m in metrics}, err)
+    names = {m.name for m in metrics}
+    replications = _replications(get(raw, "replications", dict, err, required=True), names,
+                                 err)
+    comparisons = parse_compare(raw, strategies, dimensions, err)
+    min_effects, default_min = parse_min_effect(raw, names, err)
+    series = parse_series(raw, err)
     return Study(
         path=path, question=question.strip(), scenario_path=scenario_path,
         strategies=tuple(strategies), baseline=baseline, metrics=metrics,
         confidence=confidence, seed=seed,
         warmup_us=None if warmup is None else float(warmup),
         overrides=tuple(overrides.items()), dimensions=tuple(dimensions),
-        replications=replications,
+        replications=replications, comparisons=comparisons,
+        ratio_estimator=cast(Literal["ratio_of_means", "mean_of_ratios"], ratio),
+        min_effects=min_effects, default_min_effect=default_min, series=series,
+        uncertainty=uncertainty,
     )
 
 
-class _Errors:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __call__(self, key_path: str, message: str) -> None:
-        raise StudyError(self.path, key_path, message)
-
-
-def _type_name(t: type | tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list",
-             dict: "a table", bool: "a boolean"}
-    if isinstance(t, tuple):
-        return "a number" if set(t) == {int, float} else " or ".join(names[x] for x in t)
-    return names[t]
-
-
-def _get(raw: dict, key: str, t, err: _Errors, *, required: bool = False, default=None,
-         where: str = ""):
-    kp = f"{where}{key}"
-    if key not in raw:
-        if required:
-            err(kp, "missing")
-        return default
-    v = raw[key]
-    ok = isinstance(v, t) and not (isinstance(v, bool) and t is not bool)
-    if not ok:
-        err(kp, f"must be {_type_name(t)}, got {v!r}")
-    return v
-
-
-def _string_list(raw: dict, key: str, err: _Errors, default=None) -> list[str]:
-    v = _get(raw, key, list, err, required=default is None, default=default)
-    if not v:
-        err(key, "must not be empty")
-    for i, s in enumerate(v):
-        if not isinstance(s, str) or not s:
-            err(f"{key}[{i}]", f"must be a non-empty string, got {s!r}")
-    return list(v)
-
-
-def _parse_metric(name: str, key_path: str, err: _Errors) -> Metric:
-    parts = [p.strip() for p in name.split("/")]
-    if len(parts) == 1:
-        return Metric(name, parts[0])
-    if len(parts) != 2 or not all(parts):
-        err(key_path, f"{name!r}: a metric is a name or a ratio 'a/b'")
-    try:
-        den: str | float = float(parts[1])
-    except ValueError:
-        den = parts[1]
-    if den == 0:
-        err(key_path, f"{name!r}: divides by zero")
-    return Metric(name, parts[0], den)
-
-
-def _check_settable(key: str, key_path: str, err: _Errors) -> None:
+def _check_settable(key: str, key_path: str, err: Errors) -> None:
     if key in RESERVED_KEYS:
         why = {"kvm.host_state": "use `strategies`", "sim.seed": "use `seed` (replication r "
-               "runs with seed + r)", "sim.warmup_us": "use `warmup_us`"}[key]
+               "runs with a seed hashed from seed and r)",
+               "sim.warmup_us": "use `warmup_us`"}[key]
         err(key_path, f"{key} is set by the study itself: {why}")
 
 
-def _flatten(table: dict, where: str, err: _Errors, *, keep_ranges: bool = False
-             ) -> dict[str, Any]:
+def _flatten(table: dict[str, Any], *, keep_ranges: bool = False) -> dict[str, Any]:
     """{"a": {"b": 1}, "c.d": 2} -> {"a.b": 1, "c.d": 2}; range tables are kept as leaves."""
     out: dict[str, Any] = {}
 
-    def walk(prefix: str, node: dict) -> None:
+    def walk(prefix: str, node: dict[str, Any]) -> None:
         for k, v in node.items():
             key = f"{prefix}.{k}" if prefix else k
             if isinstance(v, dict) and v and not (keep_ranges and set(v) <= RANGE_KEYS):
@@ -385,25 +203,25 @@ def _flatten(table: dict, where: str, err: _Errors, *, keep_ranges: bool = False
     return out
 
 
-def _factors(table: dict, err: _Errors) -> list[Dimension]:
+def _factors(table: dict[str, Any], err: Errors) -> list[Dimension]:
     dims = []
-    for key, spec in _flatten(table, "factors", err, keep_ranges=True).items():
+    for key, spec in _flatten(table, keep_ranges=True).items():
         kp = f"factors.{key}"
         _check_settable(key, kp, err)
         levels = _levels(spec, kp, err)
-        dims.append(Dimension((key,), tuple((v,) for v in levels)))
+        dims.append(Dimension((key,), tuple((v,) for v in levels), key_path=kp))
     return dims
 
 
-def _lockstep(group: Any, where: str, err: _Errors) -> Dimension:
+def _lockstep(group: Any, where: str, err: Errors) -> Dimension:
     if not isinstance(group, dict) or not group:
         err(where, "must be a non-empty table of key = list")
     group = dict(group)
-    name = _get(group, "name", str, err, where=f"{where}.") if "name" in group else None
-    labels = _get(group, "labels", list, err, where=f"{where}.") if "labels" in group else None
+    name = get(group, "name", str, err, where=f"{where}.") if "name" in group else None
+    labels = get(group, "labels", list, err, where=f"{where}.") if "labels" in group else None
     group.pop("name", None)
     group.pop("labels", None)
-    flat = _flatten(group, where, err, keep_ranges=True)
+    flat = _flatten(group, keep_ranges=True)
     if len(flat) < 2:
         err(where, "a lockstep group needs at least two keys (use [factors] for one)")
     columns = {}
@@ -423,12 +241,12 @@ def _lockstep(group: Any, where: str, err: _Errors) -> Dimension:
         labels = tuple(labels)
     if len(set(levels)) != len(levels):
         err(where, "two levels set the same values")
-    return Dimension(tuple(columns), levels, name, labels)
+    return Dimension(tuple(columns), levels, name, labels, key_path=where)
 
 
-def _levels(spec: Any, kp: str, err: _Errors, *, unique: bool = True) -> list[Any]:
+def _levels(spec: Any, kp: str, err: Errors, *, unique: bool = True) -> list[Any]:
     if isinstance(spec, dict):
-        levels = _range(spec, kp, err)
+        levels: list[Any] = _range(spec, kp, err)
     elif isinstance(spec, list):
         levels = spec
     else:
@@ -444,7 +262,7 @@ def _levels(spec: Any, kp: str, err: _Errors, *, unique: bool = True) -> list[An
     return list(levels)
 
 
-def _range(spec: dict, kp: str, err: _Errors) -> list[float | int]:
+def _range(spec: dict[str, Any], kp: str, err: Errors) -> list[Any]:
     """{start, stop, step}: start, start+step, ... up to and including stop;
     {start, stop, num}: num evenly spaced levels from start to stop inclusive."""
     unknown = set(spec) - RANGE_KEYS
@@ -485,7 +303,8 @@ def _clean(x: float) -> float:
     return float(f"{x:.12g}")
 
 
-def _replications(table: dict, metric_names: set[str], err: _Errors) -> Replications:
+def _replications(table: dict[str, Any], metric_names: set[str], err: Errors
+                  ) -> Replications:
     w = "replications."
     allowed = ("count", "target_rel_halfwidth", "min", "max", "metrics")
     for k in table:
@@ -495,19 +314,21 @@ def _replications(table: dict, metric_names: set[str], err: _Errors) -> Replicat
         extra = [k for k in table if k != "count"]
         if extra:
             err(w + extra[0], "not allowed with count (a fixed count has no stopping rule)")
-        count = _get(table, "count", int, err, where=w)
+        count = get(table, "count", int, err, where=w)
         if count < 1:
             err(w + "count", "must be >= 1")
         return Replications(count=count)
     if "target_rel_halfwidth" not in table:
         err("replications", "needs count, or target_rel_halfwidth with min and max")
-    target = float(_get(table, "target_rel_halfwidth", (int, float), err, where=w))
+    target = float(get(table, "target_rel_halfwidth", (int, float), err, where=w))
     if not 0 < target < 1:
         err(w + "target_rel_halfwidth", "must be between 0 and 1 (a fraction of the mean)")
-    lo = _get(table, "min", int, err, where=w, default=5)
-    hi = _get(table, "max", int, err, where=w, required=True)
-    if lo < 2:
-        err(w + "min", "must be >= 2 (a confidence interval needs two runs)")
+    lo = get(table, "min", int, err, where=w, default=MIN_FIRST_STAGE)
+    hi = get(table, "max", int, err, where=w, required=True)
+    if lo < MIN_FIRST_STAGE:
+        err(w + "min", f"must be >= {MIN_FIRST_STAGE}: the first stage estimates the spread "
+            "that fixes the final count, and a smaller one makes the intervals cover less "
+            "than they claim (docs/studies.md)")
     if hi < lo:
         err(w + "max", f"must be >= min ({lo})")
     names = table.get("metrics", sorted(metric_names))
@@ -519,11 +340,3 @@ def _replications(table: dict, metric_names: set[str], err: _Errors) -> Replicat
     return Replications(target_rel_halfwidth=target, min=lo, max=hi, metrics=tuple(names))
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def _pct(x: float | None) -> str:
-    return f"{x * 100:g}%"

@@ -9,9 +9,12 @@ worker is not a property of the model); the newest row for a key wins.
 Row fields (flat JSON; the CSV export spreads `point` and `metrics` into columns):
 
 ``point`` {dotted key: value}, ``point_index``, ``strategy``, ``replication``, ``seed``,
-``scenario_sha256``, ``tdsim_version``, ``status`` ("ok" | "error"), ``error`` (one line or
+``scenario_sha256``, the provenance (``tdsim_version``, ``model_sha256``, ``python``,
+``simpy``: `tdsim.study.provenance`), ``status`` ("ok" | "error"), ``error`` (one line or
 null), ``traceback``, ``wall_s``, ``metrics`` {name: number} (every metric the model reported,
-plus ``violations`` and ``violations.<invariant>``), ``violation_examples`` (the first few).
+plus ``run.measured_s``, ``violations`` and ``violations.<invariant>``),
+``violation_examples`` (the first few), and ``series`` {metric: [value per window]} when the
+study asked for per-window series and the model provides them.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tdsim.study.spec import point_key
+from tdsim.study.design import point_key
+from tdsim.study.provenance import ROW_FIELDS as PROVENANCE_FIELDS
 
 RunKey = tuple[str, str, int, str]  # (point key, strategy, replication, scenario sha256)
 
 ROW_FIELDS = ("point_index", "strategy", "replication", "seed", "status", "error", "wall_s",
-              "tdsim_version", "scenario_sha256")
+              "scenario_sha256") + PROVENANCE_FIELDS
 
 
 def row_key(row: dict[str, Any]) -> RunKey:
@@ -89,11 +93,11 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def write_rows_csv(rows: Iterable[dict[str, Any]], path: str | Path,
-                   factor_keys: Iterable[str]) -> None:
+def write_rows_csv(rows_in: Iterable[dict[str, Any]], path: str | Path,
+                   factor_keys_in: Iterable[str]) -> None:
     """One CSV line per run: factor columns, run fields, then every metric seen (sorted)."""
-    rows = list(rows)
-    factor_keys = list(factor_keys)
+    rows = list(rows_in)
+    factor_keys = list(factor_keys_in)
     metric_names = sorted({m for r in rows for m in r.get("metrics", {})})
     header = factor_keys + list(ROW_FIELDS) + metric_names
     with Path(path).open("w", newline="", encoding="utf-8") as f:
