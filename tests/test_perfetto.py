@@ -9,12 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tdsim.cli import main
-from tdsim.perfetto import build_trace
+from tdsim.perfetto import _slices, build_trace
 from tdsim.scenario import load_scenario, scenario_from_dict
 from tdsim.sim import run
 from tdsim.trace import Tracer
 
-BASELINE = Path(__file__).parent.parent / "scenarios" / "baseline.toml"
+SCENARIOS = Path(__file__).parent.parent / "scenarios"
+BASELINE = SCENARIOS / "baseline.toml"
 
 # Trace Event Format (Google's "Trace Event Format" document, as read by Perfetto's JSON
 # importer): the fields each phase needs besides "ph".
@@ -43,6 +44,10 @@ def validate(doc):
         by_ph[e["ph"]].append(e)
     names = {(e["pid"], e["tid"]) for e in by_ph["M"] if e["name"] == "thread_name"}
     procs = {e["pid"] for e in by_ph["M"] if e["name"] == "process_name"}
+    tids = [tid for _, tid in names]
+    # unique, and never a pid: Perfetto takes tid == pid for the process's main thread
+    assert len(set(tids)) == len(tids)
+    assert not set(tids) & procs
     for e in by_ph["X"] + by_ph["i"] + by_ph["s"] + by_ph["f"]:
         assert (e["pid"], e["tid"]) in names, f"track without a name: {e}"
     assert {e["pid"] for e in by_ph["C"]} <= procs
@@ -59,15 +64,58 @@ def validate(doc):
             assert a["ts"] + a["dur"] <= b["ts"] + 1e-9, f"overlap on {key}: {a} {b}"
     starts = {e["id"] for e in by_ph["s"]}
     assert starts == {e["id"] for e in by_ph["f"]}
+    marks = defaultdict(set)
+    for e in by_ph["i"]:
+        marks[(e["pid"], e["tid"])].add(e["ts"])
     for e in by_ph["s"] + by_ph["f"]:  # the importer binds flow ends to enclosing slices
         assert any(x["ts"] <= e["ts"] <= x["ts"] + x["dur"]
-                   for x in tracks[(e["pid"], e["tid"])]), f"flow end outside a slice: {e}"
+                   for x in tracks[(e["pid"], e["tid"])]) \
+            or e["ts"] in marks[(e["pid"], e["tid"])], f"flow end outside a slice: {e}"
+    check_vcpu_tracks_match_cpu_tracks(doc)
     return by_ph
 
 
-def traced(data_or_path):
-    scenario = (load_scenario(data_or_path) if isinstance(data_or_path, Path)
-                else scenario_from_dict(data_or_path))
+ON_CPU = {"running", "userspace", "halt_poll"}  # the vCPU thread's states on a CPU
+
+
+def check_vcpu_tracks_match_cpu_tracks(doc):
+    """A vCPU's track says it is on a CPU (running, userspace, halt_poll) exactly when a CPU
+    track shows one of its slices (guest, kvm or vmm), and off one (runnable, halted,
+    stopped) exactly when none does."""
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in doc["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    on_cpu, said_on, said_off = defaultdict(list), defaultdict(list), defaultdict(list)
+    for e in doc["traceEvents"]:
+        if e["ph"] != "X":
+            continue
+        span = (round(e["ts"] * 1000), round((e["ts"] + e["dur"]) * 1000))
+        if e["pid"] == 1:
+            if e["args"]["what"] != "host_task":
+                on_cpu[e["args"]["thread"]].append(span)
+        else:
+            (said_on if e["name"] in ON_CPU else said_off)[names[(e["pid"], e["tid"])]].append(
+                span)
+
+    def overlap(a, b):  # of two lists of disjoint spans
+        a, b, i, j, total = sorted(a), sorted(b), 0, 0, 0
+        while i < len(a) and j < len(b):
+            total += max(0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+            if a[i][1] < b[j][1]:
+                i += 1
+            else:
+                j += 1
+        return total
+
+    for vcpu in set(said_on) | set(said_off):
+        busy = sum(t1 - t0 for t0, t1 in on_cpu[vcpu])
+        assert overlap(said_off[vcpu], on_cpu[vcpu]) == 0, vcpu
+        assert overlap(said_on[vcpu], on_cpu[vcpu]) == busy == sum(
+            t1 - t0 for t0, t1 in said_on[vcpu]), vcpu
+
+
+def traced(data_or_path, overrides=None):
+    scenario = (load_scenario(data_or_path, overrides) if isinstance(data_or_path, Path)
+                else scenario_from_dict(data_or_path, overrides=overrides))
     tracer = Tracer()
     result = run(scenario, tracer=tracer)
     return scenario, result, tracer
@@ -78,9 +126,9 @@ def test_baseline_trace_validates():
     scenario, result, tracer = traced(BASELINE)
     by_ph = validate(build_trace(scenario.data, tracer.events, 20_000_000))
     assert len(by_ph["C"]) == 2 * 20  # two counters, one value per simulated ms
-    assert sum(e["args"]["exits"] for e in by_ph["C"] if "exits" in e["args"]) \
+    assert sum(e["args"]["per ms"] for e in by_ph["C"] if e["name"] == "TD exits") \
         == result.metrics["exits"]
-    assert sum(e["args"]["wrmsr"] for e in by_ph["C"] if "wrmsr" in e["args"]) \
+    assert sum(e["args"]["per ms"] for e in by_ph["C"] if e["name"] == "WRMSRs") \
         == result.metrics["wrmsr.total"]
     assert len(by_ph["s"]) == result.metrics["pi_delivered"]
 
@@ -92,7 +140,7 @@ def test_cpu_track_time_adds_up_to_busy_time():
     busy = defaultdict(float)
     for e in doc["traceEvents"]:
         if e["ph"] == "X" and e["pid"] == 1:
-            busy[e["tid"] - 1] += e["dur"]
+            busy[e["tid"] - 1000] += e["dur"]
     m = result.metrics
     for cpu in range(8):
         expected_ns = 20_000_000 - m[f"cpu.{cpu}.ns.idle"]
@@ -107,7 +155,7 @@ def test_tiny_timeline_slices():
                                                       "compute_dist": "fixed"}}]})
     doc = build_trace(scenario.data, tracer.events, 30_000)
     cpu1 = [(e["name"], e["ts"], e["dur"]) for e in doc["traceEvents"]
-            if e["ph"] == "X" and (e["pid"], e["tid"]) == (1, 2)]
+            if e["ph"] == "X" and (e["pid"], e["tid"]) == (1, 1001)]
     assert cpu1 == [("kvm td0.vcpu0", 0.0, 5.24), ("guest td0.vcpu0", 5.24, 10.4),
                     ("kvm td0.vcpu0", 15.64, 2.3), ("guest td0.vcpu0", 17.94, 10.4),
                     ("kvm td0.vcpu0", 28.34, 1.66)]
@@ -133,9 +181,9 @@ def test_kick_draws_a_flow_to_the_ipi():
     sim.run()
     by_ph = validate(build_trace(scenario.data, tracer.events, 30_000))
     (s,), (f,) = by_ph["s"], by_ph["f"]
-    assert (s["ts"], s["pid"], s["tid"]) == (8.0, 2, 1)  # the vCPU's track
+    assert (s["ts"], s["pid"], s["tid"]) == (8.0, 2, 2000)  # td0.vcpu0's track
     assert (f["ts"], f["pid"], f["tid"]) == (8.0 + scenario.data["costs"]["ipi_ns"] / 1000,
-                                             1, 2)  # cpu1
+                                             1, 1001)  # cpu1
 
 
 def test_cli_writes_log_and_trace(tmp_path):
@@ -163,7 +211,7 @@ def test_violations_are_instant_markers_on_their_cpu(tmp_path):
         "vm": [{"vcpus": 1, "pin": [1], "workload": {"compute_us": 5, "mix": {"io": 1}}}]})
     by_ph = validate(build_trace(scenario.data, tracer.events, 100_000))
     marks = [(e["name"], e["ts"], e["tid"]) for e in by_ph["i"]]
-    assert marks == [(f"violation: {v['invariant']}", v["t_ns"] / 1000, v["cpu"] + 1)
+    assert marks == [(f"violation: {v['invariant']}", v["t_ns"] / 1000, 1000 + v["cpu"])
                      for v in result.violations]
     assert marks
 
@@ -187,8 +235,16 @@ def test_random_runs_give_valid_traces_matching_the_cpu_split(cpus, vcpus, tasks
     split = defaultdict(float)
     for e in doc["traceEvents"]:
         if e["ph"] == "X" and e["pid"] == 1:
-            split[(e["tid"] - 1, e["args"]["what"])] += e["dur"] * 1000
+            split[(e["tid"] - 1000, e["args"]["what"])] += e["dur"] * 1000
     for cpu in range(cpus):
         for what in ("guest", "kvm", "vmm", "host_task"):
             assert abs(split[(cpu, what)] - result.metrics[f"cpu.{cpu}.ns.{what}"]) < 1e-3, \
                 (cpu, what)
+
+
+def test_a_state_that_lasts_no_time_is_dropped():
+    """running, runnable and running again at one instant: one running slice, not two."""
+    changes = [(0, "running", {}), (10, "runnable", {}), (10, "running", {}),
+               (20, "halted", {}), (30, "halted", {}), (40, "running", {}), (50, "idle", {})]
+    got = [(e["name"], e["ts"], e["dur"]) for e in _slices(changes, 60, 2, 2000, skip="idle")]
+    assert got == [("running", 0.0, 0.02), ("halted", 0.02, 0.02), ("running", 0.04, 0.01)]
