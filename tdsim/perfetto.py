@@ -8,8 +8,9 @@ Built after the run from the tracer's events:
   has no track in the UI);
 * one process per VM (pid 2 + VM index), one track per vCPU: slices of the vCPU thread's
   state from the ``vcpu_state`` events: ``running`` (in KVM_RUN), ``userspace`` (the VMM
-  services an exit), ``runnable`` (waits for a CPU: preempted or just woken), ``halted``
-  (asleep in kvm_vcpu_block).  A vCPU track covers the whole run;
+  services an exit), ``runnable`` (waits for a CPU: preempted or just woken), ``halt_poll``,
+  ``halted`` (asleep in kvm_vcpu_block), ``stopped`` (by the VMM after a fatal exit, or with
+  its VM: to the end of the run).  A vCPU track covers the whole run;
 * flow arrows ("s" -> "f"), from the vCPU's track to its CPU's: a kick to the IPI's arrival,
   and a posted interrupt (``pi_posted``) to its delivery (``pi_delivered``); both ends lie
   inside a slice of their track, which is what the importer binds them to;

@@ -248,3 +248,100 @@ def test_a_state_that_lasts_no_time_is_dropped():
                (20, "halted", {}), (30, "halted", {}), (40, "running", {}), (50, "idle", {})]
     got = [(e["name"], e["ts"], e["dur"]) for e in _slices(changes, 60, 2, 2000, skip="idle")]
     assert got == [("running", 0.0, 0.02), ("halted", 0.02, 0.02), ("running", 0.04, 0.01)]
+
+
+def vcpu_states(doc):
+    """vCPU name -> its track's (state, start ns, end ns), in time order."""
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in doc["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] > 1}
+    out = defaultdict(list)
+    for e in doc["traceEvents"]:
+        if e["ph"] == "X" and (e["pid"], e["tid"]) in names:
+            out[names[(e["pid"], e["tid"])]].append(
+                (e["name"], round(e["ts"] * 1000), round((e["ts"] + e["dur"]) * 1000)))
+    return {k: sorted(v, key=lambda s: s[1]) for k, v in out.items()}
+
+
+def test_vcpu_stopped_after_a_fatal_refusal_is_drawn_stopped():
+    """aborts_module_refusals under v6.16: td0.vcpu1's entry is refused fatally
+    (TDX_INCONSISTENT_MSR), the VMM stops it, and its track says "stopped" from then to the
+    end of the run (it used to say "running"); the others never stop.  Every vCPU track
+    covers the run without a gap, and every state a vCPU can be in appears."""
+    end = 50_000_000
+    scenario, result, tracer = traced(SCENARIOS / "aborts_module_refusals.toml",
+                                      {"kvm.compare": [], "kvm.host_state": "v6.16"})
+    assert result.metrics["sim.duration_ns"] == end
+    doc = build_trace(scenario.data, tracer.events, end)
+    validate(doc)
+    states = vcpu_states(doc)
+    stopped = [v for v in states if result.metrics.get(f"vm.td0.vcpu.{v[-1]}.vcpu_stopped")]
+    assert stopped == ["td0.vcpu1"]
+    (t_refused,) = [e[0] for e in tracer.events if e[1] == "seamcall" and e[3] == "td0.vcpu1"
+                    and e[4]["status"] == "TDX_INCONSISTENT_MSR"]
+    name, t0, t1 = states["td0.vcpu1"][-1]
+    assert (name, t1) == ("stopped", end)
+    assert t_refused <= t0 < t_refused + 10_000  # the put, the return to the VMM, the stop
+    for vcpu, spans in states.items():
+        assert (spans[0][1], spans[-1][2]) == (0, end), vcpu
+        assert all(a[2] == b[1] and a[0] != b[0] for a, b in pairwise(spans)), vcpu
+        assert ("stopped" in {s[0] for s in spans}) == (vcpu == "td0.vcpu1")
+    assert {s[0] for spans in states.values() for s in spans} == {
+        "running", "userspace", "halted", "stopped"}
+
+
+def test_halted_slices_are_the_halts():
+    """Every time a vCPU sleeps in kvm_vcpu_block (halt_block) is one "halted" slice."""
+    scenario, result, tracer = traced(SCENARIOS / "aborts_module_refusals.toml",
+                                      {"kvm.compare": [], "sim.duration_us": 10_000})
+    states = vcpu_states(build_trace(scenario.data, tracer.events, 10_000_000))
+    for vcpu, spans in states.items():
+        halted = sum(s[0] == "halted" for s in spans)
+        assert halted == result.metrics[f"vm.td0.vcpu.{vcpu[-1]}.halt_block"] > 0, vcpu
+
+
+def test_vm_stopped_by_the_vmm_draws_every_vcpu_stopped():
+    """A fatal-error report stops the VM (fatal_error = stop): the reporting vCPU stops, the
+    other is signalled out and parks in the VMM; both tracks end "stopped"."""
+    scenario, _, tracer = traced({
+        "sim": {"duration_us": 200, "seed": 1}, "host": {"cpus": 3, "tick_hz": 0},
+        "vm": [{"vcpus": 2, "pin": [1, 2], "workload": {"program": [
+            {"op": "compute", "us": 30, "vcpus": [0]},
+            {"op": "tdvmcall", "r11": "report_fatal_error", "name": "fatal", "vcpus": [0]},
+            {"op": "loop", "count": 0, "vcpus": [1], "steps": [
+                {"op": "compute", "us": 2}, {"op": "cpuid", "name": "spin"}]}]}}]})
+    doc = build_trace(scenario.data, tracer.events, 200_000)
+    validate(doc)
+    states = vcpu_states(doc)
+    for vcpu in ("td0.vcpu0", "td0.vcpu1"):
+        name, t0, t1 = states[vcpu][-1]
+        assert (name, t1) == ("stopped", 200_000), vcpu
+        assert 30_000 < t0 < 60_000, vcpu
+
+
+def test_halt_polling_is_its_own_state():
+    """With halt polling on, a halted vCPU first polls on its CPU ("halt_poll"), and the
+    polls add up to the time the metrics count."""
+    scenario, result, tracer = traced({
+        "sim": {"duration_us": 2000, "seed": 3}, "host": {"cpus": 2, "tick_hz": 0},
+        "kvm": {"halt_poll_ns": 20_000},
+        "vm": [{"vcpus": 1, "pin": [1], "workload": {"compute_us": 20, "timer_hz": 5000,
+                                                      "mix": {"cpuid": 1.0, "hlt": 1.0}}}]})
+    doc = build_trace(scenario.data, tracer.events, 2_000_000)
+    validate(doc)
+    spans = vcpu_states(doc)["td0.vcpu0"]
+    polls = [t1 - t0 for name, t0, t1 in spans if name == "halt_poll"]
+    assert polls
+    assert sum(polls) == result.metrics["halt.poll_ns"]
+
+
+def test_preempted_vcpu_is_drawn_runnable():
+    """Two vCPUs share one CPU and halt now and then: each one woken while the other runs
+    waits for the CPU ("runnable")."""
+    scenario, _, tracer = traced({
+        "sim": {"duration_us": 3000, "seed": 2}, "host": {"cpus": 2, "tick_hz": 4000},
+        "vm": [{"vcpus": 2, "pin": [1, 1], "workload": {
+            "compute_us": 30, "timer_hz": 5000, "mix": {"cpuid": 1.0, "io": 0.5, "hlt": 0.5}}}]})
+    doc = build_trace(scenario.data, tracer.events, 3_000_000)
+    validate(doc)  # which checks that runnable is off the CPU
+    for vcpu, spans in vcpu_states(doc).items():
+        assert sum(t1 - t0 for name, t0, t1 in spans if name == "runnable") > 100_000, vcpu
