@@ -12,13 +12,15 @@ Built after the run from the tracer's events:
   ``halted`` (asleep in kvm_vcpu_block), ``stopped`` (by the VMM after a fatal exit, or with
   its VM: to the end of the run).  A vCPU track covers the whole run;
 * flow arrows ("s" -> "f"), from the vCPU's track to its CPU's: a kick to the IPI's arrival,
-  and a posted interrupt (``pi_posted``) to its delivery (``pi_delivered``); both ends lie
-  inside a slice of their track, which is what the importer binds them to;
+  and a posted interrupt (``pi_posted``) to its delivery (``pi_delivered``); the importer
+  binds each end to the slice around it, so an end on an idle CPU (a kick's IPI that lands
+  after the vCPU left) gets an instant marker, ``kick IPI (idle CPU)``, to land on;
 * instant markers ("i", thread scope) for late aborts and invariant violations, on the CPU's
   track (several at one instant stack in rows below the slices);
 * counters ("C") on the host process: WRMSRs and TD exits per millisecond of simulated time
   (tracks "WRMSRs per ms" and "TD exits per ms": the importer joins name and argument);
-* metadata ("M") naming every process and track and ordering them.
+* metadata ("M") naming every process and track, and the sort indexes chrome://tracing
+  reads (Perfetto ignores them: it lists the processes with the most slices first).
 
 A state that lasts no time is dropped, so equal states either side of it make one slice.
 A track's tid is ``1000 * pid + index`` (cpu3 is 1003, td0.vcpu1 is 2001): unique in the
