@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-slow bench lint typecheck clean distclean
+.PHONY: venv run test test-slow test-perfetto bench lint typecheck clean distclean
 
 venv: $(STAMP)
 
@@ -22,6 +22,27 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# Traces opened in Perfetto's real UI (tests/test_perfetto_ui.py): installs the perfetto extra,
+# and Chromium with apt-get when run as root where apt-get exists (elsewhere install Chromium
+# yourself or set TDSIM_CHROMIUM=/path/to/chrome; the test skips, saying so, without one).
+# Screenshots of the loaded traces go to out/perfetto-ui/.
+test-perfetto: $(VENV)/.installed-perfetto
+	@if [ -z "$$TDSIM_CHROMIUM" ] && ! command -v chromium >/dev/null 2>&1 \
+	    && ! command -v chromium-browser >/dev/null 2>&1 \
+	    && ! command -v google-chrome >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	  else \
+	    echo "test-perfetto: no Chromium found and cannot apt-get install it here"; \
+	  fi; \
+	fi
+	TDSIM_PERFETTO_SHOTS=out/perfetto-ui $(PY) -m pytest -q -m perfetto tests/test_perfetto_ui.py
+
+$(VENV)/.installed-perfetto: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,study,perfetto]'
+	touch $@
 
 bench: $(STAMP)
 	$(PY) -m tdsim.bench

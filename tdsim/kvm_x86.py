@@ -490,6 +490,9 @@ class KvmVcpu(VcpuSegment):
         self.stat["vcpu_stopped"] += 1
         yield from self.spend_kernel(cpu)
         self.phase = PH_STOPPED
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "vcpu_state", cpu.index, self.name, state="stopped")
         self.sched.switch_out(cpu, self, False)
 
     def vmm_service_ns(self) -> int:
@@ -508,6 +511,9 @@ class KvmVcpu(VcpuSegment):
             remaining = yield from self.run_user(cpu, VMM, remaining)
             if remaining is None:
                 if self.vm_stopped:  # the VMM stopped the VM (TDX fatal error)
+                    if tracer is not None:
+                        tracer.emit(self.env.now, "vcpu_state", cpu.index, self.name,
+                                    state="stopped")
                     self.sched.switch_out(cpu, self, False)
                     yield self.run_event  # nothing wakes it: the thread stays parked
                 return
@@ -728,7 +734,12 @@ class KvmVcpu(VcpuSegment):
         kvm_vcpu_check_block; a wake-up or need_resched ends it early.  Simplified: fixed
         halt_poll_ns (no grow/shrink), the check's cost is paid once at the end."""
         t0 = self.env.now
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(t0, "vcpu_state", cpu.index, self.name, state="halt_poll")
         yield from self.run_poll(poll_ns)
+        if tracer is not None:
+            tracer.emit(self.env.now, "vcpu_state", cpu.index, self.name, state="running")
         stat = self.stat
         stat["halt.poll_ns"] += self.env.now - t0
         if self.kvm_vcpu_has_events(cpu):

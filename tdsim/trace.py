@@ -35,7 +35,11 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "wrmsr": ("msr", "site", "value"),
     "seamcall": ("leaf", "status"),
     "cpu_state": ("what", "thread"),       # what the CPU now runs: guest|kvm|vmm|host_task|idle
-    "vcpu_state": ("state",),              # running|runnable|halted|userspace
+    # the vCPU thread: running (in KVM_RUN) | userspace (the VMM) | runnable (waits for a
+    # CPU: preempted, or woken) | halt_poll (kvm_vcpu_halt polling on its CPU) | halted
+    # (asleep in kvm_vcpu_block) | stopped (by the VMM after a fatal exit, or with the whole
+    # VM: it never runs again)
+    "vcpu_state": ("state",),
     "sched_switch": ("prev", "next"),
     "kick": ("by",),
     "ipi": ("src_cpu", "dst_cpu", "why"),
