@@ -86,6 +86,7 @@ def seamcall_keys(leaf: int, status: int) -> tuple[str, str]:
 
 _VP_ENTER_SUCCESS_KEY = seamcall_keys(arch.TDH_VP_ENTER, arch.TDX_SUCCESS)[1]
 _STATUS = arch.TDX_SEAMCALL_STATUS_MASK
+_BUSY_TD_EPOCH = arch.TDX_OPERAND_BUSY | arch.TDX_OPERAND_ID_TD_EPOCH
 
 
 class TdxModule:
@@ -97,6 +98,8 @@ class TdxModule:
         self.env = env
         self.costs = costs
         self.vp_enter_outcome: VpEnterOutcome | None = None  # fault injection, if any
+        self.c_td_exit = costs.td_exit_ns
+        self.c_first_entry_flush = costs.first_entry_flush_ns
         self.findings = findings
         self.tracer = tracer
         self.lp_last_tdvpr: list[VcpuTdx | None] = [None] * ncpus
@@ -117,13 +120,69 @@ class TdxModule:
         64-bit status (class in bits 63:32, VMX exit reason in 31:0); the output registers
         are in `args`.  A refused entry returns at once with an error status, and the host
         MSRs untouched."""
+        vcpu.t_seamcall = t_seamcall = self.env._now + cpu.acc
+        # the module's pre-entry checks (tdh_vp_enter.c, in order; none has a side effect):
+        # a vCPU associated with another LP cannot be entered here (KVM must TDH.VP.FLUSH it
+        # there first); while TDH.MEM.TRACK holds the TD epoch lock the entry is busy
+        assoc = vcpu.module_assoc_cpu
+        vm = vcpu.tdx_vm
+        if assoc is not None and assoc is not cpu:
+            status = self.vcpu_associated_elsewhere(vcpu, cpu, assoc)
+        elif vm.epoch_lock_t0 <= t_seamcall < vm.epoch_lock_t1:
+            status = _BUSY_TD_EPOCH
+        else:
+            status = 0  # TDX_SUCCESS
+        outcome = self.vp_enter_outcome
+        if status or outcome is not None:  # refused, or fault injection decides
+            return (yield from self.tdh_vp_enter_special(vcpu, cpu, args, status, outcome))
+        vcpu.seg_status = 0
+        vcpu.seg_exit = vcpu.seg_fault = None
+        if self.lp_last_tdvpr[cpu.index] is vcpu:
+            cpu.acc += vcpu.entry_ns  # SEAMCALL, the module's entry work (and regs copy)
+        else:
+            # this LP last ran another TDVPR: the module flushes (ASID flush, IBPB)
+            cpu.acc += vcpu.entry_ns + self.c_first_entry_flush
+        # the guest runs until its next exit, unless something cuts its run short
+        td_exit_ns = self.c_td_exit
+        ev = vcpu.begin_entry(cpu, vcpu.plan_guest_run(), td_exit_ns)
+        try:
+            yield ev
+        except Interrupt as intr:
+            cause: Any = intr.cause  # (a tdsim.host.Cause)
+            cut = yield from vcpu.cut_entry(cause, td_exit_ns)
+        else:
+            vcpu.end_entry()
+            cut = None
+        seg_pi = vcpu.seg_pi
+        if (seg_pi or vcpu.module_fields or vcpu.pi_src or vcpu.guest.awaiting
+                or vm.zap_excl_t0 <= vcpu.t_enter < vm.zap_excl_t1):
+            vcpu.at_td_entry(cut)  # (anything to do at TD entry)
+        ret = self.td_exit(vcpu, cpu, vcpu.at_td_exit(cut, seg_pi == 1))
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env._now, "seamcall", cpu.index, vcpu.name,  # at its return
+                        leaf="TDH_VP_ENTER", status="TDX_SUCCESS")
+            tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
+        return ret
+
+    def vcpu_associated_elsewhere(self, vcpu: VcpuTdx, cpu: HostCpu, assoc: HostCpu) -> int:
+        """TDH.VP.ENTER of a vCPU the module has associated with another LP: refused with
+        TDX_VCPU_ASSOCIATED (and the oracle records that KVM let it happen)."""
+        self.findings.record(
+            "entry_on_associated_vcpu", cpu.index, vcpu.name,
+            f"TDH.VP.ENTER on cpu{cpu.index} while associated with cpu{assoc.index}")
+        return arch.TDX_VCPU_ASSOCIATED
+
+    def tdh_vp_enter_special(self, vcpu: VcpuTdx, cpu: HostCpu, args: TdxModuleArgs,
+                             status: int, outcome: VpEnterOutcome | None
+                             ) -> Generator[Any, Any, int]:
+        """TDH.VP.ENTER when its checks refused the entry (`status`), or when fault
+        injection decides what it does this time: refused without entering, entered and
+        exited at once with an injected status, or (nothing injected) the common path."""
         costs = self.costs
-        vcpu.t_seamcall = self.env._now + cpu.acc
-        status = self.tdh_vp_enter_checks(vcpu, cpu)
         injected: int | None = None
         fault: str | None = None
         if status == arch.TDX_SUCCESS:
-            outcome = self.vp_enter_outcome
             if outcome is not None:
                 status, injected, fault = outcome(vcpu)
         else:
@@ -137,55 +196,25 @@ class TdxModule:
             vcpu.seg_pi = 0
             return self.tdh_vp_enter_refused(vcpu, cpu, status, fault, args)
         if self.lp_last_tdvpr[cpu.index] is vcpu:
-            cpu.acc += vcpu.entry_ns  # SEAMCALL, the module's entry work (and regs copy)
+            cpu.acc += vcpu.entry_ns
         else:
-            # this LP last ran another TDVPR: the module flushes (ASID flush, IBPB)
             cpu.acc += vcpu.entry_ns + costs.first_entry_flush_ns
         if injected is not None:
             # the TD is entered (guest state loaded) and exits at once with `injected`
             yield from vcpu.run_entry(cpu, 0, costs.td_exit_ns, costs.td_exit_ns)
             vcpu.seg_pi = 0
             return self.td_exit_with_status(vcpu, cpu, injected, args)
-        # the guest runs until its next exit, unless something cuts its run short
-        ev = vcpu.begin_entry(cpu, vcpu.plan_guest_run(), costs.td_exit_ns)
-        try:
-            yield ev
-        except Interrupt as intr:
-            cause: Any = intr.cause  # (a tdsim.host.Cause)
-            cut = yield from vcpu.cut_entry(cause, costs.td_exit_ns)
-        else:
-            vcpu.end_entry()
-            cut = None
-        planned_pi = vcpu.seg_pi == 1
-        vm = vcpu.tdx_vm
-        if (planned_pi or vcpu.seg_pi or vcpu.module_fields or vcpu.pi_src or vcpu.guest.awaiting
-                or vm.zap_excl_t0 <= vcpu.t_enter < vm.zap_excl_t1):
-            vcpu.at_td_entry(cut)  # (anything to do at TD entry)
-        reason = vcpu.at_td_exit(cut, planned_pi)
-        ret = self.td_exit(vcpu, cpu, reason)
+        cut = yield from vcpu.run_entry(cpu, vcpu.plan_guest_run(), costs.td_exit_ns,
+                                        costs.td_exit_ns)
+        seg_pi = vcpu.seg_pi
+        vcpu.at_td_entry(cut)
+        ret = self.td_exit(vcpu, cpu, vcpu.at_td_exit(cut, seg_pi == 1))
         tracer = self.tracer
         if tracer is not None:
-            tracer.emit(self.env._now, "seamcall", cpu.index, vcpu.name,  # at its return
+            tracer.emit(self.env._now, "seamcall", cpu.index, vcpu.name,
                         leaf="TDH_VP_ENTER", status="TDX_SUCCESS")
             tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
         return ret
-
-    def tdh_vp_enter_checks(self, vcpu: VcpuTdx, cpu: HostCpu) -> int:
-        """The module's pre-entry checks (tdh_vp_enter.c, in order; none has a side effect).
-
-        A vCPU associated with another LP cannot be entered here (TDX_VCPU_ASSOCIATED: KVM
-        must TDH.VP.FLUSH it on the old LP first); while TDH.MEM.TRACK holds the TD epoch
-        lock the entry is TDX_OPERAND_BUSY on the epoch."""
-        assoc = vcpu.module_assoc_cpu
-        if assoc is not None and assoc is not cpu:
-            self.findings.record(
-                "entry_on_associated_vcpu", cpu.index, vcpu.name,
-                f"TDH.VP.ENTER on cpu{cpu.index} while associated with cpu{assoc.index}")
-            return arch.TDX_VCPU_ASSOCIATED
-        vm = vcpu.tdx_vm
-        if vm.epoch_lock_t0 <= vcpu.t_seamcall < vm.epoch_lock_t1:
-            return arch.TDX_OPERAND_BUSY | arch.TDX_OPERAND_ID_TD_EPOCH
-        return arch.TDX_SUCCESS
 
     def tdh_vp_enter_refused(self, vcpu: VcpuTdx, cpu: HostCpu, status: int,
                              fault: str | None, args: TdxModuleArgs) -> int:
