@@ -322,8 +322,9 @@ class Scheduler:
         nxt = self._next_after(self.idle, prev.index)
         return cpus[nxt] if nxt is not None else prev
 
-    def wake_up(self, t: Thread) -> None:
-        """try_to_wake_up: make a sleeping thread runnable and place it."""
+    def try_to_wake_up(self, t: Thread) -> None:
+        """try_to_wake_up: make a sleeping thread runnable and place it (select_task_rq,
+        then wakeup preemption or, without it, the running task's slice)."""
         if t.state != SLEEPING:
             return
         t.state = RUNNABLE
@@ -339,6 +340,8 @@ class Scheduler:
             self._arm_slice(cpu)
 
     def resched_curr(self, cpu: HostCpu) -> None:
+        """resched_curr: set need_resched on the CPU's current task and interrupt it (the
+        reschedule IPI is not timed; the current task is disturbed at once)."""
         curr = cpu.curr
         if curr is not None and not curr.need_resched:
             curr.need_resched = True
@@ -471,7 +474,7 @@ class HostTask(Thread):
         sched = self.sched
         yield env.timeout(self._draw(self.sleep_ns))  # staggered start
         while True:
-            sched.wake_up(self)
+            sched.try_to_wake_up(self)
             cpu: HostCpu = yield self.run_event
             self.remaining = self._draw(self.run_ns)
             while True:

@@ -216,12 +216,18 @@ class VcpuTdx(KvmVcpu):
         self.guest_state_loaded = True
 
     def tdx_vcpu_put(self, cpu: HostCpu) -> None:
-        """tdx_vcpu_put -> tdx_prepare_switch_to_host: the strategy's restore work, counted
-        as a host_state_reload, if guest state is loaded."""
-        if self.guest_state_loaded:
-            self.stat["host_state_reload"] += 1
-            self.strategy.prepare_switch_to_host(self, cpu)
-            self.guest_state_loaded = False
+        """tdx_vcpu_put: vmx_vcpu_pi_put (nothing to do for a TD without device-posted
+        interrupts), then tdx_prepare_switch_to_host."""
+        self.tdx_prepare_switch_to_host(cpu)
+
+    def tdx_prepare_switch_to_host(self, cpu: HostCpu) -> None:
+        """tdx_prepare_switch_to_host: if guest state is loaded, count a host_state_reload and
+        do the strategy's restore work (KERNEL_GS_BASE; v6.16's cache update)."""
+        if not self.guest_state_loaded:
+            return
+        self.stat["host_state_reload"] += 1
+        self.strategy.prepare_switch_to_host(self, cpu)
+        self.guest_state_loaded = False
 
     def tdx_vcpu_pre_run(self) -> int:
         """tdx_vcpu_pre_run: -EINVAL unless the TD is runnable and the vCPU initialized
@@ -330,7 +336,7 @@ class VcpuTdx(KvmVcpu):
             return EXIT_FASTPATH_EXIT_HANDLED
         return EXIT_FASTPATH_NONE
 
-    def tdx_cancel_injection(self) -> None:
+    def vt_cancel_injection(self) -> None:
         """cancel_injection after a late abort (a no-op for a TD in KVM).  (Simulation) the
         entry work computed after the check is rolled back: ON was not consumed."""
         self.seg_pi = SEG_PI_NONE
@@ -403,7 +409,7 @@ class VcpuTdx(KvmVcpu):
         return self.seg_status == arch.TDX_SUCCESS
 
     # --- exit handling -----------------------------------------------------------------
-    def tdx_handle_exit_irqoff(self, cpu: HostCpu) -> None:
+    def vt_handle_exit_irqoff(self, cpu: HostCpu) -> None:
         """The IRQ-off exit work (the NMI check of tdx_vcpu_enter_exit and
         vmx_handle_exit_irqoff), acting on the derived basic reason.  An NMI-handler run is
         genuine only for a TD exit a host NMI caused, an EXTERNAL_INTERRUPT one only for a

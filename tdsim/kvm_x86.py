@@ -144,7 +144,8 @@ class KvmUserReturnMsrs:
         self.curr = dict(self.host)
         self.registered = False
 
-    def set(self, slot: int, value: int, site: str, mask: int = ~0) -> None:
+    def kvm_set_user_return_msr(self, slot: int, value: int, site: str,
+                                mask: int = ~0) -> None:
         """kvm_set_user_return_msr: merge with host bits outside `mask`; WRMSR only if the
         cached value differs; register the notifier."""
         value = (value & mask) | (self.host[slot] & ~mask)
@@ -154,13 +155,13 @@ class KvmUserReturnMsrs:
         self.curr[slot] = value
         self.registered = True
 
-    def update_cache(self, slot: int, value: int) -> None:
+    def kvm_user_return_msr_update_cache(self, slot: int, value: int) -> None:
         """kvm_user_return_msr_update_cache (v6.16): believe `value` is in the MSR, without
         writing it; register the notifier."""
         self.curr[slot] = value
         self.registered = True
 
-    def on_user_return(self, site: str) -> None:
+    def kvm_on_user_return(self, site: str) -> None:
         """kvm_on_user_return: unregister; write back every host value the cache says is
         not in place."""
         self.registered = False
@@ -170,6 +171,12 @@ class KvmUserReturnMsrs:
             if curr[slot] != value:
                 self.cpu.wrmsr(slot, value, site)
                 curr[slot] = value
+
+    # The names of the strategy interface (``cpu.uret.set`` ...), documented in
+    # tdsim.strategies, for the functions above.
+    set = kvm_set_user_return_msr
+    update_cache = kvm_user_return_msr_update_cache
+    on_user_return = kvm_on_user_return
 
 
 class KvmX86:
@@ -189,13 +196,13 @@ class KvmX86:
     def kvm_user_return_msr_cpu_online(self, cpu: HostCpu) -> None:
         """Set up the CPU's user-return state; hook the notifier into its exit to user."""
         cpu.uret = KvmUserReturnMsrs(cpu)
-        cpu.user_return = self.exit_to_user_mode
+        cpu.user_return = self.fire_user_return_notifiers
 
-    def exit_to_user_mode(self, cpu: HostCpu, task: Thread) -> None:
-        """exit_to_user_mode on `cpu` for `task`: fire the user-return notifier if
-        registered (TIF_USER_RETURN_NOTIFY follows the CPU, and the strategy owns the body,
-        kvm_on_user_return), then check that host user code is about to run with host MSR
-        values."""
+    def fire_user_return_notifiers(self, cpu: HostCpu, task: Thread) -> None:
+        """fire_user_return_notifiers on `cpu` for `task`, as exit_to_user_mode calls it: run
+        KVM's notifier if registered (TIF_USER_RETURN_NOTIFY follows the CPU; the strategy
+        owns the body, kvm_on_user_return), then check that host user code is about to run
+        with host MSR values (the check is tdsim's, not the kernel's)."""
         if cpu.uret.registered:
             self.strategy.user_return(cpu)
         invariants.check_user_mode(self.findings, cpu, task,
@@ -400,7 +407,7 @@ class KvmVcpu(VcpuSegment):
                 self.stat["halt_wakeup"] += 1
                 self.phase = PH_WAIT
                 self.t_wake = self.env.now
-                self.sched.wake_up(self)
+                self.sched.try_to_wake_up(self)
             return True
         if phase == PH_POLL:
             self.disturb(WAKE)
@@ -467,7 +474,7 @@ class KvmVcpu(VcpuSegment):
         tracer = self.tracer
         if tracer is not None:
             tracer.emit(self.env.now, "vcpu_state", -1, self.name, state="runnable")
-        self.sched.wake_up(self)
+        self.sched.try_to_wake_up(self)
         cpu: HostCpu = yield self.run_event
         cpu.exit_to_user_mode(self)
         while True:
@@ -583,7 +590,7 @@ class KvmVcpu(VcpuSegment):
         exit work and the IRQ window, then the vendor exit handler.  Returns 1 to go round
         again, 0 to exit to userspace, < 0 for an error."""
         if self.requests:
-            r = self.kvm_check_requests(cpu)
+            r = self.process_requests(cpu)
             if r <= 0:
                 return r
         mmu_reload_fails = self.mmu_reload_fails
@@ -659,7 +666,7 @@ class KvmVcpu(VcpuSegment):
             tracer.emit(self.env.now, "late_abort", cpu.index, self.name, abort=key[11:])
 
     # --- requests ------------------------------------------------------------------------
-    def kvm_check_requests(self, cpu: HostCpu) -> int:
+    def process_requests(self, cpu: HostCpu) -> int:
         """Request processing at the top of vcpu_enter_guest: NMIs (process_nmi and, through
         KVM_REQ_EVENT, the vendor's inject_nmi), then the requests that end the run:
         KVM_REQ_VM_DEAD (-EIO) and the dirty ring's soft limit (KVM_EXIT_DIRTY_RING_FULL;
@@ -708,7 +715,7 @@ class KvmVcpu(VcpuSegment):
             yield from self.spend_kernel(cpu)
             poll_ns = self.halt_poll_ns
             if poll_ns and not self.kvm_vcpu_has_events(cpu):
-                yield from self.kvm_vcpu_halt_poll(cpu, poll_ns)
+                yield from self.halt_poll(cpu, poll_ns)
             self.halting = True  # set_current_state(TASK_INTERRUPTIBLE)
             blocked = False
             while not self.kvm_vcpu_has_events(cpu):  # spurious wake-ups sleep again
@@ -729,7 +736,7 @@ class KvmVcpu(VcpuSegment):
         self.mp_state = KVM_MP_STATE_RUNNABLE
         return 1
 
-    def kvm_vcpu_halt_poll(self, cpu: HostCpu, poll_ns: int) -> ProcessGenerator:
+    def halt_poll(self, cpu: HostCpu, poll_ns: int) -> ProcessGenerator:
         """kvm_vcpu_halt's polling loop: spin up to `poll_ns` re-checking
         kvm_vcpu_check_block; a wake-up or need_resched ends it early.  Simplified: fixed
         halt_poll_ns (no grow/shrink), the check's cost is paid once at the end."""

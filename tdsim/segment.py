@@ -36,6 +36,7 @@ The phase and the landmarks are set only here and by the run loop (`tdsim.kvm_x8
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -72,11 +73,9 @@ class VcpuSegment(Thread):
     is_vcpu = True
     category = KVM
 
-    # provided by KvmVcpu: the kernel's predicate the late check evaluates, and the mode
+    # provided by KvmVcpu: the mode, and the kernel's predicate the late check evaluates
     mode: int
-
-    def kvm_vcpu_exit_request(self) -> bool:
-        raise NotImplementedError
+    kvm_vcpu_exit_request: Callable[[], bool]
 
     def init_segment(self) -> None:
         self.phase = PH_WAIT

@@ -275,6 +275,7 @@ def tdx_emulate_io(vcpu: VcpuTdx, cpu: HostCpu, g: Any) -> int:
 
 
 def tdx_complete_pio_out(vcpu: VcpuTdx, cpu: HostCpu) -> int:
+    """tdx_complete_pio_out: nothing to write back."""
     return 1
 
 
@@ -314,6 +315,7 @@ def tdx_emulate_mmio(vcpu: VcpuTdx, cpu: HostCpu, g: Any) -> int:
 
 
 def tdx_complete_mmio_read(vcpu: VcpuTdx, cpu: HostCpu) -> int:
+    """tdx_complete_mmio_read: R11 = `len` bytes of ``mmio.data``."""
     mmio = vcpu.run.mmio
     vcpu.gprs.r11 = mmio["data"] & _mask(mmio["len"])
     return 1
@@ -401,6 +403,7 @@ def kvm_emulate_wrmsr(vcpu: VcpuTdx, cpu: HostCpu, g: Any) -> int:
 
 
 def complete_fast_rdmsr(vcpu: VcpuTdx, cpu: HostCpu) -> int:
+    """complete_fast_rdmsr: EDX:EAX = msr.data unless the VMM set msr.error."""
     msr = vcpu.run.msr
     if not msr["error"]:
         g = vcpu.gprs
@@ -409,6 +412,7 @@ def complete_fast_rdmsr(vcpu: VcpuTdx, cpu: HostCpu) -> int:
 
 
 def complete_fast_msr_access(vcpu: VcpuTdx, cpu: HostCpu) -> int:
+    """complete_fast_msr_access: the VMM's msr.error decides."""
     return tdx_complete_emulated_msr(vcpu, cpu, vcpu.run.msr["error"], False)
 
 

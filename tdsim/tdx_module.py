@@ -134,7 +134,7 @@ class TdxModule:
             status = 0  # TDX_SUCCESS
         outcome = self.vp_enter_outcome
         if status or outcome is not None:  # refused, or fault injection decides
-            return (yield from self.tdh_vp_enter_special(vcpu, cpu, args, status, outcome))
+            return (yield from self.vp_enter_unusual(vcpu, cpu, args, status, outcome))
         vcpu.seg_status = 0
         vcpu.seg_exit = vcpu.seg_fault = None
         if self.lp_last_tdvpr[cpu.index] is vcpu:
@@ -173,7 +173,7 @@ class TdxModule:
             f"TDH.VP.ENTER on cpu{cpu.index} while associated with cpu{assoc.index}")
         return arch.TDX_VCPU_ASSOCIATED
 
-    def tdh_vp_enter_special(self, vcpu: VcpuTdx, cpu: HostCpu, args: TdxModuleArgs,
+    def vp_enter_unusual(self, vcpu: VcpuTdx, cpu: HostCpu, args: TdxModuleArgs,
                              status: int, outcome: VpEnterOutcome | None
                              ) -> Generator[Any, Any, int]:
         """TDH.VP.ENTER when its checks refused the entry (`status`), or when fault
@@ -194,7 +194,7 @@ class TdxModule:
             cpu.acc += costs.seamcall_ns
             yield from vcpu.run_entry(cpu, 0, 0, costs.td_exit_ns)
             vcpu.seg_pi = 0
-            return self.tdh_vp_enter_refused(vcpu, cpu, status, fault, args)
+            return self.vp_enter_refused(vcpu, cpu, status, fault, args)
         if self.lp_last_tdvpr[cpu.index] is vcpu:
             cpu.acc += vcpu.entry_ns
         else:
@@ -216,7 +216,7 @@ class TdxModule:
             tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
         return ret
 
-    def tdh_vp_enter_refused(self, vcpu: VcpuTdx, cpu: HostCpu, status: int,
+    def vp_enter_refused(self, vcpu: VcpuTdx, cpu: HostCpu, status: int,
                              fault: str | None, args: TdxModuleArgs) -> int:
         """TDH.VP.ENTER returned an error without entering: no MSR was touched.
 

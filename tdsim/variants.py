@@ -39,7 +39,7 @@ def _delegate(gen: Generator[Any, Any, int], first: Any) -> Generator[Any, Any, 
 
 
 def _ignore_wait_for_sept_zap(model: Model) -> None:
-    def vcpu_run(vcpu: VcpuTdx, cpu: HostCpu) -> Generator[Any, Any, int]:
+    def run_ignoring_flag(vcpu: VcpuTdx, cpu: HostCpu) -> Generator[Any, Any, int]:
         vm = vcpu.tdx_vm
         flag = vm.wait_for_sept_zap
         vm.wait_for_sept_zap = False
@@ -54,7 +54,8 @@ def _ignore_wait_for_sept_zap(model: Model) -> None:
 
     for vcpu in model.vcpus:
         if isinstance(vcpu, VcpuTdx):
-            vcpu.kvm_x86_ops = dataclasses.replace(vcpu.kvm_x86_ops, vcpu_run=vcpu_run)
+            vcpu.kvm_x86_ops = dataclasses.replace(vcpu.kvm_x86_ops,
+                                                   vcpu_run=run_ignoring_flag)
 
 
 def _no_outside_ack(model: Model) -> None:

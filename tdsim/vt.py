@@ -39,7 +39,7 @@ def tdx_handle_exit(vcpu: VcpuTdx, cpu: HostCpu, fastpath: int) -> int:
     basic = reason & 0xFFFF
     if ret >> 32 or ret == arch.EXIT_REASON_EPT_MISCONFIG or (
             reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY):
-        r = tdx_handle_exit_status(vcpu, cpu, ret, reason, basic)
+        r = check_exit_status(vcpu, cpu, ret, reason, basic)
         if r is not None:
             return r
     if basic in _TDVMCALL_REASONS:
@@ -51,7 +51,7 @@ def tdx_handle_exit(vcpu: VcpuTdx, cpu: HostCpu, fastpath: int) -> int:
         return 1
     if basic == arch.EXIT_REASON_EPT_VIOLATION:
         if vcpu.seg_fault == "zero_step":  # the module's synthesized exit
-            return tdx_handle_zero_step_exit(vcpu, cpu)
+            return handle_zero_step_exit(vcpu, cpu)
         return sept.tdx_handle_ept_violation(vcpu, cpu)
     if basic == arch.EXIT_REASON_TRIPLE_FAULT:
         vcpu.run_exit_reason = arch.KVM_EXIT_SHUTDOWN
@@ -65,7 +65,7 @@ def tdx_handle_exit(vcpu: VcpuTdx, cpu: HostCpu, fastpath: int) -> int:
     return 0
 
 
-def tdx_handle_exit_status(vcpu: VcpuTdx, cpu: HostCpu, ret: int, reason: int,
+def check_exit_status(vcpu: VcpuTdx, cpu: HostCpu, ret: int, reason: int,
                            basic: int) -> int | None:
     """tdx_handle_exit's checks of a non-success return, in order; None = go on to the
     dispatch.  KVM_BUG_ON marks the VM bugged (every vCPU then leaves with -EIO at its next
@@ -93,7 +93,7 @@ def tdx_handle_exit_status(vcpu: VcpuTdx, cpu: HostCpu, ret: int, reason: int,
     return None
 
 
-def tdx_handle_zero_step_exit(vcpu: VcpuTdx, cpu: HostCpu) -> int:
+def handle_zero_step_exit(vcpu: VcpuTdx, cpu: HostCpu) -> int:
     """tdx_handle_ept_violation for the module's synthesized zero-step exit: the page is
     mapped by the fault path; the guest re-executes the instruction."""
     cpu.acc += vcpu.costs.ept_violation_ns
@@ -107,9 +107,9 @@ TDX_X86_OPS = KvmX86Ops(
     prepare_switch_to_guest=VcpuTdx.tdx_prepare_switch_to_guest,
     vcpu_pre_run=VcpuTdx.tdx_vcpu_pre_run,
     vcpu_run=VcpuTdx.tdx_vcpu_run,
-    handle_exit_irqoff=VcpuTdx.tdx_handle_exit_irqoff,
+    handle_exit_irqoff=VcpuTdx.vt_handle_exit_irqoff,
     handle_exit=tdx_handle_exit,
-    cancel_injection=VcpuTdx.tdx_cancel_injection,
+    cancel_injection=VcpuTdx.vt_cancel_injection,
     inject_nmi=VcpuTdx.tdx_inject_nmi,
     interrupt_allowed=VcpuTdx.tdx_interrupt_allowed,
     protected_apic_has_interrupt=VcpuTdx.tdx_protected_apic_has_interrupt,
