@@ -137,6 +137,7 @@ class VcpuTdx(KvmVcpu):
         # the current entry as planned (see tdsim.segment): ON at entry, what TDH.VP.ENTER
         # returns, an injected exit status and the kind of module outcome
         self.seg_pi = SEG_PI_NONE
+        self.seg_pi_planned = False  # the planned run includes the PI handler
         self.seg_status = arch.TDX_SUCCESS
         self.seg_exit: int | None = None
         self.seg_fault: str | None = None
@@ -368,16 +369,18 @@ class VcpuTdx(KvmVcpu):
                                  f"TD entry at {self.t_enter} while a SEPT zap needs every "
                                  f"vCPU out (since {vm.zap_excl_t0})")
 
-    def at_td_exit(self, cut: Any, planned_pi: bool) -> int:
+    def at_td_exit(self, cut: Any) -> int:
         """The guest's side of the TD exit: how far it got and the exit it made (a TDVMCALL
         with its registers, a private-page EPT violation, or a host interrupt / NMI that
         cut its run).  Returns the basic exit reason."""
         guest = self.guest
         if cut is not None:
-            # a PI seen at planning ran its handler first (it is in the planned run), so the
-            # compute period advanced only by what followed it; never below 0
-            ran = self.seg_ran - (self.costs.guest_irq_ns if planned_pi else 0)
+            # a PI seen at planning ran its handler first (it is in the planned run, even if
+            # a later posting drained the PIR meanwhile), so the compute period advanced
+            # only by what followed it; never below 0
+            ran = self.seg_ran - (self.costs.guest_irq_ns if self.seg_pi_planned else 0)
             guest.remaining_ns -= max(0, ran)
+            assert guest.remaining_ns >= 0, (self.name, guest.remaining_ns)
             if cut.nmi:
                 return arch.EXIT_REASON_EXCEPTION_NMI
             self.last_irq_source = cut.name
@@ -401,7 +404,8 @@ class VcpuTdx(KvmVcpu):
                 guest.rearm_planned = True
             guest.preempt_with_rearm()
         g: int = guest.remaining_ns
-        if self.seg_pi:
+        self.seg_pi_planned = planned = self.seg_pi != SEG_PI_NONE
+        if planned:
             g += self.costs.guest_irq_ns
         return g
 

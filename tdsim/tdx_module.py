@@ -153,11 +153,10 @@ class TdxModule:
         else:
             vcpu.end_entry()
             cut = None
-        seg_pi = vcpu.seg_pi
-        if (seg_pi or vcpu.module_fields or vcpu.pi_src or vcpu.guest.awaiting
+        if (vcpu.seg_pi or vcpu.module_fields or vcpu.pi_src or vcpu.guest.awaiting
                 or vm.zap_excl_t0 <= vcpu.t_enter < vm.zap_excl_t1):
             vcpu.at_td_entry(cut)  # (anything to do at TD entry)
-        ret = self.td_exit(vcpu, cpu, vcpu.at_td_exit(cut, seg_pi == 1))
+        ret = self.td_exit(vcpu, cpu, vcpu.at_td_exit(cut))
         tracer = self.tracer
         if tracer is not None:
             tracer.emit(self.env._now, "seamcall", cpu.index, vcpu.name,  # at its return
@@ -206,9 +205,8 @@ class TdxModule:
             return self.td_exit_with_status(vcpu, cpu, injected, args)
         cut = yield from vcpu.run_entry(cpu, vcpu.plan_guest_run(), costs.td_exit_ns,
                                         costs.td_exit_ns)
-        seg_pi = vcpu.seg_pi
         vcpu.at_td_entry(cut)
-        ret = self.td_exit(vcpu, cpu, vcpu.at_td_exit(cut, seg_pi == 1))
+        ret = self.td_exit(vcpu, cpu, vcpu.at_td_exit(cut))
         tracer = self.tracer
         if tracer is not None:
             tracer.emit(self.env._now, "seamcall", cpu.index, vcpu.name,
