@@ -557,9 +557,51 @@ def _expect_keys() -> dict[str, Any]:
     }
 
 
+EXPECT_CALL = Table(
+    {
+        "vcpu": Key(str, "td0.vcpu0", "the scripted vCPU (dotted name, as in the result's "
+                    "`calls`)"),
+        "step": Key(int, 0, "the program step (its number in the calls table)",
+                    non_negative),
+        "nth": Key(int, 1, "which record of that step (a step in a loop runs several times)",
+                   positive),
+        "status": Key(str, None, "R10's status name the guest got back (SUCCESS, "
+                      "INVALID_OPERAND, ...)", optional=True),
+        "kvm": Key(str, None, "in_kernel, userspace or kvm_run_error", optional=True),
+        "regs_out": Key(dict, None, "registers the guest got back, e.g. { r10 = 0, r11 = 0x42 "
+                        "} (those given are compared)", optional=True),
+        "regs_written": Key(list, None, "exactly the registers of R10..R15 KVM wrote back",
+                            optional=True, item_type=str),
+        "exits": Key(list, None, "the exits to userspace, in order: one table each, compared "
+                     "on the keys it gives (e.g. { exit_reason = \"KVM_EXIT_MMIO\", mmio = "
+                     "{ phys_addr = 0x1000, len = 4 } }; `before_vmm` = kvm_run as KVM filled "
+                     "it)", optional=True, item_type=dict),
+        "vp_enter_ret": Key(int, None, "a vp_enter step's TDH.VP.ENTER status", optional=True),
+        "exit_reason": Key(str, None, "a vp_enter step: the exit reason KVM derived "
+                           "(INVALID for an error status)", optional=True),
+        "handle_exit": Key(int, None, "a vp_enter step: what tdx_handle_exit returned",
+                           optional=True),
+        "kvm_run": Key(int, None, "KVM_RUN's error (e.g. -22)", optional=True),
+    },
+    doc="A scripted call (or vp_enter outcome) the run must record with these values; "
+        "the keys not given are not checked.",
+)
+
+EXPECT_MSR = Table(
+    {
+        "vcpu": Key(str, "td0.vcpu0", "the vCPU"),
+        "index": Key(int, 0, "the MSR (listed in [vmm] get_msrs)", _u64),
+        "value": Key(int, None, "what KVM_GET_MSRS reads at the end (unset: the read must "
+                     "fail)", optional=True),
+    },
+    doc="An MSR value KVM_GET_MSRS must read back at the end of the run.",
+)
+
 EXPECT = Table(
     {
         **_expect_keys(),
+        "call": ArrayOfTables(EXPECT_CALL, min_items=0, default_items=0),
+        "msr": ArrayOfTables(EXPECT_MSR, min_items=0, default_items=0),
         "strategy": Map(None, Table(_expect_keys()),
                         doc="more expectations for the run of one strategy, added to the "
                             "ones above; the keys of `[expect.strategy]` are strategy names "
