@@ -83,9 +83,10 @@ def test_send_ipi_delivers_to_the_bitmap_and_counts():
     assert r.metrics["vm.td0.vcpu.1.ipi.received"] == 1
 
 
-def test_map_gpa_range_hypercall_leaves_args_3_to_5_as_they_were():
-    """____kvm_emulate_hypercall writes args[0..2] of the KVM_EXIT_HYPERCALL; args[3..5]
-    keep what the previous exit left (here the zeros of an earlier MapGPA chunk)."""
+def test_map_gpa_range_hypercall_exit_fields():
+    """____kvm_emulate_hypercall's KVM_EXIT_HYPERCALL: nr 12, args[0..2] = a0..a2 (the
+    shared bit not stripped), ret preset 0, flags KVM_EXIT_HYPERCALL_LONG_MODE; args[3..5]
+    are not written (the kvm_run page's zeros)."""
     rec = call(hypercall(MAP_GPA_RANGE, 0x200000, 4, 0x10))
     e = rec["exits"][0]
     assert e["hypercall"]["args"] == [0x200000, 4, 0x10, 0, 0, 0]
