@@ -23,6 +23,7 @@ import importlib
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,9 @@ def measure(repeat: int = 5) -> dict[str, Any]:
             sys.path.remove(tmp)
         scenario = scenario_from_dict(BENCH_SCENARIO, name="<bench>")
         stripped = nc_scenario.scenario_from_dict(BENCH_SCENARIO, name="<bench>")
-        variants = {
-            "no checks": lambda: nochecks.run(stripped),
+        run_nochecks: Callable[[Any], Any] = nochecks.run
+        variants: dict[str, Callable[[], Any]] = {
+            "no checks": lambda: run_nochecks(stripped),
             "off": lambda: run(scenario),
             "filtered": lambda: run(scenario, tracer=Tracer(kinds=["violation"])),
             "on": lambda: run(scenario, tracer=Tracer()),

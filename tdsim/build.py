@@ -26,13 +26,18 @@ from .kvm_tdx import KvmTdx, TdxPerCpu, VcpuTdx
 from .kvm_vmx import VcpuVmx
 from .kvm_x86 import Kvm, KvmVcpu, KvmX86
 from .lapic import LapicTimer
-from .program import ScriptedGuest, compile_program
+from .program import (
+    ScriptedGuest,
+    compile_program,
+    scripted_vp_enter_outcome,
+    scripted_vp_enter_regs,
+)
 from .rng import stream
 from .scope import VcpuScope, vm_stream
 from .strategies import HostStateStrategy
 from .tdx_module import TdxModule
 from .vmm import Vmm
-from .vt import TDX_X86_OPS
+from .vt import SCRIPTED_TDX_X86_OPS, TDX_X86_OPS
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -110,6 +115,10 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
     faults = Faults(env, seed, config.faults, sched, host_stat)
     if faults.module:
         module.vp_enter_outcome = faults.vp_enter_outcome
+    if any(vmc.workload.program for vmc in config.vms):
+        # scripted guests may force TDH.VP.ENTER outcomes (vp_enter steps)
+        module.vp_enter_outcome = scripted_vp_enter_outcome(module.vp_enter_outcome)
+        module.vp_enter_regs = scripted_vp_enter_regs
     vmm = Vmm(env, config.vmm, costs)
     sim = config.sim
     t_measure = sim.warmup_ns if 0 < sim.warmup_ns < sim.duration_ns else 0
@@ -143,10 +152,12 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
             first_cpu = cpus[pin if pin is not None else (len(model.vcpus) % len(cpus))]
             vcpu: KvmVcpu
             if isinstance(vm, KvmTdx):
+                ops = SCRIPTED_TDX_X86_OPS if isinstance(guest, ScriptedGuest) else TDX_X86_OPS
                 tdx = VcpuTdx(env, scope, vm, pin, guest, costs, config.kvm, kvm, module,
-                              percpu, sched, irq, new_stat(), findings, tracer, TDX_X86_OPS,
+                              percpu, sched, irq, new_stat(), findings, tracer, ops,
                               first_cpu)
                 tdvmcall.init_vcpu(tdx)
+                vmm.set_up_vcpu(tdx)
                 tdx.vmm_service = vmm.handle_exit
                 vcpu = tdx
             else:

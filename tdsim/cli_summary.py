@@ -229,7 +229,9 @@ def _calls(calls: dict[str, list[dict[str, Any]]]) -> list[Block]:
             else:
                 kvm = "in kernel"
             status = rec.get("status") or (_hex(regs["r10"]) if regs else "(no return)")
-            table.add(num(rec["t_ns"]), rec["step"], f"{rec['name']} ({rec['leaf']})", kvm,
+            if rec.get("op") == "vp_enter":  # a scripted TDH.VP.ENTER outcome
+                status = f"vp_enter_ret={rec['vp_enter_ret']:#x}"
+            table.add(num(rec["t_ns"]), rec["step"], f"{rec['name']} ({rec.get('leaf')})", kvm,
                       status, _hex(regs.get("r11")),
                       " ".join(_hex(regs.get(r)) for r in ("r12", "r13", "r14", "r15")))
         out.append(table)

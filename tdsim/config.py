@@ -16,6 +16,14 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from .kvm_cpuid import (
+    KVM_CPUID_FEATURES,
+    KVM_CPUID_SIGNATURE,
+    KVM_SIGNATURE,
+    KvmCpuidEntry2,
+    cpuid_function_is_indexed,
+)
+
 
 def us_to_ns(us: float) -> int:
     """Microseconds (as given in a scenario) to the model's integer nanoseconds."""
@@ -109,7 +117,7 @@ class KvmConfig:
 
     host_state: str
     regs_layout: str            # "in_place" | "copy"
-    tdvmcall_abi: str           # "current" | "v6.16"
+    tdvmcall_abi: str           # a generation of tdsim.tdvmcall_abi.GENERATIONS
     exit_reason_raw: bool       # exit_reason = "raw"
     halt_poll_ns: int
     lapic_timer_advance_ns: int
@@ -179,7 +187,18 @@ class DeviceConfig:
     size: int
     read_value: int
     ioeventfd: bool
+    in_kernel_read: bool
     service_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MsrFilterRangeConfig:
+    """One range of the VMM's MSR filter: flags as KVM_MSR_FILTER_READ/WRITE bits."""
+
+    flags: int
+    base: int
+    nmsrs: int
+    bitmap: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,17 +206,20 @@ class VmmConfig:
     """``[vmm]``: the userspace VMM's answers and the KVM capabilities it enabled."""
 
     exit_hypercall: bool
-    map_gpa_results: tuple[str, ...]
     get_quote_ret: int
     setup_event_notify_ret: int
     tdvmcall_info: tuple[int, int, int, int]
     fatal_error: str
     unassigned_read: int
     msr_exits: tuple[str, ...]
-    msr_filter_deny_read: frozenset[int]
-    msr_filter_deny_write: frozenset[int]
+    map_gpa_rets: tuple[int | None, ...]    # map_gpa_results as raw u64 (None: keep)
+    msr_filter_default_allow: bool
+    msr_filter_ranges: tuple[MsrFilterRangeConfig, ...] | None  # None: no filter
+    enforce_pv_feature_cpuid: bool
+    get_msrs: tuple[int, ...]
+    set_msrs: tuple[tuple[int, int, tuple[int, ...] | None], ...]  # index, value, vCPUs
     devices: tuple[DeviceConfig, ...]
-    cpuid: Mapping[tuple[int, int], tuple[int, int, int, int]]
+    cpuid: tuple[KvmCpuidEntry2, ...]
     msrs: Mapping[int, tuple[int, bool]]
 
 
@@ -221,6 +243,46 @@ def _pick(cls: type[T], d: Mapping[str, Any], **extra: Any) -> T:
     """Build `cls` from the keys of `d` that it declares, plus `extra`."""
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in d.items() if k in names}, **extra)
+
+
+# hypercall.ret values the VMM's answers name (the positive errnos today's KVM takes)
+VMM_RET_NAMES: dict[str, int | None] = {"success": 0, "eagain": 11, "einval": 22, "keep": None}
+_FILTER_FLAGS = {"read": 1, "write": 2}      # KVM_MSR_FILTER_READ / _WRITE
+
+
+def vmm_ret(value: str | int) -> int | None:
+    """A VMM answer for ``hypercall.ret`` as the raw u64 it writes (None: leave it)."""
+    if isinstance(value, str):
+        return VMM_RET_NAMES[value]
+    return value & ((1 << 64) - 1)
+
+
+def _msr_filter_ranges(vmm: Mapping[str, Any]) -> tuple[MsrFilterRangeConfig, ...] | None:
+    """The filter's ranges: the deny lists (one MSR each) first, then msr_filter.range; None
+    when the VMM sets no filter at all."""
+    flt = vmm["msr_filter"]
+    ranges = [MsrFilterRangeConfig(1, i, 1, 0) for i in vmm["msr_filter_deny_read"]]
+    ranges += [MsrFilterRangeConfig(2, i, 1, 0) for i in vmm["msr_filter_deny_write"]]
+    for r in flt["range"]:
+        flags = sum(_FILTER_FLAGS[f] for f in set(r["flags"]))
+        bitmap = r["bitmap"] if r["bitmap"] is not None else (1 << r["nmsrs"]) - 1
+        ranges.append(MsrFilterRangeConfig(flags, r["base"], r["nmsrs"], bitmap))
+    if not ranges and flt["default_allow"]:
+        return None
+    return tuple(ranges)
+
+
+def _cpuid_entries(vmm: Mapping[str, Any]) -> tuple[KvmCpuidEntry2, ...]:
+    """The CPUID table (KVM_SET_CPUID2), with the KVM leaves ``kvm_pv_features`` asks for."""
+    out = [KvmCpuidEntry2(e["leaf"], e["subleaf"], e["significant_index"]
+                            if e["significant_index"] is not None
+                            else cpuid_function_is_indexed(e["leaf"]),
+                            e["eax"], e["ebx"], e["ecx"], e["edx"]) for e in vmm["cpuid"]]
+    if vmm["kvm_pv_features"] is not None:
+        base, features = KVM_CPUID_SIGNATURE, KVM_CPUID_SIGNATURE + KVM_CPUID_FEATURES
+        out.append(KvmCpuidEntry2(base, 0, False, features, *KVM_SIGNATURE))
+        out.append(KvmCpuidEntry2(features, 0, False, vmm["kvm_pv_features"], 0, 0, 0))
+    return tuple(out)
 
 
 def from_data(d: Mapping[str, Any]) -> ModelConfig:
@@ -263,18 +325,22 @@ def from_data(d: Mapping[str, Any]) -> ModelConfig:
         vms=tuple(vms),
         vmm=VmmConfig(
             exit_hypercall=vmm["exit_hypercall"],
-            map_gpa_results=tuple(vmm["map_gpa_results"]),
             get_quote_ret=vmm["get_quote_ret"],
             setup_event_notify_ret=vmm["setup_event_notify_ret"],
             tdvmcall_info=(vmm["tdvmcall_info"][0], vmm["tdvmcall_info"][1],
                            vmm["tdvmcall_info"][2], vmm["tdvmcall_info"][3]),
             fatal_error=vmm["fatal_error"], unassigned_read=vmm["unassigned_read"],
             msr_exits=tuple(vmm["msr_exits"]),
-            msr_filter_deny_read=frozenset(vmm["msr_filter_deny_read"]),
-            msr_filter_deny_write=frozenset(vmm["msr_filter_deny_write"]),
+            map_gpa_rets=tuple(vmm_ret(r) for r in vmm["map_gpa_results"]),
+            msr_filter_default_allow=vmm["msr_filter"]["default_allow"],
+            msr_filter_ranges=_msr_filter_ranges(vmm),
+            enforce_pv_feature_cpuid=vmm["enforce_pv_feature_cpuid"],
+            get_msrs=tuple(vmm["get_msrs"]),
+            set_msrs=tuple((m["index"], m["value"],
+                            tuple(m["vcpus"]) if m["vcpus"] is not None else None)
+                           for m in vmm["set_msr"]),
             devices=tuple(_pick(DeviceConfig, dev) for dev in vmm["device"]),
-            cpuid=MappingProxyType({(e["leaf"], e["subleaf"]): (e["eax"], e["ebx"], e["ecx"],
-                                                                e["edx"]) for e in vmm["cpuid"]}),
+            cpuid=_cpuid_entries(vmm),
             msrs=MappingProxyType({m["index"]: (m["value"], m["error"]) for m in vmm["msr"]})),
         faults=MappingProxyType(dict(d["faults"])),
     )

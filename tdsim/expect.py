@@ -45,7 +45,8 @@ def _asks(e: dict[str, Any]) -> int:
 def has_expectations(data: dict[str, Any]) -> bool:
     """The scenario's ``[expect]`` table asks for anything (a scenario with none is no test)."""
     e = data["expect"]
-    return bool(_asks(e) or any(_asks(s) for s in e["strategy"].values()))
+    return bool(_asks(e) or e["call"] or e["msr"]
+                or any(_asks(s) for s in e["strategy"].values()))
 
 
 def strategies_run(data: dict[str, Any]) -> list[str]:
@@ -99,6 +100,56 @@ def check_expectations(expect: dict[str, Any], metrics: dict[str, Any]) -> list[
     if expect["violations_none"] and counts:
         got = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         out.append(f"violations: expected none, got {got}")
+    return out
+
+
+_CALL_FIELDS = ("status", "kvm", "regs_out", "regs_written", "exits", "vp_enter_ret",
+                "exit_reason", "handle_exit", "kvm_run")
+
+
+def _matches(want: Any, got: Any) -> bool:
+    """`got` has what `want` gives: tables on the keys `want` names, arrays item by item
+    (same length), anything else equal."""
+    if isinstance(want, dict):
+        return isinstance(got, dict) and all(k in got and _matches(v, got[k])
+                                              for k, v in want.items())
+    if isinstance(want, list):
+        return (isinstance(got, list) and len(want) == len(got)
+                and all(_matches(w, g) for w, g in zip(want, got, strict=True)))
+    return bool(want == got)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def check_calls(expect: dict[str, Any], details: dict[str, Any]) -> list[str]:
+    """One line per ``[[expect.call]]`` / ``[[expect.msr]]`` the run's records do not
+    meet (``details`` is the result's scripted-call records and VMM report)."""
+    out = []
+    calls = details.get("calls", {})
+    for j, want in enumerate(expect["call"]):
+        where = f"expect.call[{j}] ({want['vcpu']} step {want['step']})"
+        records = [r for r in calls.get(want["vcpu"], []) if r["step"] == want["step"]]
+        if len(records) < want["nth"]:
+            out.append(f"{where}: recorded {len(records)} time(s), wanted record "
+                       f"#{want['nth']}")
+            continue
+        rec = records[want["nth"] - 1]
+        for key in _CALL_FIELDS:
+            if want[key] is not None and not _matches(want[key], rec.get(key)):
+                out.append(f"{where}: {key}: expected {_show(want[key])}, "
+                           f"got {_show(rec.get(key))}")
+    got_msrs = details.get("vmm", {}).get("get_msrs", {})
+    for j, want in enumerate(expect["msr"]):
+        key = f"{want['index']:#x}"
+        vals = got_msrs.get(want["vcpu"], {})
+        if key not in vals:
+            out.append(f"expect.msr[{j}]: {key} of {want['vcpu']} was not read back "
+                       "(list it in [vmm] get_msrs)")
+        elif vals[key] != want["value"]:
+            out.append(f"expect.msr[{j}]: {key} of {want['vcpu']}: expected "
+                       f"{_show(want['value'])}, got {_show(vals[key])}")
     return out
 
 
@@ -240,7 +291,8 @@ def check_scenario(scenario: Scenario, update_fingerprints: bool = False,
     for strategy in strategies:
         variant = scenario.replace({"kvm.host_state": strategy, "kvm.compare": []})
         tracer = Tracer() if fingerprints and strategy == traced else None
-        metrics = run(variant, tracer=tracer).metrics
+        result = run(variant, tracer=tracer)
+        metrics = result.metrics
         if tracer is not None:
             lines = trajectory(tracer.events)
         tag = f"[{strategy}] " if len(strategies) > 1 else ""
@@ -248,6 +300,8 @@ def check_scenario(scenario: Scenario, update_fingerprints: bool = False,
             if table is not None:
                 asked += _asks(table)
                 report.failures += [tag + line for line in check_expectations(table, metrics)]
+        asked += len(expect["call"]) + len(expect["msr"])
+        report.failures += [tag + line for line in check_calls(expect, result.details)]
     report.notes.append(f"{asked} expectation(s)" if asked else "no expectations")
     if len(strategies) > 1:
         report.notes.append(f"{len(strategies)} strategies")

@@ -33,7 +33,7 @@ from .kvm_x86 import (
 )
 from .segment import PH_SEG
 from .strategies import HostStateStrategy
-from .tdx_module import INJECTED_EXIT_KEYS, TDX_MODULE_ARGS, TdxModuleArgs
+from .tdx_module import INJECTED_EXIT_KEYS, SCRIPTED, TDX_MODULE_ARGS, TdxModuleArgs
 
 if TYPE_CHECKING:
     import random
@@ -314,7 +314,8 @@ class VcpuTdx(KvmVcpu):
 
     def tdx_to_vmx_exit_reason(self, ret: int) -> int:
         """tdx_to_vmx_exit_reason: bits 15:0 only for the five valid statuses (else -1u);
-        then a TDCALL becomes the reason of its sub-function by R10/R11.
+        then a TDCALL becomes the reason of its sub-function by R10/R11, and a genuine
+        EPT_MISCONFIG becomes -1u (tdx_handle_exit reports it from the raw value).
 
         With ``[kvm] exit_reason = "raw"`` the low 32 bits are taken whatever the status, as
         the early ``union tdx_exit_reason`` code did."""
@@ -326,6 +327,8 @@ class VcpuTdx(KvmVcpu):
             if args.r10:
                 return arch.EXIT_REASON_VMCALL
             return _TDVMCALL_TO_EXIT_REASON.get(args.r11, arch.EXIT_REASON_TDCALL)
+        if reason == arch.EXIT_REASON_EPT_MISCONFIG and not self.config.exit_reason_raw:
+            return arch.EXIT_REASON_INVALID  # genuine: tdx_handle_exit KVM_BUG_ONs it
         return reason
 
     def tdx_exit_handlers_fastpath(self) -> int:
@@ -381,7 +384,8 @@ class VcpuTdx(KvmVcpu):
             ran = self.seg_ran - (self.costs.guest_irq_ns if self.seg_pi_planned else 0)
             guest.remaining_ns -= max(0, ran)
             assert guest.remaining_ns >= 0, (self.name, guest.remaining_ns)
-            if cut.nmi:
+            if cut.nmi:  # the module reports the NMI's interruption information in R9
+                self.vp_enter_args.r9 = arch.INTR_INFO_NMI
                 return arch.EXIT_REASON_EXCEPTION_NMI
             self.last_irq_source = cut.name
             return arch.EXIT_REASON_EXTERNAL_INTERRUPT
@@ -424,8 +428,8 @@ class VcpuTdx(KvmVcpu):
         if self.seg_status == SEG_SEPT_SPIN:
             return
         basic = self.exit_reason & 0xFFFF
-        if basic > arch.EXIT_REASON_EXTERNAL_INTERRUPT:
-            return
+        if basic > arch.EXIT_REASON_EXTERNAL_INTERRUPT or self.seg_fault == SCRIPTED:
+            return  # (a scripted outcome's NMI or interrupt is taken as the real thing)
         irq = self.seg_cut is not None
         ok = (self.vp_enter_ret & _STATUS) == arch.TDX_SUCCESS
         if basic == arch.EXIT_REASON_EXCEPTION_NMI:

@@ -12,7 +12,7 @@ to the CPU's accumulator.  Where time passes and what can cut it short is `tdsim
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,7 +24,6 @@ from .arch import (
     KVM_REQ_VM_DEAD,
 )
 from .host import HOST_IRQ, SLEEPING, VMM, ProcessGenerator
-from .tdx_module import TdxModuleArgs
 from .segment import (
     EXIT_REQUEST,
     PH_BLOCKED,
@@ -36,6 +35,7 @@ from .segment import (
     LateCheckFired,
     VcpuSegment,
 )
+from .tdx_module import TdxModuleArgs
 
 if TYPE_CHECKING:
     from .clock import Environment
@@ -60,7 +60,7 @@ EXIT_FASTPATH_EXIT_USERSPACE = 3
 
 # Fatal userspace exits: the VMM stops the vCPU (as QEMU does)
 _FATAL_RUN_EXITS = frozenset({arch.KVM_EXIT_INTERNAL_ERROR, arch.KVM_EXIT_FAIL_ENTRY,
-                              arch.KVM_EXIT_SHUTDOWN})
+                              arch.KVM_EXIT_SHUTDOWN, arch.KVM_EXIT_EXCEPTION})
 
 # late_abort.<path> metric keys (docs/late-aborts.md); operand_busy_late counts as
 # operand_busy (an OPERAND_BUSY raised after the module associated the vCPU)
@@ -101,12 +101,15 @@ class KvmRun:
     """struct kvm_run as the model uses it: ``exit_reason`` and the union member of the last
     exit to userspace (one reused dict per member)."""
 
-    __slots__ = ("exit_reason", "io", "mmio", "hypercall", "system_event", "tdx", "msr")
+    __slots__ = ("exit_reason", "io", "mmio", "hypercall", "system_event", "tdx", "msr",
+                 "internal", "fail_entry", "ex", "memory_fault")
 
     MEMBER: ClassVar[dict[int, str]] = {
         arch.KVM_EXIT_IO: "io", arch.KVM_EXIT_MMIO: "mmio",
         arch.KVM_EXIT_HYPERCALL: "hypercall", arch.KVM_EXIT_SYSTEM_EVENT: "system_event",
-        arch.KVM_EXIT_TDX: "tdx", arch.KVM_EXIT_X86_RDMSR: "msr", arch.KVM_EXIT_X86_WRMSR: "msr"}
+        arch.KVM_EXIT_TDX: "tdx", arch.KVM_EXIT_X86_RDMSR: "msr", arch.KVM_EXIT_X86_WRMSR: "msr",
+        arch.KVM_EXIT_INTERNAL_ERROR: "internal", arch.KVM_EXIT_FAIL_ENTRY: "fail_entry",
+        arch.KVM_EXIT_EXCEPTION: "ex", arch.KVM_EXIT_MEMORY_FAULT: "memory_fault"}
 
     def __init__(self) -> None:
         self.exit_reason = 0
@@ -116,6 +119,10 @@ class KvmRun:
         self.system_event: dict[str, Any] = {}
         self.tdx: dict[str, Any] = {}
         self.msr: dict[str, Any] = {}
+        self.internal: dict[str, Any] = {}
+        self.fail_entry: dict[str, Any] = {}
+        self.ex: dict[str, Any] = {}
+        self.memory_fault: dict[str, Any] = {}
 
     def snapshot(self) -> dict[str, Any]:
         """The exit as a JSON-able dict: exit_reason name and its member's fields."""
@@ -224,11 +231,14 @@ class Kvm:
         # what the VMM set up with KVM ioctls (from [vmm]): KVM_CAP_EXIT_HYPERCALL,
         # KVM_SET_CPUID2, KVM_X86_SET_MSR_FILTER, KVM_CAP_X86_USER_SPACE_MSR, KVM_IOEVENTFD
         self.hypercall_exit_enabled = True
-        self.cpuid_entries: Mapping[tuple[int, int], tuple[int, int, int, int]] = {}
-        self.msr_filter_deny_read: frozenset[int] = frozenset()
-        self.msr_filter_deny_write: frozenset[int] = frozenset()
+        self.cpuid: Any = None        # KVM_SET_CPUID2 (tdsim.kvm_cpuid.KvmCpuid)
+        self.msr_filter: Any = None   # KVM_X86_SET_MSR_FILTER (tdsim.tdvmcall_msr); None: none
+        self.enforce_pv_feature_cpuid = False  # KVM_CAP_ENFORCE_PV_FEATURE_CPUID
+        self.lapic_caps: Any = None   # what the vCPUs' APIC model derives from CPUID (lapic)
         self.user_space_msr_mask = 0
         self.io_devices: list[Any] = []  # the VMM's devices (tdsim.vmm.Device)
+        # KVM_SET_MEMORY_ATTRIBUTES: the GFN ranges the VMM made shared (tdsim.vmm)
+        self.memory_attributes: Any = None
 
     def kvm_io_bus_write(self, space: str, addr: int, now: int) -> bool:
         """A write on the PIO / MMIO bus: the device there claims it in the kernel if it has
@@ -241,6 +251,14 @@ class Kvm:
                 dev.write(now, addr, 0, 0, True)
                 return True
         return False
+
+    def kvm_io_bus_read(self, space: str, addr: int, size: int) -> int | None:
+        """A read on the PIO / MMIO bus: the value of an in-kernel device there that answers
+        reads (``[[vmm.device]] in_kernel_read``), else None (exit to userspace)."""
+        for dev in self.io_devices:
+            if dev.space == space and dev.base <= addr < dev.end:
+                return dev.kernel_read(addr, size) if dev.in_kernel_read else None
+        return None
 
     def kvm_vm_bugged(self, vcpu: Any) -> None:
         """KVM_BUG_ON -> kvm_vm_bugged: the VM is dead; every vCPU gets KVM_REQ_VM_DEAD (and,
@@ -309,6 +327,7 @@ class KvmVcpu(VcpuSegment):
         self.nmi_queued = 0              # vcpu->arch.nmi_queued
         self.nmi_pending = 0             # vcpu->arch.nmi_pending
         self.nmi_t0: int | None = None   # when the oldest undelivered NMI was injected
+        self.pv_unhalted = False         # vcpu->arch.pv.pv_unhalted (KVM_HC_KICK_CPU)
         self.lapic_timer: Any = None     # apic->lapic_timer (tdsim.lapic.LapicTimer), if any
         self.timer_deadline = 0          # deadline of the last guest timer that fired
         self.oneshot_period = 0          # one-shot (TSC-deadline) guest timer period
@@ -488,8 +507,11 @@ class KvmVcpu(VcpuSegment):
 
     def vmm_stops_vcpu(self, r: int) -> bool:
         """What the VMM does after a fatal exit: KVM_RUN failed (an errno other than EINTR)
-        or reported KVM_EXIT_INTERNAL_ERROR / FAIL_ENTRY / SHUTDOWN: like QEMU, it stops
-        running this vCPU (it stays stopped until the end of the run)."""
+        or reported KVM_EXIT_INTERNAL_ERROR / FAIL_ENTRY / SHUTDOWN / EXCEPTION: like QEMU,
+        it stops running this vCPU (it stays stopped until the end of the run).  -EFAULT
+        with KVM_EXIT_MEMORY_FAULT is not fatal: QEMU converts the range and re-runs."""
+        if r == -arch.EFAULT and self.run_exit_reason == arch.KVM_EXIT_MEMORY_FAULT:
+            return False  # QEMU converts the range (implicit conversion) and runs again
         return (r < 0 and r != -arch.EINTR) or self.run_exit_reason in _FATAL_RUN_EXITS
 
     def vmm_stop(self, cpu: HostCpu) -> ProcessGenerator:
@@ -705,20 +727,25 @@ class KvmVcpu(VcpuSegment):
         ops = self.kvm_x86_ops
         return ops.interrupt_allowed(self) and ops.protected_apic_has_interrupt(self, cpu)
 
+    def kvm_arch_vcpu_runnable(self, cpu: HostCpu) -> bool:
+        """kvm_arch_vcpu_runnable for a halted vCPU: a PV unhalt (KVM_HC_KICK_CPU set
+        pv_unhalted) or kvm_vcpu_has_events."""
+        return self.pv_unhalted or self.kvm_vcpu_has_events(cpu)
+
     def vcpu_block(self, cpu: HostCpu) -> Generator[Any, Any, int]:
         """vcpu_block -> kvm_vcpu_halt -> kvm_vcpu_block: poll, then sleep until
         kvm_vcpu_has_events.
 
         The check is repeated after the kernel work, right before scheduling out (the
         rcuwait loop's kvm_vcpu_check_block), so a wake-up in between is not lost."""
-        if not self.kvm_vcpu_has_events(cpu):
+        if not self.kvm_arch_vcpu_runnable(cpu):
             yield from self.spend_kernel(cpu)
             poll_ns = self.halt_poll_ns
-            if poll_ns and not self.kvm_vcpu_has_events(cpu):
+            if poll_ns and not self.kvm_arch_vcpu_runnable(cpu):
                 yield from self.halt_poll(cpu, poll_ns)
             self.halting = True  # set_current_state(TASK_INTERRUPTIBLE)
             blocked = False
-            while not self.kvm_vcpu_has_events(cpu):  # spurious wake-ups sleep again
+            while not self.kvm_arch_vcpu_runnable(cpu):  # spurious wake-ups sleep again
                 if blocked:
                     self.stat["halt.spurious_wakeup"] += 1
                     self.halting = True
@@ -733,6 +760,7 @@ class KvmVcpu(VcpuSegment):
                 self.stat["halt.wakeup_latency_ns_sum"] += now - self.t_wake
                 self.irq.sample("wakeup", self.t_wake, now - self.t_wake, self)
             self.halting = False
+        self.pv_unhalted = False
         self.mp_state = KVM_MP_STATE_RUNNABLE
         return 1
 
@@ -749,7 +777,7 @@ class KvmVcpu(VcpuSegment):
             tracer.emit(self.env.now, "vcpu_state", cpu.index, self.name, state="running")
         stat = self.stat
         stat["halt.poll_ns"] += self.env.now - t0
-        if self.kvm_vcpu_has_events(cpu):
+        if self.kvm_arch_vcpu_runnable(cpu):
             stat["halt_poll_success"] += 1
         else:
             stat["halt_poll_fail"] += 1

@@ -210,7 +210,8 @@ METRICS: tuple[MetricFamily, ...] = (
                  "local retry loops left for a pending signal or event"),
     # --- faults, KVM_BUG_ON, VMX co-tenants -----------------------------------------------
     MetricFamily("faults.{knob}", "events", "injected faults", "fault injections by knob "
-                 "(docs/late-aborts.md); faults.sept_zap is host-wide"),
+                 "(docs/late-aborts.md); faults.sept_zap is host-wide; faults.scripted counts "
+                 "the TDH.VP.ENTER outcomes scripted guests forced (vp_enter steps)"),
     MetricFamily("faults.signal.dropped", "events", "signals not modelled",
                  "signals that found the vCPU thread in user mode or halted"),
     MetricFamily("kvm_bug", "events", "KVM_BUG_ON", "KVM_BUG_ON hits (the VM is dead)",

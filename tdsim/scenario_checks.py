@@ -159,6 +159,16 @@ def _check_expectations(data: dict[str, Any]) -> None:
                 raise Bad(where + ("metrics", name), f"unknown metric {name!r} "
                           "(names as in the result's `metrics`; `tdsim schema` and the "
                           "README list them)")
+    scripted = [f"{vm['name']}.vcpu{i}" for vm in data["vm"] if vm["workload"]["program"]
+                for i in range(vm["vcpus"])]
+    for j, want in enumerate(expect["call"]):
+        if want["vcpu"] not in scripted:
+            raise Bad(("expect", "call", j, "vcpu"), f"{want['vcpu']!r} is not a scripted "
+                      f"vCPU (scripted: {', '.join(scripted) or 'none'})")
+    for j, want in enumerate(expect["msr"]):
+        if want["index"] not in data["vmm"]["get_msrs"]:
+            raise Bad(("expect", "msr", j, "index"), f"{want['index']:#x} is not read back: "
+                      "list it in [vmm] get_msrs")
 
 
 def _check_strategy_specs(data: dict[str, Any]) -> None:

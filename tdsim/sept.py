@@ -24,7 +24,8 @@ else in the model); a vCPU that planned its entry before the flag was set but ha
 reached the late exit-request check is aborted there as a kick (the real one would see the
 flag a few hundred ns later in tdx_vcpu_run).
 
-Private-page faults (``private_fault_hz``; ``tdx_handle_ept_violation``): the guest's EPT
+Private-page faults (``private_fault_hz``; the local retry loop of
+``tdx_handle_ept_violation``): the guest's EPT
 violation on a private page not yet mapped, and KVM's local retry loop while TDH.MEM.PAGE.AUG
 is busy (``aug_busy_p``).
 
@@ -161,8 +162,9 @@ def check_end(findings: Findings, now: int, zappers: list[SeptZapper]) -> None:
                             f"waiting since {z.waiting_since}")
 
 
-def tdx_handle_ept_violation(vcpu: VcpuTdx, cpu: HostCpu) -> int:
-    """tdx_handle_ept_violation on a private GPA -> __vmx_handle_ept_violation ->
+def private_fault_retry_loop(vcpu: VcpuTdx, cpu: HostCpu) -> int:
+    """The private-GPA half of tdx_handle_ept_violation (`tdsim.vt`) for the guest's
+    statistical private-fault stream: __vmx_handle_ept_violation ->
     kvm_mmu_page_fault (forced write) -> TDP MMU fault path -> TDH.MEM.PAGE.AUG, with TDX's
     local retry loop: while the result is RET_PF_RETRY (AUG returned OPERAND_BUSY) KVM
     retries *without re-entering the TD* -- re-entering to re-fault would feed the module's

@@ -13,7 +13,10 @@ the vCPU's ``vp_enter_args``.  What happens at VM entry (the CPU's PIR processin
 module's NMI injection) is applied at the exit, when it is known that the guest ran.
 
 Fault injection (`tdsim.faults`) can make the module refuse an entry or enter and exit at once
-with a chosen status; the vCPU records which (``seg_fault``) for KVM's counters.
+with a chosen status; the vCPU records which (``seg_fault``) for KVM's counters.  A scripted
+guest's ``vp_enter`` step does the same through the same hook, deterministically (kind
+``"scripted"``), and gives the output registers the module would return (``vp_enter_regs``,
+applied after the module zeroed them).
 """
 
 from __future__ import annotations
@@ -40,16 +43,21 @@ ASSOCIATES = frozenset({"zero_step", "tsc_rollback", "inconsistent_msr", "operan
 # The zero-step mitigation's synthesized EPT violation: RCX = write-access qualification.
 EPT_VIOLATION_WRITE_QUAL = 0x2
 ZERO_STEP_GPA = 0x7FF000
-# Injected exit statuses of an entered TD that are not entry aborts (faults.<kind> counters)
+# The module outcome a scripted guest's vp_enter step forced (tdsim.program)
+SCRIPTED = "scripted"
+# Injected exit statuses of an entered TD that are not entry aborts, and scripted outcomes
+# (faults.<kind> counters)
 INJECTED_EXIT_KEYS = {k: f"faults.{k}" for k in ("non_recoverable", "error_exit",
-                                                 "genuine_ept_misconfig")}
+                                                 "genuine_ept_misconfig", SCRIPTED)}
 # The 13 registers of struct tdx_module_args, in its order.
 TDX_MODULE_ARGS = ("rcx", "rdx", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
                    "rbx", "rdi", "rsi")
 
-# What TDH.VP.ENTER does this time, when fault injection decides: (status or TDX_SUCCESS,
-# injected exit status or None, kind or None); see tdsim.faults.
+# What TDH.VP.ENTER does this time, when fault injection or a script decides: (status or
+# TDX_SUCCESS, injected exit status or None, kind or None); see tdsim.faults, tdsim.build.
 VpEnterOutcome = Callable[[Any], tuple[int, "int | None", "str | None"]]
+# The output registers of a scripted outcome, written over the zeroed vp_enter_args
+VpEnterRegs = Callable[[Any, "TdxModuleArgs"], None]
 
 
 class TdxModuleArgs:
@@ -100,6 +108,7 @@ class TdxModule:
         self.vp_enter_outcome: VpEnterOutcome | None = None  # fault injection, if any
         self.c_td_exit = costs.td_exit_ns
         self.c_first_entry_flush = costs.first_entry_flush_ns
+        self.vp_enter_regs: VpEnterRegs | None = None  # a scripted outcome's registers
         self.findings = findings
         self.tracer = tracer
         self.lp_last_tdvpr: list[VcpuTdx | None] = [None] * ncpus
@@ -232,6 +241,8 @@ class TdxModule:
             args.clear()
             args.rcx = EPT_VIOLATION_WRITE_QUAL
             args.r8 = ZERO_STEP_GPA
+        if fault == SCRIPTED and self.vp_enter_regs is not None:
+            self.vp_enter_regs(vcpu, args)
         return status
 
     def td_exit_with_status(self, vcpu: VcpuTdx, cpu: HostCpu, ret: int,
@@ -245,6 +256,8 @@ class TdxModule:
         cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
         self.count(cpu, arch.TDH_VP_ENTER, ret & _STATUS)
         args.clear()
+        if vcpu.seg_fault == SCRIPTED and self.vp_enter_regs is not None:
+            self.vp_enter_regs(vcpu, args)
         return ret
 
     def td_exit(self, vcpu: VcpuTdx, cpu: HostCpu, exit_reason: int) -> int:

@@ -366,7 +366,8 @@ def test_vector_posted_during_a_run_that_began_with_pi_is_taken_when_notified():
 
     def poster():
         yield sim.env.timeout(50_000)
-        vcpu.cpu.host_irq(HOST_IRQ["timer"])  # the hrtimer interrupt: the TD exits, re-enters with ON
+        # the hrtimer interrupt: the TD exits, re-enters with ON
+        vcpu.cpu.host_irq(HOST_IRQ["timer"])
         sim.irq.post(vcpu, 0xEC, "timer")
         yield sim.env.timeout(10_000)
         sim.irq.post(vcpu, 0x22, "device")

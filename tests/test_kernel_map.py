@@ -35,15 +35,15 @@ def _definitions() -> dict[str, list[tuple[str, str, bool]]]:
         rel = path.relative_to(ROOT / "tdsim").as_posix()
         tree = ast.parse(path.read_text(), str(path))
 
-        def visit(node: ast.AST, prefix: str) -> None:
+        stack: list[tuple[ast.AST, str]] = [(tree, "")]
+        while stack:
+            node, prefix = stack.pop()
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.ClassDef):
-                    visit(child, prefix + child.name + ".")
+                    stack.append((child, prefix + child.name + "."))
                 elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     has_doc = ast.get_docstring(child) is not None
                     out.setdefault(child.name, []).append((rel, prefix + child.name, has_doc))
-
-        visit(tree, "")
     return out
 
 
@@ -60,10 +60,12 @@ def test_the_map_has_rows() -> None:
 
 
 @pytest.mark.parametrize(("name", "module", "where"), ROWS, ids=[r[0] for r in ROWS])
-def test_kernel_function_defined_once_where_the_map_says(name: str, module: str, where: str) -> None:
+def test_kernel_function_defined_once_where_the_map_says(name: str, module: str,
+                                                         where: str) -> None:
     found = DEFS.get(name, [])
     assert found, f"{name}: not defined anywhere in tdsim/"
     assert len(found) == 1, f"{name}: defined {len(found)} times: {found}"
     rel, qualname, has_doc = found[0]
-    assert (rel, qualname) == (module, where), f"{name}: map says {module}: {where}, code has {rel}: {qualname}"
+    assert (rel, qualname) == (module, where), \
+        f"{name}: map says {module}: {where}, code has {rel}: {qualname}"
     assert has_doc, f"{name}: no docstring saying what it simplifies"

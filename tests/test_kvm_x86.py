@@ -82,7 +82,7 @@ def test_userspace_io_hand_counts(strategy):
     assert m["wrmsr.total"] == sum(m.get(f"wrmsr.site.{s}", 0) for s in per)
 
 
-@pytest.mark.parametrize("strategy,prepare", [("current", 4), ("v6.16", 0), ("eager", 0)])
+@pytest.mark.parametrize(("strategy", "prepare"), [("current", 4), ("v6.16", 0), ("eager", 0)])
 def test_in_kernel_cpuid_never_puts(strategy, prepare):
     """In-kernel CPUID only: no vcpu_put (so no host_state_reload) until the run ends."""
     scenario = one_vcpu({"cpuid": 1.0}, strategy)

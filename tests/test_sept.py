@@ -3,7 +3,6 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tdsim.kvm_tdx import VcpuTdx
 from tdsim.scenario import scenario_from_dict
 from tdsim.sim import run
 

@@ -188,10 +188,11 @@ def differences(want: dict[str, Any], got: dict[str, Any], limit: int = 12) -> l
         if wm.get(key) != gm.get(key):
             out.append(f"metric {key}: {wm.get(key)} -> {gm.get(key)}")
     if want["violations"] != got["violations"]:
+        pairs = zip(want["violations"], got["violations"], strict=False)
         out.append(f"violations: {len(want['violations'])} records -> "
                    f"{len(got['violations'])} (first differing: "
-                   + next((f"{a} -> {b}" for a, b in zip(want["violations"], got["violations"])
-                           if a != b), "a record added or removed") + ")")
+                   + next((f"{a} -> {b}" for a, b in pairs if a != b),
+                          "a record added or removed") + ")")
     if (want["trace_sha256"], want["trace_events"]) != (got["trace_sha256"],
                                                          got["trace_events"]):
         same = want.get("trace_sorted_sha256") == got.get("trace_sorted_sha256")
