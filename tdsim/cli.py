@@ -269,7 +269,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 Prints one line per scenario and, for a failure, what differs (a broken expectation, or the
 first event where the trajectory leaves the stored fingerprint).  With --set, fingerprints
 are not compared (they belong to the scenario as written)."""
-    from tdsim.expect import cmd_check as check
+    from tdsim.cli_check import cmd_check as check
 
     return check(args)
 

@@ -320,30 +320,3 @@ def check_scenario(scenario: Scenario, update_fingerprints: bool = False,
     else:
         report.notes.append(f"fingerprint matches ({len(lines)} events)")
     return report
-
-
-# --- the ``tdsim check`` command --------------------------------------------------------------
-
-
-def cmd_check(args: Any) -> int:
-    """The body of ``tdsim check`` (arguments declared in `tdsim.cli`): load every scenario,
-    estimate the work, then check each one; exit status 1 if any fails."""
-    from .cli_estimate import estimate
-    from .cli_run import check_work
-    from .scenario import load_scenario
-
-    scenarios = [load_scenario(path, args.overrides) for path in args.scenarios]
-    for scenario in scenarios:
-        one = estimate(scenario.data, traced=True)
-        runs = len(strategies_run(scenario.data))
-        check_work(scenario, type(one)(one.events * runs, one.td_exits * runs,
-                                       one.wall_s * runs, one.memory_bytes, one.key),
-                   args.allow_long, quiet=False)
-    status = 0
-    for scenario in scenarios:
-        report = check_scenario(scenario, update_fingerprints=args.update_fingerprints,
-                                fingerprints=not args.overrides)
-        print(report.render(), flush=True)
-        if not report.ok:
-            status = 1
-    return status
