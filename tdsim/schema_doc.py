@@ -1,7 +1,7 @@
 """The scenario reference (``tdsim schema``): the schema as Markdown, one section per table
 and one row per key with its type, default, limits and meaning; and how a key's type and a
-value are spelt to a reader (`type_name`, `toml_text`), in the reference and in the loader's
-error messages alike (`tdsim.scenario`)."""
+value are spelt to a reader (`type_name`, `toml_text`), in that reference and in the
+loader's error messages alike (`tdsim.scenario`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ TYPE_NAMES = {int: "an integer", float: "a float", str: "a string", bool: "a boo
 
 
 def type_name(types: type | tuple[type, ...]) -> str:
-    """How a key's type reads in the reference and in error messages ("an integer")."""
+    """How a key's type reads in the scenario reference and in error messages ("an integer")."""
     types = types if isinstance(types, tuple) else (types,)
     if set(types) == {int, float}:
         return "a number"

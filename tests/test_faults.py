@@ -1,5 +1,5 @@
-"""Every late entry abort path (reference §1.3 A-G) switched on from a scenario: what it counts
-and what happens after it (state loaded or not, where the vCPU goes next)."""
+"""Every late entry abort path (A-G, docs/late-aborts.md) switched on from a scenario: what it
+counts and what happens after it (state loaded or not, where the vCPU goes next)."""
 
 import pytest
 
@@ -182,7 +182,7 @@ def test_abort_e_fatal_refusals_stop_the_vcpu(knob, status, run_exit):
 
 
 def test_abort_e_refusal_under_v616_leaves_the_cache_lying():
-    """The v6.16 flaw (reference §2.4): a refused first entry, then vcpu_put, updates the
+    """The v6.16 flaw (docs/host-state.md): a refused first entry, then vcpu_put, updates the
     user-return cache to the module's values that were never written."""
     m = run(scenario({"tsc_rollback": 1.0}, host_state="v6.16")).metrics
     assert m["violations.uret_cache_mismatch"] == 4

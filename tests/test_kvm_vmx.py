@@ -1,5 +1,5 @@
-"""VMX co-tenants (tdsim.kvm_vmx): vmx_prepare_switch_to_guest/host as reference §2.3 says,
-guests that read TSC_AUX, and the v6.16 stale-cache corruption (reference §2.4)."""
+"""VMX co-tenants (tdsim.kvm_vmx): vmx_prepare_switch_to_guest/host as vmx.c has them,
+guests that read TSC_AUX, and the v6.16 stale-cache corruption (docs/host-state.md)."""
 
 from tdsim import arch
 from tdsim.kvm_vmx import GUEST_LSTAR

@@ -1,4 +1,4 @@
-"""The KVM run loop against counts derived by hand from the reference (§1, §2.2, §2.4).
+"""The KVM run loop against counts derived by hand from tdx.c and x86.c (docs/host-state.md).
 
 Set-up of the hand counts: one TD vCPU pinned to host CPU 1 (CPU 1's host TSC_AUX is 1, so all
 four user-return MSRs differ from the module's values), no ticks, no host tasks, no timers,
@@ -24,7 +24,7 @@ def one_vcpu(mix, host_state, duration_ns=None, cycles=None):
     }, name="<hand>")
 
 
-# WRMSRs each strategy does per userspace-bound TDVMCALL cycle, by site (reference §2.2, §2.4):
+# WRMSRs each strategy does per userspace-bound TDVMCALL cycle, by site (docs/host-state.md):
 #   current: prepare writes the 4 user-return MSRs (cache == host -> each differs), put
 #            restores KERNEL_GS_BASE, the user-return notifier restores the 4.
 #   v6.16:   prepare writes nothing; put restores KERNEL_GS_BASE and updates the cache only;
