@@ -151,9 +151,10 @@ FAULT_KNOBS: tuple[FaultKnob, ...] = (
               "NON_RECOVERABLE_TD | 0x80000021)"),
     FaultKnob("non_recoverable", "", "probability", "the TD exits with "
               "TDX_NON_RECOVERABLE_VCPU | TRIPLE_FAULT"),
-    FaultKnob("error_exit", "", "probability", "the TD exits with a detail-less error status "
-              "(TDX_TD_EXIT_BEFORE_L2_ENTRY-like) whose low bits are drawn from "
-              "error_exit_low_bits: the exit_reason study"),
+    FaultKnob("error_exit", "", "probability", "the TD exits with TDX_TD_EXIT_BEFORE_L2_ENTRY, "
+              "a status without detail that only a TD with L2 VMs gets (every TD needs "
+              "td_partitioning = true), whose low bits are drawn from error_exit_low_bits: "
+              "the exit_reason study"),
     FaultKnob("genuine_ept_misconfig", "", "probability", "TDH.VP.ENTER returns exactly 49 "
               "(a genuine EPT_MISCONFIG: a KVM bug for a TD)"),
 )

@@ -1,8 +1,8 @@
 """The host-state invariants, checked during every run (declared in `tdsim.findings`).
 
 * ``host_state_leak`` -- host user code runs (a task returns to user mode) while a
-  user-return MSR or KERNEL_GS_BASE holds a non-host value (the context-switch side of it is
-  `tdsim.host.Scheduler.save_fsgs`).
+  user-return MSR, KERNEL_GS_BASE, IA32_DEBUGCTL, IA32_XSS, XCR0 or PKRU holds a non-host
+  value (the context-switch side of it is `tdsim.host.Scheduler.save_fsgs`).
 * ``uret_cache_mismatch`` -- when no TD guest state is loaded on a CPU (after vcpu_put and at
   user return), KVM's user-return ``curr`` differs from the hardware MSR.  While a TD vCPU is
   loaded the v6.16 design lets them differ on purpose, so they are not compared then.
@@ -44,6 +44,16 @@ def check_user_mode(findings: Findings, cpu: HostCpu, task: Thread,
         findings.record("host_state_leak", cpu.index, task.name,
                         f"{task.name} returns to user mode with KERNEL_GS_BASE={kgs:#x} "
                         f"(its GS base is {task.gsbase:#x})")
+    xs = cpu.host_xstate
+    if (hw[arch.MSR_IA32_DEBUGCTLMSR] != xs.debugctl or hw[arch.MSR_IA32_XSS] != xs.xss
+            or cpu.xcr0 != xs.xcr0 or cpu.pkru != xs.pkru):
+        for what, value, host in (("IA32_DEBUGCTL", hw[arch.MSR_IA32_DEBUGCTLMSR], xs.debugctl),
+                                  ("IA32_XSS", hw[arch.MSR_IA32_XSS], xs.xss),
+                                  ("XCR0", cpu.xcr0, xs.xcr0), ("PKRU", cpu.pkru, xs.pkru)):
+            if value != host:
+                findings.record("host_state_leak", cpu.index, task.name,
+                                f"{task.name} returns to user mode with {what}={value:#x} "
+                                f"(host value {host:#x})")
     if no_vcpu_loaded:
         _check_uret_cache(findings, cpu, task.name, "user return")
 

@@ -197,6 +197,13 @@ class KvmX86:
         self.config = config
         self.findings = findings
         self.running_vcpu: list[KvmVcpu | None] = [None] * len(cpus)  # kvm_running_vcpu
+        # kvm_x86_vendor_init: the host's XCR0 and IA32_XSS as KVM reads them at load
+        # (kvm_host.xcr0 / .xss) and what it supports of them (kvm_caps.supported_xcr0 / _xss)
+        boot = cpus[0]
+        self.host_xcr0 = boot.xcr0
+        self.host_xss = boot.msr[arch.MSR_IA32_XSS]
+        self.supported_xcr0 = self.host_xcr0 & arch.KVM_SUPPORTED_XCR0
+        self.supported_xss = self.host_xss & config.supported_xss
         for cpu in cpus:
             self.kvm_user_return_msr_cpu_online(cpu)
 
@@ -260,11 +267,27 @@ class Kvm:
                 return dev.kernel_read(addr, size) if dev.in_kernel_read else None
         return None
 
+    def warn_on_once(self, site: str) -> None:
+        """WARN_ON_ONCE with its condition true at `site` (the kernel function):
+        ``kernel_warn.<site>`` (dmesg would show the first hit of each site per boot)."""
+        stat = self.stat
+        assert stat is not None
+        stat[f"kernel_warn.{site}"] += 1
+
+    def kvm_bug_on(self, vcpu: Any, site: str) -> None:
+        """KVM_BUG_ON(cond, kvm) with `cond` true at `site` (the kernel function): counted as
+        ``kvm_bug.<site>``; unless the VM is already bugged, the WARN_ON_ONCE inside it
+        (``kernel_warn.<site>``) and kvm_vm_bugged."""
+        stat = self.stat
+        assert stat is not None
+        stat[f"kvm_bug.{site}"] += 1
+        if not self.bugged:
+            stat[f"kernel_warn.{site}"] += 1
+        self.kvm_vm_bugged(vcpu)
+
     def kvm_vm_bugged(self, vcpu: Any) -> None:
-        """KVM_BUG_ON -> kvm_vm_bugged: the VM is dead; every vCPU gets KVM_REQ_VM_DEAD (and,
-        if in guest mode, an IPI; NO_WAKEUP leaves halted vCPUs asleep)."""
-        assert self.stat is not None
-        self.stat["kvm_bug"] += 1
+        """kvm_vm_bugged: the VM is dead; every vCPU gets KVM_REQ_VM_DEAD (and, if in guest
+        mode, an IPI; NO_WAKEUP leaves halted vCPUs asleep)."""
         self.bugged = True
         for other in self.vcpus:
             other.kvm_make_request(KVM_REQ_VM_DEAD)
@@ -319,6 +342,11 @@ class KvmVcpu(VcpuSegment):
         self.mode = OUTSIDE_GUEST_MODE
         self.mp_state = KVM_MP_STATE_RUNNABLE
         self.cpu_index = -1              # vcpu->cpu
+        self.host_pkru = 0               # vcpu->arch.host_pkru
+        self.host_debugctl = 0           # vcpu->arch.host_debugctl
+        # today's vcpu_enter_guest reads the host DEBUGCTL at every entry; Linux 6.16's TDX
+        # code read it once per load (the strategy says which it models)
+        self.debugctl_at_entry = kvm.strategy.host_debugctl_at_entry
         self.guest_state_loaded = False  # vt->guest_state_loaded
         self.sigpending = False
         self.notify_resume = False       # TIF_NOTIFY_RESUME
@@ -443,14 +471,18 @@ class KvmVcpu(VcpuSegment):
 
     # --- vcpu_load / vcpu_put ----------------------------------------------------------
     def vcpu_load(self, cpu: HostCpu) -> None:
-        """vcpu_load -> kvm_arch_vcpu_load -> vendor vcpu_load."""
+        """vcpu_load -> kvm_arch_vcpu_load: the vendor vcpu_load, then host_pkru =
+        read_pkru() (of the running thread: the hardware PKRU now)."""
         self.stat["vcpu_load"] += 1
         cpu.acc += self.costs.vcpu_load_ns
         self.kvm.running_vcpu[cpu.index] = self
+        prev_cpu = self.cpu_index  # vcpu->cpu: -1 if never loaded or flushed since
         self.kvm_x86_ops.vcpu_load(self, cpu)
+        self.host_pkru = cpu.pkru
         tracer = self.tracer
         if tracer is not None:
-            tracer.emit(self.env.now, "vcpu_load", cpu.index, self.name, migrated=False)
+            tracer.emit(self.env.now, "vcpu_load", cpu.index, self.name,
+                        migrated=prev_cpu != cpu.index, prev_cpu=prev_cpu)
 
     def vcpu_put(self, cpu: HostCpu, cause_key: str) -> None:
         """vcpu_put -> kvm_arch_vcpu_put -> vendor vcpu_put (host-state restore)."""
@@ -634,6 +666,8 @@ class KvmVcpu(VcpuSegment):
             r = self.late_abort(cpu)
             yield from self.spend_kernel(cpu)
             return r
+        if self.debugctl_at_entry:  # IRQs off, past the late check: get_debugctlmsr()
+            self.host_debugctl = cpu.rdmsr(arch.MSR_IA32_DEBUGCTLMSR)
         try:
             exit_fastpath = yield from ops.vcpu_run(self, cpu)
         except LateCheckFired:

@@ -129,6 +129,18 @@ def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
                            f"vCPU {v} does not exist (valid 0..{vm['vcpus'] - 1})")
 
 
+def _check_l2_statuses(data: dict[str, Any]) -> None:
+    """The exit statuses ``[faults] error_exit`` injects exist only with TD partitioning:
+    every TD must declare it (``td_partitioning``)."""
+    if not data["faults"]["error_exit"] > 0:
+        return
+    for i, vm in enumerate(data["vm"]):
+        if vm["flavor"] == "tdx" and not vm["td_partitioning"]:
+            raise Bad(("faults", "error_exit"),
+                      f"injects L2 exit statuses (TDX_TD_EXIT_BEFORE_L2_ENTRY), which only a "
+                      f"TD with L2 VMs gets: set vm[{i}].td_partitioning = true")
+
+
 def _check_warmup(data: dict[str, Any]) -> None:
     """The warm-up ends before the run does (else nothing would be measured)."""
     sim = data["sim"]
@@ -232,4 +244,5 @@ def _absolute(spec: str, base_dir: str | os.PathLike[str]) -> str:
 # Run in order on the resolved data; each raises Bad at the first problem.  Add new
 # relations between keys here.
 CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_specs,
-                _check_device_irq_vcpus, _check_warmup, _check_expectations]
+                _check_device_irq_vcpus, _check_l2_statuses, _check_warmup,
+                _check_expectations]

@@ -104,6 +104,10 @@ def _strategy_check(v: str) -> str | None:
     )
 
 
+def _u64(v: Any) -> str | None:
+    return None if 0 <= v < 1 << 64 else "must be a 64-bit unsigned value"
+
+
 def _cost(default: int, status: str, plausible: tuple[int, int], doc: str) -> Key:
     """A cost key; its doc starts ``[<status>; plausible <low>-<high> ns]``, which
     `tdsim schema` prints and cost-uncertainty studies read (docs/studies.md)."""
@@ -125,6 +129,8 @@ COSTS = Table(
                           "one WRMSR; from the ~300-500 cycles that commit c0711f8c610e's "
                           "message gives for 4 user-return WRMSRs, at ~3 GHz"),
         "rdmsr_ns": _cost(30, "placeholder", (15, 90), "one RDMSR"),
+        "xsetbv_ns": _cost(60, "placeholder", (30, 180), "one XSETBV (XCR0 write)"),
+        "wrpkru_ns": _cost(10, "placeholder", (5, 30), "one WRPKRU"),
         "seamcall_ns": _cost(300, "placeholder", (100, 600),
                              "bare SEAMCALL/SEAMRET transition pair (a guess of several "
                              "hundred to about a thousand cycles)"),
@@ -345,15 +351,22 @@ VM = Table(
         "workload": WORKLOAD,
         "interrupts": INTERRUPTS,
         "sept": SEPT,
+        "xfam": Key(int, 0x602E7, "a TD's XFAM (TD_PARAMS.xfam): the XSAVE features the TD may "
+                    "use.  After every TDH.VP.ENTER KVM runs XSETBV unless the host XCR0 "
+                    "equals xfam & kvm_caps.supported_xcr0, and writes IA32_XSS unless the "
+                    "host XSS equals xfam & kvm_caps.supported_xss "
+                    "(tdx_load_host_xsave_state).  Default: x87, SSE, AVX, AVX-512, PKRU and "
+                    "AMX, as QEMU gives a TD on a Sapphire Rapids host (= the default host "
+                    "XCR0, so no XSETBV)", _u64),
+        "td_partitioning": Key(bool, False, "the TD has L2 VMs (TD partitioning), so the TDX "
+                               "module may return the L2 exit statuses [faults] error_exit "
+                               "injects.  KVM does not support TD partitioning: a what-if "
+                               "for the exit_reason study"),
     },
     doc="A guest (TD).",
 )
 
 # --- the userspace VMM (tdsim.vmm) ---------------------------------------------------------
-def _u64(v: Any) -> str | None:
-    return None if 0 <= v < 1 << 64 else "must be a 64-bit unsigned value"
-
-
 MAP_GPA_RESULTS = ("success", "eagain", "einval", "keep")
 MSR_EXIT_REASONS = ("inval", "unknown", "filter")
 MSR_FILTER_FLAGS = ("read", "write")
@@ -677,6 +690,20 @@ SCHEMA = Table(
                 "nmi_hz": Key(NUM, 0.0, "host NMIs (perf / NMI watchdog) per CPU per second; "
                               "one hitting a running TD is an EXCEPTION_NMI exit; 0 = off",
                               non_negative),
+                # host state a TD exit can leave changed (docs/host-state.md)
+                "debugctl": Key(int, 0, "IA32_DEBUGCTL as the host runs with it (LBR, BTS, "
+                                "bus-lock detection): a bit outside BTF | FREEZE_PERFMON_ON_PMI "
+                                "| FREEZE_IN_SMM (0x5002) makes tdx_vcpu_run rewrite it after "
+                                "every TDH.VP.ENTER; 0 = none in use", _u64),
+                "xcr0": Key(int, 0x602E7, "the host's XCR0 (x87, SSE, AVX, AVX-512, PKRU, AMX: "
+                            "a Sapphire Rapids host)", _u64),
+                "xss": Key(int, 0x800, "the host's IA32_XSS (default CET_USER: a kernel with "
+                           "user shadow stacks); KVM rewrites it after every TDH.VP.ENTER "
+                           "unless it equals the TD's xfam & kvm_caps.supported_xss", _u64),
+                "pkru": Key(int, 0x55555554, "PKRU of the VMM threads (the kernel's default "
+                            "init_pkru_value with protection keys: only key 0 accessible); "
+                            "non-zero -> WRPKRU after every TDH.VP.ENTER; 0 = a host without "
+                            "OSPKE", _u64),
             }
         ),
         "kvm": Table(
@@ -720,6 +747,11 @@ SCHEMA = Table(
                                               "entry until the deadline when the timer vector "
                                               "is pending; fixed (no adaptive tuning); 0 = off",
                                               non_negative),
+                "supported_xss": Key(int, 0, "KVM_SUPPORTED_XSS: the supervisor XSAVE features "
+                                     "KVM virtualizes (kvm_caps.supported_xss = host xss & "
+                                     "this).  0 as in Linux 6.16 (no CET virtualization); "
+                                     "0x1800 (CET_USER | CET_KERNEL) for a KVM with CET",
+                                     _u64),
             }
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),

@@ -30,7 +30,7 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "kvm_exit": ("reason", "vp_enter_ret"),  # TD exit: derived reason name, raw status (hex str)
     "tdvmcall": ("leaf",),                 # guest TDVMCALL sub-function name
     "late_abort": ("abort",),              # entry work done but the TD did not run
-    "vcpu_load": ("migrated",),
+    "vcpu_load": ("migrated", "prev_cpu"),
     "vcpu_put": ("cause",),                # preempt | kvm_run_return | halt
     "wrmsr": ("msr", "site", "value"),
     "seamcall": ("leaf", "status"),

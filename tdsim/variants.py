@@ -75,6 +75,17 @@ def _no_tscdeadline_rearm(model: Model) -> None:
             timer.kvm_set_lapic_tscdeadline_msr = lambda: None
 
 
+def _no_host_xsave_restore(model: Model) -> None:
+    for vcpu in model.vcpus:
+        if isinstance(vcpu, VcpuTdx):
+            vcpu.tdx_load_host_xsave_state = lambda cpu: None  # type: ignore[method-assign]
+
+
+def _stale_debugctl(model: Model) -> None:
+    for vcpu in model.vcpus:
+        vcpu.debugctl_at_entry = False  # never read: tdx_vcpu_run restores 0
+
+
 @dataclass(frozen=True)
 class Variant:
     """One deliberately wrong variant of the modelled kernel."""
@@ -95,6 +106,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("no_tscdeadline_rearm", "KVM drops the guest's WRMSR(IA32_TSC_DEADLINE): a "
             "one-shot guest timer is never re-armed (lost_interrupt)",
             _no_tscdeadline_rearm),
+    Variant("no_host_xsave_restore", "tdx_vcpu_run skips tdx_load_host_xsave_state: host "
+            "user code runs with the TD's XCR0 / IA32_XSS / PKRU (host_state_leak)",
+            _no_host_xsave_restore),
+    Variant("stale_debugctl", "the host DEBUGCTL is never read, so tdx_vcpu_run restores a "
+            "stale 0 (host_state_leak when the host uses DEBUGCTL)", _stale_debugctl),
 )}
 
 

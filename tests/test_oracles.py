@@ -53,17 +53,21 @@ def test_never_restore_on_user_return_is_a_host_state_leak():
     assert "host_state_leak" in names(r)
 
 
+def l2_vms(mix=None):
+    """The default two pinned vCPUs in a TD with L2 VMs (the error_exit statuses need it)."""
+    return [{"vcpus": 2, "pin": [1, 2], "td_partitioning": True, "workload": {
+        "compute_us": 10, "mix": mix or {"cpuid": 3.0, "io": 1.0}}}]
+
+
 @pytest.mark.parametrize(("low", "oracles"), [
-    (0, {"spurious_nmi"}),
-    (1, {"spurious_external_interrupt"}),
     (77, {"error_status_dispatched", "tdvmcall_completion"}),
     (49, {"error_status_dispatched", "tdvmcall_completion"}),
 ])
 def test_raw_exit_reason_misreads_error_statuses(low, oracles):
-    """exit_reason = "raw": an error status whose low bits are 0/1/77/49 drives the NMI,
-    external-interrupt or exit-handler path, and the intended oracle fires."""
+    """exit_reason = "raw": an L2 status whose low bits are 77/49 is dispatched to an exit
+    handler, and the intended oracle fires."""
     faults = {"error_exit": 0.02, "error_exit_low_bits": [low]}
-    r = run(scenario("current", faults, exit_reason="raw"))
+    r = run(scenario("current", faults, exit_reason="raw", vms=l2_vms()))
     assert names(r) == oracles
     v = r.violations[0]
     assert v["t_ns"] > 0
@@ -71,21 +75,58 @@ def test_raw_exit_reason_misreads_error_statuses(low, oracles):
     assert v["vcpu"].startswith("td0.vcpu")
 
 
-@pytest.mark.parametrize("low", [0, 1, 77, 49])
-def test_checked_exit_reason_reports_error_statuses_as_unexpected(low):
-    """exit_reason = "checked": the same errors become KVM_EXIT_INTERNAL_ERROR, no oracle."""
-    faults = {"error_exit": 0.02, "error_exit_low_bits": [low]}
-    r = run(scenario("current", faults))
+def test_raw_exit_reason_with_low_bits_0_is_no_nmi():
+    """Low bits 0 read as EXCEPTION_NMI: the NMI check also needs is_nmi(R9), and the module
+    zeroes R9 on such an exit, so no host NMI handler runs (no spurious_nmi); the exit is then
+    taken for an exception (KVM_EXIT_EXCEPTION, vector 0) and the VMM stops the vCPU."""
+    r = run(scenario("current", {"error_exit": 0.02, "error_exit_low_bits": [0]},
+                     exit_reason="raw", vms=l2_vms()))
     assert r.violations == []
-    assert r.metrics["userspace_exits.reason.KVM_EXIT_INTERNAL_ERROR"] == r.metrics[
+    assert r.metrics["userspace_exits.reason.KVM_EXIT_EXCEPTION"] == r.metrics[
         "faults.error_exit"] > 0
 
 
-def test_raw_exit_reason_takes_a_refusal_with_zero_detail_for_an_nmi():
-    """A refusal whose low bits are 0 (TSC_ROLLBACK) runs the host NMI handler under raw."""
-    r = run(scenario("current", {"tsc_rollback": 0.01}, exit_reason="raw"))
-    assert names(r) == {"spurious_nmi"}
-    assert run(scenario("current", {"tsc_rollback": 0.01})).violations == []
+def test_raw_exit_reason_with_low_bits_1_is_a_kvm_bug():
+    """Low bits 1 read as EXTERNAL_INTERRUPT: handle_external_interrupt_irqoff finds
+    interruption information 0 (not an external interrupt) and KVM_BUGs: the VM is dead."""
+    r = run(scenario("current", {"error_exit": 0.02, "error_exit_low_bits": [1]},
+                     exit_reason="raw", vms=l2_vms()))
+    assert r.violations == []
+    assert r.metrics["kvm_bug.handle_external_interrupt_irqoff"] == 1
+    assert r.metrics["kernel_warn.handle_external_interrupt_irqoff"] == 1
+    assert r.metrics["vcpu_stopped"] == 2
+
+
+@pytest.mark.parametrize("low", [0, 1, 77, 49])
+def test_checked_exit_reason_reports_error_statuses_as_unexpected(low):
+    """exit_reason = "checked": the same statuses trip tdx_handle_exit's WARN_ON_ONCE (not
+    TDX_SUCCESS past the error filter) and become KVM_EXIT_INTERNAL_ERROR; no oracle."""
+    faults = {"error_exit": 0.02, "error_exit_low_bits": [low]}
+    r = run(scenario("current", faults, vms=l2_vms()))
+    assert r.violations == []
+    n = r.metrics["faults.error_exit"]
+    assert r.metrics["userspace_exits.reason.KVM_EXIT_INTERNAL_ERROR"] == n > 0
+    assert r.metrics["kernel_warn.tdx_handle_exit"] == n
+
+
+def test_error_exit_needs_a_td_with_l2_vms():
+    """The L2 statuses of error_exit exist only with TD partitioning: refused without it."""
+    from tdsim.scenario import ScenarioError
+
+    with pytest.raises(ScenarioError, match="td_partitioning"):
+        scenario("current", {"error_exit": 0.02})
+
+
+def test_raw_exit_reason_refusal_with_zero_detail_runs_no_nmi_handler():
+    """A refusal whose low bits are 0 (TSC_ROLLBACK) reads as EXCEPTION_NMI under raw, but
+    the NMI check also needs is_nmi(R9) and the refusal leaves R9 zero: no host NMI handler;
+    tdx_handle_exit's error filter then reports it (KVM_EXIT_INTERNAL_ERROR), as under
+    checked."""
+    for exit_reason in ("raw", "checked"):
+        r = run(scenario("current", {"tsc_rollback": 0.01}, exit_reason=exit_reason))
+        assert r.violations == []
+        assert r.metrics["userspace_exits.reason.KVM_EXIT_INTERNAL_ERROR"] == r.metrics[
+            "late_abort.tsc_rollback"] > 0
 
 
 def test_entry_on_a_vcpu_associated_elsewhere_is_caught():
@@ -148,14 +189,17 @@ vm_st = st.fixed_dictionaries({
 def test_current_checked_never_violates_with_aborts(cpus, vms, pinned, tasks, rates, retried,
                                                     fatal, seed):
     """Random small hosts with TDs and VMX guests and random abort rates: `current` with
-    `checked` exit-status handling records no violation."""
+    `checked` exit-status handling records no violation -- except the one today's kernel
+    has: after a wait_for_sept_zap spin the IRQs-off exit handler re-runs the previous exit's
+    host interrupt handler (stale exit fields, docs/late-aborts.md)."""
     vm_list = []
     for vm in vms:
         mix = dict(zip(KINDS, vm["weights"], strict=True))
         if not any(mix.values()):
             mix["cpuid"] = 1.0
         n = vm["vcpus"]
-        vm_list.append({"flavor": vm["flavor"], "vcpus": n,
+        l2 = {"td_partitioning": True} if "error_exit" in fatal and vm["flavor"] == "tdx" else {}
+        vm_list.append({**l2, "flavor": vm["flavor"], "vcpus": n,
                         "pin": [i % cpus for i in range(n)] if pinned else None,
                         "workload": {"compute_us": vm["compute_us"], "timer_hz": 5000,
                                      "tsc_aux_read_hz": vm["tsc_aux_read_hz"], "mix": mix}})
@@ -166,4 +210,6 @@ def test_current_checked_never_violates_with_aborts(cpus, vms, pinned, tasks, ra
         "kvm": {"host_state": "current", "exit_reason": "checked"},
         "vm": vm_list, "faults": {**rates, **retried, **fatal},
     }, name="<hyp>"))
-    assert r.violations == []
+    assert [v for v in r.violations if not (
+        v["invariant"] == "spurious_external_interrupt"
+        and "stale exit fields after wait_for_sept_zap" in v["detail"])] == []
