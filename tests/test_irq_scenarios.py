@@ -16,7 +16,8 @@ def metrics(name, stale_exits=False, **overrides):
     r = run(load_scenario(SCENARIOS / name, [f"{k}={v}" for k, v in overrides.items()]))
     stale = [v for v in r.violations if v["invariant"] == "spurious_external_interrupt"
              and "stale exit fields" in v["detail"]]
-    assert len(stale) == len(r.violations) and (bool(stale) == stale_exits)
+    assert len(stale) == len(r.violations)
+    assert bool(stale) == stale_exits
     return r.metrics
 
 

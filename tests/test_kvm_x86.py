@@ -156,7 +156,8 @@ def test_per_exit_host_state_hand_counts(strategy, xfam, xsetbv, rdmsr_extra):
     m = run(scenario).metrics
     n = m["exits"]
     assert n > 50
-    assert m["vcpu_load"] == 1 and m["vcpu_put"] == 0
+    assert m["vcpu_load"] == 1
+    assert m["vcpu_put"] == 0
     assert m["wrmsr.msr.MSR_IA32_DEBUGCTLMSR"] == n
     assert m["wrmsr.msr.MSR_IA32_XSS"] == n
     assert m["wrmsr.site.vcpu_run"] == 2 * n
@@ -168,14 +169,15 @@ def test_per_exit_host_state_hand_counts(strategy, xfam, xsetbv, rdmsr_extra):
 
 
 def test_quiet_host_needs_no_per_exit_restores():
-    """A host with nothing for tdx_vcpu_run to restore: DEBUGCTL only preserved bits (FREEZE_IN_SMM),
-    no PKRU in use, XSS equal to what the TD's XFAM leaves."""
+    """A host with nothing for tdx_vcpu_run to restore: DEBUGCTL only preserved bits
+    (FREEZE_IN_SMM), no PKRU in use, XSS equal to what the TD's XFAM leaves."""
     scenario = one_vcpu({"cpuid": 1.0}, "current").replace(
         {"host.debugctl": 0x4000, "host.pkru": 0, "host.xss": 0})
     m = run(scenario).metrics
     assert m["exits"] > 50
     assert m.get("wrmsr.site.vcpu_run", 0) == 0
-    assert m.get("wrpkru", 0) == 0 and m.get("xsetbv", 0) == 0
+    assert m.get("wrpkru", 0) == 0
+    assert m.get("xsetbv", 0) == 0
 
 
 @pytest.mark.parametrize(("variant", "host"), [
