@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from . import arch
+from . import arch, oracles
 from .host import HOST_IRQ
 from .kvm_x86 import (
     EXIT_FASTPATH_EXIT_HANDLED,
@@ -340,7 +340,8 @@ class VcpuTdx(KvmVcpu):
     def at_td_entry(self, cut: Any) -> None:
         """What happens at TD entry (``t_enter``), applied when the TD exits: the CPU
         processes a pending PIR (the self-IPI), the module injects a pending NMI, and the
-        entry oracles check what KVM let into the TD."""
+        entry oracles check what KVM let into the TD (tdsim.oracles for what the late check
+        should have stopped)."""
         guest = self.guest
         if guest.awaiting:
             self.findings.record("tdvmcall_completion", self.cpu.index, self.name,
@@ -356,6 +357,8 @@ class VcpuTdx(KvmVcpu):
             # (an entry cut by a pending host interrupt runs no guest instruction; the
             # hrtimer's own vector is posted by that interrupt's handler, after it)
             self.irq.check_entry(self)
+        if self.exit_work:
+            oracles.check_entry(self)
         vm = self.tdx_vm
         if vm.zap_excl_t0 <= self.t_enter < vm.zap_excl_t1:
             self.findings.record("td_entry_during_zap", self.cpu.index, self.name,
@@ -442,7 +445,7 @@ class VcpuTdx(KvmVcpu):
         """The module injects the pending NMI at TD entry `t`; the guest runs its handler."""
         del self.module_fields["PEND_NMI"]  # (a field not set reads as 0)
         irq = self.irq
-        irq.nmi_delivered += 1
+        irq.nmi_delivered(self, t)
         stat = self.stat
         stat["nmi.delivered"] += 1
         self.guest.irq_debt_ns += self.costs.guest_nmi_ns
@@ -462,13 +465,14 @@ class VcpuTdx(KvmVcpu):
         NMI while PEND_NMI is still set (the module has not delivered the previous one)."""
         dropped = self.nmi_pending - 1
         self.stat["nmi_injections"] += 1
-        if self.module_fields.get("PEND_NMI", 0):
+        pend = self.module_fields.get("PEND_NMI", 0)
+        if pend:
             dropped += 1
+        self.irq.nmi_written(self, bool(pend))
         self.module.tdh_vp_wr(self, cpu, "PEND_NMI", 1)
         self.nmi_pending = 0
         if dropped:
             self.stat["nmi.coalesced"] += dropped
-            self.irq.nmi_coalesced += dropped
 
     # --- posted interrupts -------------------------------------------------------------
     def process_pir(self, t: int) -> None:

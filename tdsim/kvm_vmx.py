@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from . import arch
+from . import arch, oracles
 from .host import HOST_IRQ, SITE_PREPARE, SITE_PUT
 from .kvm_x86 import KVM_MP_STATE_HALTED, Kvm, KvmVcpu, KvmX86Ops
 from .segment import PH_BLOCKED
@@ -130,6 +130,8 @@ class VcpuVmx(KvmVcpu):
         cpu.acc += costs.vmx_entry_ns
         cut = yield from self.run_entry(cpu, guest.remaining_ns, costs.vmx_exit_ns,
                                         costs.td_exit_ns)
+        if self.exit_work:  # the entry oracles (the VM was entered)
+            oracles.check_entry(self)
         if cut is not None:
             ran = self.seg_ran
             guest.remaining_ns -= ran

@@ -12,19 +12,24 @@ to the CPU's accumulator.  Where time passes and what can cut it short is `tdsim
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import arch, invariants
 from .arch import (
+    EXITING_GUEST_MODE,
+    IN_GUEST_MODE,
     KVM_REQ_DIRTY_RING_SOFT_FULL,
     KVM_REQ_EVENT,
+    KVM_REQ_NAMES,
     KVM_REQ_NMI,
     KVM_REQ_VM_DEAD,
+    OUTSIDE_GUEST_MODE,
 )
 from .host import HOST_IRQ, SLEEPING, VMM, ProcessGenerator
-from .tdx_module import TdxModuleArgs
+from .oracles import KICK, NOTIFY_RESUME, REQUEST, SIGNAL
 from .segment import (
     EXIT_REQUEST,
     PH_BLOCKED,
@@ -36,6 +41,7 @@ from .segment import (
     LateCheckFired,
     VcpuSegment,
 )
+from .tdx_module import TdxModuleArgs
 
 if TYPE_CHECKING:
     from .clock import Environment
@@ -47,8 +53,6 @@ if TYPE_CHECKING:
     from .strategies import HostStateStrategy
     from .trace import Tracer
 
-# vcpu->mode
-OUTSIDE_GUEST_MODE, IN_GUEST_MODE, EXITING_GUEST_MODE = 0, 1, 2
 # vcpu->arch.mp_state (uapi values)
 KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_HALTED = 0, 3
 
@@ -302,6 +306,12 @@ class KvmVcpu(VcpuSegment):
         self.nmi_queued = 0              # vcpu->arch.nmi_queued
         self.nmi_pending = 0             # vcpu->arch.nmi_pending
         self.nmi_t0: int | None = None   # when the oldest undelivered NMI was injected
+        # (oracle bookkeeping, nmi_accounting: tdsim.irqstats) when each NMI queued or
+        # pending was injected, oldest first; the injection time of the NMI written to
+        # PEND_NMI (-1: none); NMIs that left PEND_NMI without being delivered
+        self.nmi_times: deque[int] = deque()
+        self.nmi_pend_t = -1
+        self.nmi_vanished: list[int] = []
         self.lapic_timer: Any = None     # apic->lapic_timer (tdsim.lapic.LapicTimer), if any
         self.timer_deadline = 0          # deadline of the last guest timer that fired
         self.oneshot_period = 0          # one-shot (TSC-deadline) guest timer period
@@ -323,15 +333,34 @@ class KvmVcpu(VcpuSegment):
                 or self.sigpending or self.notify_resume)
 
     def kvm_make_request(self, req: int) -> None:
+        if not self.requests:
+            self.exit_work[REQUEST] = (self.env.now, KVM_REQ_NAMES.get(req, f"request {req:#x}"))
         self.requests |= req
+
+    def raise_signal(self) -> None:
+        """signal_wake_up's TIF_SIGPENDING on the vCPU thread (who sends the kick or IPI is
+        the caller's business)."""
+        if not self.sigpending:
+            self.sigpending = True
+            self.exit_work[SIGNAL] = (self.env.now, "a signal (TIF_SIGPENDING)")
+
+    def raise_notify_resume(self) -> None:
+        """TIF_NOTIFY_RESUME on the vCPU thread (task work queued; no IPI).  (Simulation) A
+        late check still ahead in the current entry segment is told, so that it sees it."""
+        if not self.notify_resume:
+            self.notify_resume = True
+            self.exit_work[NOTIFY_RESUME] = (self.env.now, "TIF_NOTIFY_RESUME")
+        if self.phase == PH_SEG:
+            self.disturb(EXIT_REQUEST)
 
     def kvm_inject_nmi(self) -> None:
         """kvm_inject_nmi: nmi_queued++, KVM_REQ_NMI, kvm_vcpu_kick; the stuck-halt oracle
         checks that a halted vCPU was woken."""
-        self.irq.nmi_injected += 1
         self.stat["nmi.injected"] += 1
+        now = self.env.now
+        self.nmi_times.append(now)
         if self.nmi_t0 is None:
-            self.nmi_t0 = self.env.now
+            self.nmi_t0 = now
         self.nmi_queued += 1
         self.kvm_make_request(KVM_REQ_NMI)
         self.kvm_vcpu_kick()
@@ -359,6 +388,7 @@ class KvmVcpu(VcpuSegment):
         if self.mode == IN_GUEST_MODE and (
                 not before_check or now >= self.t_late - self.costs.in_guest_mode_window_ns):
             self.mode = EXITING_GUEST_MODE
+            self.exit_work[KICK] = (now, "a kick (EXITING_GUEST_MODE)")
             self.stat["kicks"] += 1
             if not before_check:
                 self.smp_send_reschedule()
@@ -375,6 +405,8 @@ class KvmVcpu(VcpuSegment):
         request a few hundred ns later); one in the guest is kicked."""
         if self.phase == PH_SEG and self.env.now < self.t_late:
             self.mode = EXITING_GUEST_MODE
+            self.exit_work[KICK] = (self.env.now,
+                                    "a KVM_REQ_OUTSIDE_GUEST_MODE kick (EXITING_GUEST_MODE)")
             self.disturb(EXIT_REQUEST)
         elif self.mode == IN_GUEST_MODE:
             self.kvm_vcpu_kick()

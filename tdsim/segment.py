@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from simpy import Interrupt, Timeout
 
 from .host import GUEST, HOST_IRQ, KVM, RESCHED, Cause, HostIrq, ProcessGenerator, Thread
+from .oracles import NEED_RESCHED
 
 if TYPE_CHECKING:
     from .host import HostCpu
@@ -86,10 +87,15 @@ class VcpuSegment(Thread):
         self.t_guest_end = 0  # the guest's planned exit
         self.seg_ran = 0      # guest time that ran before a cut (the rest is still to run)
         self.seg_cut: HostIrq | None = None  # what cut the last entry segment short
+        # (oracle bookkeeping, tdsim.oracles) what kvm_vcpu_exit_request() reads that became
+        # pending, and when: {part: (t_ns, label)}
+        self.exit_work: dict[str, tuple[int, str]] = {}
 
     # --- the one interface ------------------------------------------------------------------
     def disturb(self, cause: Cause) -> None:
         """Something reaches this vCPU thread now; see the module docstring."""
+        if cause is RESCHED:  # (the scheduler has just set need_resched: tdsim.oracles)
+            self.exit_work[NEED_RESCHED] = (self.env._now, "need_resched")
         phase = self.phase
         if phase == PH_SEG:
             now = self.env.now

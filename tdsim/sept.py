@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 from simpy import AllOf
 
 from . import arch
+from .arch import OUTSIDE_GUEST_MODE
 from .host import ProcessGenerator
-from .kvm_x86 import OUTSIDE_GUEST_MODE
 from .rng import exp_ns
 from .tdx_module import seamcall_keys
 

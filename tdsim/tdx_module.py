@@ -154,7 +154,7 @@ class TdxModule:
             vcpu.end_entry()
             cut = None
         seg_pi = vcpu.seg_pi
-        if (seg_pi or vcpu.module_fields or vcpu.pi_src or vcpu.guest.awaiting
+        if (seg_pi or vcpu.module_fields or vcpu.pi_src or vcpu.guest.awaiting or vcpu.exit_work
                 or vm.zap_excl_t0 <= vcpu.t_enter < vm.zap_excl_t1):
             vcpu.at_td_entry(cut)  # (anything to do at TD entry)
         ret = self.td_exit(vcpu, cpu, vcpu.at_td_exit(cut, seg_pi == 1))

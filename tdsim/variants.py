@@ -74,6 +74,33 @@ def _no_tscdeadline_rearm(model: Model) -> None:
             timer.kvm_set_lapic_tscdeadline_msr = lambda: None
 
 
+def _no_late_check(model: Model) -> None:
+    for vcpu in model.vcpus:
+        # the late check, evaluated when the entry is planned and when something reaches the
+        # vCPU before the check's instant (tdsim.segment.VcpuSegment.disturb), never fires
+        vcpu.kvm_vcpu_exit_request = lambda: False  # type: ignore[method-assign]
+
+
+def _no_kick_ipi(model: Model) -> None:
+    for vcpu in model.vcpus:
+        vcpu.smp_send_reschedule = lambda: None  # type: ignore[method-assign]
+
+
+def _abort_withdraws_nmi(model: Model) -> None:
+    for vcpu in model.vcpus:
+        if not isinstance(vcpu, VcpuTdx):
+            continue
+
+        def late_abort(cpu: HostCpu, vcpu: VcpuTdx = vcpu,
+                       abort: Callable[[HostCpu], int] = vcpu.late_abort) -> int:
+            r = abort(cpu)
+            if vcpu.module_fields.get("PEND_NMI", 0):
+                vcpu.module.tdh_vp_wr(vcpu, cpu, "PEND_NMI", 0)
+            return r
+
+        vcpu.late_abort = late_abort  # type: ignore[method-assign]
+
+
 @dataclass(frozen=True)
 class Variant:
     """One deliberately wrong variant of the modelled kernel."""
@@ -91,6 +118,15 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "acknowledge KVM_REQ_OUTSIDE_GUEST_MODE's IPI (zap_stuck)", _no_outside_ack),
     Variant("lost_wakeup", "kvm_vcpu_wake_up does nothing: a halted vCPU is never woken "
             "(stuck_halt)", _lost_wakeup),
+    Variant("no_late_check", "vcpu_enter_guest has no late kvm_vcpu_exit_request() check: "
+            "kicks, requests, signals, need_resched and notify-resume raised before it are "
+            "carried into the guest (entry_with_exit_request)", _no_late_check),
+    Variant("no_kick_ipi", "kvm_vcpu_kick switches a vCPU in guest mode to "
+            "EXITING_GUEST_MODE but sends no IPI: the guest runs on until its own next exit "
+            "(kick_exit_delay)", _no_kick_ipi),
+    Variant("abort_withdraws_nmi", "a late abort withdraws the NMI already written to "
+            "PEND_NMI (TDH.VP.WR PEND_NMI = 0) without queueing it again: the NMI is lost "
+            "(nmi_accounting)", _abort_withdraws_nmi),
     Variant("no_tscdeadline_rearm", "KVM drops the guest's WRMSR(IA32_TSC_DEADLINE): a "
             "one-shot guest timer is never re-armed (lost_interrupt)",
             _no_tscdeadline_rearm),
