@@ -154,19 +154,30 @@ class KvmUserReturnMsrs:
         value = (value & mask) | (self.host[slot] & ~mask)
         if value == self.curr[slot]:
             return
-        self.cpu.wrmsr(slot, value, site)
+        cpu = self.cpu
+        cpu.wrmsr(slot, value, site)
         self.curr[slot] = value
+        tracer = cpu.tracer
+        if tracer is not None:
+            self.trace_belief(tracer, slot, value, "set")
         self.registered = True
 
     def update_cache(self, slot: int, value: int) -> None:
         """kvm_user_return_msr_update_cache (v6.16): believe `value` is in the MSR, without
         writing it; register the notifier."""
         self.curr[slot] = value
+        tracer = self.cpu.tracer
+        if tracer is not None:
+            self.trace_belief(tracer, slot, value, "update_cache")
         self.registered = True
 
     def on_user_return(self, site: str) -> None:
         """kvm_on_user_return: unregister; write back every host value the cache says is
         not in place."""
+        tracer = self.cpu.tracer
+        if tracer is not None and self.registered:
+            tracer.emit(self.cpu.env.now, "uret_notifier", self.cpu.index, self.who(),
+                        registered=False)
         self.registered = False
         host = self.host
         curr = self.curr
@@ -174,6 +185,24 @@ class KvmUserReturnMsrs:
             if curr[slot] != value:
                 self.cpu.wrmsr(slot, value, site)
                 curr[slot] = value
+                if tracer is not None:
+                    self.trace_belief(tracer, slot, value, "user_return")
+
+    def who(self) -> str | None:
+        """The thread running on the CPU (for trace events)."""
+        cur = self.cpu.curr
+        return cur.name if cur else None
+
+    def trace_belief(self, tracer: Tracer, slot: int, value: int, via: str) -> None:
+        """Trace a change of KVM's belief of `slot` (``uret_cache``) and, for a change that
+        registers the notifier, the registration (``uret_notifier``)."""
+        cpu = self.cpu
+        now = cpu.env.now
+        who = self.who()
+        tracer.emit(now, "uret_cache", cpu.index, who, msr=arch.MSR_NAMES[slot],
+                    value=hex(value), via=via)
+        if via != "user_return" and not self.registered:
+            tracer.emit(now, "uret_notifier", cpu.index, who, registered=True)
 
 
 class KvmX86:

@@ -246,6 +246,9 @@ class TdxModule:
         self.lp_last_tdvpr[cpu.index] = vcpu
         cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
         self.count(cpu, arch.TDH_VP_ENTER, ret & _STATUS)
+        tracer = self.tracer
+        if tracer is not None:  # the TD was entered (its exit left the module's MSR values)
+            tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
         args.clear()
         return ret
 

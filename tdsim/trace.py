@@ -33,6 +33,11 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "vcpu_load": ("migrated",),
     "vcpu_put": ("cause",),                # preempt | kvm_run_return | halt
     "wrmsr": ("msr", "site", "value"),
+    # KVM's belief of a user-return MSR (struct kvm_user_return_msrs .curr) changed: via
+    # set (kvm_set_user_return_msr, after its WRMSR) | update_cache
+    # (kvm_user_return_msr_update_cache: no WRMSR) | user_return (kvm_on_user_return's WRMSR)
+    "uret_cache": ("msr", "value", "via"),
+    "uret_notifier": ("registered",),      # KVM's user-return notifier (un)registered on a CPU
     "seamcall": ("leaf", "status"),
     "cpu_state": ("what", "thread"),       # what the CPU now runs: guest|kvm|vmm|host_task|idle
     # the vCPU thread: running (in KVM_RUN) | userspace (the VMM) | runnable (waits for a

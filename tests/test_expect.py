@@ -126,15 +126,15 @@ def test_model_change_names_the_first_divergent_event(tmp_path, monkeypatch):
                     'compute_dist = "fixed"\n')
     scenario = load_scenario(path)
     assert check_scenario(scenario, update_fingerprints=True).ok
-    assert check_scenario(scenario).notes[-1] == "fingerprint matches (23 events)"
+    assert check_scenario(scenario).notes[-1] == "fingerprint matches (28 events)"
     _slow_exit_handling(monkeypatch)
     report = check_scenario(scenario)
     assert not report.ok
     text = "\n".join(report.failures)
-    assert "first divergent event: #16 (stored run has 23 events, this run 23)" in text
+    assert "first divergent event: #21 (stored run has 28 events, this run 28)" in text
     assert "stored: 17940 cpu_state cpu1 td0.vcpu0 what=guest thread=td0.vcpu0" in text
     assert "now:    17941 cpu_state cpu1 td0.vcpu0 what=guest thread=td0.vcpu0" in text
-    assert "#15 16240 cpu_state cpu1 td0.vcpu0 what=kvm thread=td0.vcpu0" in text
+    assert "#20 16240 cpu_state cpu1 td0.vcpu0 what=kvm thread=td0.vcpu0" in text
 
 
 def test_update_fingerprints_accepts_the_change(tmp_path, monkeypatch):
