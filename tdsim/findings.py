@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import arch
+
 if TYPE_CHECKING:
     from .clock import Environment
     from .trace import Tracer
@@ -98,10 +100,12 @@ class Findings:
         self.records: list[dict[str, Any]] = []
 
     def record(self, name: str, cpu: int, vcpu: str | None, detail: str,
-               cause: tuple[int, str] | None = None) -> None:
-        """Record finding `name` now, on host CPU `cpu` (-1: none), for `vcpu` (or a task);
+               cause: tuple[int, str] | None = None, msr: int | None = None) -> None:
+        """Record finding `name` now, on host CPU `cpu` (-1: none), for `vcpu` (or a task).
         `cause`: when the model knows it, the event that made the wrong state, as (time,
-        what happened); `tdsim.explain` derives the others from a trace."""
+        what happened); `msr`: the MSR a host-state finding is about.  `tdsim.explain`
+        derives the causes the model cannot know cheaply (which event last wrote an MSR or
+        KVM's belief of it) from a trace of the same run."""
         if name not in NAMES:
             raise ValueError(f"tdsim bug: finding {name!r} is not declared in "
                              "tdsim.findings.FINDINGS")
@@ -110,6 +114,8 @@ class Findings:
         if self.counts[name] <= self.max_records:
             record: dict[str, Any] = {"invariant": name, "t_ns": t, "cpu": cpu,
                                       "vcpu": vcpu, "detail": detail}
+            if msr is not None:
+                record["msr"] = arch.MSR_NAMES[msr]
             if cause is not None:
                 record["cause"] = {"t_ns": cause[0], "what": cause[1]}
             self.records.append(record)

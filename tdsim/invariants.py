@@ -27,7 +27,7 @@ def _check_uret_cache(findings: Findings, cpu: HostCpu, who: str | None, where: 
         if hw[slot] != believed:
             findings.record("uret_cache_mismatch", cpu.index, who,
                             f"{where}: KVM believes {arch.MSR_NAMES[slot]}={believed:#x} "
-                            f"but the CPU holds {hw[slot]:#x}")
+                            f"but the CPU holds {hw[slot]:#x}", msr=slot)
 
 
 def check_user_mode(findings: Findings, cpu: HostCpu, task: Thread,
@@ -38,12 +38,12 @@ def check_user_mode(findings: Findings, cpu: HostCpu, task: Thread,
         if hw[slot] != host:
             findings.record("host_state_leak", cpu.index, task.name,
                             f"{task.name} returns to user mode with {arch.MSR_NAMES[slot]}="
-                            f"{hw[slot]:#x} (host value {host:#x})")
+                            f"{hw[slot]:#x} (host value {host:#x})", msr=slot)
     kgs = hw[arch.MSR_KERNEL_GS_BASE]
     if kgs != task.gsbase:
         findings.record("host_state_leak", cpu.index, task.name,
                         f"{task.name} returns to user mode with KERNEL_GS_BASE={kgs:#x} "
-                        f"(its GS base is {task.gsbase:#x})")
+                        f"(its GS base is {task.gsbase:#x})", msr=arch.MSR_KERNEL_GS_BASE)
     if no_vcpu_loaded:
         _check_uret_cache(findings, cpu, task.name, "user return")
 
@@ -54,5 +54,5 @@ def check_after_put(findings: Findings, cpu: HostCpu, vcpu: Thread) -> None:
     if kgs != vcpu.gsbase:
         findings.record("kernel_gs_base_not_restored", cpu.index, vcpu.name,
                         f"after vcpu_put KERNEL_GS_BASE={kgs:#x}, host value "
-                        f"{vcpu.gsbase:#x}")
+                        f"{vcpu.gsbase:#x}", msr=arch.MSR_KERNEL_GS_BASE)
     _check_uret_cache(findings, cpu, vcpu.name, "after vcpu_put")

@@ -90,9 +90,12 @@ class IrqStats:
         ops = vcpu.kvm_x86_ops
         ops.deliver_interrupt(vcpu, vector, source)
         if vcpu.phase == PH_BLOCKED and ops.interrupt_allowed(vcpu):
+            now = self.env.now
             self.findings.record(
                 "stuck_halt", vcpu.cpu.index if vcpu.cpu else -1, vcpu.name,
-                f"vector {vector:#x} ({source}) posted but the halted vCPU was not woken")
+                f"vector {vector:#x} ({source}) posted but the halted vCPU was not woken",
+                cause=(now, f"vector {vector:#x} ({source}) posted to the halted vCPU, "
+                            "which was not woken"))
 
     def posted(self, vcpu: Any, vector: int, source: str) -> None:
         """`vector` newly entered the PIR of `vcpu`."""
@@ -142,7 +145,8 @@ class IrqStats:
                 self.findings.record(
                     "lost_interrupt", vcpu.cpu.index, vcpu.name,
                     f"vector {vector:#x} ({source}) posted at {t_post} still pending after "
-                    f"the TD entry at {t_enter}")
+                    f"the TD entry at {t_enter}",
+                    cause=(t_post, f"vector {vector:#x} ({source}) posted"))
                 break
 
     # --- NMI accounting -------------------------------------------------------------------
@@ -214,9 +218,14 @@ class IrqStats:
             nmi_out = self.check_nmis(vcpu)
             irq = (vcpu.pi_on or vcpu.pir) and vcpu.tdx_interrupt_allowed()
             if vcpu.phase == PH_BLOCKED and (irq or nmi_out or vcpu.requests & arch.KVM_REQ_NMI):
+                pending = [(t, f"vector {v:#x} ({src}) posted") for v, (t, src)
+                           in vcpu.pi_src.items()] if irq else []
+                if vcpu.nmi_t0 is not None:
+                    pending.append((vcpu.nmi_t0, "NMI injected (kvm_inject_nmi)"))
                 self.findings.record("stuck_halt", vcpu.cpu.index, vcpu.name,
                                      "halted at the end of the run with a deliverable "
-                                     "interrupt or NMI")
+                                     "interrupt or NMI",
+                                     cause=min(pending) if pending else None)
             if vcpu.oneshot_period:
                 # a fired one-shot timer must be re-armed or on its way to be
                 guest = vcpu.guest
@@ -225,7 +234,9 @@ class IrqStats:
                         arch.LOCAL_TIMER_VECTOR in vcpu.pi_src or guest.rearm_due
                         or guest.rearm_planned or guest.kind == "tsc_deadline")):
                     self.findings.record("lost_interrupt", vcpu.cpu.index, vcpu.name,
-                                         "one-shot timer fired but never re-armed")
+                                         "one-shot timer fired but never re-armed",
+                                         cause=(vcpu.timer_deadline, "the one-shot guest "
+                                                "timer fired (its last deadline)"))
 
     def collect(self, metrics: dict[str, int | float]) -> None:
         """Latency percentiles as flat keys: all vCPUs (p50/p90/p99/max/count), and per vCPU

@@ -363,7 +363,9 @@ class VcpuTdx(KvmVcpu):
         if vm.zap_excl_t0 <= self.t_enter < vm.zap_excl_t1:
             self.findings.record("td_entry_during_zap", self.cpu.index, self.name,
                                  f"TD entry at {self.t_enter} while a SEPT zap needs every "
-                                 f"vCPU out (since {vm.zap_excl_t0})")
+                                 f"vCPU out (since {vm.zap_excl_t0})",
+                                 cause=(self.t_enter, "TDH.VP.ENTER entered the TD although "
+                                        f"wait_for_sept_zap was set (since {vm.zap_excl_t0})"))
 
     def at_td_exit(self, cut: Any, planned_pi: bool) -> int:
         """The guest's side of the TD exit: how far it got and the exit it made (a TDVMCALL
@@ -427,12 +429,20 @@ class VcpuTdx(KvmVcpu):
             cpu.acc += self.costs.host_irq_ns
             self.findings.record(
                 "spurious_nmi", cpu.index, self.name,
-                f"host NMI handler run for vp_enter_ret={self.vp_enter_ret:#x} (no NMI)")
+                f"host NMI handler run for vp_enter_ret={self.vp_enter_ret:#x} (no NMI)",
+                cause=self.exit_cause())
         elif not irq or not ok:
             self.findings.record(
                 "spurious_external_interrupt", cpu.index, self.name,
                 f"EXTERNAL_INTERRUPT exit handled for vp_enter_ret={self.vp_enter_ret:#x} "
-                "with no host interrupt")
+                "with no host interrupt", cause=self.exit_cause())
+
+    def exit_cause(self) -> tuple[int, str]:
+        """The cause of an exit-handling finding: the TDH.VP.ENTER return (now) and the
+        exit reason KVM derived from it."""
+        name = arch.EXIT_REASON_NAMES.get(self.exit_reason & 0xFFFF, "?")
+        return (self.env.now, f"TDH.VP.ENTER returned {self.vp_enter_ret:#x}, taken as "
+                              f"exit reason {name}")
 
     def vmm_service_ns(self) -> int:
         """The userspace VMM answers the exit (`tdsim.vmm`); its service time."""

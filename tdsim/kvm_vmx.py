@@ -168,7 +168,8 @@ class VcpuVmx(KvmVcpu):
             self.findings.record(
                 "guest_msr_corruption", cpu.index, self.name,
                 f"guest RDPID read TSC_AUX={hw:#x}, KVM meant {self.guest_tsc_aux:#x} "
-                f"(KVM's cache says {cpu.uret.curr[arch.MSR_TSC_AUX]:#x})")
+                f"(KVM's cache says {cpu.uret.curr[arch.MSR_TSC_AUX]:#x})",
+                msr=arch.MSR_TSC_AUX)
 
     def vmx_handle_exit_irqoff(self, cpu: HostCpu) -> None:
         """vmx_handle_exit_irqoff: the host handler's cost is charged in vmx_handle_exit."""

@@ -175,9 +175,8 @@ class KvmUserReturnMsrs:
         """kvm_on_user_return: unregister; write back every host value the cache says is
         not in place."""
         tracer = self.cpu.tracer
-        if tracer is not None and self.registered:
-            tracer.emit(self.cpu.env.now, "uret_notifier", self.cpu.index, self.who(),
-                        registered=False)
+        if tracer is not None:
+            self.trace_unregister(tracer)
         self.registered = False
         host = self.host
         curr = self.curr
@@ -187,6 +186,12 @@ class KvmUserReturnMsrs:
                 curr[slot] = value
                 if tracer is not None:
                     self.trace_belief(tracer, slot, value, "user_return")
+
+    def trace_unregister(self, tracer: Tracer) -> None:
+        """Trace the notifier's unregistration (``uret_notifier``), if it was registered."""
+        if self.registered:
+            tracer.emit(self.cpu.env.now, "uret_notifier", self.cpu.index, self.who(),
+                        registered=False)
 
     def who(self) -> str | None:
         """The thread running on the CPU (for trace events)."""
@@ -363,7 +368,7 @@ class KvmVcpu(VcpuSegment):
 
     def kvm_make_request(self, req: int) -> None:
         if not self.requests:
-            self.exit_work[REQUEST] = (self.env.now, KVM_REQ_NAMES.get(req, f"request {req:#x}"))
+            self.raise_exit_work(REQUEST, KVM_REQ_NAMES.get(req, f"request {req:#x}"))
         self.requests |= req
 
     def raise_signal(self) -> None:
@@ -371,14 +376,14 @@ class KvmVcpu(VcpuSegment):
         the caller's business)."""
         if not self.sigpending:
             self.sigpending = True
-            self.exit_work[SIGNAL] = (self.env.now, "a signal (TIF_SIGPENDING)")
+            self.raise_exit_work(SIGNAL, "a signal (TIF_SIGPENDING)")
 
     def raise_notify_resume(self) -> None:
         """TIF_NOTIFY_RESUME on the vCPU thread (task work queued; no IPI).  (Simulation) A
         late check still ahead in the current entry segment is told, so that it sees it."""
         if not self.notify_resume:
             self.notify_resume = True
-            self.exit_work[NOTIFY_RESUME] = (self.env.now, "TIF_NOTIFY_RESUME")
+            self.raise_exit_work(NOTIFY_RESUME, "TIF_NOTIFY_RESUME")
         if self.phase == PH_SEG:
             self.disturb(EXIT_REQUEST)
 
@@ -388,6 +393,10 @@ class KvmVcpu(VcpuSegment):
         self.stat["nmi.injected"] += 1
         now = self.env.now
         self.nmi_times.append(now)
+        tracer = self.tracer
+        if tracer is not None:
+            cpu = self.cpu
+            tracer.emit(now, "nmi_injected", cpu.index, self.name)
         if self.nmi_t0 is None:
             self.nmi_t0 = now
         self.nmi_queued += 1
@@ -396,7 +405,9 @@ class KvmVcpu(VcpuSegment):
         if self.phase == PH_BLOCKED:
             cpu = self.cpu
             self.findings.record("stuck_halt", cpu.index if cpu else -1, self.name,
-                                 "NMI injected but the halted vCPU was not woken")
+                                 "NMI injected but the halted vCPU was not woken",
+                                 cause=(now, "NMI injected (kvm_inject_nmi) into the halted "
+                                             "vCPU, which was not woken"))
 
     def kvm_vcpu_kick(self) -> None:
         """kvm_vcpu_kick: wake a waiting vCPU; else, if it is IN_GUEST_MODE, switch it to
@@ -417,7 +428,7 @@ class KvmVcpu(VcpuSegment):
         if self.mode == IN_GUEST_MODE and (
                 not before_check or now >= self.t_late - self.costs.in_guest_mode_window_ns):
             self.mode = EXITING_GUEST_MODE
-            self.exit_work[KICK] = (now, "a kick (EXITING_GUEST_MODE)")
+            self.raise_exit_work(KICK, "a kick (EXITING_GUEST_MODE)")
             self.stat["kicks"] += 1
             if not before_check:
                 self.smp_send_reschedule()
@@ -434,8 +445,7 @@ class KvmVcpu(VcpuSegment):
         request a few hundred ns later); one in the guest is kicked."""
         if self.phase == PH_SEG and self.env.now < self.t_late:
             self.mode = EXITING_GUEST_MODE
-            self.exit_work[KICK] = (self.env.now,
-                                    "a KVM_REQ_OUTSIDE_GUEST_MODE kick (EXITING_GUEST_MODE)")
+            self.raise_exit_work(KICK, "a KVM_REQ_OUTSIDE_GUEST_MODE kick (EXITING_GUEST_MODE)")
             self.disturb(EXIT_REQUEST)
         elif self.mode == IN_GUEST_MODE:
             self.kvm_vcpu_kick()

@@ -94,8 +94,8 @@ class VcpuSegment(Thread):
     # --- the one interface ------------------------------------------------------------------
     def disturb(self, cause: Cause) -> None:
         """Something reaches this vCPU thread now; see the module docstring."""
-        if cause is RESCHED:  # (the scheduler has just set need_resched: tdsim.oracles)
-            self.exit_work[NEED_RESCHED] = (self.env._now, "need_resched")
+        if cause is RESCHED:  # (the scheduler has just set need_resched)
+            self.raise_exit_work(NEED_RESCHED, "need_resched")
         phase = self.phase
         if phase == PH_SEG:
             now = self.env.now
@@ -117,6 +117,15 @@ class VcpuSegment(Thread):
                 phase == PH_POLL and (cause is RESCHED or cause is WAKE)):
             self.phase = PH_KERNEL
             self._interrupt(cause)
+
+    def raise_exit_work(self, part: str, label: str) -> None:
+        """(Oracle bookkeeping, `tdsim.oracles`) `part` of what kvm_vcpu_exit_request()
+        reads has just become pending (`label` says what): remember when, and trace it."""
+        now = self.env._now
+        self.exit_work[part] = (now, label)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(now, "exit_request", self.cpu.index, self.name, part=part, what=label)
 
     def seg_guest_runs(self) -> bool:
         """The current segment enters the guest (not refused, not an injected exit)."""

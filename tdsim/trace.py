@@ -47,11 +47,15 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "vcpu_state": ("state",),
     "sched_switch": ("prev", "next"),
     "kick": ("by",),
+    # something kvm_vcpu_exit_request() reads became pending (part: kick | request | signal |
+    # need_resched | notify_resume; what: which, e.g. KVM_REQ_NMI)
+    "exit_request": ("part", "what"),
     "ipi": ("src_cpu", "dst_cpu", "why"),
     "pi_posted": ("vector", "source"),
     "pi_delivered": ("vector",),
     "userspace_exit": ("reason",),
     "violation": ("invariant", "detail"),
+    "nmi_injected": (),                    # kvm_inject_nmi (the VMM or a watchdog)
     "nmi_delivered": (),                   # the TDX module injected PEND_NMI at TD entry
 }
 _FIELDS = {kind: frozenset(names) for kind, names in EVENT_KINDS.items()}
