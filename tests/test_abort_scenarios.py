@@ -17,6 +17,8 @@ VERDICTS = {
     "aborts_module_refusals": {"current": set(), "v6.16": {"uret_cache_mismatch"},
                                "eager": set()},
     "aborts_zero_step": {"current": set(), "v6.16": {"uret_cache_mismatch"}, "eager": set()},
+    "aborts_refusal_preempt": {"current": set(), "v6.16": {"uret_cache_mismatch"},
+                               "eager": set()},
     "aborts_fatal_exits": {"current": set(), "v6.16": set(), "eager": set()},
     "aborts_cost_without": {"current": set(), "v6.16": set(), "eager": set()},
     "aborts_cost_with": {"current": set(), "v6.16": set(), "eager": set()},

@@ -192,3 +192,23 @@ def test_section_for_a_strategy_not_run_fails():
     s = scenario_from_dict(tiny(strategy={"eager": {"violations_none": True}}), name="<x>")
     report = check_scenario(s, fingerprints=False)
     assert report.failures == ["expect.strategy.eager: 'eager' is not run (strategies: current)"]
+
+
+def test_an_undeclared_violation_fails_the_check(tmp_path):
+    """A run that records a violation its [expect] does not declare fails `tdsim check`,
+    even with no expectations at all (tdsim run would report it); declared, it passes."""
+    from tdsim.expect import undeclared_violations
+
+    metrics = {"violations.uret_cache_mismatch": 3, "exits": 10}
+    empty = {"metrics": {}, "violations_must": [], "violations_must_not": [],
+             "violations_none": False}
+    [line] = undeclared_violations([empty], metrics)
+    assert line.startswith("violations.uret_cache_mismatch: 3 recorded but not expected")
+    declared = dict(empty, violations_must=["uret_cache_mismatch"])
+    assert undeclared_violations([empty, declared], metrics) == []
+
+
+def test_every_shipped_scenario_is_a_regression_test():
+    """Every shipped scenario states expectations, so `tdsim check scenarios/*.toml` never
+    answers "no expectations" for a scenario whose `tdsim run` reports findings."""
+    assert WITH_EXPECT == SCENARIOS
