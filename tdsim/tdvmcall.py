@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import arch, lapic
-from .guest import SHARED_BIT
 from .arch import KVM_REQ_NMI
+from .guest import SHARED_BIT
 from .kvm_x86 import KVM_MP_STATE_HALTED
 
 if TYPE_CHECKING:
