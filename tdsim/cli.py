@@ -219,6 +219,9 @@ _SCENARIOS = arg("scenarios", nargs="+", metavar="SCENARIO", help="scenario TOML
         help="log only these vCPUs or tasks (td0.vcpu1, task0)"),
     arg("--trace", metavar="FILE.json", complete="file",
         help="write a Chrome trace-event / Perfetto timeline (open in ui.perfetto.dev)"),
+    arg("--explain", type=int, metavar="N",
+        help="print violation N (its row in the violations table) with its cause and every "
+             "event from the cause to the detection"),
     exits={0: "ok", 1: "a run recorded invariant violations (results still printed and "
                        "written)",
            130: "interrupted: the results so far are printed and written, marked partial"},

@@ -32,7 +32,7 @@ from . import arch
 from .arch import KVM_REQ_DIRTY_RING_SOFT_FULL, KVM_REQ_EVENT
 from .host import HOST_IRQ, RUNNING, ProcessGenerator
 from .rng import exp_ns, stream
-from .segment import EXIT_REQUEST, PH_KERNEL, PH_SEG, PH_STOPPED, PH_WAIT
+from .segment import PH_KERNEL, PH_SEG, PH_STOPPED, PH_WAIT
 
 if TYPE_CHECKING:
     from .clock import Environment
@@ -76,7 +76,7 @@ def inject_signal(vcpu: KvmVcpu, sched: Scheduler) -> None:
     phase = vcpu.phase
     if phase in (PH_SEG, PH_KERNEL, PH_WAIT):
         vcpu.stat["faults.signal"] += 1
-        vcpu.sigpending = True
+        vcpu.raise_signal()
         if phase == PH_SEG:
             vcpu.disturb(_HOST_IRQ_OTHER)
     else:
@@ -97,9 +97,7 @@ def inject_need_resched(vcpu: KvmVcpu, sched: Scheduler) -> None:
 def inject_notify_resume(vcpu: KvmVcpu, sched: Scheduler) -> None:
     """Abort C(e): TIF_NOTIFY_RESUME (e.g. task work) is queued; no IPI."""
     vcpu.stat["faults.notify_resume"] += 1
-    vcpu.notify_resume = True
-    if vcpu.phase == PH_SEG:
-        vcpu.disturb(EXIT_REQUEST)  # the late check, if still ahead, will see it
+    vcpu.raise_notify_resume()  # (the late check, if still ahead, will see it)
 
 
 @dataclass(frozen=True)

@@ -481,7 +481,7 @@ class Scheduler:
             self.findings.record(
                 "host_state_leak", cpu.index, prev.name,
                 f"context switch saved KERNEL_GS_BASE={hw:#x} as {prev.name}'s GS base "
-                f"(its own is {prev.gsbase:#x})")
+                f"(its own is {prev.gsbase:#x})", msr=arch.MSR_KERNEL_GS_BASE)
 
 
 class HostTask(Thread):

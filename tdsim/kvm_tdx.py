@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from . import arch
+from . import arch, oracles
 from .host import HOST_IRQ, SITE_VCPU_RUN
 from .kvm_x86 import (
     EXIT_FASTPATH_EXIT_HANDLED,
@@ -362,7 +362,7 @@ class VcpuTdx(KvmVcpu):
         self.findings.record(
             "spurious_nmi", cpu.index, self.name,
             f"host NMI handler run for vp_enter_ret={self.vp_enter_ret:#x}, "
-            f"intr_info={self.exit_intr_info:#x} (no host NMI)")
+            f"intr_info={self.exit_intr_info:#x} (no host NMI)", cause=self.exit_cause())
 
     def regs_after_exit(self, cpu: HostCpu) -> None:
         """The "copy" register layout: vp_enter_args -> regs[] after TDH.VP.ENTER returned
@@ -414,7 +414,8 @@ class VcpuTdx(KvmVcpu):
     def at_td_entry(self, cut: Any) -> None:
         """What happens at TD entry (``t_enter``), applied when the TD exits: the CPU
         processes a pending PIR (the self-IPI), the module injects a pending NMI, and the
-        entry oracles check what KVM let into the TD."""
+        entry oracles check what KVM let into the TD (tdsim.oracles for what the late check
+        should have stopped)."""
         guest = self.guest
         if guest.awaiting:
             self.findings.record("tdvmcall_completion", self.cpu.index, self.name,
@@ -430,11 +431,15 @@ class VcpuTdx(KvmVcpu):
             # (an entry cut by a pending host interrupt runs no guest instruction; the
             # hrtimer's own vector is posted by that interrupt's handler, after it)
             self.irq.check_entry(self)
+        if self.exit_work:
+            oracles.check_entry(self)
         vm = self.tdx_vm
         if vm.zap_excl_t0 <= self.t_enter < vm.zap_excl_t1:
             self.findings.record("td_entry_during_zap", self.cpu.index, self.name,
                                  f"TD entry at {self.t_enter} while a SEPT zap needs every "
-                                 f"vCPU out (since {vm.zap_excl_t0})")
+                                 f"vCPU out (since {vm.zap_excl_t0})",
+                                 cause=(self.t_enter, "TDH.VP.ENTER entered the TD although "
+                                        f"wait_for_sept_zap was set (since {vm.zap_excl_t0})"))
 
     def at_td_exit(self, cut: Any) -> int:
         """The guest's side of the TD exit: how far it got and the exit it made (a TDVMCALL
@@ -520,7 +525,15 @@ class VcpuTdx(KvmVcpu):
             return
         self.findings.record(
             "spurious_external_interrupt", cpu.index, self.name,
-            f"host handler of vector {intr_info & arch.INTR_INFO_VECTOR_MASK:#x} run: {why}")
+            f"host handler of vector {intr_info & arch.INTR_INFO_VECTOR_MASK:#x} run: {why}",
+            cause=self.exit_cause())
+
+    def exit_cause(self) -> tuple[int, str]:
+        """The cause of an exit-handling finding: the TDH.VP.ENTER return (now) and the
+        exit reason KVM derived from it."""
+        name = arch.EXIT_REASON_NAMES.get(self.exit_reason & 0xFFFF, "?")
+        return (self.env.now, f"TDH.VP.ENTER returned {self.vp_enter_ret:#x}, taken as "
+                              f"exit reason {name}")
 
     def vmm_service_ns(self) -> int:
         """The userspace VMM answers the exit (`tdsim.vmm`); its service time."""
@@ -533,7 +546,7 @@ class VcpuTdx(KvmVcpu):
         """The module injects the pending NMI at TD entry `t`; the guest runs its handler."""
         del self.module_fields["PEND_NMI"]  # (a field not set reads as 0)
         irq = self.irq
-        irq.nmi_delivered += 1
+        irq.nmi_delivered(self, t)
         stat = self.stat
         stat["nmi.delivered"] += 1
         self.guest.irq_debt_ns += self.costs.guest_nmi_ns
@@ -553,13 +566,14 @@ class VcpuTdx(KvmVcpu):
         NMI while PEND_NMI is still set (the module has not delivered the previous one)."""
         dropped = self.nmi_pending - 1
         self.stat["nmi_injections"] += 1
-        if self.module_fields.get("PEND_NMI", 0):
+        pend = self.module_fields.get("PEND_NMI", 0)
+        if pend:
             dropped += 1
+        self.irq.nmi_written(self, bool(pend))
         self.module.tdh_vp_wr(self, cpu, "PEND_NMI", 1)
         self.nmi_pending = 0
         if dropped:
             self.stat["nmi.coalesced"] += dropped
-            self.irq.nmi_coalesced += dropped
 
     # --- posted interrupts -------------------------------------------------------------
     def process_pir(self, t: int) -> None:

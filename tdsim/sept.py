@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 from simpy import AllOf
 
 from . import arch
+from .arch import OUTSIDE_GUEST_MODE
 from .host import ProcessGenerator
-from .kvm_x86 import OUTSIDE_GUEST_MODE
 from .rng import exp_ns
 from .tdx_module import seamcall_keys
 
@@ -157,9 +157,16 @@ def check_end(findings: Findings, now: int, zappers: list[SeptZapper]) -> None:
     `STUCK_WAIT_NS` (an ack is due one IPI and one TD exit after the kick)."""
     for z in zappers:
         if z.waiting_since >= 0 and now - z.waiting_since > STUCK_WAIT_NS:
-            findings.record("zap_stuck", -1, None,
+            waited = [v for v in z.vm.vcpus
+                      if v.outside_ack is not None and not v.outside_ack.triggered]
+            first = waited[0] if waited else None
+            names = ", ".join(v.name for v in waited) or "none"
+            findings.record("zap_stuck", first.cpu.index if first else -1,
+                            first.name if first else None,
                             f"{z.vm.name}: KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait "
-                            f"waiting since {z.waiting_since}")
+                            f"waiting since {z.waiting_since} for {names}",
+                            cause=(z.waiting_since, "KVM_REQ_OUTSIDE_GUEST_MODE kick of "
+                                   f"{names}, never acknowledged"))
 
 
 def private_fault_retry_loop(vcpu: VcpuTdx, cpu: HostCpu) -> int:

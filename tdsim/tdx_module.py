@@ -70,6 +70,7 @@ class TdVcpu(Protocol):
     seg_fault: str | None
     t_enter: int
     t_seamcall: int
+    exit_work: dict[str, tuple[int, str]]
 
     @property
     def tdx_vm(self) -> TdState: ...
@@ -213,6 +214,7 @@ class TdxModule:
             vcpu.end_entry()
             cut = None
         if (vcpu.seg_pi or vcpu.module_fields or vcpu.pi_src or vcpu.guest.awaiting
+                or vcpu.exit_work
                 or vm.zap_excl_t0 <= vcpu.t_enter < vm.zap_excl_t1):
             vcpu.at_td_entry(cut)  # (anything to do at TD entry)
         ret = self.td_exit(vcpu, cpu, vcpu.at_td_exit(cut))
@@ -310,6 +312,9 @@ class TdxModule:
         cpu.xcr0 = vm.module_exit_xcr0
         cpu.pkru = 0
         self.count(cpu, arch.TDH_VP_ENTER, ret & _STATUS)
+        tracer = self.tracer
+        if tracer is not None:  # the TD was entered (its exit left the module's MSR values)
+            tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
         args.clear()
         if vcpu.seg_fault == SCRIPTED and self.vp_enter_regs is not None:
             self.vp_enter_regs(vcpu, args)

@@ -107,7 +107,7 @@ def check_exit_status(vcpu: VcpuTdx, cpu: HostCpu, ret: int, reason: int,
         vcpu.findings.record(
             "error_status_dispatched", cpu.index, vcpu.name,
             f"vp_enter_ret={ret:#x} dispatched as exit reason "
-            f"{arch.EXIT_REASON_NAMES.get(basic, basic)}")
+            f"{arch.EXIT_REASON_NAMES.get(basic, basic)}", cause=vcpu.exit_cause())
     return None
 
 

@@ -97,7 +97,7 @@ def test_the_readme_metric_table_names_only_declared_families():
 
 def test_the_readme_findings_table_lists_every_declared_finding():
     """The README's findings table names exactly tdsim.findings.FINDINGS."""
-    rows = table("README.md", "| invariant | what breaks it |")
+    rows = table("README.md", "| finding | what breaks it |")
     documented = [n for row in rows for n in names(row[0])]
     assert sorted(documented) == sorted(NAMES)
 

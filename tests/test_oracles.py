@@ -213,3 +213,119 @@ def test_current_checked_never_violates_with_aborts(cpus, vms, pinned, tasks, ra
     assert [v for v in r.violations if not (
         v["invariant"] == "spurious_external_interrupt"
         and "stale exit fields after wait_for_sept_zap" in v["detail"])] == []
+
+
+# --- the entry oracles (tdsim.oracles) -----------------------------------------------------
+SCENARIOS = Path(__file__).parents[1] / "scenarios"
+LATE_CHECK_KINDS = ("kick", "request", "signal", "need_resched", "notify_resume")
+
+
+def shipped(name, **overrides):
+    from tdsim.scenario import load_scenario
+
+    return load_scenario(SCENARIOS / f"{name}.toml", {"kvm.compare": [], **overrides})
+
+
+def test_without_the_late_check_the_entry_oracle_fires():
+    """Removing the late kvm_vcpu_exit_request() check lets the abort scenario's kicks,
+    requests, signals, need_resched and notify-resume into the guest: the entry oracle fires,
+    and no late abort of those kinds is left (no other path decides one)."""
+    r = run(shipped("aborts_late_check"), variants=["no_late_check"])
+    assert r.metrics["violations.entry_with_exit_request"] > 100
+    assert not any(r.metrics.get(f"late_abort.{k}") for k in LATE_CHECK_KINDS)
+    causes = {v["cause"]["what"] for v in r.violations
+              if v["invariant"] == "entry_with_exit_request"}
+    assert {"need_resched", "TIF_NOTIFY_RESUME", "KVM_REQ_EVENT"} <= causes
+    correct = run(shipped("aborts_late_check"))
+    assert correct.violations == []
+    assert all(correct.metrics[f"late_abort.{k}"] > 0 for k in LATE_CHECK_KINDS)
+
+
+def pinned_cpuid(duration_us=60):
+    """regress_cpuid_pinned's timeline: TD exits at 16.27 us, then every 12.775 us."""
+    return scenario_from_dict({
+        "sim": {"duration_us": duration_us, "seed": 1},
+        "host": {"cpus": 2, "tick_hz": 0},
+        "vm": [{"vcpus": 1, "pin": [1], "workload": {
+            "compute_us": 10, "compute_dist": "fixed", "mix": {"cpuid": 1.0}}}]})
+
+
+def raise_at(sim, t_ns, action):
+    def proc():
+        yield sim.env.timeout(t_ns)
+        action(sim.vcpus[0])
+    sim.env.process(proc())
+
+
+def test_work_raised_before_the_late_check_must_abort_the_entry():
+    """TIF_NOTIFY_RESUME raised during the entry work after the first TD exit (16.27 us;
+    the late check at 17.115 us) aborts that entry; without the check, the entry is the
+    finding, reported at its exit, naming what was ignored and when."""
+    sim = Simulation(pinned_cpuid())
+    raise_at(sim, 16_500, lambda v: v.raise_notify_resume())
+    r = sim.run()
+    assert r.violations == []
+    assert r.metrics["late_abort.notify_resume"] == 1
+    sim = Simulation(pinned_cpuid(), variants=["no_late_check"])
+    raise_at(sim, 16_500, lambda v: v.raise_notify_resume())
+    r = sim.run()
+    [v] = r.violations
+    assert v["invariant"] == "entry_with_exit_request"
+    assert v["cause"] == {"t_ns": 16_500, "what": "TIF_NOTIFY_RESUME"}
+    assert v["t_ns"] == 16_270 + 12_775
+    assert "pending since 16500: the late kvm_vcpu_exit_request() check at 17115" in v["detail"]
+
+
+def test_work_raised_in_the_guest_is_no_finding():
+    """TIF_NOTIFY_RESUME raised while the guest runs is handled after its exit, before the
+    next late check (xfer_to_guest_mode_handle_work): no abort, no finding, with or
+    without the late check."""
+    for variants in ([], ["no_late_check"]):
+        sim = Simulation(pinned_cpuid(), variants=variants)
+        raise_at(sim, 20_000, lambda v: v.raise_notify_resume())
+        r = sim.run()
+        assert r.violations == []
+        assert r.metrics["notify_resume"] == 1
+        assert "late_abort.notify_resume" not in r.metrics
+
+
+def test_a_kick_without_its_ipi_is_a_kick_exit_delay():
+    """A kick that switches the mode but sends no IPI leaves the guest running to its own
+    next exit: kick_exit_delay (and nothing else); with the IPI the bound holds."""
+    r = run(shipped("aborts_late_check"), variants=["no_kick_ipi"])
+    assert names(r) == {"kick_exit_delay"}
+    v = r.violations[0]
+    assert v["cause"]["what"] == "a kick (EXITING_GUEST_MODE)"
+    assert v["cause"]["t_ns"] < v["t_ns"]
+
+
+def test_kick_in_the_guest_exits_within_the_ipi_latency():
+    """A kick while the guest runs ends its run one IPI latency later, the bound exactly."""
+    sim = Simulation(pinned_cpuid())
+    raise_at(sim, 20_000, lambda v: v.kvm_vcpu_kick())
+    r = sim.run()
+    assert r.violations == []
+    assert r.metrics["irq_exits.kick"] == 1
+
+
+def test_lost_nmi_is_named_per_vcpu():
+    """A late abort that withdraws the NMI already in PEND_NMI loses it: nmi_accounting for
+    that vCPU, naming the injection (earlier than the end of the run)."""
+    r = run(shipped("irq_nmi_watchdog"), variants=["abort_withdraws_nmi"])
+    assert names(r) == {"nmi_accounting"}
+    assert {v["vcpu"] for v in r.violations} == {f"td0.vcpu{i}" for i in range(4)}
+    v = r.violations[0]
+    assert "lost; the first, injected at" in v["detail"]
+    assert v["cause"]["t_ns"] < r.metrics["sim.duration_ns"]
+    assert run(shipped("irq_nmi_watchdog")).violations == []
+
+
+def test_nmi_delivered_without_injection_is_caught_at_delivery():
+    """PEND_NMI set with no NMI injected: the delivery itself is the finding."""
+    sim = Simulation(pinned_cpuid())
+    sim.vcpus[0].module_fields["PEND_NMI"] = 1
+    r = sim.run()
+    assert names(r) == {"nmi_accounting"}
+    v = r.violations[0]
+    assert v["t_ns"] == 16_270  # at the first TD exit (the entry it was delivered at)
+    assert v["detail"].startswith("an NMI delivered at TD entry ")
