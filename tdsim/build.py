@@ -20,7 +20,7 @@ from .faults import Faults
 from .findings import Findings
 from .guest import GuestVcpu
 from .guest_irq import irq_guest
-from .host import HostCpu, HostTask, HostXstate, Scheduler, new_stat
+from .host import HostCpu, HostTask, HostXstate, Scheduler, UserGsBaseChanges, new_stat
 from .irqstats import IrqStats
 from .kvm_tdx import KvmTdx, TdxPerCpu, VcpuTdx
 from .kvm_vmx import VcpuVmx
@@ -169,6 +169,10 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
                                sched, irq, new_stat(), findings, tracer, first_cpu)
             if faults.mmu_rng is not None:
                 vcpu.mmu_reload_fails = faults.mmu_reload_fails
+            if config.host.gs_base_change_hz > 0:
+                vcpu.gs_base_changes = UserGsBaseChanges(
+                    scope.stream(seed, "gs_base"), config.host.gs_base_change_hz,
+                    config.host.gs_base_change, vcpu.stat, tracer)
             if isinstance(guest, ScriptedGuest):
                 guest.bind(vcpu)
             vm.vcpus.append(vcpu)

@@ -115,6 +115,8 @@ class HostConfig:
     xcr0: int
     xss: int
     pkru: int
+    gs_base_change_hz: float
+    gs_base_change: str         # "arch_prctl" | "wrgsbase"
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +328,8 @@ def from_data(d: Mapping[str, Any]) -> ModelConfig:
                         timeslice_ns=us_to_ns(host["timeslice_us"]),
                         wakeup_preempt=host["wakeup_preempt"], nmi_hz=host["nmi_hz"],
                         debugctl=host["debugctl"], xcr0=host["xcr0"], xss=host["xss"],
-                        pkru=host["pkru"]),
+                        pkru=host["pkru"], gs_base_change_hz=host["gs_base_change_hz"],
+                        gs_base_change=host["gs_base_change"]),
         kvm=KvmConfig(host_state=kvm["host_state"], regs_layout=kvm["regs_layout"],
                       tdvmcall_abi=kvm["tdvmcall_abi"], exit_reason_raw=kvm["exit_reason"] == "raw",
                       halt_poll_ns=int(kvm["halt_poll_ns"]),

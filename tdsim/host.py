@@ -24,6 +24,8 @@ vCPU thread is decided in one place, `tdsim.segment.VcpuSegment.disturb`.
 
 from __future__ import annotations
 
+import math
+import random
 from bisect import bisect_right, insort
 from collections import defaultdict, deque
 from collections.abc import Callable, Generator
@@ -115,6 +117,43 @@ class HostXstate:
         self.xcr0 = xcr0
         self.xss = xss
         self.pkru = pkru
+
+
+class UserGsBaseChanges:
+    """``[host] gs_base_change_hz``: the VMM's user code changes its vCPU thread's GS base
+    (thread-local storage set up again, a runtime that uses GS), by ``arch_prctl`` (the
+    syscall: hardware and thread.gsbase agree) or ``wrgsbase`` (FSGSBASE, user mode:
+    thread.gsbase is stale until the next save_fsgs).
+
+    Simplified: a change can happen only while the VMM services an exit, with probability
+    1 - exp(-rate x service time) per exit, at the start of the service; one random stream
+    per vCPU thread.  The n-th change of a thread sets its base to its first base plus
+    n x 64 KiB (a canonical user address)."""
+
+    __slots__ = ("rng", "rate_per_ns", "via", "stat", "tracer")
+
+    def __init__(self, rng: random.Random, hz: float, via: str, stat: Stat,
+                 tracer: Tracer | None) -> None:
+        self.rng = rng
+        self.rate_per_ns = hz / 1e9
+        self.via = via
+        self.stat = stat
+        self.tracer = tracer
+
+    def in_user_mode(self, task: Thread, cpu: HostCpu, user_ns: int) -> None:
+        """`task` runs user code on `cpu` for `user_ns`: maybe change its GS base now."""
+        if self.rng.random() >= -math.expm1(-self.rate_per_ns * user_ns):
+            return
+        self.stat["gs_base_changes"] += 1
+        value = task.user_gsbase + 0x10000
+        if self.via == "arch_prctl":
+            task.do_arch_prctl_64(cpu, value)
+        else:
+            task.wrgsbase(cpu, value)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(cpu.env.now, "gs_base", cpu.index, task.name, value=hex(value),
+                        via=self.via)
 
 
 class HostCpu:
@@ -222,7 +261,13 @@ class Thread:
         self.timeout = env.timeout  # (SimPy's descriptor resolved once)
         self.name = name
         self.pin = pin
-        self.gsbase = gsbase  # the task's real user GS base (thread.gsbase)
+        # current->thread.gsbase: the task's user GS base as last saved in its thread_struct
+        # (save_fsgs at a context switch, current_save_fsgs, ARCH_SET_GS); stale after a
+        # user-mode WRGSBASE until the next save
+        self.gsbase = gsbase
+        # the GS base the task's user code last set: what it must find on return to user
+        # mode (tdsim's reference for the checks; the kernel has no such copy)
+        self.user_gsbase = gsbase
         self.state = SLEEPING
         self.cpu = cpu  # the CPU it runs on or last ran on (where it is first placed)
         self.need_resched = False
@@ -236,6 +281,28 @@ class Thread:
         self.seg_k2 = HOST_TASK
         self.seg_d2 = 0
         self.run_event: Event = env.event()
+
+    # --- the task's user GS base -----------------------------------------------------------
+    def do_arch_prctl_64(self, cpu: HostCpu, value: int) -> None:
+        """do_arch_prctl_64(ARCH_SET_GS, value) for the current task on `cpu`: the inactive GS base
+        (KERNEL_GS_BASE while in the kernel) and thread.gsbase are written together.
+
+        Simplified: no selector load, no -EPERM check; the syscall's time is the VMM's."""
+        cpu.msr[arch.MSR_KERNEL_GS_BASE] = value
+        self.gsbase = value
+        self.user_gsbase = value
+
+    def wrgsbase(self, cpu: HostCpu, value: int) -> None:
+        """WRGSBASE in user mode (CR4.FSGSBASE): the hardware GS base changes, thread.gsbase
+        does not until the next save_fsgs.  The hardware base is kept in the KERNEL_GS_BASE
+        slot, where it sits once the task enters the kernel (tdsim does not model SWAPGS)."""
+        cpu.msr[arch.MSR_KERNEL_GS_BASE] = value
+        self.user_gsbase = value
+
+    def current_save_fsgs(self, cpu: HostCpu) -> None:
+        """current_save_fsgs(): save_fsgs for the running task -- thread.gsbase read back
+        from the hardware (FSGSBASE: __rdgsbase_inactive).  Simplified: GS base only."""
+        self.gsbase = cpu.msr[arch.MSR_KERNEL_GS_BASE]
 
     # --- time accounting ------------------------------------------------------------------
     def begin_seg(self, k1: int, d1: int, k2: int = KVM, d2: int = 0) -> None:
@@ -473,15 +540,20 @@ class Scheduler:
         t.run_event.succeed(cpu)
 
     def save_fsgs(self, cpu: HostCpu, prev: Thread) -> None:
-        """__switch_to's save_fsgs(): the outgoing task's GS base is read from the hardware.
+        """__switch_to's save_fsgs(): the outgoing task's GS base is read from the hardware
+        into thread.gsbase.
 
-        If KVM left a guest/module value in KERNEL_GS_BASE, the task now carries it."""
+        If KVM left a guest/module value in KERNEL_GS_BASE, the task would now carry it:
+        that is the finding, and tdsim then keeps the task's own value so that one fault is
+        counted once."""
         hw = cpu.msr[arch.MSR_KERNEL_GS_BASE]
-        if hw != prev.gsbase:
+        if hw != prev.user_gsbase:
             self.findings.record(
                 "host_state_leak", cpu.index, prev.name,
                 f"context switch saved KERNEL_GS_BASE={hw:#x} as {prev.name}'s GS base "
-                f"(its own is {prev.gsbase:#x})", msr=arch.MSR_KERNEL_GS_BASE)
+                f"(its own is {prev.user_gsbase:#x})", msr=arch.MSR_KERNEL_GS_BASE)
+        else:
+            prev.gsbase = hw
 
 
 class HostTask(Thread):

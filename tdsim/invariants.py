@@ -40,10 +40,10 @@ def check_user_mode(findings: Findings, cpu: HostCpu, task: Thread,
                             f"{task.name} returns to user mode with {arch.MSR_NAMES[slot]}="
                             f"{hw[slot]:#x} (host value {host:#x})", msr=slot)
     kgs = hw[arch.MSR_KERNEL_GS_BASE]
-    if kgs != task.gsbase:
+    if kgs != task.user_gsbase:
         findings.record("host_state_leak", cpu.index, task.name,
                         f"{task.name} returns to user mode with KERNEL_GS_BASE={kgs:#x} "
-                        f"(its GS base is {task.gsbase:#x})", msr=arch.MSR_KERNEL_GS_BASE)
+                        f"(its GS base is {task.user_gsbase:#x})", msr=arch.MSR_KERNEL_GS_BASE)
     xs = cpu.host_xstate
     if (hw[arch.MSR_IA32_DEBUGCTLMSR] != xs.debugctl or hw[arch.MSR_IA32_XSS] != xs.xss
             or cpu.xcr0 != xs.xcr0 or cpu.pkru != xs.pkru):
@@ -63,8 +63,8 @@ def check_user_mode(findings: Findings, cpu: HostCpu, task: Thread,
 def check_after_put(findings: Findings, cpu: HostCpu, vcpu: Thread) -> None:
     """After vcpu_put: no guest state is loaded on `cpu` any more."""
     kgs = cpu.msr[arch.MSR_KERNEL_GS_BASE]
-    if kgs != vcpu.gsbase:
+    if kgs != vcpu.user_gsbase:
         findings.record("kernel_gs_base_not_restored", cpu.index, vcpu.name,
                         f"after vcpu_put KERNEL_GS_BASE={kgs:#x}, host value "
-                        f"{vcpu.gsbase:#x}", msr=arch.MSR_KERNEL_GS_BASE)
+                        f"{vcpu.user_gsbase:#x}", msr=arch.MSR_KERNEL_GS_BASE)
     _check_uret_cache(findings, cpu, vcpu.name, "after vcpu_put")

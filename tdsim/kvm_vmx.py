@@ -96,7 +96,8 @@ class VcpuVmx(KvmVcpu):
 
     def vmx_prepare_switch_to_guest(self, cpu: HostCpu) -> None:
         """vmx_prepare_switch_to_guest: guest user-return MSR values once per load, then
-        host KERNEL_GS_BASE saved (current->thread.gsbase) and the guest's written."""
+        host KERNEL_GS_BASE saved (current_save_fsgs(), then current->thread.gsbase) and the
+        guest's written."""
         if not self.guest_uret_msrs_loaded:
             self.guest_uret_msrs_loaded = True
             uret = cpu.uret
@@ -104,6 +105,7 @@ class VcpuVmx(KvmVcpu):
                 uret.set(slot, value, SITE_PREPARE)
         if self.guest_state_loaded:
             return
+        self.current_save_fsgs(cpu)  # thread.gsbase up to date (after a user WRGSBASE)
         self.msr_host_kernel_gs_base = self.host_gsbase()
         cpu.wrmsr(arch.MSR_KERNEL_GS_BASE, self.msr_guest_kernel_gs_base, SITE_PREPARE)
         self.guest_state_loaded = True

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .clock import Environment
     from .config import Costs, InterruptConfig, KvmConfig
     from .findings import Findings
-    from .host import HostCpu, Scheduler, Stat, Thread
+    from .host import HostCpu, Scheduler, Stat, Thread, UserGsBaseChanges
     from .irqstats import IrqStats
     from .scope import VcpuScope
     from .strategies import HostStateStrategy
@@ -374,6 +374,8 @@ class KvmVcpu(VcpuSegment):
         self.findings = findings
         # fault injection (tdsim.faults): does kvm_mmu_reload fail at this entry attempt?
         self.mmu_reload_fails: Callable[[], bool] | None = None
+        # [host] gs_base_change_hz: the VMM's user code changes this thread's GS base
+        self.gs_base_changes: UserGsBaseChanges | None = None
         self.halt_poll_ns = kvm.config.halt_poll_ns
         self.c_enter_guest = costs.vcpu_enter_guest_ns
         self.requests = 0
@@ -634,10 +636,14 @@ class KvmVcpu(VcpuSegment):
 
     def vmm_run(self, cpu: HostCpu) -> ProcessGenerator:
         """The userspace VMM services the exit (preemptible user code)."""
-        remaining: int | None = self.vmm_service_ns()
+        service_ns = self.vmm_service_ns()
         tracer = self.tracer
         if tracer is not None:
             tracer.emit(self.env.now, "vcpu_state", cpu.index, self.name, state="userspace")
+        gs = self.gs_base_changes
+        if gs is not None:
+            gs.in_user_mode(self, cpu, service_ns)
+        remaining: int | None = service_ns
         while True:
             assert remaining is not None
             remaining = yield from self.run_user(cpu, VMM, remaining)

@@ -96,6 +96,8 @@ METRICS: tuple[MetricFamily, ...] = (
                  "IN_GUEST_MODE to EXITING_GUEST_MODE"),
     MetricFamily("notify_resume", "events", "notify-resume work",
                  "resume_user_mode_work run from xfer_to_guest_mode_handle_work"),
+    MetricFamily("gs_base_changes", "changes", "vCPU thread GS base changes",
+                 "GS base changes by the VMM's user code ([host] gs_base_change_hz)"),
     MetricFamily("vcpu_stopped", "vCPUs", "vCPUs stopped by the VMM",
                  "vCPU threads the VMM stopped after a fatal exit"),
     MetricFamily("vp_enter_busy", "SEAMCALLs", "TDH.VP.ENTER busy retries",

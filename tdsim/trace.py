@@ -46,6 +46,8 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     # VM: it never runs again)
     "vcpu_state": ("state",),
     "sched_switch": ("prev", "next"),
+    # the VMM's user code changed its thread's GS base (via: arch_prctl | wrgsbase)
+    "gs_base": ("value", "via"),
     "kick": ("by",),
     # something kvm_vcpu_exit_request() reads became pending (part: kick | request | signal |
     # need_resched | notify_resume; what: which, e.g. KVM_REQ_NMI)

@@ -55,6 +55,8 @@ TABLE = (
     Row("uret_cache_mismatch", "aborts_refusal_preempt", "strategy:CacheOnlyUret", 42),
     Row("kernel_gs_base_not_restored", "aborts_refusal_preempt",
         "strategy:SkipKgsRestoreWhenAborted", 6),
+    Row("kernel_gs_base_not_restored", "host_gs_base_changes", "strategy:SaveKgsOncePerVcpu",
+        1922),
     Row("guest_msr_corruption", "mixed_td_vmx", "strategy:v6.16", 3),
     Row("guest_msr_corruption", "mixed_td_vmx", "strategy:eager", 695),
     # the scheduler (tdsim's own invariants: the run then fails its CPU-time or event checks)

@@ -49,3 +49,19 @@ class NeverRestoreOnUserReturn(Current):
 
     def user_return(self, cpu):
         cpu.uret.registered = False
+
+
+class SaveKgsOncePerVcpu(Current):
+    """Wrong: saves the host KERNEL_GS_BASE only at the vCPU's first
+    tdx_prepare_switch_to_guest ("the vCPU thread's GS base never changes") -- but the VMM's
+    user code may change it between KVM_RUN calls.  The next put writes the old base back:
+    caught by kernel_gs_base_not_restored (and host_state_leak at the return to user
+    mode)."""
+
+    name = "save-kgs-once-per-vcpu"
+
+    def prepare_switch_to_guest(self, vcpu, cpu):
+        saved = vcpu.msr_host_kernel_gs_base
+        super().prepare_switch_to_guest(vcpu, cpu)
+        if saved:
+            vcpu.msr_host_kernel_gs_base = saved
