@@ -191,7 +191,12 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
         model.vms.append(vm)
     host = config.host
     for i in range(host.tasks):
-        model.tasks.append(HostTask(env, i, stream(seed, f"host.task{i}"), host.task_run_ns,
-                                    host.task_sleep_ns, host.task_dist_exp, cpus[i % len(cpus)],
-                                    sched, host_stat, tracer))
+        task = HostTask(env, i, stream(seed, f"host.task{i}"), host.task_run_ns,
+                        host.task_sleep_ns, host.task_dist_exp, cpus[i % len(cpus)], sched,
+                        host_stat, tracer)
+        if host.gs_base_change_hz > 0:
+            task.gs_base_changes = UserGsBaseChanges(
+                stream(seed, f"host.task{i}.gs_base"), host.gs_base_change_hz,
+                host.gs_base_change, host_stat, tracer)
+        model.tasks.append(task)
     return model

@@ -120,14 +120,14 @@ class HostXstate:
 
 
 class UserGsBaseChanges:
-    """``[host] gs_base_change_hz``: the VMM's user code changes its vCPU thread's GS base
-    (thread-local storage set up again, a runtime that uses GS), by ``arch_prctl`` (the
-    syscall: hardware and thread.gsbase agree) or ``wrgsbase`` (FSGSBASE, user mode:
-    thread.gsbase is stale until the next save_fsgs).
+    """``[host] gs_base_change_hz``: a thread's user code changes its GS base (thread-local
+    storage set up again, a runtime that uses GS), by ``arch_prctl`` (the syscall: hardware
+    and thread.gsbase agree) or ``wrgsbase`` (FSGSBASE, user mode: thread.gsbase is stale
+    until the next save_fsgs).  Threads: the VMM's vCPU threads and the host tasks.
 
-    Simplified: a change can happen only while the VMM services an exit, with probability
-    1 - exp(-rate x service time) per exit, at the start of the service; one random stream
-    per vCPU thread.  The n-th change of a thread sets its base to its first base plus
+    Simplified: a change can happen only as user code starts (a vCPU thread's VMM servicing
+    an exit, a host task's burst), with probability 1 - exp(-rate x its user time), at the
+    start; one random stream per thread.  The n-th change of a thread sets its base to its first base plus
     n x 64 KiB (a canonical user address)."""
 
     __slots__ = ("rng", "rate_per_ns", "via", "stat", "tracer")
@@ -571,6 +571,8 @@ class HostTask(Thread):
         self.sched = sched
         self.remaining = 0
         self.in_user = False
+        # [host] gs_base_change_hz: the task's user code changes its GS base
+        self.gs_base_changes: UserGsBaseChanges | None = None
 
     def _draw(self, mean: int) -> int:
         if not self.exp or mean == 0:
@@ -595,6 +597,9 @@ class HostTask(Thread):
             while True:
                 # Return to user mode on this CPU: the user-return notifier runs here.
                 cpu.exit_to_user_mode(self)
+                gs = self.gs_base_changes
+                if gs is not None:
+                    gs.in_user_mode(self, cpu, self.remaining)
                 work = cpu.acc
                 cpu.acc = 0
                 self.begin_seg(HOST_TASK, work + self.remaining, HOST_TASK)

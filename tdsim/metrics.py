@@ -97,7 +97,8 @@ METRICS: tuple[MetricFamily, ...] = (
     MetricFamily("notify_resume", "events", "notify-resume work",
                  "resume_user_mode_work run from xfer_to_guest_mode_handle_work"),
     MetricFamily("gs_base_changes", "changes", "vCPU thread GS base changes",
-                 "GS base changes by the VMM's user code ([host] gs_base_change_hz)"),
+                 "GS base changes by user code: VMM on vCPU threads, host tasks "
+                 "([host] gs_base_change_hz)"),
     MetricFamily("vcpu_stopped", "vCPUs", "vCPUs stopped by the VMM",
                  "vCPU threads the VMM stopped after a fatal exit"),
     MetricFamily("vp_enter_busy", "SEAMCALLs", "TDH.VP.ENTER busy retries",

@@ -704,9 +704,10 @@ SCHEMA = Table(
                             "init_pkru_value with protection keys: only key 0 accessible); "
                             "non-zero -> WRPKRU after every TDH.VP.ENTER; 0 = a host without "
                             "OSPKE", _u64),
-                "gs_base_change_hz": Key(NUM, 0.0, "how often the VMM's user code changes its "
-                                         "vCPU thread's GS base, per second of exit service "
-                                         "in userspace; 0 = never", non_negative),
+                "gs_base_change_hz": Key(NUM, 0.0, "how often a thread's user code (the VMM "
+                                         "servicing exits on a vCPU thread, a host task) "
+                                         "changes its GS base, per second of user time; "
+                                         "0 = never", non_negative),
                 "gs_base_change": Key(str, "arch_prctl", "how it changes it: arch_prctl "
                                       "(ARCH_SET_GS: thread.gsbase follows) or wrgsbase "
                                       "(FSGSBASE in user mode: thread.gsbase is stale until "

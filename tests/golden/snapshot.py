@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cases = [(cid, spec) for cid, spec in all_cases() if args.k in cid]
     if args.update:
-        snap = {cid: take(spec) for cid, spec in cases}
+        snap = load() if args.k else {}  # with -k, only the chosen cases are rewritten
+        snap.update({cid: take(spec) for cid, spec in cases})
         with gzip.open(SNAPSHOT, "wt", encoding="utf-8") as f:
             json.dump(snap, f, sort_keys=True, separators=(",", ":"))
         print(f"wrote {len(snap)} cases to {SNAPSHOT}")
