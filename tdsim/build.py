@@ -11,6 +11,7 @@ is part of the results).  The runner (`tdsim.sim`) simulates and collects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import interrupts, sept, tdvmcall
@@ -20,7 +21,15 @@ from .faults import Faults
 from .findings import Findings
 from .guest import GuestVcpu
 from .guest_irq import irq_guest
-from .host import HostCpu, HostTask, HostXstate, Scheduler, UserGsBaseChanges, new_stat
+from .host import (
+    HostCpu,
+    HostTask,
+    HostXstate,
+    Scheduler,
+    UserGsBaseChanges,
+    cpu_hotplug,
+    new_stat,
+)
 from .irqstats import IrqStats
 from .kvm_tdx import KvmTdx, TdxPerCpu, VcpuTdx
 from .kvm_vmx import VcpuVmx
@@ -37,7 +46,7 @@ from .scope import VcpuScope, vm_stream
 from .strategies import HostStateStrategy
 from .tdx_module import TdxModule
 from .vmm import Vmm
-from .vt import SCRIPTED_TDX_X86_OPS, TDX_X86_OPS
+from .vt import SCRIPTED_TDX_X86_OPS, TDX_X86_OPS, vt_disable_virtualization_cpu
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -79,6 +88,9 @@ class Model:
         tick_ns = hz_to_period_ns(cfg.host.tick_hz)
         if tick_ns:
             env.process(interrupts.host_tick(env, self.cpus, tick_ns))
+        for cpu, offline_ns, online_ns in cfg.host.hotplug:
+            env.process(cpu_hotplug(env, self.sched, self.cpus[cpu], offline_ns, online_ns,
+                                    self.host_stat, self.tracer))
 
     def start_sources(self) -> None:
         """Start the guest timers and the interrupt, SEPT-zap and fault sources (after the
@@ -189,6 +201,13 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
                 else:
                     model.timers.append((timer, phase))
         model.vms.append(vm)
+    # CPU hotplug: the scheduler's teardown and startup callbacks are KVM's
+    kvm.disable_virtualization_cpu = partial(
+        vt_disable_virtualization_cpu, percpu,
+        [v for v in model.vcpus if isinstance(v, VcpuVmx)])
+    kvm.associated_with = percpu.associated_with
+    sched.cpuhp_teardown = kvm.kvm_offline_cpu
+    sched.cpuhp_startup = kvm.kvm_online_cpu
     host = config.host
     for i in range(host.tasks):
         task = HostTask(env, i, stream(seed, f"host.task{i}"), host.task_run_ns,

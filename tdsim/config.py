@@ -117,6 +117,8 @@ class HostConfig:
     pkru: int
     gs_base_change_hz: float
     gs_base_change: str         # "arch_prctl" | "wrgsbase"
+    # [[host.hotplug]]: (cpu, offline at ns, online at ns or None), in the file's order
+    hotplug: tuple[tuple[int, int, int | None], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +331,11 @@ def from_data(d: Mapping[str, Any]) -> ModelConfig:
                         wakeup_preempt=host["wakeup_preempt"], nmi_hz=host["nmi_hz"],
                         debugctl=host["debugctl"], xcr0=host["xcr0"], xss=host["xss"],
                         pkru=host["pkru"], gs_base_change_hz=host["gs_base_change_hz"],
-                        gs_base_change=host["gs_base_change"]),
+                        gs_base_change=host["gs_base_change"],
+                        hotplug=tuple((h["cpu"], us_to_ns(h["offline_us"]),
+                                       None if h["online_us"] is None
+                                       else us_to_ns(h["online_us"]))
+                                      for h in host["hotplug"])),
         kvm=KvmConfig(host_state=kvm["host_state"], regs_layout=kvm["regs_layout"],
                       tdvmcall_abi=kvm["tdvmcall_abi"], exit_reason_raw=kvm["exit_reason"] == "raw",
                       halt_poll_ns=int(kvm["halt_poll_ns"]),

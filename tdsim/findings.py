@@ -43,6 +43,10 @@ FINDINGS: tuple[Finding, ...] = (
             "user-return cache (curr) differs from the hardware MSR"),
     Finding("kernel_gs_base_not_restored", "invariant",
             "after vcpu_put the CPU's KERNEL_GS_BASE is not the vCPU thread's own GS base"),
+    Finding("offline_cpu_state", "invariant",
+            "a CPU went offline with a TD vCPU still associated with it (on KVM's "
+            "associated_tdvcpus list or in the TDX module), or with a user-return MSR not at "
+            "its host value or KVM's notifier still registered"),
     # --- scheduling (tdsim.host) ------------------------------------------------------------
     Finding("cpu_runs_one_thing", "invariant", "the scheduler put two threads on one CPU"),
     Finding("vcpu_on_one_cpu", "invariant", "the scheduler put one thread on two CPUs"),

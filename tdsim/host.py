@@ -127,8 +127,8 @@ class UserGsBaseChanges:
 
     Simplified: a change can happen only as user code starts (a vCPU thread's VMM servicing
     an exit, a host task's burst), with probability 1 - exp(-rate x its user time), at the
-    start; one random stream per thread.  The n-th change of a thread sets its base to its first base plus
-    n x 64 KiB (a canonical user address)."""
+    start; one random stream per thread.  The n-th change of a thread sets its base to its
+    first base plus n x 64 KiB (a canonical user address)."""
 
     __slots__ = ("rng", "rate_per_ns", "via", "stat", "tracer")
 
@@ -162,7 +162,8 @@ class HostCpu:
     __slots__ = (
         "env", "index", "name", "msr", "xcr0", "pkru", "host_xstate", "uret", "curr", "rq",
         "ns", "idle_since", "acc", "stat", "slice_gen", "c_wrmsr", "c_rdmsr", "c_xsetbv",
-        "c_wrpkru", "tracer", "user_return", "unpinned_queued",
+        "c_wrpkru", "tracer", "user_return", "unpinned_queued", "active",
+        "online",
     )
 
     def __init__(self, env: Environment, index: int, c_wrmsr: int, c_rdmsr: int,
@@ -174,17 +175,9 @@ class HostCpu:
         xs = xstate if xstate is not None else HostXstate(0, 0, 0, 0)
         self.host_xstate = xs
         # The hardware truth.  KERNEL_GS_BASE holds the running task's user GS base.
-        self.msr = {
-            arch.MSR_STAR: arch.HOST_STAR,
-            arch.MSR_LSTAR: arch.HOST_LSTAR,
-            arch.MSR_CSTAR: 0,
-            arch.MSR_SYSCALL_MASK: arch.HOST_SYSCALL_MASK,
-            arch.MSR_TSC_AUX: arch.host_tsc_aux(index),
-            arch.MSR_KERNEL_GS_BASE: 0,
-            arch.MSR_IA32_DEBUGCTLMSR: xs.debugctl,
-            arch.MSR_IA32_XSS: xs.xss,
-        }
-        self.xcr0 = xs.xcr0   # XCR0 (XSETBV), not an MSR
+        self.msr: dict[int, int] = {}
+        self.xcr0 = 0  # XCR0 (XSETBV), not an MSR
+        self.cpu_init()
         self.pkru = xs.pkru   # PKRU (WRPKRU), the running thread's; not an MSR
         # KVM's user-return MSR state of this CPU (tdsim.kvm_x86.KvmUserReturnMsrs), attached
         # by KVM when the CPU comes online; the hardware layer does not look inside it.
@@ -194,6 +187,10 @@ class HostCpu:
         self.curr: Thread | None = None
         self.rq: deque[Thread] = deque()
         self.unpinned_queued = 0  # threads in rq that idle balancing may pull
+        # cpu_active(): the scheduler may place threads here (false from the start of a
+        # hot-unplug); cpu_online(): IPIs reach it (false once the teardown has run)
+        self.active = True
+        self.online = True
         self.ns = [0, 0, 0, 0, 0]
         self.idle_since = 0
         self.acc = 0
@@ -204,6 +201,25 @@ class HostCpu:
         self.c_xsetbv = c_xsetbv
         self.c_wrpkru = c_wrpkru
         self.tracer = tracer
+
+    def cpu_init(self) -> None:
+        """The host state a CPU starts with, at boot and when it comes back after a
+        hot-unplug, before any callback runs (start_secondary:
+        cpu_init's syscall_init, setup_getcpu's TSC_AUX, the FPU's XCR0 and IA32_XSS, perf's
+        DEBUGCTL): the host's own values, whatever the CPU held when it went down.
+
+        Simplified: one assignment of the values the CPU booted with."""
+        xs = self.host_xstate
+        msr = self.msr
+        msr[arch.MSR_STAR] = arch.HOST_STAR
+        msr[arch.MSR_LSTAR] = arch.HOST_LSTAR
+        msr[arch.MSR_CSTAR] = 0
+        msr[arch.MSR_SYSCALL_MASK] = arch.HOST_SYSCALL_MASK
+        msr[arch.MSR_TSC_AUX] = arch.host_tsc_aux(self.index)
+        msr[arch.MSR_KERNEL_GS_BASE] = 0  # (the next task's is loaded when it runs)
+        msr[arch.MSR_IA32_DEBUGCTLMSR] = xs.debugctl
+        msr[arch.MSR_IA32_XSS] = xs.xss
+        self.xcr0 = xs.xcr0
 
     def wrmsr(self, msr: int, value: int, site: str) -> None:
         """WRMSR on this CPU: the one place that writes hardware MSRs, charges and counts."""
@@ -386,9 +402,16 @@ class Scheduler:
         # sorted indices: CPUs with nothing to run; CPUs whose queue holds an unpinned thread
         self.idle: list[int] = [c.index for c in cpus]
         self.pullable: list[int] = []
+        # CPU hotplug: KVM's callbacks (kvm_offline_cpu / kvm_online_cpu, installed by KVM),
+        # and the event a CPU being taken down waits on until its last thread left
+        self.cpuhp_teardown: Callable[[HostCpu], None] | None = None
+        self.cpuhp_startup: Callable[[HostCpu], None] | None = None
+        self.emptied: dict[int, Event] = {}
 
     # --- bookkeeping of the two sorted lists ----------------------------------------------
     def _set_idle(self, cpu: HostCpu, idle: bool) -> None:
+        if idle and not cpu.active:
+            return  # a CPU going down or offline is never a place to run
         lst = self.idle
         i = bisect_right(lst, cpu.index)
         present = i > 0 and lst[i - 1] == cpu.index
@@ -425,8 +448,15 @@ class Scheduler:
         CPU after it; else the previous CPU."""
         cpus = self.cpus
         if t.pin is not None:
-            return cpus[t.pin]
+            if cpus[t.pin].active:
+                return cpus[t.pin]
+            t.pin = None  # select_fallback_rq: the only allowed CPU is going down
         prev = t.cpu
+        if not prev.active:  # select_fallback_rq: the first active CPU after it
+            nxt = self._next_after(self.idle, prev.index)
+            if nxt is not None:
+                return cpus[nxt]
+            return next(c for c in cpus[prev.index + 1:] + cpus[:prev.index] if c.active)
         if prev.curr is None and not prev.rq:
             return prev
         nxt = self._next_after(self.idle, prev.index)
@@ -478,6 +508,9 @@ class Scheduler:
         cpu.curr = None
         cpu.idle_since = now
         prev.run_event = self.env.event()
+        if not cpu.active:  # the CPU is going down: its last thread leaves it
+            self.leave_dying_cpu(cpu, prev, runnable)
+            return
         if runnable:
             prev.state = RUNNABLE
             self._enqueue(cpu, prev)
@@ -496,6 +529,79 @@ class Scheduler:
                 tracer.emit(now, "cpu_state", cpu.index, None, what="idle", thread=None)
             return
         self._dispatch(cpu, nxt)
+
+    def _place(self, t: Thread) -> None:
+        """Put a runnable thread that is on no CPU on one (as try_to_wake_up places it)."""
+        cpu = self.select_cpu(t)
+        if cpu.curr is None and not cpu.rq:
+            self._dispatch(cpu, t)
+            return
+        self._enqueue(cpu, t)
+        self._set_idle(cpu, False)
+        if self.wakeup_preempt:
+            self.resched_curr(cpu)
+        else:
+            self._arm_slice(cpu)
+
+    def leave_dying_cpu(self, cpu: HostCpu, prev: Thread, runnable: bool) -> None:
+        """switch_out on a CPU going down: `prev` (preempted to make it leave, or going to
+        sleep) is moved to another CPU, and this CPU stays empty."""
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "cpu_state", cpu.index, None, what="idle", thread=None)
+        if runnable:
+            prev.state = RUNNABLE
+            self._place(prev)
+        else:
+            prev.state = SLEEPING
+        emptied = self.emptied.pop(cpu.index, None)
+        if emptied is not None:
+            emptied.succeed()
+
+    def cpu_down(self, cpu: HostCpu) -> ProcessGenerator:
+        """A CPU hot-unplug, in the kernel's order: the CPU leaves the scheduler's choices
+        (sched_cpu_deactivate), its queued threads move away and the running one is made
+        to leave (pins to it broken, as select_fallback_rq does: "no longer affine"), then,
+        on the empty CPU, the teardown callbacks run: KVM's kvm_offline_cpu.
+
+        Simplified: the hotplug thread's own time and the CPU's stop are not modelled; the
+        teardown runs the instant the CPU is empty, and the CPU is offline right after."""
+        cpu.active = False
+        self._set_idle(cpu, False)
+        for t in list(cpu.rq):
+            cpu.rq.remove(t)
+            self._dequeued(cpu, t)
+            if t.pin == cpu.index:
+                t.pin = None
+            self._place(t)
+        curr = cpu.curr
+        if curr is not None:
+            if curr.pin == cpu.index:
+                curr.pin = None
+            emptied = self.env.event()
+            self.emptied[cpu.index] = emptied
+            if curr.need_resched:
+                curr.need_resched = False  # (set again below, so that it is disturbed)
+            self.resched_curr(cpu)
+            yield emptied
+        teardown = self.cpuhp_teardown
+        if teardown is not None:
+            teardown(cpu)
+        cpu.online = False
+
+    def cpu_up(self, cpu: HostCpu) -> None:
+        """The CPU comes back: the startup callbacks (kvm_online_cpu), then it is a place to
+        run again and balances load onto itself at once."""
+        cpu.online = True
+        cpu.cpu_init()
+        startup = self.cpuhp_startup
+        if startup is not None:
+            startup(cpu)
+        cpu.active = True
+        self._set_idle(cpu, True)
+        nxt = self._pull(cpu)
+        if nxt is not None:
+            self._dispatch(cpu, nxt)
 
     def _pull(self, cpu: HostCpu) -> Thread | None:
         """Idle balancing: take the first unpinned runnable thread of the next CPU (after
@@ -554,6 +660,24 @@ class Scheduler:
                 f"(its own is {prev.user_gsbase:#x})", msr=arch.MSR_KERNEL_GS_BASE)
         else:
             prev.gsbase = hw
+
+
+def cpu_hotplug(env: Environment, sched: Scheduler, cpu: HostCpu, offline_ns: int,
+                online_ns: int | None, stat: Stat, tracer: Tracer | None) -> ProcessGenerator:
+    """``[[host.hotplug]]``: take `cpu` down at `offline_ns`, bring it back at `online_ns`."""
+    yield env.timeout(offline_ns)
+    yield from sched.cpu_down(cpu)
+    stat["cpu_offline"] += 1
+    if tracer is not None:
+        tracer.emit(env.now, "cpu_hotplug", cpu.index, None, state="offline")
+    if online_ns is None:
+        return
+    if online_ns > env.now:
+        yield env.timeout(online_ns - env.now)
+    sched.cpu_up(cpu)
+    stat["cpu_online"] += 1
+    if tracer is not None:
+        tracer.emit(env.now, "cpu_hotplug", cpu.index, None, state="online")
 
 
 class HostTask(Thread):

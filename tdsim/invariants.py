@@ -8,6 +8,8 @@
   loaded the v6.16 design lets them differ on purpose, so they are not compared then.
 * ``kernel_gs_base_not_restored`` -- after vcpu_put the CPU's KERNEL_GS_BASE is not the
   vCPU thread's own GS base.
+* ``offline_cpu_state`` -- after kvm_offline_cpu a TD vCPU is still associated with the CPU,
+  or its user-return MSRs are not back at their host values.
 """
 
 from __future__ import annotations
@@ -68,3 +70,24 @@ def check_after_put(findings: Findings, cpu: HostCpu, vcpu: Thread) -> None:
                         f"after vcpu_put KERNEL_GS_BASE={kgs:#x}, host value "
                         f"{vcpu.user_gsbase:#x}", msr=arch.MSR_KERNEL_GS_BASE)
     _check_uret_cache(findings, cpu, vcpu.name, "after vcpu_put")
+
+
+def check_offline_cpu(findings: Findings, cpu: HostCpu, associated: list[str]) -> None:
+    """After kvm_offline_cpu on `cpu`: no TD vCPU left associated with it (`associated`:
+    those still on KVM's list or associated by the TDX module), every user-return MSR at
+    its host value and KVM's notifier unregistered (nothing would restore them now)."""
+    for name in associated:
+        findings.record("offline_cpu_state", cpu.index, name,
+                        f"cpu{cpu.index} went offline with {name} still associated with it "
+                        "(never TDH.VP.FLUSHed there)")
+    uret = cpu.uret
+    hw = cpu.msr
+    for slot, host in uret.host.items():
+        if hw[slot] != host:
+            findings.record("offline_cpu_state", cpu.index, None,
+                            f"cpu{cpu.index} went offline with {arch.MSR_NAMES[slot]}="
+                            f"{hw[slot]:#x} (host value {host:#x})", msr=slot)
+    if uret.registered:
+        findings.record("offline_cpu_state", cpu.index, None,
+                        f"cpu{cpu.index} went offline with KVM's user-return notifier "
+                        "still registered")

@@ -114,6 +114,19 @@ class TdxPerCpu:
     def __init__(self, cpus: list[HostCpu]) -> None:
         self.cpus = cpus
         self.associated_tdvcpus: list[list[VcpuTdx]] = [[] for _ in cpus]
+        self.vcpus: list[VcpuTdx] = []  # every TD vCPU (for tdsim's offline check)
+
+    def tdx_disable_virtualization_cpu(self, cpu: HostCpu) -> None:
+        """tdx_disable_virtualization_cpu: on the CPU going down, with IRQs off,
+        tdx_flush_vp for every vCPU on its associated_tdvcpus list.  The flush's error, if
+        any, is ignored on this path, as in the kernel."""
+        for vcpu in list(self.associated_tdvcpus[cpu.index]):
+            vcpu.tdx_flush_vp(cpu)
+
+    def associated_with(self, cpu: HostCpu) -> list[str]:
+        """The TD vCPUs still associated with `cpu`: on KVM's list, or by the TDX module."""
+        listed = self.associated_tdvcpus[cpu.index]
+        return [v.name for v in self.vcpus if v in listed or v.module_assoc_cpu is cpu]
 
 
 class VcpuTdx(KvmVcpu):
@@ -134,6 +147,7 @@ class VcpuTdx(KvmVcpu):
         self.config = config
         self.module = module
         self.percpu = percpu
+        percpu.vcpus.append(self)
         self.strategy: HostStateStrategy = kvm.strategy
         # the strategy's per-exit hook, skipped outright when it keeps the base no-op
         hook = kvm.strategy.vcpu_enter_exit
@@ -218,15 +232,29 @@ class VcpuTdx(KvmVcpu):
             self.cpu_index = cpu.index
 
     def tdx_flush_vp_on_cpu(self, cpu: HostCpu, old_cpu: HostCpu) -> None:
-        """tdx_flush_vp_on_cpu: a synchronous IPI to the old CPU runs TDH.VP.FLUSH there and
-        takes the vCPU off that CPU's list.
+        """tdx_flush_vp_on_cpu: a synchronous IPI to the old CPU runs tdx_flush_vp there
+        (TDH.VP.FLUSH, then off that CPU's list).  To an offline CPU the call does not go
+        (smp_call_function_single fails): nothing is flushed, and the vCPU stays listed
+        there.
 
         Simplification: the flush's time is charged to this (waiting) CPU; the old CPU only
         sees the call-function IPI as a host interrupt."""
+        if not old_cpu.online:
+            return
         old_cpu.host_irq(HOST_IRQ["flush_ipi"])
-        self.module.tdh_vp_flush(self, old_cpu)
+        self.tdx_flush_vp(old_cpu)
         cpu.acc += self.costs.ipi_ns + self.costs.tdh_vp_flush_ns
-        listed = self.percpu.associated_tdvcpus[old_cpu.index]
+
+    def tdx_flush_vp(self, cpu: HostCpu) -> None:
+        """tdx_flush_vp, on `cpu`: nothing if the vCPU is no longer associated with it
+        (vcpu->cpu moved on); else TDH.VP.FLUSH (its error is the caller's business) and
+        tdx_disassociate_vp: off the CPU's list, vcpu->cpu = -1.
+
+        Simplified: the vCPU is always initialized (the flush is never skipped for that)."""
+        if self.cpu_index != cpu.index:
+            return
+        self.module.tdh_vp_flush(self, cpu)
+        listed = self.percpu.associated_tdvcpus[cpu.index]
         if self in listed:
             listed.remove(self)
         self.cpu_index = -1

@@ -53,6 +53,15 @@ GUEST_CSTAR = 0xFFFFFFFF81A01C40
 GUEST_SYSCALL_MASK = 0x47700
 
 
+def vmx_disable_virtualization_cpu(vcpus: list[VcpuVmx], cpu: HostCpu) -> None:
+    """vmx_disable_virtualization_cpu, on the CPU going down: VMCLEAR every VMCS loaded on it
+    (vmclear_local_loaded_vmcss), so that no later vcpu_load sends the going-away CPU an
+    IPI for it (loaded_vmcs->cpu = -1).  Simplified: VMXOFF and the eVMCS are not modelled."""
+    for vcpu in vcpus:
+        if vcpu.cpu_index == cpu.index:
+            vcpu.cpu_index = -1
+
+
 class VcpuVmx(KvmVcpu):
     """struct vcpu_vmx (with its struct vcpu_vt) of a plain VMX guest."""
 

@@ -244,6 +244,36 @@ class KvmX86:
         self.supported_xss = self.host_xss & config.supported_xss
         for cpu in cpus:
             self.kvm_user_return_msr_cpu_online(cpu)
+        # the vendor's disable_virtualization_cpu (vt_disable_virtualization_cpu), and the
+        # TD vCPUs a CPU still has associated after it (for tdsim's check); set by the build
+        self.disable_virtualization_cpu: Callable[[HostCpu], None] = lambda cpu: None
+        self.associated_with: Callable[[HostCpu], list[str]] = lambda cpu: []
+
+    # --- CPU hotplug ------------------------------------------------------------------------
+    def kvm_offline_cpu(self, cpu: HostCpu) -> None:
+        """kvm_offline_cpu (kvm_main.c, the CPU's teardown, on that CPU) ->
+        kvm_disable_virtualization_cpu -> kvm_arch_disable_virtualization_cpu (x86.c): the
+        vendor's disable_virtualization_cpu, then drop_user_return_notifiers.  Then tdsim
+        checks what the CPU is left with.
+
+        Simplified: no kvm_usage_count / virtualization_enabled bookkeeping (TDX keeps
+        virtualization enabled while KVM is loaded), no cost (the CPU is going down)."""
+        self.disable_virtualization_cpu(cpu)
+        self.drop_user_return_notifiers(cpu)
+        invariants.check_offline_cpu(self.findings, cpu, self.associated_with(cpu))
+
+    def drop_user_return_notifiers(self, cpu: HostCpu) -> None:
+        """drop_user_return_notifiers (x86.c): if KVM's notifier is registered on this CPU,
+        run it now (kvm_on_user_return: unregister, restore the host values).  The strategy
+        owns the notifier's body, as for a return to user mode (WRMSR site ``user_return``)."""
+        if cpu.uret.registered:
+            self.strategy.user_return(cpu)
+
+    def kvm_online_cpu(self, cpu: HostCpu) -> None:
+        """kvm_online_cpu (kvm_main.c) -> kvm_enable_virtualization_cpu -> ... ->
+        kvm_user_return_msr_cpu_online: the user-return state read afresh from the
+        hardware (``host`` = ``curr`` = what the CPU holds), notifier unregistered."""
+        self.kvm_user_return_msr_cpu_online(cpu)
 
     def kvm_user_return_msr_cpu_online(self, cpu: HostCpu) -> None:
         """Set up the CPU's user-return state; hook the notifier into its exit to user."""
@@ -321,7 +351,7 @@ class Kvm:
         stat[f"kvm_bug.{site}"] += 1
         if not self.bugged:
             stat[f"kernel_warn.{site}"] += 1
-        self.kvm_vm_bugged(vcpu)
+            self.kvm_vm_bugged(vcpu)
 
     def kvm_vm_bugged(self, vcpu: Any) -> None:
         """kvm_vm_bugged: the VM is dead; every vCPU gets KVM_REQ_VM_DEAD (and, if in guest

@@ -96,6 +96,10 @@ METRICS: tuple[MetricFamily, ...] = (
                  "IN_GUEST_MODE to EXITING_GUEST_MODE"),
     MetricFamily("notify_resume", "events", "notify-resume work",
                  "resume_user_mode_work run from xfer_to_guest_mode_handle_work"),
+    MetricFamily("cpu_offline", "CPUs", "CPU hot-unplugs", "CPUs taken offline "
+                 "([[host.hotplug]]; counted when KVM's teardown has run)", per_vcpu=False),
+    MetricFamily("cpu_online", "CPUs", "CPU replugs", "CPUs brought back online",
+                 per_vcpu=False),
     MetricFamily("gs_base_changes", "changes", "vCPU thread GS base changes",
                  "GS base changes by user code: VMM on vCPU threads, host tasks "
                  "([host] gs_base_change_hz)"),

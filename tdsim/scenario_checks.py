@@ -59,6 +59,30 @@ def _check_pins(data: dict[str, Any]) -> None:
                                                 f"{cpus} (valid 0..{cpus - 1})")
 
 
+def _check_hotplug(data: dict[str, Any]) -> None:
+    """Each scripted hot-unplug names an existing CPU, comes back after it went, and leaves
+    at least one CPU online at every instant."""
+    cpus = data["host"]["cpus"]
+    spans = []
+    for i, h in enumerate(data["host"]["hotplug"]):
+        if not 0 <= h["cpu"] < cpus:
+            raise Bad(("host", "hotplug", i, "cpu"),
+                      f"CPU {h['cpu']} does not exist: host.cpus = {cpus}")
+        end = h["online_us"]
+        if end is not None and end <= h["offline_us"]:
+            raise Bad(("host", "hotplug", i, "online_us"),
+                      f"{end} is not after offline_us = {h['offline_us']}")
+        spans.append((h["cpu"], h["offline_us"], float("inf") if end is None else end, i))
+    for cpu, t0, t1, i in spans:
+        if any(c == cpu and j != i and t0 < u1 and u0 < t1 for c, u0, u1, j in spans):
+            raise Bad(("host", "hotplug", i), f"CPU {cpu} is taken offline again while "
+                                              "already offline")
+    for _, t0, _, i in spans:
+        down = {c for c, u0, u1, _ in spans if u0 <= t0 < u1}
+        if len(down) >= cpus:
+            raise Bad(("host", "hotplug", i), f"at {t0} us no CPU would be left online")
+
+
 def _check_mix(data: dict[str, Any]) -> None:
     """Each mix has a positive weight; a mix that halts has a timer to wake the vCPU."""
     for i, vm in enumerate(data["vm"]):
@@ -243,6 +267,6 @@ def _absolute(spec: str, base_dir: str | os.PathLike[str]) -> str:
 
 # Run in order on the resolved data; each raises Bad at the first problem.  Add new
 # relations between keys here.
-CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_specs,
-                _check_device_irq_vcpus, _check_l2_statuses, _check_warmup,
+CROSS_CHECKS = [_check_vm_names, _check_pins, _check_hotplug, _check_mix,
+                _check_strategy_specs, _check_device_irq_vcpus, _check_l2_statuses, _check_warmup,
                 _check_expectations]

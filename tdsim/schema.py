@@ -433,6 +433,21 @@ VMM_CPUID = Table(
         "the maximum basic leaf above it (Intel vendor; docs/tdvmcall.md).",
 )
 
+HOST_HOTPLUG = Table(
+    {
+        "cpu": Key(int, 0, "the host CPU taken offline", non_negative),
+        "offline_us": Key(NUM, 0.0, "when the offline starts (the tasks are moved off, then "
+                          "KVM's teardown runs on the emptied CPU)", non_negative),
+        "online_us": Key(NUM, None, "when it comes back (unset = stays offline)",
+                         non_negative, optional=True),
+    },
+    doc="A scripted CPU hot-unplug: the scheduler moves the CPU's threads away (breaking "
+        "pins to it), then kvm_offline_cpu runs there: tdx_disable_virtualization_cpu "
+        "flushes the TD vCPUs associated with it, then drop_user_return_notifiers restores "
+        "the user-return MSRs (docs/host-state.md).",
+)
+
+
 VMM_SET_MSR = Table(
     {
         "index": Key(int, 0, "MSR index", _u64),
@@ -704,6 +719,7 @@ SCHEMA = Table(
                             "init_pkru_value with protection keys: only key 0 accessible); "
                             "non-zero -> WRPKRU after every TDH.VP.ENTER; 0 = a host without "
                             "OSPKE", _u64),
+                "hotplug": ArrayOfTables(HOST_HOTPLUG, min_items=0, default_items=0),
                 "gs_base_change_hz": Key(NUM, 0.0, "how often a thread's user code (the VMM "
                                          "servicing exits on a vCPU thread, a host task) "
                                          "changes its GS base, per second of user time; "

@@ -46,6 +46,7 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     # VM: it never runs again)
     "vcpu_state": ("state",),
     "sched_switch": ("prev", "next"),
+    "cpu_hotplug": ("state",),             # the CPU is now offline | online
     # the VMM's user code changed its thread's GS base (via: arch_prctl | wrgsbase)
     "gs_base": ("value", "via"),
     "kick": ("by",),

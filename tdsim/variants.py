@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import arch
 from .host import RUNNABLE, SLEEPING, Scheduler
 from .kvm_tdx import VcpuTdx
+from .kvm_vmx import VcpuVmx, vmx_disable_virtualization_cpu
 
 if TYPE_CHECKING:
     from .build import Model
@@ -203,6 +204,18 @@ def _pull_without_dequeue(model: Model) -> None:
     sched._pull = pull  # type: ignore[method-assign]
 
 
+def _offline_skips_flush(model: Model) -> None:
+    # kvm_offline_cpu without tdx_disable_virtualization_cpu's flushes
+    vmx = [v for v in model.vcpus if isinstance(v, VcpuVmx)]
+    model.kvm.disable_virtualization_cpu = (
+        lambda cpu: vmx_disable_virtualization_cpu(vmx, cpu))
+
+
+def _offline_keeps_uret(model: Model) -> None:
+    # kvm_arch_disable_virtualization_cpu without drop_user_return_notifiers
+    model.kvm.drop_user_return_notifiers = lambda cpu: None  # type: ignore[method-assign]
+
+
 @dataclass(frozen=True)
 class Variant:
     """One deliberately wrong variant of the modelled kernel."""
@@ -254,6 +267,13 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("no_host_xsave_restore", "tdx_vcpu_run skips tdx_load_host_xsave_state: host "
             "user code runs with the TD's XCR0 / IA32_XSS / PKRU (host_state_leak)",
             _no_host_xsave_restore),
+    Variant("offline_skips_flush", "a CPU goes offline without "
+            "tdx_disable_virtualization_cpu: the TD vCPUs associated with it are never "
+            "TDH.VP.FLUSHed (offline_cpu_state; the next entry elsewhere is refused: "
+            "entry_on_associated_vcpu)", _offline_skips_flush),
+    Variant("offline_keeps_uret", "a CPU goes offline without drop_user_return_notifiers: "
+            "its user-return MSRs keep the TDX module's values (offline_cpu_state)",
+            _offline_keeps_uret),
     Variant("stale_debugctl", "the host DEBUGCTL is never read, so tdx_vcpu_run restores a "
             "stale 0 (host_state_leak when the host uses DEBUGCTL)", _stale_debugctl),
 )}

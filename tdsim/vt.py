@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from . import arch, sept, tdvmcall
 from .guest import SHARED_BIT
-from .kvm_tdx import VcpuTdx
+from .kvm_tdx import TdxPerCpu, VcpuTdx
+from .kvm_vmx import VcpuVmx, vmx_disable_virtualization_cpu
 from .kvm_x86 import EXIT_FASTPATH_NONE, KvmX86Ops
 from .segment import PH_SEG
 from .tdx_module import SCRIPTED
@@ -36,6 +37,14 @@ _DISPATCHED = _TDVMCALL_REASONS | {arch.EXIT_REASON_EPT_VIOLATION, arch.EXIT_REA
 # EXTERNAL_INTERRUPT exits by the host interrupt that caused them
 _IRQ_EXIT_KEYS = {w: f"irq_exits.{w}" for w in
                   ("tick", "timer", "kick", "resched", "flush_ipi", "other")}
+
+
+def vt_disable_virtualization_cpu(percpu: TdxPerCpu, vmx_vcpus: list[VcpuVmx],
+                                  cpu: HostCpu) -> None:
+    """vt_disable_virtualization_cpu (main.c): tdx_disable_virtualization_cpu (TDX is
+    enabled), then vmx_disable_virtualization_cpu."""
+    percpu.tdx_disable_virtualization_cpu(cpu)
+    vmx_disable_virtualization_cpu(vmx_vcpus, cpu)
 
 
 def tdx_handle_exit(vcpu: VcpuTdx, cpu: HostCpu, fastpath: int) -> int:

@@ -57,6 +57,8 @@ TABLE = (
         "strategy:SkipKgsRestoreWhenAborted", 6),
     Row("kernel_gs_base_not_restored", "host_gs_base_changes", "strategy:SaveKgsOncePerVcpu",
         1922),
+    Row("offline_cpu_state", "host_cpu_hotplug", "variant:offline_skips_flush", 2),
+    Row("offline_cpu_state", "host_cpu_hotplug", "variant:offline_keeps_uret", 5),
     Row("guest_msr_corruption", "mixed_td_vmx", "strategy:v6.16", 3),
     Row("guest_msr_corruption", "mixed_td_vmx", "strategy:eager", 695),
     # the scheduler (tdsim's own invariants: the run then fails its CPU-time or event checks)
