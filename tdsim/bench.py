@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         # What tracing costs, off and on, against a build with the tracer checks stripped.
         from .bench_trace import measure, report
 
-        print("\n".join(report(measure(args.repeat))))
+        print("\n".join(report(measure(BENCH_SCENARIO, args.repeat))))
     return 0
 
 

@@ -20,7 +20,7 @@ from .faults import Faults
 from .findings import Findings
 from .guest import GuestVcpu
 from .guest_irq import irq_guest
-from .host import HostCpu, HostTask, Scheduler, new_stat
+from .host import HostCpu, HostTask, HostXstate, Scheduler, new_stat
 from .irqstats import IrqStats
 from .kvm_tdx import KvmTdx, TdxPerCpu, VcpuTdx
 from .kvm_vmx import VcpuVmx
@@ -101,7 +101,10 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
     costs = config.costs
     host_stat = new_stat()
     findings = Findings(env, tracer)
-    cpus = [HostCpu(env, i, costs.wrmsr_ns, costs.rdmsr_ns, tracer, host_stat)
+    host = config.host
+    xstate = HostXstate(host.debugctl, host.xcr0, host.xss, host.pkru)
+    cpus = [HostCpu(env, i, costs.wrmsr_ns, costs.rdmsr_ns, tracer, host_stat, xstate,
+                    costs.xsetbv_ns, costs.wrpkru_ns)
             for i in range(config.host.cpus)]
     sched = Scheduler(env, cpus, config.host.timeslice_ns, config.host.wakeup_preempt,
                       costs.context_switch_ns, findings, tracer)
@@ -128,7 +131,8 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
         else:
             vm = KvmTdx(vmc.index, vmc.name, vmc.interrupts, vmc.sept,
                         vm_stream(seed, vmc.name, "ipi.dest"),
-                        vm_stream(seed, vmc.name, "private_fault"))
+                        vm_stream(seed, vmc.name, "private_fault"), vmc.xfam,
+                        config.host.debugctl)
         vm.stat = host_stat
         vmm.set_up_vm(vm)
         wl = vmc.workload

@@ -41,6 +41,8 @@ class Costs:
 
     wrmsr_ns: int
     rdmsr_ns: int
+    xsetbv_ns: int
+    wrpkru_ns: int
     seamcall_ns: int
     td_entry_ns: int
     td_exit_ns: int
@@ -111,6 +113,10 @@ class HostConfig:
     timeslice_ns: int
     wakeup_preempt: bool
     nmi_hz: float
+    debugctl: int
+    xcr0: int
+    xss: int
+    pkru: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,7 @@ class KvmConfig:
     exit_reason_raw: bool       # exit_reason = "raw"
     halt_poll_ns: int
     lapic_timer_advance_ns: int
+    supported_xss: int          # KVM_SUPPORTED_XSS
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +185,7 @@ class VmConfig:
     workload: WorkloadConfig
     interrupts: InterruptConfig
     sept: SeptConfig
+    xfam: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +317,7 @@ def from_data(d: Mapping[str, Any]) -> ModelConfig:
                 device_irq_hz=intr["device_irq_hz"],
                 device_irq_vcpus=tuple(intr["device_irq_vcpus"]), nmi_hz=intr["nmi_hz"],
                 tlb_flush_hz=intr["tlb_flush_hz"], hlt_irqs_off_p=intr["hlt_irqs_off_p"]),
-            sept=_pick(SeptConfig, v["sept"])))
+            sept=_pick(SeptConfig, v["sept"]), xfam=v["xfam"]))
     vmm = d["vmm"]
     return ModelConfig(
         sim=SimConfig(seed=sim["seed"], duration_ns=us_to_ns(sim["duration_us"]),
@@ -319,11 +327,14 @@ def from_data(d: Mapping[str, Any]) -> ModelConfig:
                         task_sleep_ns=us_to_ns(host["task_sleep_us"]),
                         task_dist_exp=host["task_dist"] == "exp",
                         timeslice_ns=us_to_ns(host["timeslice_us"]),
-                        wakeup_preempt=host["wakeup_preempt"], nmi_hz=host["nmi_hz"]),
+                        wakeup_preempt=host["wakeup_preempt"], nmi_hz=host["nmi_hz"],
+                        debugctl=host["debugctl"], xcr0=host["xcr0"], xss=host["xss"],
+                        pkru=host["pkru"]),
         kvm=KvmConfig(host_state=kvm["host_state"], regs_layout=kvm["regs_layout"],
                       tdvmcall_abi=kvm["tdvmcall_abi"], exit_reason_raw=kvm["exit_reason"] == "raw",
                       halt_poll_ns=int(kvm["halt_poll_ns"]),
-                      lapic_timer_advance_ns=int(kvm["lapic_timer_advance_ns"])),
+                      lapic_timer_advance_ns=int(kvm["lapic_timer_advance_ns"]),
+                      supported_xss=kvm["supported_xss"]),
         costs=Costs(**{k: int(v) for k, v in d["costs"].items()}),
         vms=tuple(vms),
         vmm=VmmConfig(

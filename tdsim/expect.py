@@ -3,7 +3,9 @@
 **Expectations** are the scenario's ``[expect]`` table (schema in `tdsim.schema.EXPECT`):
 bounds or exact values on metrics, and invariants that must or must not be violated.
 `check_expectations` compares a run's result with them and returns one readable line per
-broken expectation.
+broken expectation; a violation the run records that they do not declare fails the check
+too (`undeclared_violations`), so ``tdsim check`` passes only where ``tdsim run`` reports
+nothing but the findings the scenario presents.
 
 **Fingerprints** pin the whole event trajectory of a scenario at its seed: every traced event
 (time, kind, CPU, vCPU, fields), in time order, rendered as one canonical text line
@@ -153,6 +155,20 @@ def check_calls(expect: dict[str, Any], details: dict[str, Any]) -> list[str]:
     return out
 
 
+def undeclared_violations(tables: list[dict[str, Any]], metrics: dict[str, Any]) -> list[str]:
+    """One line per invariant the run violated that no table declares (``violations_must``)
+    and none already reports (``violations_none``, ``violations_must_not``): a check passes
+    only if every violation ``tdsim run`` would report is an expected finding."""
+    if any(t["violations_none"] for t in tables):
+        return []
+    known = {n for t in tables for n in t["violations_must"] + t["violations_must_not"]}
+    counts = {k[len("violations."):]: v for k, v in metrics.items()
+              if k.startswith("violations.") and v}
+    return [f"violations.{name}: {counts[name]} recorded but not expected (tdsim run reports "
+            "them; a finding the scenario presents belongs in violations_must)"
+            for name in sorted(set(counts) - known)]
+
+
 # --- fingerprints -----------------------------------------------------------------------------
 
 
@@ -296,10 +312,11 @@ def check_scenario(scenario: Scenario, update_fingerprints: bool = False,
         if tracer is not None:
             lines = trajectory(tracer.events)
         tag = f"[{strategy}] " if len(strategies) > 1 else ""
-        for table in (expect, expect["strategy"].get(strategy)):
-            if table is not None:
-                asked += _asks(table)
-                report.failures += [tag + line for line in check_expectations(table, metrics)]
+        tables = [t for t in (expect, expect["strategy"].get(strategy)) if t is not None]
+        for table in tables:
+            asked += _asks(table)
+            report.failures += [tag + line for line in check_expectations(table, metrics)]
+        report.failures += [tag + line for line in undeclared_violations(tables, metrics)]
         asked += len(expect["call"]) + len(expect["msr"])
         report.failures += [tag + line for line in check_calls(expect, result.details)]
     report.notes.append(f"{asked} expectation(s)" if asked else "no expectations")
@@ -320,30 +337,3 @@ def check_scenario(scenario: Scenario, update_fingerprints: bool = False,
     else:
         report.notes.append(f"fingerprint matches ({len(lines)} events)")
     return report
-
-
-# --- the ``tdsim check`` command --------------------------------------------------------------
-
-
-def cmd_check(args: Any) -> int:
-    """The body of ``tdsim check`` (arguments declared in `tdsim.cli`): load every scenario,
-    estimate the work, then check each one; exit status 1 if any fails."""
-    from .cli_estimate import estimate
-    from .cli_run import check_work
-    from .scenario import load_scenario
-
-    scenarios = [load_scenario(path, args.overrides) for path in args.scenarios]
-    for scenario in scenarios:
-        one = estimate(scenario.data, traced=True)
-        runs = len(strategies_run(scenario.data))
-        check_work(scenario, type(one)(one.events * runs, one.td_exits * runs,
-                                       one.wall_s * runs, one.memory_bytes, one.key),
-                   args.allow_long, quiet=False)
-    status = 0
-    for scenario in scenarios:
-        report = check_scenario(scenario, update_fingerprints=args.update_fingerprints,
-                                fingerprints=not args.overrides)
-        print(report.render(), flush=True)
-        if not report.ok:
-            status = 1
-    return status

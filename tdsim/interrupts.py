@@ -37,9 +37,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .arch import KVM_REQ_TLB_FLUSH
+from .arch import KVM_REQ_TLB_FLUSH, OUTSIDE_GUEST_MODE
 from .host import HOST_IRQ, HOST_NMI, ProcessGenerator
-from .kvm_x86 import OUTSIDE_GUEST_MODE
 from .rng import exp_ns, stream
 from .scope import cpu_name, vm_stream
 

@@ -12,18 +12,24 @@ to the CPU's accumulator.  Where time passes and what can cut it short is `tdsim
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import arch, invariants
 from .arch import (
+    EXITING_GUEST_MODE,
+    IN_GUEST_MODE,
     KVM_REQ_DIRTY_RING_SOFT_FULL,
     KVM_REQ_EVENT,
+    KVM_REQ_NAMES,
     KVM_REQ_NMI,
     KVM_REQ_VM_DEAD,
+    OUTSIDE_GUEST_MODE,
 )
 from .host import HOST_IRQ, SLEEPING, VMM, ProcessGenerator
+from .oracles import KICK, NOTIFY_RESUME, REQUEST, SIGNAL
 from .segment import (
     EXIT_REQUEST,
     PH_BLOCKED,
@@ -47,8 +53,6 @@ if TYPE_CHECKING:
     from .strategies import HostStateStrategy
     from .trace import Tracer
 
-# vcpu->mode
-OUTSIDE_GUEST_MODE, IN_GUEST_MODE, EXITING_GUEST_MODE = 0, 1, 2
 # vcpu->arch.mp_state (uapi values)
 KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_HALTED = 0, 3
 
@@ -158,19 +162,29 @@ class KvmUserReturnMsrs:
         value = (value & mask) | (self.host[slot] & ~mask)
         if value == self.curr[slot]:
             return
-        self.cpu.wrmsr(slot, value, site)
+        cpu = self.cpu
+        cpu.wrmsr(slot, value, site)
         self.curr[slot] = value
+        tracer = cpu.tracer
+        if tracer is not None:
+            self.trace_belief(tracer, slot, value, "set")
         self.registered = True
 
     def kvm_user_return_msr_update_cache(self, slot: int, value: int) -> None:
         """kvm_user_return_msr_update_cache (v6.16): believe `value` is in the MSR, without
         writing it; register the notifier."""
         self.curr[slot] = value
+        tracer = self.cpu.tracer
+        if tracer is not None:
+            self.trace_belief(tracer, slot, value, "update_cache")
         self.registered = True
 
     def kvm_on_user_return(self, site: str) -> None:
         """kvm_on_user_return: unregister; write back every host value the cache says is
         not in place."""
+        tracer = self.cpu.tracer
+        if tracer is not None:
+            self.trace_unregister(tracer)
         self.registered = False
         host = self.host
         curr = self.curr
@@ -178,6 +192,30 @@ class KvmUserReturnMsrs:
             if curr[slot] != value:
                 self.cpu.wrmsr(slot, value, site)
                 curr[slot] = value
+                if tracer is not None:
+                    self.trace_belief(tracer, slot, value, "user_return")
+
+    def trace_unregister(self, tracer: Tracer) -> None:
+        """Trace the notifier's unregistration (``uret_notifier``), if it was registered."""
+        if self.registered:
+            tracer.emit(self.cpu.env.now, "uret_notifier", self.cpu.index, self.who(),
+                        registered=False)
+
+    def who(self) -> str | None:
+        """The thread running on the CPU (for trace events)."""
+        cur = self.cpu.curr
+        return cur.name if cur else None
+
+    def trace_belief(self, tracer: Tracer, slot: int, value: int, via: str) -> None:
+        """Trace a change of KVM's belief of `slot` (``uret_cache``) and, for a change that
+        registers the notifier, the registration (``uret_notifier``)."""
+        cpu = self.cpu
+        now = cpu.env.now
+        who = self.who()
+        tracer.emit(now, "uret_cache", cpu.index, who, msr=arch.MSR_NAMES[slot],
+                    value=hex(value), via=via)
+        if via != "user_return" and not self.registered:
+            tracer.emit(now, "uret_notifier", cpu.index, who, registered=True)
 
     # The names of the strategy interface (``cpu.uret.set`` ...), documented in
     # tdsim.strategies, for the functions above.
@@ -197,6 +235,13 @@ class KvmX86:
         self.config = config
         self.findings = findings
         self.running_vcpu: list[KvmVcpu | None] = [None] * len(cpus)  # kvm_running_vcpu
+        # kvm_x86_vendor_init: the host's XCR0 and IA32_XSS as KVM reads them at load
+        # (kvm_host.xcr0 / .xss) and what it supports of them (kvm_caps.supported_xcr0 / _xss)
+        boot = cpus[0]
+        self.host_xcr0 = boot.xcr0
+        self.host_xss = boot.msr[arch.MSR_IA32_XSS]
+        self.supported_xcr0 = self.host_xcr0 & arch.KVM_SUPPORTED_XCR0
+        self.supported_xss = self.host_xss & config.supported_xss
         for cpu in cpus:
             self.kvm_user_return_msr_cpu_online(cpu)
 
@@ -260,11 +305,27 @@ class Kvm:
                 return dev.kernel_read(addr, size) if dev.in_kernel_read else None
         return None
 
+    def warn_on_once(self, site: str) -> None:
+        """WARN_ON_ONCE with its condition true at `site` (the kernel function):
+        ``kernel_warn.<site>`` (dmesg would show the first hit of each site per boot)."""
+        stat = self.stat
+        assert stat is not None
+        stat[f"kernel_warn.{site}"] += 1
+
+    def kvm_bug_on(self, vcpu: Any, site: str) -> None:
+        """KVM_BUG_ON(cond, kvm) with `cond` true at `site` (the kernel function): counted as
+        ``kvm_bug.<site>``; unless the VM is already bugged, the WARN_ON_ONCE inside it
+        (``kernel_warn.<site>``) and kvm_vm_bugged."""
+        stat = self.stat
+        assert stat is not None
+        stat[f"kvm_bug.{site}"] += 1
+        if not self.bugged:
+            stat[f"kernel_warn.{site}"] += 1
+        self.kvm_vm_bugged(vcpu)
+
     def kvm_vm_bugged(self, vcpu: Any) -> None:
-        """KVM_BUG_ON -> kvm_vm_bugged: the VM is dead; every vCPU gets KVM_REQ_VM_DEAD (and,
-        if in guest mode, an IPI; NO_WAKEUP leaves halted vCPUs asleep)."""
-        assert self.stat is not None
-        self.stat["kvm_bug"] += 1
+        """kvm_vm_bugged: the VM is dead; every vCPU gets KVM_REQ_VM_DEAD (and, if in guest
+        mode, an IPI; NO_WAKEUP leaves halted vCPUs asleep)."""
         self.bugged = True
         for other in self.vcpus:
             other.kvm_make_request(KVM_REQ_VM_DEAD)
@@ -319,6 +380,11 @@ class KvmVcpu(VcpuSegment):
         self.mode = OUTSIDE_GUEST_MODE
         self.mp_state = KVM_MP_STATE_RUNNABLE
         self.cpu_index = -1              # vcpu->cpu
+        self.host_pkru = 0               # vcpu->arch.host_pkru
+        self.host_debugctl = 0           # vcpu->arch.host_debugctl
+        # today's vcpu_enter_guest reads the host DEBUGCTL at every entry; Linux 6.16's TDX
+        # code read it once per load (the strategy says which it models)
+        self.debugctl_at_entry = kvm.strategy.host_debugctl_at_entry
         self.guest_state_loaded = False  # vt->guest_state_loaded
         self.sigpending = False
         self.notify_resume = False       # TIF_NOTIFY_RESUME
@@ -328,6 +394,12 @@ class KvmVcpu(VcpuSegment):
         self.nmi_pending = 0             # vcpu->arch.nmi_pending
         self.nmi_t0: int | None = None   # when the oldest undelivered NMI was injected
         self.pv_unhalted = False         # vcpu->arch.pv.pv_unhalted (KVM_HC_KICK_CPU)
+        # (oracle bookkeeping, nmi_accounting: tdsim.irqstats) when each NMI queued or
+        # pending was injected, oldest first; the injection time of the NMI written to
+        # PEND_NMI (-1: none); NMIs that left PEND_NMI without being delivered
+        self.nmi_times: deque[int] = deque()
+        self.nmi_pend_t = -1
+        self.nmi_vanished: list[int] = []
         self.lapic_timer: Any = None     # apic->lapic_timer (tdsim.lapic.LapicTimer), if any
         self.timer_deadline = 0          # deadline of the last guest timer that fired
         self.oneshot_period = 0          # one-shot (TSC-deadline) guest timer period
@@ -349,22 +421,47 @@ class KvmVcpu(VcpuSegment):
                 or self.sigpending or self.notify_resume)
 
     def kvm_make_request(self, req: int) -> None:
+        if not self.requests:
+            self.raise_exit_work(REQUEST, KVM_REQ_NAMES.get(req, f"request {req:#x}"))
         self.requests |= req
+
+    def raise_signal(self) -> None:
+        """signal_wake_up's TIF_SIGPENDING on the vCPU thread (who sends the kick or IPI is
+        the caller's business)."""
+        if not self.sigpending:
+            self.sigpending = True
+            self.raise_exit_work(SIGNAL, "a signal (TIF_SIGPENDING)")
+
+    def raise_notify_resume(self) -> None:
+        """TIF_NOTIFY_RESUME on the vCPU thread (task work queued; no IPI).  (Simulation) A
+        late check still ahead in the current entry segment is told, so that it sees it."""
+        if not self.notify_resume:
+            self.notify_resume = True
+            self.raise_exit_work(NOTIFY_RESUME, "TIF_NOTIFY_RESUME")
+        if self.phase == PH_SEG:
+            self.disturb(EXIT_REQUEST)
 
     def kvm_inject_nmi(self) -> None:
         """kvm_inject_nmi: nmi_queued++, KVM_REQ_NMI, kvm_vcpu_kick; the stuck-halt oracle
         checks that a halted vCPU was woken."""
-        self.irq.nmi_injected += 1
         self.stat["nmi.injected"] += 1
+        now = self.env.now
+        self.nmi_times.append(now)
+        tracer = self.tracer
+        if tracer is not None:
+            cpu = self.cpu
+            tracer.emit(now, "nmi_injected", cpu.index, self.name)
         if self.nmi_t0 is None:
-            self.nmi_t0 = self.env.now
+            self.nmi_t0 = now
         self.nmi_queued += 1
         self.kvm_make_request(KVM_REQ_NMI)
         self.kvm_vcpu_kick()
         if self.phase == PH_BLOCKED:
             cpu = self.cpu
             self.findings.record("stuck_halt", cpu.index if cpu else -1, self.name,
-                                 "NMI injected but the halted vCPU was not woken")
+                                 "NMI injected but the halted vCPU was not woken",
+                                 cause=(now, "NMI injected (kvm_inject_nmi) into the halted "
+                                             "vCPU, which was not woken"))
 
     def kvm_vcpu_kick(self) -> None:
         """kvm_vcpu_kick: wake a waiting vCPU; else, if it is IN_GUEST_MODE, switch it to
@@ -385,6 +482,7 @@ class KvmVcpu(VcpuSegment):
         if self.mode == IN_GUEST_MODE and (
                 not before_check or now >= self.t_late - self.costs.in_guest_mode_window_ns):
             self.mode = EXITING_GUEST_MODE
+            self.raise_exit_work(KICK, "a kick (EXITING_GUEST_MODE)")
             self.stat["kicks"] += 1
             if not before_check:
                 self.smp_send_reschedule()
@@ -401,6 +499,7 @@ class KvmVcpu(VcpuSegment):
         request a few hundred ns later); one in the guest is kicked."""
         if self.phase == PH_SEG and self.env.now < self.t_late:
             self.mode = EXITING_GUEST_MODE
+            self.raise_exit_work(KICK, "a KVM_REQ_OUTSIDE_GUEST_MODE kick (EXITING_GUEST_MODE)")
             self.disturb(EXIT_REQUEST)
         elif self.mode == IN_GUEST_MODE:
             self.kvm_vcpu_kick()
@@ -443,14 +542,18 @@ class KvmVcpu(VcpuSegment):
 
     # --- vcpu_load / vcpu_put ----------------------------------------------------------
     def vcpu_load(self, cpu: HostCpu) -> None:
-        """vcpu_load -> kvm_arch_vcpu_load -> vendor vcpu_load."""
+        """vcpu_load -> kvm_arch_vcpu_load: the vendor vcpu_load, then host_pkru =
+        read_pkru() (of the running thread: the hardware PKRU now)."""
         self.stat["vcpu_load"] += 1
         cpu.acc += self.costs.vcpu_load_ns
         self.kvm.running_vcpu[cpu.index] = self
+        prev_cpu = self.cpu_index  # vcpu->cpu: -1 if never loaded or flushed since
         self.kvm_x86_ops.vcpu_load(self, cpu)
+        self.host_pkru = cpu.pkru
         tracer = self.tracer
         if tracer is not None:
-            tracer.emit(self.env.now, "vcpu_load", cpu.index, self.name, migrated=False)
+            tracer.emit(self.env.now, "vcpu_load", cpu.index, self.name,
+                        migrated=prev_cpu != cpu.index, prev_cpu=prev_cpu)
 
     def vcpu_put(self, cpu: HostCpu, cause_key: str) -> None:
         """vcpu_put -> kvm_arch_vcpu_put -> vendor vcpu_put (host-state restore)."""
@@ -634,6 +737,8 @@ class KvmVcpu(VcpuSegment):
             r = self.late_abort(cpu)
             yield from self.spend_kernel(cpu)
             return r
+        if self.debugctl_at_entry:  # IRQs off, past the late check: get_debugctlmsr()
+            self.host_debugctl = cpu.rdmsr(arch.MSR_IA32_DEBUGCTLMSR)
         try:
             exit_fastpath = yield from ops.vcpu_run(self, cpu)
         except LateCheckFired:

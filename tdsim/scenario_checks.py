@@ -74,7 +74,7 @@ def _check_mix(data: dict[str, Any]) -> None:
 
 
 def resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> None:
-    """Scripted guests (issue 5): inline a ``program_file`` into ``program`` (the resolved
+    """Scripted guests (`tdsim.program`): inline a ``program_file`` into ``program`` (the resolved
     scenario then carries the program itself) and check every program's steps."""
     from tdsim.program import ProgramError, compile_program, load_program_file
 
@@ -99,8 +99,8 @@ def resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> 
         if workload["program"] and vm["flavor"] != "tdx":
             raise Bad(("vm", i, "workload", "program"), "scripted guests are TDs (flavor tdx)")
         if workload["program"]:
-            # issue 4's guest behaviours are statistical (tdsim.guest_irq): a program states
-            # its calls itself
+            # the interrupt model's guest behaviours are statistical (tdsim.guest_irq): a
+            # program states its calls itself
             intr, sept = vm["interrupts"], vm["sept"]
             for key, on in ((("workload", "timer_mode"), workload["timer_mode"] == "oneshot"),
                             (("interrupts", "ipi_hz"), intr["ipi_hz"] > 0),
@@ -112,7 +112,7 @@ def resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> 
 
 
 def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
-    """issue 4: device interrupts are routed to existing vCPUs; a guest halting with
+    """Device interrupts are routed to existing vCPUs; a guest halting with
     interrupts disabled has NMIs to wake it."""
     for i, vm in enumerate(data["vm"]):
         if vm["interrupts"]["hlt_irqs_off_p"] > 0 and not vm["interrupts"]["nmi_hz"] > 0:
@@ -127,6 +127,18 @@ def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
             if not 0 <= v < vm["vcpus"]:
                 raise Bad(("vm", i, "interrupts", "device_irq_vcpus", j),
                            f"vCPU {v} does not exist (valid 0..{vm['vcpus'] - 1})")
+
+
+def _check_l2_statuses(data: dict[str, Any]) -> None:
+    """The exit statuses ``[faults] error_exit`` injects exist only with TD partitioning:
+    every TD must declare it (``td_partitioning``)."""
+    if not data["faults"]["error_exit"] > 0:
+        return
+    for i, vm in enumerate(data["vm"]):
+        if vm["flavor"] == "tdx" and not vm["td_partitioning"]:
+            raise Bad(("faults", "error_exit"),
+                      f"injects L2 exit statuses (TDX_TD_EXIT_BEFORE_L2_ENTRY), which only a "
+                      f"TD with L2 VMs gets: set vm[{i}].td_partitioning = true")
 
 
 def _check_warmup(data: dict[str, Any]) -> None:
@@ -232,4 +244,5 @@ def _absolute(spec: str, base_dir: str | os.PathLike[str]) -> str:
 # Run in order on the resolved data; each raises Bad at the first problem.  Add new
 # relations between keys here.
 CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_specs,
-                _check_device_irq_vcpus, _check_warmup, _check_expectations]
+                _check_device_irq_vcpus, _check_l2_statuses, _check_warmup,
+                _check_expectations]

@@ -6,8 +6,9 @@ at load time instead of a silently ignored knob.
 
 Times are given in the unit their name says (``_us`` or ``_ns``) and converted to integer
 nanoseconds by the model.  Costs are in nanoseconds; each carries the status of its value
-(``source`` = a number the reference cites, ``estimate`` = a stated or derived estimate,
-``placeholder`` = an UNVERIFIED calibration value) so a study can say what it rests on.
+(``source`` = a figure published for the operation, ``estimate`` = derived from a published
+figure, ``placeholder`` = a calibration guess) so a study can say what it rests on;
+docs/costs.md gives the basis of each.
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ def _strategy_check(v: str) -> str | None:
     )
 
 
+def _u64(v: Any) -> str | None:
+    return None if 0 <= v < 1 << 64 else "must be a 64-bit unsigned value"
+
+
 def _cost(default: int, status: str, plausible: tuple[int, int], doc: str) -> Key:
     """A cost key; its doc starts ``[<status>; plausible <low>-<high> ns]``, which
     `tdsim schema` prints and cost-uncertainty studies read (docs/studies.md)."""
@@ -111,30 +116,33 @@ def _cost(default: int, status: str, plausible: tuple[int, int], doc: str) -> Ke
     return Key(int, default, f"[{status}; plausible {low}-{high} ns] {doc}", non_negative)
 
 
-# Per-operation costs (reference §9).  `source` = cited in the reference; `estimate` = a stated
-# or derived estimate; `placeholder` = UNVERIFIED calibration value, change it freely.
-# `plausible` is the range a cost-uncertainty study samples: for a placeholder about half to
-# three times the default (the uncertainty of an uncalibrated guess), narrower where the
-# reference or a measurement bounds it (wrmsr_ns, ipi_ns, vmx_*); a judgement to revise with
-# every calibration.
+# Per-operation costs; docs/costs.md says where each figure comes from.  `source` = a figure
+# published for the operation; `estimate` = derived from a published figure; `placeholder` =
+# a calibration guess, change it freely.  `plausible` is the range a cost-uncertainty study
+# samples: for a placeholder about half to three times the default (the uncertainty of an
+# uncalibrated guess), narrower where a published figure or a judgement of the order of
+# magnitude bounds it (wrmsr_ns, seamcall_ns, ipi_ns, vmx_*); to revise with every
+# calibration.
 COSTS = Table(
     {
         "wrmsr_ns": _cost(35, "estimate", (25, 70),
-                          "one WRMSR; Sean Christopherson's ~300-500 cycles for 4 user-return "
-                          "WRMSRs (v5 patch, lore 20251030191528) at ~3 GHz"),
+                          "one WRMSR; from the ~300-500 cycles that commit c0711f8c610e's "
+                          "message gives for 4 user-return WRMSRs, at ~3 GHz"),
         "rdmsr_ns": _cost(30, "placeholder", (15, 90), "one RDMSR"),
+        "xsetbv_ns": _cost(60, "placeholder", (30, 180), "one XSETBV (XCR0 write)"),
+        "wrpkru_ns": _cost(10, "placeholder", (5, 30), "one WRPKRU"),
         "seamcall_ns": _cost(300, "placeholder", (100, 600),
-                             "bare SEAMCALL/SEAMRET transition pair (reference §9: several "
-                             "hundred to ~1000+ cycles, UNVERIFIED)"),
+                             "bare SEAMCALL/SEAMRET transition pair (a guess of several "
+                             "hundred to about a thousand cycles)"),
         "td_entry_ns": _cost(600, "placeholder", (300, 1800),
                              "TDH.VP.ENTER module work up to VM entry (checks, guest state load); "
                              "with td_exit_ns and seamcall_ns a TD round trip of 'thousands of "
-                             "cycles' (reference §9)"),
+                             "cycles' (commit c0711f8c610e's message)"),
         "td_exit_ns": _cost(600, "placeholder", (300, 1800),
                             "TD exit: module saves guest state, sets host fixed values, SEAMRET"),
         "first_entry_flush_ns": _cost(1500, "placeholder", (700, 4500),
-                                      "module ASID flush + IBPB when an LP switches TDVPR "
-                                      "(reference §3.4 step 7)"),
+                                      "the module's extra entry work when an LP enters another "
+                                      "vCPU than the one it last ran (TLB flush, IBPB)"),
         "vcpu_enter_guest_ns": _cost(250, "placeholder", (120, 750),
                                      "KVM bookkeeping in vcpu_enter_guest before TDH.VP.ENTER "
                                      "(request check, IRQs off, mode, late check)"),
@@ -173,7 +181,7 @@ COSTS = Table(
         "context_switch_ns": _cost(1500, "placeholder", (750, 4500),
                                    "host context switch (schedule(), switch_to)"),
         "ipi_ns": _cost(1500, "placeholder", (1000, 2000),
-                        "cross-CPU IPI delivery (reference §9: ~1-2 us, UNVERIFIED)"),
+                        "cross-CPU IPI delivery (a guess of 1-2 us)"),
         "host_irq_ns": _cost(1000, "placeholder", (500, 3000),
                              "host interrupt handler run in handle_exit_irqoff (tick, hrtimer)"),
         "tdh_vp_flush_ns": _cost(2000, "placeholder", (1000, 6000),
@@ -183,7 +191,7 @@ COSTS = Table(
         "guest_irq_ns": _cost(1000, "placeholder", (500, 3000),
                               "guest interrupt handler for a delivered posted interrupt (guest "
                               "time)"),
-        # --- issue 5 (TDVMCALL fidelity) ---
+        # --- TDVMCALL handling (docs/tdvmcall.md) ---
         "tdvmcall_simple_ns": _cost(150, "placeholder", (75, 450),
                                     "KVM handling of a TDVMCALL answered without emulation: a "
                                     "validation failure, SUBFUNC_UNSUPPORTED, GetTdVmCallInfo "
@@ -200,10 +208,9 @@ COSTS = Table(
         "vmm_system_event_ns": _cost(2000, "placeholder", (1000, 6000),
                                      "userspace VMM service time for KVM_EXIT_SYSTEM_EVENT (TDX "
                                      "fatal error report)"),
-        # --- issue 3: late entry aborts, VMX co-tenants -------------------------------------
+        # --- late entry aborts, VMX co-tenants (docs/late-aborts.md) -------------------------
         "vmx_entry_ns": _cost(500, "placeholder", (250, 750),
-                              "VMX VM entry (VMRESUME), hardware; with vmx_exit_ns ~1,000-1,500 "
-                              "cycles (reference §9, UNVERIFIED)"),
+                              "VMX VM entry (VMRESUME), hardware (a guess, as is vmx_exit_ns)"),
         "vmx_exit_ns": _cost(300, "placeholder", (150, 450), "VMX VM exit, hardware"),
         "vmx_exit_handling_ns": _cost(500, "placeholder", (250, 1500),
                                       "KVM VMX exit handling for an in-kernel exit (CPUID, MSR, "
@@ -217,7 +224,7 @@ COSTS = Table(
                                          "from vcpu->mode = IN_GUEST_MODE to the late "
                                          "kvm_vcpu_exit_request check (a kick in it aborts the "
                                          "entry)"),
-        # --- issue 4: interrupts, NMIs, SEPT zaps ---
+        # --- interrupts, NMIs, SEPT zaps (docs/interrupts.md) ---
         "icr_write_ns": _cost(150, "placeholder", (75, 450),
                               "KVM emulation of an x2APIC ICR write, per destination "
                               "(kvm_apic_send_ipi -> __apic_accept_irq -> PI post)"),
@@ -364,15 +371,22 @@ VM = Table(
         "workload": WORKLOAD,
         "interrupts": INTERRUPTS,
         "sept": SEPT,
+        "xfam": Key(int, 0x602E7, "a TD's XFAM (TD_PARAMS.xfam): the XSAVE features the TD may "
+                    "use.  After every TDH.VP.ENTER KVM runs XSETBV unless the host XCR0 "
+                    "equals xfam & kvm_caps.supported_xcr0, and writes IA32_XSS unless the "
+                    "host XSS equals xfam & kvm_caps.supported_xss "
+                    "(tdx_load_host_xsave_state).  Default: x87, SSE, AVX, AVX-512, PKRU and "
+                    "AMX, as QEMU gives a TD on a Sapphire Rapids host (= the default host "
+                    "XCR0, so no XSETBV)", _u64),
+        "td_partitioning": Key(bool, False, "the TD has L2 VMs (TD partitioning), so the TDX "
+                               "module may return the L2 exit statuses [faults] error_exit "
+                               "injects.  KVM does not support TD partitioning: a what-if "
+                               "for the exit_reason study"),
     },
     doc="A guest (TD).",
 )
 
 # --- the userspace VMM (tdsim.vmm) ---------------------------------------------------------
-def _u64(v: Any) -> str | None:
-    return None if 0 <= v < 1 << 64 else "must be a 64-bit unsigned value"
-
-
 MAP_GPA_RESULTS = ("success", "eagain", "einval", "keep")
 MSR_EXIT_REASONS = ("inval", "unknown", "filter")
 MSR_FILTER_FLAGS = ("read", "write")
@@ -696,6 +710,20 @@ SCHEMA = Table(
                 "nmi_hz": Key(NUM, 0.0, "host NMIs (perf / NMI watchdog) per CPU per second; "
                               "one hitting a running TD is an EXCEPTION_NMI exit; 0 = off",
                               non_negative),
+                # host state a TD exit can leave changed (docs/host-state.md)
+                "debugctl": Key(int, 0, "IA32_DEBUGCTL as the host runs with it (LBR, BTS, "
+                                "bus-lock detection): a bit outside BTF | FREEZE_PERFMON_ON_PMI "
+                                "| FREEZE_IN_SMM (0x5002) makes tdx_vcpu_run rewrite it after "
+                                "every TDH.VP.ENTER; 0 = none in use", _u64),
+                "xcr0": Key(int, 0x602E7, "the host's XCR0 (x87, SSE, AVX, AVX-512, PKRU, AMX: "
+                            "a Sapphire Rapids host)", _u64),
+                "xss": Key(int, 0x800, "the host's IA32_XSS (default CET_USER: a kernel with "
+                           "user shadow stacks); KVM rewrites it after every TDH.VP.ENTER "
+                           "unless it equals the TD's xfam & kvm_caps.supported_xss", _u64),
+                "pkru": Key(int, 0x55555554, "PKRU of the VMM threads (the kernel's default "
+                            "init_pkru_value with protection keys: only key 0 accessible); "
+                            "non-zero -> WRPKRU after every TDH.VP.ENTER; 0 = a host without "
+                            "OSPKE", _u64),
             }
         ),
         "kvm": Table(
@@ -739,6 +767,11 @@ SCHEMA = Table(
                                               "entry until the deadline when the timer vector "
                                               "is pending; fixed (no adaptive tuning); 0 = off",
                                               non_negative),
+                "supported_xss": Key(int, 0, "KVM_SUPPORTED_XSS: the supervisor XSAVE features "
+                                     "KVM virtualizes (kvm_caps.supported_xss = host xss & "
+                                     "this).  0 as in Linux 6.16 (no CET virtualization); "
+                                     "0x1800 (CET_USER | CET_KERNEL) for a KVM with CET",
+                                     _u64),
             }
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),

@@ -18,9 +18,12 @@ so a zap of N pages is N rounds of everything below):
 ``wait_for_sept_zap``, kicks every vCPU out and waits (the same request), retries once and
 clears the flag.  While the flag is set every vCPU of the TD spins through
 ``vcpu_enter_guest`` without a SEAMCALL (abort path D, ``late_abort.wait_for_sept_zap``, time
-in ``sept.wait_ns``).  The kernel says the retry "is guaranteed to succeed, absent KVM and/or
-TDX-Module bugs"; a retry that fails anyway is the caller's ``TDX_BUG_ON``: the VM is bugged
-(``kvm_bug.<function>``) and the zap of that page ends with -EIO (TRACK's caller still kicks).
+in ``sept.wait_ns``); after each spin the IRQs-off exit handler acts on the previous exit's
+fields, as the kernel does (`VcpuTdx.vt_handle_exit_irqoff`: ``spurious_external_interrupt``
+when that exit was a host interrupt's).  The kernel says the retry "is guaranteed to
+succeed, absent KVM and/or TDX-Module bugs"; a retry that fails anyway is the caller's
+``TDX_BUG_ON`` (`Kvm.kvm_bug_on`): the VM is bugged (``kvm_bug.<function>``) and the zap of
+that page ends with -EIO (TRACK's caller still kicks).
 
 Why a SEAMCALL is busy (`SeptZapper.operand_busy`; the TDX module's locks as Yan Zhao's patch
 "KVM: TDX: Kick off vCPUs when SEAMCALL is busy during TD page removal" tabulates them):
@@ -77,8 +80,8 @@ from typing import TYPE_CHECKING, Any
 from simpy import AllOf
 
 from . import arch
+from .arch import OUTSIDE_GUEST_MODE
 from .host import ProcessGenerator
-from .kvm_x86 import OUTSIDE_GUEST_MODE
 from .rng import exp_ns
 from .segment import PH_SEG
 from .tdx_module import seamcall_keys
@@ -278,13 +281,12 @@ class SeptZapper:
     # --- KVM_BUG_ON ---------------------------------------------------------------------------
     def tdx_bug_on(self, err: int, site: str) -> bool:
         """TDX_BUG_ON (today's tdx.c; v6.16: KVM_BUG_ON + pr_tdx_error): a SEAMCALL that failed
-        after its retry marks the VM bugged (WARN_ON_ONCE and kvm_vm_bugged, once per VM);
-        every hit counts in ``kvm_bug.<site>``.  Returns whether it failed."""
+        after its retry is a KVM_BUG_ON at `site` (`Kvm.kvm_bug_on`: ``kvm_bug.<site>`` for
+        every hit, the warning and kvm_vm_bugged for the first).  No vCPU of the VM issues
+        it: the zapping thread is outside.  Returns whether it failed."""
         if not err:
             return False
-        self.stat[f"kvm_bug.{site}"] += 1
-        if not self.vm.bugged:
-            self.vm.kvm_vm_bugged(None)
+        self.vm.kvm_bug_on(None, site)
         return True
 
     # --- kick-and-wait --------------------------------------------------------------------
@@ -335,9 +337,16 @@ def check_end(findings: Findings, now: int, zappers: list[SeptZapper]) -> None:
     `STUCK_WAIT_NS` (an ack is due one IPI and one TD exit after the kick)."""
     for z in zappers:
         if z.waiting_since >= 0 and now - z.waiting_since > STUCK_WAIT_NS:
-            findings.record("zap_stuck", -1, None,
+            waited = [v for v in z.vm.vcpus
+                      if v.outside_ack is not None and not v.outside_ack.triggered]
+            first = waited[0] if waited else None
+            names = ", ".join(v.name for v in waited) or "none"
+            findings.record("zap_stuck", first.cpu.index if first else -1,
+                            first.name if first else None,
                             f"{z.vm.name}: KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait "
-                            f"waiting since {z.waiting_since}")
+                            f"waiting since {z.waiting_since} for {names}",
+                            cause=(z.waiting_since, "KVM_REQ_OUTSIDE_GUEST_MODE kick of "
+                                   f"{names}, never acknowledged"))
 
 
 def private_fault_retry_loop(vcpu: VcpuTdx, cpu: HostCpu) -> int:

@@ -32,12 +32,13 @@ _STOPPED = object()  # the value of the event `Simulation.request_stop` schedule
 
 # Totals the model does not count itself: each is the sum of its parts, derived here.
 _SUMS = (("exits.reason.", "exits"), ("late_abort.", "late_abort"),
-         ("userspace_exits.reason.", "userspace_exits"), ("vcpu_put.cause.", "vcpu_put"))
+         ("userspace_exits.reason.", "userspace_exits"), ("vcpu_put.cause.", "vcpu_put"),
+         ("kvm_bug.", "kvm_bug"), ("kernel_warn.", "kernel_warn"))
 
 
 def with_sums(stat: dict[str, int]) -> dict[str, int]:
-    """`stat` with its derived totals: exits, late_abort, userspace_exits, vcpu_put and
-    seamcall.<LEAF> (the sum over its statuses)."""
+    """`stat` with its derived totals: exits, late_abort, userspace_exits, vcpu_put,
+    kvm_bug, kernel_warn and seamcall.<LEAF> (the sum over its statuses)."""
     out = dict(stat)
     for key, value in stat.items():
         for prefix, total in _SUMS:

@@ -124,7 +124,8 @@ def dispatch_tdvmcall_exit(vcpu: VcpuTdx, cpu: HostCpu, basic: int) -> int:
     if not guest.awaiting:
         vcpu.findings.record("tdvmcall_completion", cpu.index, vcpu.name,
                              f"completing a TDVMCALL the guest did not issue "
-                             f"(vp_enter_ret={vcpu.vp_enter_ret:#x})")
+                             f"(vp_enter_ret={vcpu.vp_enter_ret:#x})",
+                             cause=vcpu.exit_cause())
     vcpu.stat[guest.tdvmcall_key] += 1
     tracer = vcpu.tracer
     if tracer is not None:

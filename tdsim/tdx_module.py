@@ -22,9 +22,9 @@ applied after the module zeroed them).
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from simpy import Interrupt
+from simpy import Interrupt, Timeout
 
 from . import arch
 
@@ -32,9 +32,60 @@ if TYPE_CHECKING:
     from .clock import Environment
     from .config import Costs
     from .findings import Findings
-    from .host import HostCpu
-    from .kvm_tdx import VcpuTdx
+    from .host import Cause, HostCpu
     from .trace import Tracer
+
+
+class TdState(Protocol):
+    """What the TDX module reads of a TD (the KVM side is `tdsim.kvm_tdx.KvmTdx`): its epoch
+    lock window, the window in which no vCPU may enter, and the host state its exits leave."""
+
+    @property
+    def epoch_lock_t0(self) -> int: ...
+    @property
+    def epoch_lock_t1(self) -> int: ...
+    @property
+    def zap_excl_t0(self) -> int: ...
+    @property
+    def zap_excl_t1(self) -> int: ...
+    @property
+    def module_exit_msrs(self) -> dict[int, int]: ...
+    @property
+    def module_exit_xcr0(self) -> int: ...
+
+
+class TdVcpu(Protocol):
+    """What the TDX module touches of a TD vCPU (`tdsim.kvm_tdx.VcpuTdx` implements it): its
+    TDVPR state (association, fields), the entry segment the SEAMCALL spends its time in
+    (`tdsim.segment`), and the guest's side of the entry and exit.  Declared here so that the
+    module's layer does not import KVM's."""
+
+    name: str
+    module_assoc_cpu: HostCpu | None
+    module_fields: dict[str, int]
+    pi_src: dict[int, tuple[int, str]]
+    seg_pi: int
+    seg_status: int
+    seg_exit: int | None
+    seg_fault: str | None
+    t_enter: int
+    t_seamcall: int
+    exit_work: dict[str, tuple[int, str]]
+
+    @property
+    def tdx_vm(self) -> TdState: ...
+    @property
+    def entry_ns(self) -> int: ...
+    @property
+    def guest(self) -> Any: ...
+    def begin_entry(self, cpu: HostCpu, guest_ns: int, exit_ns: int) -> Timeout: ...
+    def end_entry(self) -> None: ...
+    def cut_entry(self, cause: Cause, cut_exit_ns: int) -> Generator[Any, Any, Any]: ...
+    def run_entry(self, cpu: HostCpu, guest_ns: int, exit_ns: int,
+                  cut_exit_ns: int) -> Generator[Any, Any, Any]: ...
+    def plan_guest_run(self) -> int: ...
+    def at_td_entry(self, cut: Any) -> None: ...
+    def at_td_exit(self, cut: Any) -> int: ...
 
 
 # Refusals raised after check_and_associate_vcpu (in tdh_vp_enter.c): the vCPU is associated
@@ -111,7 +162,7 @@ class TdxModule:
         self.vp_enter_regs: VpEnterRegs | None = None  # a scripted outcome's registers
         self.findings = findings
         self.tracer = tracer
-        self.lp_last_tdvpr: list[VcpuTdx | None] = [None] * ncpus
+        self.lp_last_tdvpr: list[TdVcpu | None] = [None] * ncpus
 
     def count(self, cpu: HostCpu, leaf: int, status: int) -> None:
         """Count (and trace) one SEAMCALL issued on `cpu` and the status it returned."""
@@ -123,7 +174,7 @@ class TdxModule:
                         leaf=arch.SEAMCALL_NAMES[leaf], status=arch.tdx_status_name(status))
 
     # --- TDH.VP.ENTER --------------------------------------------------------------------
-    def tdh_vp_enter(self, vcpu: VcpuTdx, cpu: HostCpu,
+    def tdh_vp_enter(self, vcpu: TdVcpu, cpu: HostCpu,
                      args: TdxModuleArgs) -> Generator[Any, Any, int]:
         """SEAMCALL TDH.VP.ENTER: enter the TD and return at its next exit.  Returns the
         64-bit status (class in bits 63:32, VMX exit reason in 31:0); the output registers
@@ -163,6 +214,7 @@ class TdxModule:
             vcpu.end_entry()
             cut = None
         if (vcpu.seg_pi or vcpu.module_fields or vcpu.pi_src or vcpu.guest.awaiting
+                or vcpu.exit_work
                 or vm.zap_excl_t0 <= vcpu.t_enter < vm.zap_excl_t1):
             vcpu.at_td_entry(cut)  # (anything to do at TD entry)
         ret = self.td_exit(vcpu, cpu, vcpu.at_td_exit(cut))
@@ -173,7 +225,7 @@ class TdxModule:
             tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
         return ret
 
-    def vcpu_associated_elsewhere(self, vcpu: VcpuTdx, cpu: HostCpu, assoc: HostCpu) -> int:
+    def vcpu_associated_elsewhere(self, vcpu: TdVcpu, cpu: HostCpu, assoc: HostCpu) -> int:
         """TDH.VP.ENTER of a vCPU the module has associated with another LP: refused with
         TDX_VCPU_ASSOCIATED (and the oracle records that KVM let it happen)."""
         self.findings.record(
@@ -181,7 +233,7 @@ class TdxModule:
             f"TDH.VP.ENTER on cpu{cpu.index} while associated with cpu{assoc.index}")
         return arch.TDX_VCPU_ASSOCIATED
 
-    def vp_enter_unusual(self, vcpu: VcpuTdx, cpu: HostCpu, args: TdxModuleArgs,
+    def vp_enter_unusual(self, vcpu: TdVcpu, cpu: HostCpu, args: TdxModuleArgs,
                              status: int, outcome: VpEnterOutcome | None
                              ) -> Generator[Any, Any, int]:
         """TDH.VP.ENTER when its checks refused the entry (`status`), or when fault
@@ -193,8 +245,10 @@ class TdxModule:
         if status == arch.TDX_SUCCESS:
             if outcome is not None:
                 status, injected, fault = outcome(vcpu)
-        else:
+        elif status == arch.TDX_VCPU_ASSOCIATED:
             fault = "vcpu_associated"
+        else:  # the TD epoch is busy: raised after the module associated the vCPU here
+            fault = "operand_busy_late"
         vcpu.seg_status = status
         vcpu.seg_exit = injected
         vcpu.seg_fault = fault
@@ -223,7 +277,7 @@ class TdxModule:
             tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
         return ret
 
-    def vp_enter_refused(self, vcpu: VcpuTdx, cpu: HostCpu, status: int,
+    def vp_enter_refused(self, vcpu: TdVcpu, cpu: HostCpu, status: int,
                              fault: str | None, args: TdxModuleArgs) -> int:
         """TDH.VP.ENTER returned an error without entering: no MSR was touched.
 
@@ -245,7 +299,7 @@ class TdxModule:
             self.vp_enter_regs(vcpu, args)
         return status
 
-    def td_exit_with_status(self, vcpu: VcpuTdx, cpu: HostCpu, ret: int,
+    def td_exit_with_status(self, vcpu: TdVcpu, cpu: HostCpu, ret: int,
                             args: TdxModuleArgs) -> int:
         """The TD was entered (guest state loaded, so the exit leaves the module's fixed
         values in host MSRs) and the SEAMCALL returned `ret` (non-recoverable, failed VM
@@ -253,27 +307,36 @@ class TdxModule:
         does not expose.  Assumption: a failed VM entry happens after the guest-state load."""
         vcpu.module_assoc_cpu = cpu
         self.lp_last_tdvpr[cpu.index] = vcpu
-        cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
+        vm = vcpu.tdx_vm  # the host state the exit leaves (KvmTdx.module_exit_msrs)
+        cpu.msr.update(vm.module_exit_msrs)
+        cpu.xcr0 = vm.module_exit_xcr0
+        cpu.pkru = 0
         self.count(cpu, arch.TDH_VP_ENTER, ret & _STATUS)
+        tracer = self.tracer
+        if tracer is not None:  # the TD was entered (its exit left the module's MSR values)
+            tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
         args.clear()
         if vcpu.seg_fault == SCRIPTED and self.vp_enter_regs is not None:
             self.vp_enter_regs(vcpu, args)
         return ret
 
-    def td_exit(self, vcpu: VcpuTdx, cpu: HostCpu, exit_reason: int) -> int:
+    def td_exit(self, vcpu: TdVcpu, cpu: HostCpu, exit_reason: int) -> int:
         """The TD exit of a successful entry: the vCPU is associated with this LP, the LP
-        holds its TDVPR, and the host MSRs get the module's fixed values (the guest's exit
-        registers are already in ``vp_enter_args``)."""
+        holds its TDVPR, and the host MSRs, XCR0 and PKRU get the values the module leaves
+        (the guest's exit registers are already in ``vp_enter_args``)."""
         vcpu.module_assoc_cpu = cpu
         self.lp_last_tdvpr[cpu.index] = vcpu
-        cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
+        vm = vcpu.tdx_vm  # the host state the exit leaves (KvmTdx.module_exit_msrs)
+        cpu.msr.update(vm.module_exit_msrs)
+        cpu.xcr0 = vm.module_exit_xcr0
+        cpu.pkru = 0
         # count(TDH_VP_ENTER, TDX_SUCCESS) inlined: tdh_vp_enter traces the SEAMCALL with
         # its kvm_entry event
         cpu.stat[_VP_ENTER_SUCCESS_KEY] += 1
         return arch.TDX_SUCCESS | exit_reason
 
     # --- other vCPU-scope leaves ---------------------------------------------------------
-    def tdh_vp_flush(self, vcpu: VcpuTdx, cpu: HostCpu) -> int:
+    def tdh_vp_flush(self, vcpu: TdVcpu, cpu: HostCpu) -> int:
         """TDH.VP.FLUSH on `cpu` (the LP the vCPU was associated with): write back and
         dissociate.  TDX_VCPU_NOT_ASSOCIATED if it was not associated there."""
         if vcpu.module_assoc_cpu is not cpu:
@@ -286,13 +349,13 @@ class TdxModule:
         self.count(cpu, arch.TDH_VP_FLUSH, status)
         return status
 
-    def tdh_vp_rd(self, vcpu: VcpuTdx, cpu: HostCpu, field: str) -> tuple[int, int]:
+    def tdh_vp_rd(self, vcpu: TdVcpu, cpu: HostCpu, field: str) -> tuple[int, int]:
         """TDH.VP.RD of a TD vCPU field; returns (status, value)."""
         cpu.acc += self.costs.tdh_vp_rd_ns
         self.count(cpu, arch.TDH_VP_RD, arch.TDX_SUCCESS)
         return arch.TDX_SUCCESS, vcpu.module_fields.get(field, 0)
 
-    def tdh_vp_wr(self, vcpu: VcpuTdx, cpu: HostCpu, field: str, value: int) -> int:
+    def tdh_vp_wr(self, vcpu: TdVcpu, cpu: HostCpu, field: str, value: int) -> int:
         """TDH.VP.WR of a TD vCPU field (e.g. TD_VCPU_PEND_NMI)."""
         cpu.acc += self.costs.tdh_vp_wr_ns
         vcpu.module_fields[field] = value

@@ -273,7 +273,7 @@ class Vmm:
         for other in vcpu.vm.vcpus:
             other.vm_stopped = True
             if other is not vcpu:
-                other.sigpending = True
+                other.raise_signal()
                 other.kvm_vcpu_kick()
 
     def _access(self, fields: dict[str, Any], space: str, addr: int, size: int, write: bool,

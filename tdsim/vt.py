@@ -55,8 +55,7 @@ def tdx_handle_exit(vcpu: VcpuTdx, cpu: HostCpu, fastpath: int) -> int:
             return r
     if basic in _TDVMCALL_REASONS:
         return tdvmcall.dispatch_tdvmcall_exit(vcpu, cpu, basic)
-    if basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
-        cpu.acc += costs.host_irq_ns  # handle_exit_irqoff ran the host handler
+    if basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT:  # (the host handler ran IRQs-off)
         vcpu.stat["irq_exits"] += 1
         vcpu.stat[_IRQ_EXIT_KEYS.get(vcpu.last_irq_source, "irq_exits.other")] += 1
         return 1
@@ -81,15 +80,19 @@ def check_exit_status(vcpu: VcpuTdx, cpu: HostCpu, ret: int, reason: int,
     dispatch.  KVM_BUG_ON marks the VM bugged (every vCPU then leaves with -EIO at its next
     request check)."""
     if ret == arch.EXIT_REASON_EPT_MISCONFIG:
-        # a genuine EPT misconfig must not happen for a TD
-        vcpu.vm.kvm_vm_bugged(vcpu)
+        # a genuine EPT misconfig must not happen for a TD: KVM_BUG_ON(1)
+        vcpu.vm.kvm_bug_on(vcpu, "tdx_handle_exit")
         vcpu.run_exit_reason = 0
         return -arch.EIO
     if (ret & arch.TDX_SW_ERROR) == arch.TDX_SW_ERROR:
-        vcpu.vm.kvm_vm_bugged(vcpu)  # KVM_BUG_ON(!kvm_rebooting)
+        vcpu.vm.kvm_bug_on(vcpu, "tdx_handle_exit")  # KVM_BUG_ON(!kvm_rebooting)
         return kvm_prepare_unexpected_reason_exit(vcpu, cpu, ret)
     if reason != arch.EXIT_REASON_INVALID and reason & arch.VMX_EXIT_REASONS_FAILED_VMENTRY:
-        # tdx_failed_vmentry: the derived 32-bit reason (bit 31 set) and the CPU of the entry
+        # tdx_failed_vmentry: the derived 32-bit reason (bit 31 set) and the CPU of the entry;
+        # the guest state of a TD (no off-TD debug) is protected, so the status must be
+        # non-recoverable
+        if not ret & arch.TDX_NON_RECOVERABLE:
+            vcpu.vm.warn_on_once("tdx_handle_exit")
         run = vcpu.run
         run.exit_reason = vcpu.run_exit_reason = arch.KVM_EXIT_FAIL_ENTRY
         fail = run.fail_entry
@@ -98,11 +101,13 @@ def check_exit_status(vcpu: VcpuTdx, cpu: HostCpu, ret: int, reason: int,
         return 0
     if ret & _ERROR_OR_NR and basic != arch.EXIT_REASON_TRIPLE_FAULT:
         return kvm_prepare_unexpected_reason_exit(vcpu, cpu, ret)
+    if basic != arch.EXIT_REASON_TRIPLE_FAULT and ret & _STATUS:
+        vcpu.vm.warn_on_once("tdx_handle_exit")
     if (ret & _STATUS) not in _VALID and basic in _DISPATCHED:
         vcpu.findings.record(
             "error_status_dispatched", cpu.index, vcpu.name,
             f"vp_enter_ret={ret:#x} dispatched as exit reason "
-            f"{arch.EXIT_REASON_NAMES.get(basic, basic)}")
+            f"{arch.EXIT_REASON_NAMES.get(basic, basic)}", cause=vcpu.exit_cause())
     return None
 
 
@@ -120,15 +125,14 @@ def kvm_prepare_unexpected_reason_exit(vcpu: VcpuTdx, cpu: HostCpu, ret: int) ->
 
 
 def tdx_handle_exception_nmi(vcpu: VcpuTdx, cpu: HostCpu) -> int:
-    """tdx_handle_exception_nmi: the interruption information is R9.  An NMI (handled at the
-    exit by the host's NMI handler) or a machine check (handled in the IRQ-off path) ->
-    re-enter; anything else -> KVM_EXIT_EXCEPTION with the vector and error code 0."""
-    intr_info = vcpu.vp_enter_args.r9 & 0xFFFFFFFF
+    """tdx_handle_exception_nmi: on the interruption information (R9 of the exit).  An NMI
+    (handled in tdx_vcpu_enter_exit) or a machine check (handled IRQs-off) -> re-enter;
+    anything else -> KVM_EXIT_EXCEPTION with the vector and error code 0."""
+    intr_info = vcpu.exit_intr_info
     kind = intr_info & (arch.INTR_INFO_VALID_MASK | arch.INTR_INFO_INTR_TYPE_MASK
                         | arch.INTR_INFO_VECTOR_MASK)
-    if kind in (arch.INTR_INFO_NMI, arch.INTR_INFO_VALID_MASK | arch.INTR_TYPE_HARD_EXCEPTION
-                | arch.MC_VECTOR):
-        cpu.acc += vcpu.costs.host_nmi_ns
+    if arch.is_nmi(intr_info) or kind == (arch.INTR_INFO_VALID_MASK
+                                          | arch.INTR_TYPE_HARD_EXCEPTION | arch.MC_VECTOR):
         return 1
     run = vcpu.run
     run.exit_reason = vcpu.run_exit_reason = arch.KVM_EXIT_EXCEPTION
@@ -167,7 +171,7 @@ def tdx_handle_ept_violation(vcpu: VcpuTdx, cpu: HostCpu) -> int:
         if vcpu.seg_fault != SCRIPTED:  # the guest's private-fault stream
             return sept.private_fault_retry_loop(vcpu, cpu)
     elif exit_qual & arch.EPT_VIOLATION_ACC_INSTR:
-        vcpu.vm.kvm_vm_bugged(vcpu)
+        vcpu.vm.kvm_bug_on(vcpu, "tdx_handle_ept_violation")
         vcpu.run_exit_reason = 0
         return -arch.EIO
     gfn = (gpa & ~SHARED_BIT) >> 12

@@ -1,4 +1,4 @@
-"""The GHCI behaviour suite: every TDVMCALL rule of reference §4.2-§4.4, through scripted
+"""The GHCI behaviour suite: every TDVMCALL rule of docs/tdvmcall.md, through scripted
 guests, asserting the exact registers the guest gets back and the exits KVM makes."""
 
 import pytest

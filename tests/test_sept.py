@@ -85,7 +85,9 @@ def test_busy_track_follows_the_entries_in_flight():
     m = r.metrics
     busy = m["sept.busy.track"]
     assert busy == m["seamcall.TDH_MEM_TRACK.status.TDX_OPERAND_BUSY"] > 5
-    assert m["seamcall.TDH_MEM_TRACK.status.TDX_SUCCESS"] == m["sept.zaps"]
+    # one successful TRACK per zap, but for a last zap the end of the run cuts short
+    assert m["sept.zaps"] - 1 <= m["seamcall.TDH_MEM_TRACK.status.TDX_SUCCESS"] \
+        <= m["sept.zaps"]
     assert m["sept.kicks.busy"] > busy
     assert m["sept.no_vcpus_ns.track"] == m["sept.no_vcpus_ns"] > 0
     assert m["late_abort.wait_for_sept_zap"] > 0
@@ -99,7 +101,9 @@ def test_busy_remove_makes_every_vcpu_spin():
     assert m["seamcall.TDH_MEM_PAGE_REMOVE.status.TDX_OPERAND_BUSY"] == m["sept.busy.remove"]
     assert m["late_abort.wait_for_sept_zap"] > m["sept.busy.remove"]
     assert m["sept.wait_ns"] > 0
-    assert r.violations == []
+    # the one finding: the IRQs-off exit handler acting on the exit before each spin
+    assert {v["invariant"] for v in r.violations} == {"spurious_external_interrupt"}
+    assert all("stale exit fields" in v["detail"] for v in r.violations)
 
 
 def test_kick_and_wait_counts_add_up_by_cause():
@@ -117,17 +121,19 @@ def test_busy_block_timeline():
     compute period: every step at the instant the costs give.
 
     Costs (defaults): BLOCK 800, TRACK 500, REMOVE 1000, WBINVD 1000, ipi 1500, td_exit 600,
-    host_irq 1000, exit_handling 250, vcpu_enter_guest 250.  Zap at Z = 20 000:
+    host_irq 1000, exit_handling 250, vcpu_enter_guest 250, and the default host's restores
+    after each TDH.VP.ENTER (tdx_vcpu_run): WRPKRU 10 + IA32_XSS WRMSR 35 = 45 (no XSETBV:
+    the host XCR0 is the TD's).  Zap at Z = 20 000:
       BLOCK      Z .. +800 busy -> 20 800: flag up, kick both (IN_GUEST_MODE, in the guest)
       IPI        +1 500 -> 22 300: host interrupt, the TD exits (EXTERNAL_INTERRUPT) taking
                  td_exit 600 -> 22 900: IRQ window, both ack; KVM then plans the next entry
-                 with the flag up: a spin whose late check is host_irq + exit_handling +
-                 vcpu_enter_guest = 1 500 later, at 24 400
+                 with the flag up: a spin whose late check is restores + host_irq +
+                 exit_handling + vcpu_enter_guest = 1 545 later, at 24 445
       retry      22 900 .. 23 700 BLOCK succeeds; flag down at 23 700
       TRACK      23 700 .. 24 200 succeeds (no entry holds the epoch: both are spinning)
       kick       24 200 (tdx_track, unconditional): both are before their late check, which
-                 fires at 24 400 (late_abort.kick) and acks
-      REMOVE     24 400 .. 25 400, WBINVD 25 400 .. 26 400
+                 fires at 24 445 (late_abort.kick) and acks
+      REMOVE     24 445 .. 25 445, WBINVD 25 445 .. 26 445
     """
     scenario = scenario_from_dict({
         "sim": {"duration_us": 40, "seed": 1},
@@ -170,18 +176,18 @@ def test_busy_block_timeline():
         (23700, "wait_for_sept_zap", False),
         (24200, "TDH_MEM_TRACK", "TDX_SUCCESS"),
         (24200, "kick", "track", 2),
-        (24400, "late_abort", v0, "kick"),
-        (24400, "late_abort", v1, "kick"),
-        (24400, "ack", "track", v0),
-        (24400, "ack", "track", v1),
-        (25400, "TDH_MEM_PAGE_REMOVE", "TDX_SUCCESS"),
-        (26400, "TDH_PHYMEM_PAGE_WBINVD", "TDX_SUCCESS"),
+        (24445, "late_abort", v0, "kick"),
+        (24445, "late_abort", v1, "kick"),
+        (24445, "ack", "track", v0),
+        (24445, "ack", "track", v1),
+        (25445, "TDH_MEM_PAGE_REMOVE", "TDX_SUCCESS"),
+        (26445, "TDH_PHYMEM_PAGE_WBINVD", "TDX_SUCCESS"),
     ]
     m = r.metrics
     assert m["sept.no_vcpus_ns.block"] == 23700 - 20800
     assert m["sept.kick_wait_ns.busy"] == 22900 - 20800
-    assert m["sept.kick_wait_ns.track"] == 24400 - 24200
-    assert m["sept.zap_ns"] == 26400 - 20000
+    assert m["sept.kick_wait_ns.track"] == 24445 - 24200
+    assert m["sept.zap_ns"] == 26445 - 20000
     assert r.violations == []
 
 
@@ -192,6 +198,7 @@ def test_failed_remove_retry_bugs_the_vm():
                         busy=lambda leaf, retry, default: leaf == REMOVE)
     m = sim.run().metrics
     assert m["kvm_bug.tdx_sept_remove_leaf_spte"] == m["kvm_bug"] == 1
+    assert m["kernel_warn.tdx_sept_remove_leaf_spte"] == m["kernel_warn"] == 1
     assert m["sept.zaps"] == 1  # the second is not issued for a bugged VM
     assert m["seamcall.TDH_MEM_PAGE_REMOVE.status.TDX_OPERAND_BUSY"] == 2  # try and retry
     assert "seamcall.TDH_PHYMEM_PAGE_WBINVD" not in m  # -EIO before it, and no second page
@@ -206,6 +213,7 @@ def test_failed_track_retry_bugs_the_vm_but_still_kicks():
                         busy=lambda leaf, retry, default: leaf == TRACK)
     m = sim.run().metrics
     assert m["kvm_bug.tdx_track"] == m["kvm_bug"] == 1
+    assert m["kernel_warn.tdx_track"] == m["kernel_warn"] == 1
     assert m["seamcall.TDH_MEM_TRACK.status.TDX_OPERAND_BUSY"] == 2
     assert m["sept.kicks.track"] > 0
     assert m["seamcall.TDH_MEM_PAGE_REMOVE.status.TDX_SUCCESS"] == 1
@@ -251,7 +259,7 @@ def test_no_entry_during_zap_on_random_storms(vcpus, busy_p, block_busy_p, epoch
     r = run(zap_td(duration_us=400, vcpus=vcpus, busy_p=busy_p, block_busy_p=block_busy_p,
                    epoch_ns=epoch_ns, zap_hz=50000, pages=pages, seed=seed,
                    fault_hz=fault_hz, aug_busy_p=0.5))
-    assert r.violations == []
+    assert [v for v in r.violations if "stale exit fields" not in v["detail"]] == []
     assert "kvm_bug" not in r.metrics
 
 

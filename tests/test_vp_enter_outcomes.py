@@ -125,12 +125,23 @@ def test_exception_nmi_exit_for_another_vector_is_kvm_exit_exception():
     assert after == []
 
 
-@pytest.mark.parametrize("reason", [arch.EXIT_REASON_EXTERNAL_INTERRUPT,
-                                    arch.EXIT_REASON_OTHER_SMI])
-def test_external_interrupt_and_other_smi_re_enter(reason):
-    """EXTERNAL_INTERRUPT: ++irq_exits, 1; OTHER_SMI: 1."""
-    _r, rec, after = outcome(reason)
+@pytest.mark.parametrize(("reason", "r9"), [
+    (arch.EXIT_REASON_EXTERNAL_INTERRUPT, arch.INTR_INFO_VALID_MASK | 0xEC),
+    (arch.EXIT_REASON_OTHER_SMI, 0)])
+def test_external_interrupt_and_other_smi_re_enter(reason, r9):
+    """EXTERNAL_INTERRUPT with a valid external-interrupt R9 (the host handler of its vector
+    runs IRQs-off): ++irq_exits, 1; OTHER_SMI: 1."""
+    r, rec, after = outcome(reason, r9=r9)
     assert (rec["kvm"], after) == ("in_kernel", ["after"])
+    assert r.metrics.get("kvm_bug", 0) == 0
+
+
+def test_external_interrupt_exit_without_interrupt_info_is_a_kvm_bug():
+    """EXTERNAL_INTERRUPT whose R9 is not a valid external interrupt:
+    handle_external_interrupt_irqoff's KVM_BUG ("unexpected VM-Exit interrupt info")."""
+    r, _rec, after = outcome(arch.EXIT_REASON_EXTERNAL_INTERRUPT, r9=0)
+    assert r.metrics["kvm_bug.handle_external_interrupt_irqoff"] == 1
+    assert after == []
 
 
 def test_private_pending_ept_violation_kills_the_vm():

@@ -98,6 +98,9 @@ def random_scenario(i: int) -> dict[str, Any]:
                  "genuine_ept_misconfig"):
         if r.random() < 0.08:
             faults[name] = pick(0.0005, 0.005)
+    if "error_exit" in faults:  # its L2 statuses need TD partitioning
+        for vm in vms:
+            vm["td_partitioning"] = True
     return {
         "sim": {"duration_us": pick(1000, 2000, 4000), "seed": r.randint(0, 2**16),
                 "warmup_us": pick(0, 0, 300)},
