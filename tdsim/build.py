@@ -101,13 +101,8 @@ class Model:
             env.process(timer.periodic(phase))
         interrupts.start(env, cfg.sim.seed, self.vms, self.cpus, cfg.host.nmi_hz, self.irq,
                          self.host_stat)
-        for vm in self.vms:
-            if isinstance(vm, KvmTdx) and vm.sept.zap_hz > 0:
-                zapper = sept.SeptZapper(env, vm, vm.sept, cfg.costs,
-                                         vm_stream(cfg.sim.seed, vm.name, "sept"),
-                                         self.host_stat)
-                self.zappers.append(zapper)
-                env.process(zapper.run())
+        for zapper in self.zappers:
+            env.process(zapper.run())
         self.faults.start(self.vcpus, self.vms)
 
 
@@ -201,6 +196,12 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
                 else:
                     model.timers.append((timer, phase))
         model.vms.append(vm)
+        if isinstance(vm, KvmTdx) and vm.sept.zap_hz > 0:
+            model.zappers.append(sept.SeptZapper(
+                env, vm, vm.sept, costs, vm_stream(seed, vm.name, "sept"),
+                {leaf: vm_stream(seed, vm.name, f"sept.busy.{name}")
+                 for leaf, name in sept.SEPT_CALLS.items()},
+                host_stat, tracer))
     # CPU hotplug: the scheduler's teardown and startup callbacks are KVM's
     kvm.disable_virtualization_cpu = partial(
         vt_disable_virtualization_cpu, percpu,

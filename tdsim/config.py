@@ -86,6 +86,8 @@ class Costs:
     tdh_mem_track_ns: int
     tdh_mem_page_remove_ns: int
     tdh_mem_page_aug_ns: int
+    tdh_phymem_page_wbinvd_ns: int
+    tdh_vp_enter_epoch_ns: int
     kvm_private_fault_ns: int
 
 
@@ -169,6 +171,7 @@ class SeptConfig:
 
     zap_hz: float
     zap_pages: int
+    block_busy_p: float
     remove_busy_p: float
     private_fault_hz: float
     aug_busy_p: float

@@ -47,6 +47,8 @@ _IRQ_EXIT_SOURCES = ("tick", "timer", "kick", "resched", "flush_ipi", "other")
 _IPI_PATTERNS = ("unicast", "multicast", "broadcast", "shootdown")
 _CATEGORIES = ("guest", "kvm", "vmm", "host_task", "idle")
 _STATS = ("p50", "p90", "p99", "max", "count")
+_SEPT_CALLS = ("block", "track", "remove")
+_KICK_CAUSES = ("busy", "track")
 
 # Placeholders with a closed set of values; any other placeholder matches one segment.
 PLACEHOLDERS: dict[str, tuple[str, ...]] = {
@@ -61,6 +63,8 @@ PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "pattern": _IPI_PATTERNS,
     "category": _CATEGORIES,
     "stat": _STATS,
+    "sept_call": _SEPT_CALLS,
+    "kick_cause": _KICK_CAUSES,
 }
 
 METRICS: tuple[MetricFamily, ...] = (
@@ -200,16 +204,28 @@ METRICS: tuple[MetricFamily, ...] = (
                  "kvm_vcpu_wake_up to running again, percentiles"),
     # --- SEPT, private faults -------------------------------------------------------------
     MetricFamily("sept.zaps", "zaps", "SEPT zaps", "private-page zaps", per_vcpu=False),
-    MetricFamily("sept.zap_ns", "ns", "SEPT zap time", "time from BLOCK to the last REMOVE",
-                 per_vcpu=False),
+    MetricFamily("sept.zap_ns", "ns", "SEPT zap time",
+                 "time from a zap's first BLOCK to its last WBINVD", per_vcpu=False),
     MetricFamily("sept.kicks", "kicks", "SEPT kick-and-wait kicks",
                  "vCPUs waited for by KVM_REQ_OUTSIDE_GUEST_MODE", per_vcpu=False),
+    MetricFamily("sept.kicks.{kick_cause}", "kicks", "SEPT kick-and-wait kicks by cause",
+                 "vCPUs waited for, by why KVM made the request: busy (tdh_do_no_vcpus after "
+                 "OPERAND_BUSY, with wait_for_sept_zap set) or track (tdx_track's "
+                 "unconditional kick after every TDH.MEM.TRACK)", per_vcpu=False),
     MetricFamily("sept.kick_wait_ns", "ns", "SEPT kick-and-wait time",
                  "time waiting for every vCPU to leave the TD", per_vcpu=False),
-    MetricFamily("sept.remove_busy", "SEAMCALLs", "busy TDH.MEM.PAGE.REMOVE",
-                 "TDH.MEM.PAGE.REMOVE returns of TDX_OPERAND_BUSY", per_vcpu=False),
+    MetricFamily("sept.kick_wait_ns.{kick_cause}", "ns", "SEPT kick-and-wait time by cause",
+                 "time waiting for every vCPU to leave the TD, by the request's cause",
+                 per_vcpu=False),
+    MetricFamily("sept.busy.{sept_call}", "SEAMCALLs", "busy SEPT-zap SEAMCALLs",
+                 "first tries of TDH.MEM.RANGE.BLOCK / TDH.MEM.TRACK / TDH.MEM.PAGE.REMOVE "
+                 "that returned TDX_OPERAND_BUSY (each opens one wait_for_sept_zap window)",
+                 per_vcpu=False),
     MetricFamily("sept.no_vcpus_ns", "ns", "tdh_do_no_vcpus time",
                  "time with wait_for_sept_zap set", per_vcpu=False),
+    MetricFamily("sept.no_vcpus_ns.{sept_call}", "ns", "tdh_do_no_vcpus time by SEAMCALL",
+                 "time with wait_for_sept_zap set, by the SEAMCALL being retried (kick-and-wait "
+                 "plus the retry)", per_vcpu=False),
     MetricFamily("sept.wait_ns", "ns", "time spinning on wait_for_sept_zap",
                  "vCPU time in vcpu_enter_guest while wait_for_sept_zap was set"),
     MetricFamily("ept.private_faults", "faults", "private-page EPT violations",
@@ -227,7 +243,8 @@ METRICS: tuple[MetricFamily, ...] = (
     MetricFamily("kvm_bug", "events", "KVM_BUG_ON", "KVM_BUG_ON hits (the VM is dead): the "
                  "sum of kvm_bug.<site>", per_vcpu=False),
     MetricFamily("kvm_bug.{function}", "events", "KVM_BUG_ON by site",
-                 "KVM_BUG_ON hits by the kernel function they are in", per_vcpu=False),
+                 "KVM_BUG_ON / TDX_BUG_ON hits by the kernel function they are in (every hit; "
+                 "the VM is marked bugged at the first)", per_vcpu=False),
     MetricFamily("kernel_warn", "events", "kernel warnings",
                  "WARN_ON_ONCE / KVM_BUG_ON warnings a run would print (dmesg shows each site "
                  "once per boot): the sum of kernel_warn.<function>", per_vcpu=False),

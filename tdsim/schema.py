@@ -239,6 +239,17 @@ COSTS = Table(
                                   "exclusively meanwhile)"),
         "tdh_mem_page_remove_ns": _cost(1000, "placeholder", (500, 3000),
                                         "TDH.MEM.PAGE.REMOVE, SEAMCALL included"),
+        "tdh_phymem_page_wbinvd_ns": _cost(1000, "placeholder", (500, 3000),
+                                           "TDH.PHYMEM.PAGE.WBINVD of one removed 4K page "
+                                           "(write-back and invalidate of its cache lines "
+                                           "under the TD's HKID), SEAMCALL included"),
+        "tdh_vp_enter_epoch_ns": _cost(100, "placeholder", (25, 900),
+                                       "not a cost: how long a TDH.VP.ENTER holds the TD "
+                                       "epoch lock shared, from its SEAMCALL (the module's "
+                                       "TLB-tracking critical section; at most up to VM "
+                                       "entry, seamcall_ns + td_entry_ns later).  A "
+                                       "TDH.MEM.TRACK whose exclusive hold overlaps it "
+                                       "returns TDX_OPERAND_BUSY (tdsim/sept.py)"),
         "tdh_mem_page_aug_ns": _cost(1000, "placeholder", (500, 3000),
                                      "TDH.MEM.PAGE.AUG, SEAMCALL included"),
         "kvm_private_fault_ns": _cost(500, "placeholder", (250, 1500),
@@ -321,14 +332,23 @@ INTERRUPTS = Table(
 SEPT = Table(
     {
         "zap_hz": Key(NUM, 0.0, "private-page zaps per second (e.g. private->shared "
-                      "conversions); each runs TDH.MEM.RANGE.BLOCK, TDH.MEM.TRACK + kick-and-"
-                      "wait, TDH.MEM.PAGE.REMOVE under mmu_lock; 0 = off", non_negative),
-        "zap_pages": Key(int, 1, "4K pages removed per zap (one TDH.MEM.PAGE.REMOVE each)",
-                         positive),
-        "remove_busy_p": Key(NUM, 0.0, "probability that TDH.MEM.PAGE.REMOVE returns "
-                             "TDX_OPERAND_BUSY (SEPT lock held by a vCPU's TDH.VP.ENTER or a "
-                             "guest TDG.MEM.PAGE.ACCEPT); the retry goes through "
-                             "tdh_do_no_vcpus (wait_for_sept_zap)", probability),
+                      "conversions); under mmu_lock each runs, per page, "
+                      "tdx_sept_remove_leaf_spte: TDH.MEM.RANGE.BLOCK, TDH.MEM.TRACK + the "
+                      "kick-and-wait of every vCPU, TDH.MEM.PAGE.REMOVE (the three through "
+                      "tdh_do_no_vcpus), TDH.PHYMEM.PAGE.WBINVD; 0 = off", non_negative),
+        "zap_pages": Key(int, 1, "4K pages removed per zap (one BLOCK, TRACK + kick, REMOVE "
+                         "and WBINVD each)", positive),
+        "block_busy_p": Key(NUM, 0.0, "probability that the first TDH.MEM.RANGE.BLOCK of a "
+                            "page returns TDX_OPERAND_BUSY (SEPT lock held by TDH.VP.ENTER's "
+                            "zero-step mitigation or a guest TDG.MEM.PAGE.ACCEPT / ATTR call, "
+                            "neither modelled); tdh_do_no_vcpus then raises "
+                            "wait_for_sept_zap, kicks every vCPU out and retries (the retry "
+                            "succeeds).  TDH.MEM.TRACK's busy is not a knob: it follows from "
+                            "the TD entries in flight (costs.tdh_vp_enter_epoch_ns)",
+                            probability),
+        "remove_busy_p": Key(NUM, 0.0, "probability that the first TDH.MEM.PAGE.REMOVE of a "
+                             "page returns TDX_OPERAND_BUSY (as for block_busy_p); the retry "
+                             "goes through tdh_do_no_vcpus (wait_for_sept_zap)", probability),
         "private_fault_hz": Key(NUM, 0.0, "EPT violations on not-yet-mapped private pages "
                                 "per vCPU per second of guest run time; 0 = off",
                                 non_negative),

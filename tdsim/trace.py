@@ -60,6 +60,11 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "violation": ("invariant", "detail"),
     "nmi_injected": (),                    # kvm_inject_nmi (the VMM or a watchdog)
     "nmi_delivered": (),                   # the TDX module injected PEND_NMI at TD entry
+    # a SEPT zap (tdsim.sept; cpu -1, the zapping thread runs outside the model): its
+    # SEAMCALLs are "seamcall" events at their return
+    "sept_flag": ("value", "leaf"),        # wait_for_sept_zap set / cleared around a retry
+    "sept_kick": ("cause", "vcpus"),       # KVM_REQ_OUTSIDE_GUEST_MODE: busy | track, waited for
+    "sept_ack": ("cause",),                # that vCPU acked the request (its IRQ window)
 }
 _FIELDS = {kind: frozenset(names) for kind, names in EVENT_KINDS.items()}
 

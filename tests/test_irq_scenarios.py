@@ -64,11 +64,16 @@ def test_nmi_watchdog_scenario_claims():
 
 
 def test_sept_zap_storm_scenario_claims():
-    """Spinning on wait_for_sept_zap, kicks, VP.ENTER OPERAND_BUSY retried in the kernel."""
+    """Spinning on wait_for_sept_zap, kicks (tdx_track's per page, and one per busy BLOCK,
+    TRACK and REMOVE), VP.ENTER OPERAND_BUSY retried in the kernel, no KVM_BUG_ON."""
     m = metrics("irq_sept_zap_storm.toml", stale_exits=True)
     assert m["late_abort.wait_for_sept_zap"] > 0
     assert m["sept.wait_ns"] > 0
     assert m["sept.kicks"] > m["sept.zaps"]
+    assert m["sept.kicks.track"] > m["seamcall.TDH_PHYMEM_PAGE_WBINVD"]  # several per page
+    assert all(m[f"sept.busy.{c}"] > 0 for c in ("block", "track", "remove"))
+    assert m["sept.kicks.busy"] > sum(m[f"sept.busy.{c}"] for c in ("block", "track", "remove"))
+    assert "kvm_bug" not in m
     assert m["vp_enter_busy"] > 0
     assert m["userspace_exits"] == 0
     assert m["exits.reason.EPT_VIOLATION"] == m["ept.private_faults"] > 100
