@@ -384,6 +384,18 @@ class Scheduler:
             return
         self._dispatch(cpu, nxt)
 
+    def idle_balance(self, cpu: HostCpu) -> bool:
+        """An idle CPU's periodic idle balance (run from its tick in Linux): pull a runnable
+        unpinned thread queued on another CPU, as a CPU going idle does, and run it.
+        Returns whether it found one."""
+        if cpu.curr is not None or cpu.rq:
+            return False
+        t = self._pull(cpu)
+        if t is None:
+            return False
+        self._dispatch(cpu, t)
+        return True
+
     def _pull(self, cpu: HostCpu) -> Thread | None:
         """Idle balancing: take the first unpinned runnable thread of the next CPU (after
         this one, wrapping around) whose queue has one."""

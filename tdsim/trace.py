@@ -48,6 +48,9 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "userspace_exit": ("reason",),
     "violation": ("invariant", "detail"),
     "nmi_delivered": (),                   # the TDX module injected PEND_NMI at TD entry
+    # a scheduled event (tdsim.schedule) is applied: its kind (what), where it was placed (entry
+    # segment and landmark, or "t"), and where the vCPU really was (tdsim.choices.position)
+    "inject": ("what", "entry", "at", "landed"),
 }
 _FIELDS = {kind: frozenset(names) for kind, names in EVENT_KINDS.items()}
 
