@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import interrupts, sept, tdvmcall
+from .choices import Runtime
 from .clock import Environment
 from .config import hz_to_period_ns
 from .faults import Faults
@@ -62,6 +63,7 @@ class Model:
     timers: list[tuple[LapicTimer, int]] = field(default_factory=list)  # periodic, phase
     tasks: list[HostTask] = field(default_factory=list)
     zappers: list[sept.SeptZapper] = field(default_factory=list)
+    choices: Runtime | None = None  # a schedule's, a recording's or a search's (tdsim.choices)
 
     def start(self) -> None:
         """Start every process, in the model's fixed order."""
@@ -80,10 +82,14 @@ class Model:
         runner's own processes)."""
         env = self.env
         cfg = self.config
+        choices = self.choices
+        tap = choices.tap if choices is not None else None
+        random_sources = choices is None or choices.random_sources
         for timer, phase in self.timers:
             env.process(timer.periodic(phase))
-        interrupts.start(env, cfg.sim.seed, self.vms, self.cpus, cfg.host.nmi_hz, self.irq,
-                         self.host_stat)
+        if random_sources:
+            interrupts.start(env, cfg.sim.seed, self.vms, self.cpus, cfg.host.nmi_hz,
+                             self.irq, self.host_stat, tap)
         for vm in self.vms:
             if isinstance(vm, KvmTdx) and vm.sept.zap_hz > 0:
                 zapper = sept.SeptZapper(env, vm, vm.sept, cfg.costs,
@@ -91,11 +97,18 @@ class Model:
                                          self.host_stat)
                 self.zappers.append(zapper)
                 env.process(zapper.run())
-        self.faults.start(self.vcpus, self.vms)
+        if random_sources:
+            self.faults.start(self.vcpus, self.vms, tap)
 
 
-def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | None) -> Model:
-    """Construct the model of `config` (no process is started yet)."""
+def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | None,
+          choices: Runtime | None = None) -> Model:
+    """Construct the model of `config` (no process is started yet).  `choices`: the run's
+    choice points (`tdsim.choices`; made here when the scenario has a schedule)."""
+    if choices is None and config.schedule:
+        choices = Runtime()
+    if choices is not None:
+        choices.prepare(config.schedule)
     env = Environment()
     seed = config.sim.seed
     costs = config.costs
@@ -131,14 +144,15 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
         for i in range(vmc.vcpus):
             scope = VcpuScope(vmc.name, i)
             guest: Any
+            periods = choices.periods_for(scope.name) if choices is not None else None
             if wl.program:
                 guest = ScriptedGuest(compile_program(list(wl.program), vcpu=i),
                                       costs.guest_tdvmcall_ns, wl.record_calls)
             else:
-                guest = irq_guest(scope, seed, vmc, costs.guest_tdvmcall_ns)
+                guest = irq_guest(scope, seed, vmc, costs.guest_tdvmcall_ns, periods)
             if guest is None:
                 guest = GuestVcpu(scope.stream(seed, "workload"), wl.compute_ns,
-                                  wl.compute_exp, wl.mix, costs.guest_tdvmcall_ns)
+                                  wl.compute_exp, wl.mix, costs.guest_tdvmcall_ns, periods)
             pin = vmc.pin[i] if vmc.pin else None
             first_cpu = cpus[pin if pin is not None else (len(model.vcpus) % len(cpus))]
             vcpu: KvmVcpu
@@ -175,4 +189,6 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
         model.tasks.append(HostTask(env, i, stream(seed, f"host.task{i}"), host.task_run_ns,
                                     host.task_sleep_ns, host.task_dist_exp, cpus[i % len(cpus)],
                                     sched, host_stat, tracer))
+    if choices is not None:
+        choices.attach(model)
     return model

@@ -16,6 +16,9 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from .schedule import Schedule
+from .schedule import from_data as schedule_from_data
+
 
 def us_to_ns(us: float) -> int:
     """Microseconds (as given in a scenario) to the model's integer nanoseconds."""
@@ -212,6 +215,7 @@ class ModelConfig:
     vms: tuple[VmConfig, ...]
     vmm: VmmConfig
     faults: Mapping[str, Any]   # [faults], by knob name (declared in tdsim.faults)
+    schedule: Schedule          # [schedule] (tdsim.schedule): empty unless scripted
 
 
 T = TypeVar("T")
@@ -277,4 +281,5 @@ def from_data(d: Mapping[str, Any]) -> ModelConfig:
                                                                 e["edx"]) for e in vmm["cpuid"]}),
             msrs=MappingProxyType({m["index"]: (m["value"], m["error"]) for m in vmm["msr"]})),
         faults=MappingProxyType(dict(d["faults"])),
+        schedule=schedule_from_data(d["schedule"]),
     )
