@@ -1,0 +1,627 @@
+"""``tdsim hunt``: search a scenario's schedules for a run that breaks an oracle, and shrink the
+counterexample to a minimal scripted scenario (docs/hunt.md).
+
+The search space comes from the scenario (`Space`): the kinds of injected event its knobs
+switch on (`tdsim.schedule.EVENT_KINDS`: its ``[faults]``, interrupt sources, host tasks,
+SEPT zaps), its TDs and their vCPUs, the TDVMCALLs of each guest's mix.  A *candidate* is a
+small scripted scenario of that space: the scenario with every random source of injected
+events switched off, fewer vCPUs, explicit guest calls, and a few events placed at the
+run-loop landmarks of chosen entries (`tdsim.schedule`).  Each candidate is one short
+deterministic run (`tdsim.choices` observes where its events land and which strategy hook
+runs next), judged by the oracles of `tdsim.findings`.
+
+Two ways to search:
+
+* ``random``: candidates drawn from a stream seeded by the hunt's seed, few events and early
+  entries first;
+* ``exhaustive``: every schedule of up to ``depth`` events over every landing position (vCPU
+  x kind x entry x landmark) of a fixed workload, fewest events first, with the share of
+  the space covered.
+
+A counterexample is then shrunk (`shrink`): delta debugging on its events, then each part
+made simpler -- fewer vCPUs and VMs, no guest timer, earlier entries and landmarks, no
+delays, the simplest guest calls -- keeping each step that still breaks the same oracle.  The
+result is written as an ordinary scenario (`tdsim.hunt_report`).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .choices import Runtime
+from .findings import NAMES
+from .rng import stream
+from .scenario import Scenario, ScenarioError, scenario_from_dict
+from .schedule import AT_SEAMCALL, EVENT_KINDS, KINDS, LANDMARKS, Event, Period, detail_choices
+from .sim import Simulation
+
+MODES = ("random", "exhaustive")
+DELAYS_NS = (100, 500, 2000, 10000)  # the non-zero delays a random event may take
+MIN_SHRINK_S = 10.0                   # shrinking may run this much past the budget
+
+
+@dataclass(frozen=True)
+class VmSpace:
+    """One VM of the hunted scenario: its vCPUs, and (for a TD) what may happen to them."""
+
+    name: str
+    flavor: str
+    vcpus: int                  # at most, in a candidate
+    kinds: tuple[str, ...]      # injectable event kinds (TDs only)
+    calls: tuple[str, ...]      # the TDVMCALL kinds of its mix, simplest first
+    weights: tuple[float, ...]
+    compute_ns: int
+    timer: bool                 # it has a guest timer (a halted vCPU can be woken)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scripted scenario of the space."""
+
+    vcpus: tuple[int, ...]                         # per VM of the scenario; 0 = left out
+    events: tuple[Event, ...]
+    guest: tuple[tuple[str, tuple[Period, ...]], ...]  # per TD vCPU in the candidate
+    timers: bool                                   # the guests' timers stay on
+    cpus: int                                      # host CPUs
+
+    @property
+    def size(self) -> tuple[int, int, int, int]:
+        """How big it is (smaller is simpler): events, vCPUs, guest periods listed, CPUs."""
+        return (len(self.events), sum(self.vcpus), sum(len(p) for _, p in self.guest),
+                self.cpus)
+
+
+@dataclass
+class Outcome:
+    """What one candidate run gave."""
+
+    hit: dict[str, Any] | None  # the first violation of a hunted oracle
+    landings: list[Any]
+    cells: set[tuple[str, str, str]]
+
+
+@dataclass
+class Progress:
+    """How the hunt is going (passed to the progress callback)."""
+
+    phase: str          # "search", "shrink", "done"
+    runs: int
+    elapsed_s: float
+    budget_s: float
+    best: str           # the best candidate so far, in words ("" = none yet)
+    covered: int
+    space_done: int = 0   # exhaustive: schedules tried
+    space_total: int = 0  # exhaustive: schedules in the space
+
+
+@dataclass
+class HuntResult:
+    """The outcome of one hunt (`hunt`)."""
+
+    scenario: Scenario            # the hunted scenario (strategy applied)
+    strategy: str
+    oracles: tuple[str, ...]
+    mode: str
+    seed: int
+    runs: int
+    elapsed_s: float
+    found_s: float | None         # when the first counterexample was found
+    cells: set[tuple[str, str, str]]
+    kinds: tuple[str, ...]
+    space_done: int = 0
+    space_total: int = 0
+    variants: tuple[str, ...] = ()  # wrong kernel variants installed (tests only)
+    oracle: str | None = None     # the oracle the counterexample breaks
+    candidate: Candidate | None = None
+    shrink_runs: int = 0
+    reproducer: dict[str, Any] | None = None  # scenario data, TOML-able
+    violation: dict[str, Any] | None = None
+    explanation: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def found(self) -> bool:
+        return self.reproducer is not None
+
+
+# --- the space --------------------------------------------------------------------------------
+class Space:
+    """The schedules a scenario allows, and the scripted scenarios of its candidates."""
+
+    def __init__(self, scenario: Scenario, oracles: Sequence[str], entries: int,
+                 max_vcpus: int | None, validate: bool = False) -> None:
+        data = scenario.data
+        self.validate = validate
+        self.scenario = scenario
+        self.oracles = frozenset(oracles) if oracles else NAMES
+        self.entries = entries
+        self.faults = data["faults"]
+        vms = []
+        for vm in data["vm"]:
+            wl = vm["workload"]
+            mix = wl["mix"]
+            calls = tuple(k for k in mix if mix[k] > 0) if not wl["program"] else ()
+            kinds = tuple(k.name for k in EVENT_KINDS if k.enabled(data, vm) and not (
+                k.td_only and vm["flavor"] != "tdx")) if not wl["program"] else ()
+            n = vm["vcpus"] if max_vcpus is None else min(vm["vcpus"], max_vcpus)
+            vms.append(VmSpace(vm["name"], vm["flavor"], n, kinds, calls,
+                               tuple(mix[k] for k in calls), round(wl["compute_us"] * 1000),
+                               wl["timer_hz"] > 0))
+        self.vms = tuple(vms)
+        self.kinds = tuple(k.name for k in EVENT_KINDS
+                           if any(k.name in vm.kinds for vm in self.vms))
+        self.base = _sources_off(data)
+        self.cpus = data["host"]["cpus"]
+        self.min_cpus = 1 + max((max(vm["pin"]) for vm in data["vm"] if vm["pin"]), default=0)
+        # A run stops once every vCPU has begun `stop_after` entry segments (the events are
+        # placed in the first `entries`, the rest lets their consequences happen); the
+        # duration bounds runs whose vCPUs stop or halt for long (end-of-run oracles are
+        # judged only in runs that reach it).
+        self.stop_after = entries + 4
+        slowest = max((vm.compute_ns for vm in self.vms), default=10_000)
+        timer = max((1e9 / vm["workload"]["timer_hz"] for vm in data["vm"]
+                     if vm["workload"]["timer_hz"] > 0), default=0.0)
+        self.horizon_us = math.ceil((self.stop_after * (slowest + 30_000) + 2 * timer) / 1000)
+
+    @property
+    def searchable(self) -> bool:
+        """Some vCPU can be scripted (a statistical guest)."""
+        return any(vm.calls for vm in self.vms)
+
+    def scenario_of(self, cand: Candidate, duration_us: float | None = None) -> Scenario:
+        """The scripted scenario of `cand`.  Built resolved from the resolved base (valid by
+        construction); with ``validate`` it goes through the scenario checks like a file."""
+        data = self.data_of(cand, duration_us)
+        if self.validate:
+            return scenario_from_dict(data, name="<hunt>")
+        return Scenario("<hunt>", data)
+
+    def data_of(self, cand: Candidate, duration_us: float | None = None) -> dict[str, Any]:
+        """The resolved data of `cand`'s scenario (shares the base's unchanged tables)."""
+        base = self.base
+        data = dict(base)
+        data["sim"] = {**base["sim"], "duration_us": float(duration_us or self.horizon_us)}
+        data["host"] = {**base["host"], "cpus": cand.cpus}
+        vms = []
+        for vm0, n in zip(base["vm"], cand.vcpus, strict=True):
+            if not n:
+                continue
+            vm = dict(vm0)
+            vm["vcpus"] = n
+            if vm["pin"] is not None:
+                vm["pin"] = vm["pin"][:n]
+            intr = vm["interrupts"] = dict(vm["interrupts"])
+            intr["device_irq_vcpus"] = [v for v in intr["device_irq_vcpus"] if v < n] or [0]
+            if not cand.timers and vm["workload"]["timer_hz"] > 0:
+                wl = vm["workload"] = dict(vm["workload"])
+                wl["timer_hz"] = 0.0
+                mix = wl["mix"] = dict(wl["mix"])
+                if any(w > 0 for k, w in mix.items() if k != "hlt"):
+                    mix["hlt"] = 0.0
+            vms.append(vm)
+        data["vm"] = vms
+        data["schedule"] = {"random_sources": True,
+                            "event": [_event_data(e) for e in cand.events],
+                            "guest": {name: [p.to_data() for p in periods]
+                                      for name, periods in cand.guest}}
+        return data
+
+    def vcpu_names(self, cand: Candidate) -> list[tuple[VmSpace, str]]:
+        """The vCPUs of a candidate with statistical guests (events target those whose VM
+        has kinds)."""
+        return [(vm, f"{vm.name}.vcpu{i}") for vm, n in zip(self.vms, cand.vcpus, strict=True)
+                if vm.calls for i in range(n)]
+
+    # --- random candidates ------------------------------------------------------------------
+    def random_candidate(self, rng: random.Random, max_events: int) -> Candidate:
+        vcpus = tuple(1 if rng.random() < 0.5 else rng.randint(1, vm.vcpus)
+                      for vm in self.vms)
+        timers = rng.random() < 0.5
+        cand = Candidate(vcpus, (), (), timers, self.cpus)
+        targets = [(vm, name) for vm, name in self.vcpu_names(cand) if vm.kinds]
+        n_events = min(max_events, 1 + int(rng.expovariate(1 / 1.2)))
+        events = []
+        for _ in range(n_events if targets else 0):
+            vm, name = rng.choice(targets)
+            events.append(self.random_event(rng, vm, name))
+        return replace(cand, events=_unique(events), guest=self.random_guest(rng, cand))
+
+    def random_event(self, rng: random.Random, vm: VmSpace, vcpu: str) -> Event:
+        kind = KINDS[rng.choice(vm.kinds)]
+        entry = min(rng.randrange(self.entries), rng.randrange(self.entries))
+        details = detail_choices(kind.name, self.faults)
+        detail = rng.choice(details) if len(details) > 1 else None
+        if kind.where != "landmark":
+            return Event(kind.name, vcpu, entry, detail=detail)
+        delay = 0 if rng.random() < 0.75 else rng.choice(DELAYS_NS)
+        return Event(kind.name, vcpu, entry, rng.choice(LANDMARKS), delay, detail=detail)
+
+    def random_guest(self, rng: random.Random, cand: Candidate
+                     ) -> tuple[tuple[str, tuple[Period, ...]], ...]:
+        out = []
+        for vm, name in self.vcpu_names(cand):
+            calls = [c for c in vm.calls if cand.timers or c != "hlt"]
+            weights = [w for c, w in zip(vm.calls, vm.weights, strict=True)
+                       if cand.timers or c != "hlt"]
+            if not calls:
+                continue
+            periods = []
+            for c in rng.choices(calls, weights, k=self.entries + 2):
+                compute = None
+                if rng.random() < 0.15:
+                    compute = rng.choice((vm.compute_ns // 4, vm.compute_ns * 3))
+                periods.append(Period(c, compute))
+            out.append((name, _trim(tuple(periods))))
+        return tuple(out)
+
+    # --- the exhaustive space ---------------------------------------------------------------
+    def base_candidate(self, seed: int, vcpus: int) -> Candidate:
+        """The fixed workload of an exhaustive hunt: `vcpus` per TD, calls drawn once from
+        each mix (a stream of the hunt's seed), no event."""
+        counts = tuple(min(vcpus, vm.vcpus) for vm in self.vms)
+        cand = Candidate(counts, (), (), True, self.cpus)
+        rng = stream(seed, "hunt.exhaustive.guest")
+        return replace(cand, guest=tuple(
+            (name, _trim(tuple(Period(c) for c in rng.choices(
+                vm.calls, vm.weights, k=self.entries + 2))))
+            for vm, name in self.vcpu_names(cand) if vm.calls))
+
+    def atoms(self, cand: Candidate) -> list[Event]:
+        """Every single event of the exhaustive space: vCPU x kind x entry x landmark (x
+        detail), earliest entries first."""
+        out = []
+        for entry in range(self.entries):
+            for vm, name in self.vcpu_names(cand):
+                for kname in vm.kinds:
+                    kind = KINDS[kname]
+                    details: Sequence[int | None] = detail_choices(kname, self.faults) or (None,)
+                    if len(details) == 1:
+                        details = (None,)
+                    for detail in details:
+                        if kind.where != "landmark":
+                            out.append(Event(kname, name, entry, detail=detail))
+                        else:
+                            out.extend(Event(kname, name, entry, at, detail=detail)
+                                       for at in LANDMARKS)
+        return out
+
+
+def _sources_off(data: dict[str, Any]) -> dict[str, Any]:
+    """The scenario with every random source of injected events off (the schedule injects
+    them), one strategy, no expectations, no warm-up."""
+    from .faults import FAULT_KNOBS
+
+    d = copy.deepcopy(data)
+    for knob in FAULT_KNOBS:
+        d["faults"][knob.key] = 0.0
+    d["host"]["tick_hz"] = 0.0
+    d["host"]["nmi_hz"] = 0.0
+    d["host"]["tasks"] = 0
+    d["kvm"]["compare"] = []
+    d["sim"]["warmup_us"] = 0.0
+    d.pop("expect", None)
+    for vm in d["vm"]:
+        intr = vm["interrupts"]
+        for key in ("nmi_hz", "device_irq_hz", "tlb_flush_hz", "hlt_irqs_off_p"):
+            intr[key] = 0.0
+        vm["sept"]["zap_hz"] = 0.0
+        if vm["flavor"] == "tdx" and not vm["workload"]["program"]:
+            vm["workload"]["compute_dist"] = "fixed"
+    d.pop("schedule", None)
+    return d
+
+
+def _event_data(e: Event) -> dict[str, Any]:
+    return {"kind": e.kind, "vcpu": e.vcpu, "entry": e.entry, "at": e.at,
+            "delay_ns": e.delay_ns, "t_ns": e.t_ns, "detail": e.detail, "cpu": e.cpu}
+
+
+def _trim(periods: tuple[Period, ...]) -> tuple[Period, ...]:
+    """Drop trailing repeats (after the last period, the last one repeats)."""
+    n = len(periods)
+    while n > 1 and periods[n - 1] == periods[n - 2]:
+        n -= 1
+    return periods[:n]
+
+
+def _unique(events: list[Event]) -> tuple[Event, ...]:
+    """Events in placement order, one outcome per entry (a later duplicate is dropped)."""
+    seen = set()
+    out = []
+    for e in sorted(events, key=lambda e: (e.entry or 0, str(e.vcpu), LANDMARK_ORDER.get(
+            e.where, -1), e.kind)):
+        key = (e.vcpu, e.entry, e.where) if e.where in OUTCOME_POINTS else e
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(e)
+    return tuple(out)
+
+
+LANDMARK_ORDER = {AT_SEAMCALL: -2, "attempt": -3, **{at: i for i, at in enumerate(LANDMARKS)}}
+OUTCOME_POINTS = (AT_SEAMCALL, "attempt")
+
+
+# --- running candidates -------------------------------------------------------------------------
+class Runner:
+    """Runs candidates of a space and keeps count."""
+
+    def __init__(self, space: Space, variants: Sequence[str] = ()) -> None:
+        self.space = space
+        self.variants = tuple(variants)
+        self.runs = 0
+
+    def __call__(self, cand: Candidate) -> Outcome:
+        self.runs += 1
+        space = self.space
+        scenario = space.scenario_of(cand)
+        hit: list[dict[str, Any]] = []
+        cut: list[bool] = []
+
+        def done() -> None:  # every vCPU went far enough: stop (unless a hit stops it)
+            if not hit and not cut:
+                cut.append(True)
+                sim.request_stop()
+
+        runtime = Runtime(observe=True, stop_after=space.stop_after, on_done=done)
+        sim = Simulation(scenario, variants=self.variants, choices=runtime)
+        findings = sim.model.findings
+        record = findings.record
+        oracles = space.oracles
+
+        def record_and_stop(name: str, cpu: int, vcpu: str | None, detail: str) -> None:
+            record(name, cpu, vcpu, detail)
+            if name not in oracles or hit:
+                return
+            hit.append({"invariant": name, "t_ns": sim.model.env.now, "cpu": cpu,
+                        "vcpu": vcpu, "detail": detail, "at_end": bool(cut)})
+            if not cut:
+                sim.request_stop()
+            # (after a cut come the stragglers of its instant and the end-of-run checks at
+            # that instant: kept only if the reproducer, a run of its own, sees them too)
+
+        findings.record = record_and_stop  # type: ignore[method-assign]
+        sim.run()
+        return Outcome(hit[0] if hit else None, runtime.landings, runtime.coverage())
+
+
+# --- shrinking ------------------------------------------------------------------------------------
+def shrink(cand: Candidate, oracle: str, run: Callable[[Candidate], Outcome],
+           space: Space, deadline: float) -> tuple[Candidate, Outcome]:
+    """The simplest candidate reachable from `cand` by steps that each still break
+    `oracle` (greedy, to a fixed point or the deadline)."""
+    best = run(cand)
+    assert best.hit is not None
+
+    def still(c: Candidate) -> Outcome | None:
+        out = run(c)
+        return out if out.hit is not None and out.hit["invariant"] == oracle else None
+
+    progress = True
+    while progress and time.monotonic() < deadline:
+        progress = False
+        for step in _steps(cand, space):
+            if time.monotonic() >= deadline:
+                break
+            if step.size > cand.size:
+                continue
+            out = still(step)
+            if out is not None:
+                cand, best, progress = step, out, True
+                break
+    return cand, best
+
+
+def _steps(c: Candidate, space: Space) -> Iterator[Candidate]:
+    """Simpler variants of `c`, the biggest simplifications first."""
+    events = list(c.events)
+    # delta debugging: leave out chunks of events, halves first
+    n = len(events)
+    size = n
+    while size >= 1:
+        for i in range(0, n, size):
+            yield replace(c, events=tuple(events[:i] + events[i + size:]))
+        size //= 2
+    # the events of one vCPU moved to a lower-numbered vCPU of its VM, with its guest
+    named = {e.vcpu for e in events}
+    for v in sorted(str(x) for x in named if x is not None):
+        vm_name, k = v.rsplit(".vcpu", 1)
+        for w in (f"{vm_name}.vcpu{i}" for i in range(int(k))):
+            if w not in named:
+                yield _moved(c, v, w)
+                break
+    # fewer VMs and vCPUs (those no event names)
+    for i, (vm, count) in enumerate(zip(space.vms, c.vcpus, strict=True)):
+        if count and not any(str(v).startswith(vm.name + ".") for v in named) and sum(
+                1 for x in c.vcpus if x) > 1:
+            yield _with_vcpus(c, i, 0, vm.name)
+        for k in range(1, count):
+            if not any(v is not None and v.startswith(vm.name + ".vcpu")
+                       and _index(v) >= k for v in named):
+                yield _with_vcpus(c, i, k, vm.name)
+    if c.timers and not any(p.call == "hlt" for _, ps in c.guest for p in ps):
+        yield replace(c, timers=False)
+    for cpus in range(space.min_cpus, c.cpus):
+        yield replace(c, cpus=cpus)
+    # all events earlier together (one at a time may not do: they act in concert)
+    first = min((e.entry for e in events if e.entry is not None), default=0)
+    for d in range(first, 0, -1):
+        yield replace(c, events=tuple(replace(e, entry=e.entry - d) if e.entry is not None
+                                      else e for e in events))
+    # each event simpler: its vCPU, entry, kind, landmark, delay, detail
+    for i, e in enumerate(events):
+        owner = next((vm for vm in space.vms if str(e.vcpu).startswith(vm.name + ".vcpu")),
+                     None)
+        for simpler in _simpler_events(e, owner.kinds if owner is not None else ()):
+            yield replace(c, events=_unique(events[:i] + [simpler] + events[i + 1:]))
+    # the guests: fewer periods, default compute times, the simplest calls
+    for j, (name, periods) in enumerate(c.guest):
+        vm = next(vm for vm in space.vms if name.startswith(vm.name + ".vcpu"))
+        for m in range(1, len(periods)):
+            yield _with_guest(c, j, periods[:m])
+        for k in range(len(periods) - 1):
+            yield _with_guest(c, j, periods[:k] + periods[k + 1:])
+        for k, p in enumerate(periods):
+            if p.compute_ns is not None:
+                yield _with_guest(c, j, periods[:k] + (Period(p.call),) + periods[k + 1:])
+            simplest = vm.calls[0] if vm.calls else p.call
+            if p.call != simplest:
+                yield _with_guest(c, j, periods[:k] + (Period(simplest, p.compute_ns),)
+                                  + periods[k + 1:])
+
+
+def _simpler_events(e: Event, kinds: Sequence[str]) -> Iterator[Event]:
+    if e.vcpu is not None and not e.vcpu.endswith(".vcpu0"):
+        yield replace(e, vcpu=e.vcpu.rsplit("vcpu", 1)[0] + "vcpu0")
+    for entry in range(e.entry or 0):
+        yield replace(e, entry=entry)
+    where = KINDS[e.kind].where
+    for kind in kinds[:kinds.index(e.kind)] if e.kind in kinds else ():
+        if KINDS[kind].where == where:
+            yield replace(e, kind=kind, detail=None)
+    if e.delay_ns:
+        yield replace(e, delay_ns=0)
+    if e.at in LANDMARKS:
+        for at in LANDMARKS[:LANDMARKS.index(e.at)]:
+            yield replace(e, at=at)
+    if e.detail is not None:
+        yield replace(e, detail=None)
+
+
+def _with_vcpus(c: Candidate, i: int, k: int, vm: str) -> Candidate:
+    """`c` with `k` vCPUs in VM `i` (named `vm`): the guests of the others go too."""
+    vcpus = c.vcpus[:i] + (k,) + c.vcpus[i + 1:]
+    kept = tuple((name, p) for name, p in c.guest
+                 if not (name.startswith(vm + ".vcpu") and _index(name) >= k))
+    return replace(c, vcpus=vcpus, guest=kept)
+
+
+def _moved(c: Candidate, v: str, w: str) -> Candidate:
+    """`c` with vCPU `v`'s events and guest given to vCPU `w` (which has no events)."""
+    guest = dict(c.guest)
+    if v in guest:
+        guest[w] = guest.pop(v)
+    events = [replace(e, vcpu=w) if e.vcpu == v else e for e in c.events]
+    return replace(c, events=_unique(events), guest=tuple(sorted(guest.items())))
+
+
+def _with_guest(c: Candidate, j: int, periods: tuple[Period, ...]) -> Candidate:
+    name = c.guest[j][0]
+    return replace(c, guest=c.guest[:j] + ((name, _trim(periods)),) + c.guest[j + 1:])
+
+
+def _index(vcpu: str) -> int:
+    """The vCPU index in a name (``td0.vcpu3`` -> 3)."""
+    return int(vcpu.rsplit("vcpu", 1)[1])
+
+
+# --- the hunt -----------------------------------------------------------------------------------
+def hunt(scenario: Scenario, strategy: str | None = None, oracles: Sequence[str] = (),
+         budget_s: float = 60.0, seed: int = 1, mode: str = "random", entries: int = 8,
+         max_events: int = 6, depth: int = 2, vcpus: int | None = None,
+         max_runs: int | None = None, variants: Sequence[str] = (),
+         progress: Callable[[Progress], None] | None = None) -> HuntResult:
+    """Search the schedules `scenario` allows for a run that breaks one of `oracles` (all
+    of `tdsim.findings` by default) under `strategy` (default: the scenario's
+    ``kvm.host_state``; a built-in name or ``path/file.py:Class``), for at most about
+    `budget_s` seconds (and `max_runs` runs, if given), and shrink what it finds (module
+    docstring).  Deterministic in its arguments as long as the budget is not what ends it
+    (it is wall-clock time; `max_runs` is not).  `variants`: deliberately wrong kernel
+    variants to install (tests only, `tdsim.variants`)."""
+    from .hunt_report import explain_violation, reproducer
+
+    if mode not in MODES:
+        raise ScenarioError("--mode", repr(mode), f"not one of {', '.join(MODES)}")
+    unknown = [o for o in oracles if o not in NAMES]
+    if unknown:
+        raise ScenarioError("--oracle", unknown[0], "not an oracle or invariant tdsim checks "
+                            f"(known: {', '.join(sorted(NAMES))})")
+    if strategy is not None:
+        scenario = scenario.replace([f"kvm.host_state={strategy}"])
+    strategy_name = scenario.data["kvm"]["host_state"]
+    space = Space(scenario, oracles, entries, vcpus if mode == "random" else (vcpus or 1))
+    if not space.searchable:
+        raise ScenarioError(scenario.path, "vm", "every guest runs a scripted program: "
+                            "tdsim hunt searches what statistical guests (workload.mix) do")
+    run = Runner(space, variants)
+    result = HuntResult(scenario, strategy_name, tuple(sorted(space.oracles)), mode, seed,
+                        0, 0.0, None, set(), space.kinds, variants=tuple(variants))
+    t0 = time.monotonic()
+    deadline = t0 + budget_s
+    best = ""
+    last = 0.0
+
+    def report(phase: str) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if progress is not None and (phase != "search" or now - last >= 0.2):
+            last = now
+            progress(Progress(phase, run.runs, now - t0, budget_s, best, len(result.cells),
+                              result.space_done, result.space_total))
+
+    candidates = (_random_candidates(space, seed, max_events) if mode == "random"
+                  else _exhaustive_candidates(space, seed, vcpus or 1, depth, result))
+    for cand in candidates:
+        if time.monotonic() >= deadline or (max_runs and run.runs >= max_runs):
+            break
+        out = run(cand)
+        result.cells |= out.cells
+        if mode == "exhaustive":
+            result.space_done += 1
+        if out.hit is None:
+            report("search")
+            continue
+        found_s = time.monotonic() - t0
+        oracle = out.hit["invariant"]
+        best = f"{len(cand.events)} events ({oracle})"
+        report("shrink")
+        searched = run.runs
+        small, out = shrink(cand, oracle, run, space,
+                            max(deadline, time.monotonic() + MIN_SHRINK_S))
+        assert out.hit is not None
+        result.cells |= out.cells
+        result.oracle = oracle
+        result.candidate = small
+        result.reproducer = reproducer(space, small, out.hit, result)
+        if result.reproducer is None:
+            # an end-of-run oracle at the instant a run was cut short, which a run of
+            # its own does not see: not a counterexample
+            result.extra["not_reproduced"] = result.extra.get("not_reproduced", 0) + 1
+            result.oracle = result.candidate = None
+            best = ""
+            continue
+        result.found_s = found_s
+        result.shrink_runs = run.runs - searched
+        result.violation, result.explanation = explain_violation(result)
+        break
+    result.runs = run.runs
+    result.elapsed_s = time.monotonic() - t0
+    report("done")
+    return result
+
+
+def _random_candidates(space: Space, seed: int, max_events: int) -> Iterator[Candidate]:
+    rng = stream(seed, "hunt.random")
+    while True:
+        yield space.random_candidate(rng, max_events)
+
+
+def _exhaustive_candidates(space: Space, seed: int, vcpus: int, depth: int,
+                           result: HuntResult) -> Iterator[Candidate]:
+    base = space.base_candidate(seed, vcpus)
+    atoms = space.atoms(base)
+    result.space_total = sum(math.comb(len(atoms), k) for k in range(0, depth + 1))
+    for k in range(0, depth + 1):
+        for combo in itertools.combinations(atoms, k):
+            events = _unique(list(combo))
+            if len(events) < k:
+                result.space_done += 1  # two outcomes at one entry: not a schedule
+                continue
+            yield replace(base, events=events)
