@@ -62,6 +62,7 @@ def cmd_hunt(args: argparse.Namespace) -> int:
     command = _command(args)
     total = len(jobs)
     found = 0
+    summary = []
     for i, job in enumerate(jobs):
         progress = _Progress(args, job.label if total > 1 else "hunt", sys.stderr)
         result = hunt(job.scenario, job.strategy, oracles, args.budget, args.seed, args.mode,
@@ -75,8 +76,15 @@ def cmd_hunt(args: argparse.Namespace) -> int:
             found += 1
         if not args.quiet:
             _print_result(result, job, command, sys.stdout, first=i == 0)
+        if result.found:
+            n = len(result.candidate.events)
+            summary.append(f"  {job.label}: {result.oracle} ({n} event{'s' if n != 1 else ''}"
+                           f") -> {job.out}")
+        else:
+            summary.append(f"  {job.label}: none ({result.runs:,} runs)")
     if total > 1 and not args.quiet:
         print(f"\n{found} of {total} hunts found a counterexample")
+        print("\n".join(summary))
     return EXIT_FOUND if found else EXIT_NONE
 
 
