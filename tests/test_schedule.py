@@ -1,12 +1,16 @@
 """The scripted schedule as scenario input (tdsim.schedule): its declarations, its checks and
 its round trip through a scenario."""
 
+from pathlib import Path
+
 import pytest
 
 from tdsim.config import from_data
 from tdsim.faults import FAULT_KNOBS
 from tdsim.scenario import ScenarioError, scenario_from_dict
-from tdsim.schedule import KINDS, Event, Period, Schedule
+from tdsim.schedule import EVENT_KINDS, KINDS, Event, Period, Schedule
+
+DOCS = Path(__file__).parents[1] / "docs" / "hunt.md"
 
 
 def scenario(schedule, **extra):
@@ -20,6 +24,13 @@ def scenario(schedule, **extra):
 def test_every_fault_knob_is_an_event_kind():
     """Each [faults] knob (its name, without _hz) can be scheduled as an event."""
     assert {k.name for k in FAULT_KNOBS} <= set(KINDS)
+
+
+def test_every_event_kind_is_documented():
+    """docs/hunt.md lists every kind of injected event."""
+    text = DOCS.read_text()
+    for kind in EVENT_KINDS:
+        assert f"`{kind.name}`" in text
 
 
 def test_a_schedule_round_trips_through_a_scenario():
@@ -70,7 +81,7 @@ def test_a_bad_event_is_one_line_naming_its_key(event, where, message):
 ])
 def test_a_bad_guest_list_is_bad_input(guest, message):
     """A guest list names an existing vCPU and TDVMCALL kinds, halting only with a timer."""
-    with pytest.raises(ScenarioError, match="schedule.guest") as e:
+    with pytest.raises(ScenarioError, match=r"schedule\.guest") as e:
         scenario({"guest": guest})
     assert message in str(e.value)
 
