@@ -76,7 +76,7 @@ def cmd_hunt(args: argparse.Namespace) -> int:
             found += 1
         if not args.quiet:
             _print_result(result, job, command, sys.stdout, first=i == 0)
-        if result.found:
+        if result.found and result.candidate is not None:
             n = len(result.candidate.events)
             summary.append(f"  {job.label}: {result.oracle} ({n} event{'s' if n != 1 else ''}"
                            f") -> {job.out}")

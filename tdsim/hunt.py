@@ -432,8 +432,8 @@ def _steps(c: Candidate, space: Space) -> Iterator[Candidate]:
     # the events of one vCPU moved to a lower-numbered vCPU of its VM, with its guest
     named = {e.vcpu for e in events}
     for v in sorted(str(x) for x in named if x is not None):
-        vm_name, k = v.rsplit(".vcpu", 1)
-        for w in (f"{vm_name}.vcpu{i}" for i in range(int(k))):
+        vm_name = v.rsplit(".vcpu", 1)[0]
+        for w in (f"{vm_name}.vcpu{i}" for i in range(_index(v))):
             if w not in named:
                 yield _moved(c, v, w)
                 break
