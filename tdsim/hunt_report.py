@@ -22,7 +22,8 @@ from .scenario import load_scenario_text, scenario_from_dict
 from .schedule import AT_ATTEMPT, AT_SEAMCALL, KINDS, Event, detail_choices
 
 if TYPE_CHECKING:
-    from .hunt import Candidate, HuntResult, Space
+    from .hunt import HuntResult
+    from .hunt_space import Candidate, Space
     from .trace import Event as TraceEvent
 
 _INLINE_ARRAYS = ("event",)  # arrays of tables written inline, one item per line
