@@ -281,7 +281,7 @@ are not compared (they belong to the scenario as written)."""
     arg("--strategy", metavar="S[,S...]",
         help="host-state strategy to hunt (built-in, package.module:Class or "
              "path/file.py:Class); several, comma-separated, are hunted one after the other "
-             "(default: the scenario's kvm.host_state)"),
+             "(default: as tdsim run, each of kvm.compare, else kvm.host_state)"),
     arg("--oracle", action="append", metavar="NAME[,NAME]",
         help="oracles or invariants to break (repeatable; default: every one tdsim checks)"),
     arg("--budget", type=float, default=60.0, metavar="SECONDS",

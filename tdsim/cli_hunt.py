@@ -97,8 +97,9 @@ def _jobs(args: argparse.Namespace) -> list[Job]:
     if _is_study(path):
         return _study_jobs(args, path, strategies, overrides)
     scenario = load_scenario(path, overrides)
-    if not strategies:
-        strategies = [scenario.data["kvm"]["host_state"]]
+    if not strategies:  # as `tdsim run`: each compared strategy, else the scenario's
+        strategies = list(scenario.data["kvm"]["compare"]) or [
+            scenario.data["kvm"]["host_state"]]
     for s in strategies:  # a bad strategy is bad input before any hunt
         scenario.replace([f"kvm.host_state={s}"])
     several = len(strategies) > 1
@@ -142,6 +143,9 @@ def _outputs(args: argparse.Namespace, several: bool, stems: list[str]) -> list[
     if needed) for several; by default ``hunt-<scenario>-<strategy>.toml`` in the current
     directory."""
     if args.out is not None and several:
+        if args.out.endswith(".toml"):
+            raise ScenarioError("--out", args.out, f"{len(stems)} hunts write {len(stems)} "
+                                "reproducers: give a directory (or one --strategy)")
         check_output_dir(args.out, "--out")
         Path(args.out).mkdir(parents=True, exist_ok=True)
         return [Path(args.out) / f"hunt-{stem}.toml" for stem in stems]

@@ -47,7 +47,9 @@ def test_no_counterexample_reports_the_coverage(tmp_path, capsys):
                                          "invariant tdsim checks (did you mean"),
     (["--strategy", "nope"], "kvm.host_state: unknown strategy 'nope'"),
     (["--budget", "0"], "--budget: 0.0: must be > 0 seconds"),
-    (["--out", "/nonexistent/dir/r.toml"], "directory /nonexistent/dir does not exist"),
+    (["--strategy", "v6.16", "--out", "/nonexistent/dir/r.toml"],
+     "directory /nonexistent/dir does not exist"),
+    (["--out", "r.toml"], "--out: r.toml: 3 hunts write 3 reproducers: give a directory"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     """Bad options are one line on stderr and exit 2, before any hunt."""
