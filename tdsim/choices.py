@@ -9,7 +9,7 @@ A `Runtime` sits at those choice points for one run and can
   periods, its module outcomes and failed reloads at the entries it names, its events at the
   landmarks it names;
 * **record** the decisions the streams make, as a schedule that replays the run
-  (`record`, `replay`);
+  (`tdsim.recording`);
 * **observe** where each scheduled event really landed and which host-state strategy hook ran
   next on that vCPU: the coverage a search reports (`tdsim.hunt`).
 
@@ -26,7 +26,7 @@ when segment k begins, at its landmark (`tdsim.schedule.landmark_ns`) plus its d
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,8 +56,6 @@ if TYPE_CHECKING:
     from .irqstats import IrqStats
     from .kvm_tdx import KvmTdx
     from .kvm_x86 import KvmVcpu
-    from .scenario import Scenario
-    from .sim import Result
     from .trace import Tracer
 
 # Where a vCPU thread can be when an event lands (`position`): an entry segment's four
@@ -69,10 +67,6 @@ _OUTSIDE = {PH_KERNEL: "kvm", PH_USER: "vmm", PH_BLOCKED: "halted", PH_POLL: "ha
 HOOKS = ("prepare_switch_to_guest", "vcpu_enter_exit", "prepare_switch_to_host",
          "user_return")
 NO_HOOK = "none"
-
-# The random sources a recording replaces with scheduled events (`replay` switches them off).
-RECORDED_SOURCES = ("faults", "vm.interrupts.device_irq_hz", "vm.interrupts.tlb_flush_hz",
-                    "vm.interrupts.nmi_hz", "host.nmi_hz")
 
 
 def position(vcpu: KvmVcpu, now: int) -> str:
@@ -572,32 +566,4 @@ def _outcome_kind(out: tuple[int, int | None, str | None]) -> tuple[str, int | N
     return kind, None
 
 
-# --- recording and replaying a run ---------------------------------------------------------
-def record(scenario: Scenario) -> tuple[Result, Schedule]:
-    """Run `scenario` and write down every decision its fault and interrupt sources, module
-    outcomes, failed reloads and statistical guests made, as a schedule (`replay`)."""
-    from .sim import Simulation
-
-    runtime = Runtime(record=True)
-    result = Simulation(scenario, choices=runtime).run()
-    return result, runtime.recorded()
-
-
-def replay(scenario: Scenario, schedule: Schedule) -> Scenario:
-    """`scenario` with `schedule` (from `record`) as its ``[schedule]``: the scenario's own
-    random sources of injected events are off, so the run makes the recorded decisions."""
-    data = schedule.to_data()
-    data.setdefault("event", [])
-    data.setdefault("guest", {})
-    data["random_sources"] = False
-    return scenario.replace({"schedule": data})
-
-
-def recordable(data: Mapping[str, Any]) -> bool:
-    """Whether a scenario's decisions can all be recorded (scripted guests make none)."""
-    return not any(vm["workload"]["program"] for vm in data["vm"])
-
-
-__all__ = ["HOOKS", "POSITIONS", "Landing", "Preempter", "Runtime", "position", "record",
-           "replay"]
-
+__all__ = ["HOOKS", "POSITIONS", "Landing", "Preempter", "Runtime", "position"]

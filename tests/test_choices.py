@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tdsim import choices
+from tdsim import recording
 from tdsim.scenario import load_scenario, scenario_from_dict
 from tdsim.sim import Simulation, run
 from tdsim.trace import Tracer
@@ -138,10 +138,10 @@ def test_a_recorded_run_replays_exactly(name):
     scenario = load_scenario(SCENARIOS / f"{name}.toml", overrides={
         "kvm.compare": [], "kvm.host_state": "v6.16", "sim.duration_us": 3000})
     plain = run(scenario)
-    recorded, schedule = choices.record(scenario)
+    recorded, schedule = recording.record(scenario)
     assert recorded.metrics == plain.metrics
     assert recorded.violations == plain.violations
     assert schedule.guest
-    replayed = run(choices.replay(scenario, schedule))
+    replayed = run(recording.replay(scenario, schedule))
     assert replayed.metrics == plain.metrics
     assert replayed.violations == plain.violations
