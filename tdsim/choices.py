@@ -30,10 +30,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import arch, interrupts
+from . import arch, interrupts, sept
 from .faults import module_outcome
 from .guest import PeriodSource, tdvmcall_call
 from .host import HOST_IRQ, HOST_TASK, SLEEPING, ProcessGenerator, Thread
+from .kvm_tdx import VcpuTdx
 from .schedule import (
     AT_ATTEMPT,
     AT_SEAMCALL,
@@ -45,6 +46,7 @@ from .schedule import (
     detail_choices,
     landmark_ns,
 )
+from .scope import vm_stream
 from .segment import PH_BLOCKED, PH_KERNEL, PH_POLL, PH_SEG, PH_STOPPED, PH_USER, PH_WAIT
 from .strategies import HostStateStrategy, StrategyVcpu
 
@@ -401,9 +403,6 @@ class Runtime:
 
     def zap(self, vcpu: KvmVcpu) -> None:
         """One SEPT zap of `vcpu`'s TD ([vm.sept]); none while one is in progress there."""
-        from . import sept
-        from .scope import vm_stream
-
         model = self.model
         assert model is not None
         vm: KvmTdx = vcpu.vm  # type: ignore[assignment]
@@ -492,8 +491,6 @@ class Runtime:
 
     # --- observing: which strategy hook runs next --------------------------------------------
     def _spy_strategy(self, model: Model) -> None:
-        from .kvm_tdx import VcpuTdx
-
         spy = _StrategySpy(model.strategy, self._hook_ran)
         model.kvm.strategy = spy  # (the user-return notifier)
         for vcpu in model.vcpus:
