@@ -478,8 +478,8 @@ FAULTS = Table(_fault_keys(),
 # --- the scripted schedule (tdsim.schedule; docs/hunt.md) ------------------------------------
 SCHEDULE_EVENT = Table(
     {
-        "kind": Key(str, None, "what is injected: " + ", ".join(_schedule.KINDS),
-                    choices=tuple(_schedule.KINDS), optional=True),
+        "kind": Key(str, None, "what is injected (docs/hunt.md: what each kind does and "
+                    "where it can land)", choices=tuple(_schedule.KINDS), optional=True),
         "vcpu": Key(str, None, "the vCPU it targets and whose entry segments place it "
                     "(td0.vcpu1)", optional=True),
         "entry": Key(int, None, "which entry segment of that vCPU (0 = its first; every "
