@@ -359,13 +359,32 @@ def _random_candidates(space: Space, seed: int, max_events: int) -> Iterator[Can
 
 def _exhaustive_candidates(space: Space, seed: int, vcpus: int, depth: int,
                            result: HuntResult) -> Iterator[Candidate]:
+    """Every schedule of 0..`depth` events over the atoms of the space, fewest events first,
+    then by the latest entry they use (all schedules within the first entries come before
+    any that reaches a later one)."""
     base = space.base_candidate(seed, vcpus)
     atoms = space.atoms(base)
     result.space_total = sum(math.comb(len(atoms), k) for k in range(0, depth + 1))
+    by_entry = [[a for a in atoms if a.entry == e] for e in range(space.entries)]
     for k in range(0, depth + 1):
-        for combo in itertools.combinations(atoms, k):
+        for combo in _combos_by_last_entry(by_entry, k):
             events = unique(list(combo))
             if len(events) < k:
                 result.space_done += 1  # two outcomes at one entry: not a schedule
                 continue
             yield replace(base, events=events)
+
+
+def _combos_by_last_entry(by_entry: list[list[Event]], k: int) -> Iterator[tuple[Event, ...]]:
+    """The k-subsets of the atoms, those whose latest entry is 0 first, then 1, ...: for
+    entry e, j >= 1 atoms of entry e with k - j of the earlier entries."""
+    if k == 0:
+        yield ()
+        return
+    before: list[Event] = []
+    for at_e in by_entry:
+        for j in range(1, k + 1):
+            for last in itertools.combinations(at_e, j):
+                for first in itertools.combinations(before, k - j):
+                    yield first + last
+        before += at_e
