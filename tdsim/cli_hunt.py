@@ -5,7 +5,8 @@ Order of work, as for ``tdsim run``: every input is read and checked first (the 
 study, the strategies, the oracle names, the output path), then the hunts run, one per
 strategy (and per design point of a study), each for ``--budget`` seconds with a progress
 line on stderr.  Exit status: 0 no counterexample, 1 one or more found (reproducers
-written), 2 bad input, 130 interrupted.
+written), 2 bad input, 130 interrupted (Ctrl-C: the hunt running stops and reports what
+it covered; the others do not run).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import IO, Any
 from tdsim.cli_io import check_output_dir, check_output_file, write_atomically
 from tdsim.scenario import Scenario, ScenarioError, load_scenario
 
-EXIT_NONE, EXIT_FOUND = 0, 1
+EXIT_NONE, EXIT_FOUND, EXIT_INTERRUPTED = 0, 1, 130
 LINE_EVERY_S = 10.0
 
 
@@ -76,6 +77,10 @@ def cmd_hunt(args: argparse.Namespace) -> int:
             found += 1
         if not args.quiet:
             _print_result(result, job, command, sys.stdout, first=i == 0)
+        if result.interrupted:
+            print("tdsim: interrupted: the coverage so far is above"
+                  + (f"; reproducer in {job.out}" if result.found else ""), file=sys.stderr)
+            return EXIT_INTERRUPTED
         if result.found and result.candidate is not None:
             n = len(result.candidate.events)
             summary.append(f"  {job.label}: {result.oracle} ({n} event{'s' if n != 1 else ''}"
@@ -198,8 +203,10 @@ def _print_result(result: Any, job: Job, command: str, out: IO[str], first: bool
           f"{result.seed}  {result.mode} search  ({what})", file=out)
     if not result.found:
         whole = result.space_total and result.space_done == result.space_total
-        print(f"no counterexample {'in the whole space' if whole else 'within budget'}: "
-              f"{result.runs:,} runs in {result.elapsed_s:.1f} s", file=out)
+        where = ("before the interrupt" if result.interrupted else
+                 "in the whole space" if whole else "within budget")
+        print(f"no counterexample {where}: {result.runs:,} runs in {result.elapsed_s:.1f} s",
+              file=out)
         for line in coverage_lines(result):
             print(line, file=out)
         return

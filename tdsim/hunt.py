@@ -91,6 +91,7 @@ class HuntResult:
     reproducer: dict[str, Any] | None = None  # scenario data, TOML-able
     violation: dict[str, Any] | None = None
     explanation: str = ""
+    interrupted: bool = False     # stopped by Ctrl-C
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -312,39 +313,42 @@ def hunt(scenario: Scenario, strategy: str | None = None, oracles: Sequence[str]
 
     candidates = (_random_candidates(space, seed, max_events) if mode == "random"
                   else _exhaustive_candidates(space, seed, vcpus or 1, depth, result))
-    for cand in candidates:
-        if time.monotonic() >= deadline or (max_runs and run.runs >= max_runs):
+    try:
+        for cand in candidates:
+            if time.monotonic() >= deadline or (max_runs and run.runs >= max_runs):
+                break
+            out = run(cand)
+            result.cells |= out.cells
+            if mode == "exhaustive":
+                result.space_done += 1
+            if out.hit is None:
+                report("search")
+                continue
+            found_s = time.monotonic() - t0
+            oracle = out.hit["invariant"]
+            best = f"{len(cand.events)} events ({oracle})"
+            report("shrink")
+            searched = run.runs
+            small, out = shrink(cand, oracle, run, space,
+                                max(deadline, time.monotonic() + MIN_SHRINK_S))
+            assert out.hit is not None
+            result.cells |= out.cells
+            result.oracle = oracle
+            result.candidate = small
+            result.reproducer = reproducer(space, small, out.hit, result)
+            if result.reproducer is None:
+                # an end-of-run oracle at the instant a run was cut short, which a run of
+                # its own does not see: not a counterexample
+                result.extra["not_reproduced"] = result.extra.get("not_reproduced", 0) + 1
+                result.oracle = result.candidate = None
+                best = ""
+                continue
+            result.found_s = found_s
+            result.shrink_runs = run.runs - searched
+            result.violation, result.explanation = explain_violation(result)
             break
-        out = run(cand)
-        result.cells |= out.cells
-        if mode == "exhaustive":
-            result.space_done += 1
-        if out.hit is None:
-            report("search")
-            continue
-        found_s = time.monotonic() - t0
-        oracle = out.hit["invariant"]
-        best = f"{len(cand.events)} events ({oracle})"
-        report("shrink")
-        searched = run.runs
-        small, out = shrink(cand, oracle, run, space,
-                            max(deadline, time.monotonic() + MIN_SHRINK_S))
-        assert out.hit is not None
-        result.cells |= out.cells
-        result.oracle = oracle
-        result.candidate = small
-        result.reproducer = reproducer(space, small, out.hit, result)
-        if result.reproducer is None:
-            # an end-of-run oracle at the instant a run was cut short, which a run of
-            # its own does not see: not a counterexample
-            result.extra["not_reproduced"] = result.extra.get("not_reproduced", 0) + 1
-            result.oracle = result.candidate = None
-            best = ""
-            continue
-        result.found_s = found_s
-        result.shrink_runs = run.runs - searched
-        result.violation, result.explanation = explain_violation(result)
-        break
+    except KeyboardInterrupt:  # Ctrl-C: what was covered so far is still reported
+        result.interrupted = True
     result.runs = run.runs
     result.elapsed_s = time.monotonic() - t0
     report("done")
