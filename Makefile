@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# Re-installs only when pyproject.toml changes (or the venv is missing).
+# Re-installs only when pyproject.toml changes (or the venv is missing).  The lint extra
+# (ruff, mypy, import-linter) comes along so that `make lint` works on a clean checkout.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test,study]'
+	$(PY) -m pip install -q -e '.[test,study,lint]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -47,17 +48,19 @@ $(VENV)/.installed-perfetto: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tdsim.bench
 
-lint: $(STAMP)
-	$(PY) -m ruff --version >/dev/null 2>&1 || $(PY) -m pip install -q ruff
+# ruff, mypy --strict, and the import contracts of pyproject.toml ([tool.importlinter]:
+# layers from the CLI down to the model, no import cycles, the model free of CLI/study
+# libraries; typing and function-level imports count).
+lint: $(STAMP) typecheck
 	$(PY) -m ruff check tdsim tests
+	$(VENV)/bin/lint-imports
 
 # mypy --strict on the modules listed in pyproject.toml ([tool.mypy] files)
 typecheck: $(STAMP)
-	$(PY) -m mypy --version >/dev/null 2>&1 || $(PY) -m pip install -q mypy
 	$(PY) -m mypy
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .hypothesis .ruff_cache
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis .ruff_cache .mypy_cache .import_linter_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

@@ -19,6 +19,8 @@ MSR_CSTAR = 0xC0000083
 MSR_SYSCALL_MASK = 0xC0000084
 MSR_KERNEL_GS_BASE = 0xC0000102
 MSR_TSC_AUX = 0xC0000103
+MSR_IA32_DEBUGCTLMSR = 0x1D9
+MSR_IA32_XSS = 0xDA0
 
 MSR_NAMES = {
     MSR_STAR: "MSR_STAR",
@@ -27,7 +29,37 @@ MSR_NAMES = {
     MSR_SYSCALL_MASK: "MSR_SYSCALL_MASK",
     MSR_KERNEL_GS_BASE: "MSR_KERNEL_GS_BASE",
     MSR_TSC_AUX: "MSR_TSC_AUX",
+    MSR_IA32_DEBUGCTLMSR: "MSR_IA32_DEBUGCTLMSR",
+    MSR_IA32_XSS: "MSR_IA32_XSS",
 }
+
+# IA32_DEBUGCTL bits the TDX module preserves across a TD exit (tdx.c: TDX_DEBUGCTL_PRESERVED =
+# DEBUGCTLMSR_BTF | DEBUGCTLMSR_FREEZE_PERFMON_ON_PMI | DEBUGCTLMSR_FREEZE_IN_SMM); a host
+# value with any other bit set is rewritten after every TDH.VP.ENTER.
+DEBUGCTLMSR_BTF = 1 << 1
+DEBUGCTLMSR_FREEZE_PERFMON_ON_PMI = 1 << 12
+DEBUGCTLMSR_FREEZE_IN_SMM = 1 << 14
+TDX_DEBUGCTL_PRESERVED = (DEBUGCTLMSR_BTF | DEBUGCTLMSR_FREEZE_PERFMON_ON_PMI
+                          | DEBUGCTLMSR_FREEZE_IN_SMM)
+
+# XSAVE feature bits (arch/x86/include/asm/fpu/types.h: XFEATURE_MASK_*).  The supervisor
+# features live in IA32_XSS, the user features in XCR0.
+XFEATURE_MASK_FP, XFEATURE_MASK_SSE, XFEATURE_MASK_YMM = 1 << 0, 1 << 1, 1 << 2
+XFEATURE_MASK_BNDREGS, XFEATURE_MASK_BNDCSR = 1 << 3, 1 << 4
+XFEATURE_MASK_AVX512 = (1 << 5) | (1 << 6) | (1 << 7)   # opmask, ZMM_Hi256, Hi16_ZMM
+XFEATURE_MASK_PT = 1 << 8
+XFEATURE_MASK_PKRU = 1 << 9
+XFEATURE_MASK_PASID = 1 << 10
+XFEATURE_MASK_CET_USER, XFEATURE_MASK_CET_KERNEL = 1 << 11, 1 << 12
+XFEATURE_MASK_LBR = 1 << 15
+XFEATURE_MASK_XTILE = (1 << 17) | (1 << 18)             # XTILECFG, XTILEDATA
+XFEATURE_MASK_SUPERVISOR = ((1 << 8) | XFEATURE_MASK_PASID | XFEATURE_MASK_CET_USER
+                            | XFEATURE_MASK_CET_KERNEL | (1 << 13) | (1 << 14)
+                            | XFEATURE_MASK_LBR | (1 << 16))
+# x86.c: the user features KVM can expose (kvm_caps.supported_xcr0 = host XCR0 & this)
+KVM_SUPPORTED_XCR0 = (XFEATURE_MASK_FP | XFEATURE_MASK_SSE | XFEATURE_MASK_YMM
+                      | XFEATURE_MASK_BNDREGS | XFEATURE_MASK_BNDCSR | XFEATURE_MASK_AVX512
+                      | XFEATURE_MASK_PKRU | XFEATURE_MASK_XTILE)
 
 # Host values, as a Linux x86-64 host programs them (syscall_init(); TSC_AUX per CPU).
 HOST_STAR = 0x0023001000000000          # __USER32_CS/__KERNEL_CS selectors
@@ -250,3 +282,58 @@ KVM_REQ_DIRTY_RING_SOFT_FULL = 1 << 3    # -> KVM_EXIT_DIRTY_RING_FULL
 KVM_REQ_EVENT = 1 << 4
 KVM_REQ_NMI = 1 << 6
 KVM_REQ_UNBLOCK = 1 << 11
+
+# --- exits to userspace that carry the TD exit's details (include/uapi/linux/kvm.h) -------
+KVM_EXIT_EXCEPTION = 1
+KVM_EXIT_MEMORY_FAULT = 39
+KVM_EXIT_NAMES[KVM_EXIT_EXCEPTION] = "KVM_EXIT_EXCEPTION"
+KVM_EXIT_NAMES[KVM_EXIT_MEMORY_FAULT] = "KVM_EXIT_MEMORY_FAULT"
+KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = 4   # internal.suberror of an unhandled exit
+KVM_MEMORY_EXIT_FLAG_PRIVATE = 1 << 3           # memory_fault.flags
+EFAULT, EINVAL = 14, 22
+
+# VM-exit interruption information (R9 of a TD exit; arch/x86/include/asm/vmx.h, vmcs.h)
+INTR_INFO_VECTOR_MASK = 0xFF
+INTR_INFO_INTR_TYPE_MASK = 0x700
+INTR_INFO_VALID_MASK = 0x80000000
+INTR_TYPE_NMI_INTR = 2 << 8
+INTR_TYPE_HARD_EXCEPTION = 3 << 8
+NMI_VECTOR, MC_VECTOR = 2, 18
+INTR_INFO_NMI = INTR_INFO_VALID_MASK | INTR_TYPE_NMI_INTR | NMI_VECTOR  # 0x80000202
+INTR_TYPE_EXT_INTR = 0 << 8
+
+
+def is_nmi(intr_info: int) -> bool:
+    """is_nmi (vmx.h): a valid NMI interruption (the vector is not examined)."""
+    return (intr_info & (INTR_INFO_VALID_MASK | INTR_INFO_INTR_TYPE_MASK)) == (
+        INTR_INFO_VALID_MASK | INTR_TYPE_NMI_INTR)
+
+
+def is_external_intr(intr_info: int) -> bool:
+    """is_external_intr (vmx.h): a valid external-interrupt interruption."""
+    return (intr_info & (INTR_INFO_VALID_MASK | INTR_INFO_INTR_TYPE_MASK)) == (
+        INTR_INFO_VALID_MASK | INTR_TYPE_EXT_INTR)
+
+
+# Host interrupt vectors (arch/x86/include/asm/irq_vectors.h)
+RESCHEDULE_VECTOR = 0xFD
+CALL_FUNCTION_VECTOR = 0xFC
+CALL_FUNCTION_SINGLE_VECTOR = 0xFB
+HOST_DEVICE_VECTOR = 0x30   # (tdsim) a device interrupt's vector: any above FIRST_EXTERNAL_VECTOR
+
+# EPT-violation exit qualification (RCX) and TDX extended exit qualification (RDX)
+EPT_VIOLATION_ACC_WRITE = 1 << 1
+EPT_VIOLATION_ACC_INSTR = 1 << 2
+# PROT_READ/WRITE/EXEC and bit 6 (EXEC_FOR_RING3_LIN in v6.16, PROT_USER_EXEC since)
+EPT_VIOLATION_PROT_MASK = 0x78
+TDX_EXT_EXIT_QUAL_TYPE_MASK = 0xF
+TDX_EXT_EXIT_QUAL_TYPE_PENDING_EPT_VIOLATION = 6
+KVM_REQ_NAMES = {
+    KVM_REQ_TLB_FLUSH: "KVM_REQ_TLB_FLUSH", KVM_REQ_VM_DEAD: "KVM_REQ_VM_DEAD",
+    KVM_REQ_DIRTY_RING_SOFT_FULL: "KVM_REQ_DIRTY_RING_SOFT_FULL",
+    KVM_REQ_EVENT: "KVM_REQ_EVENT", KVM_REQ_NMI: "KVM_REQ_NMI",
+    KVM_REQ_UNBLOCK: "KVM_REQ_UNBLOCK",
+}
+
+# vcpu->mode (include/linux/kvm_host.h)
+OUTSIDE_GUEST_MODE, IN_GUEST_MODE, EXITING_GUEST_MODE = 0, 1, 2

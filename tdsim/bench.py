@@ -1,15 +1,20 @@
 """`make bench`: how fast tdsim simulates TD exits, against a bare SimPy loop.
 
-The fixed benchmark: 4 TDs x 16 vCPUs on 64 host CPUs with 16 host tasks, host ticks, guest
-timers, and a mixed TDVMCALL workload.  Printed from one run, side by side:
+Printed from one run, every figure a median of `--repeat` alternating runs (tdsim, then the
+bare loop, then tdsim again ...), so both see the same machine state:
 
-* simulated TD exits per wall second and ``events_per_td_exit`` (SimPy events scheduled per
-  TD exit, a measure of how close the model is to one event per real concurrency point);
-* the rate of a bare SimPy loop doing two timeouts per "exit" with the same number of
-  processes (64), and the ratio of tdsim's rate to it.
+* the fixed benchmark -- 4 TDs x 16 vCPUs on 64 host CPUs with 16 host tasks, host ticks,
+  guest timers and a mixed TDVMCALL workload: simulated TD exits per wall second,
+  ``events_per_td_exit`` (SimPy events scheduled per TD exit: how close the model is to one
+  event per real concurrency point), the rate of a bare SimPy loop doing two timeouts per
+  "exit" with as many processes, and the ratio of the two;
+* a scaling table: CPU microseconds per TD exit at 8, 64, 256, 1,024 and 4,096 vCPUs (one
+  host CPU per vCPU, TDs of up to 16 vCPUs, the same workload, about the same number of
+  exits), against the bare loop with as many processes, and each one's growth from 8 vCPUs;
+* what tracing costs (`tdsim.bench_trace`).
 
-Medians of `--repeat` alternating runs are quoted.  This is a benchmark, not a test: the
-numbers depend on the machine and its load.
+This is a benchmark, not a test: absolute numbers depend on the machine and its load; the
+ratios, measured side by side, are what to compare.
 """
 
 from __future__ import annotations
@@ -17,54 +22,85 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable, Generator
+from typing import Any
 
 import simpy
 
 from .scenario import scenario_from_dict
 from .sim import run
 
-BENCH_SCENARIO = {
+_WORKLOAD = {"compute_us": 8, "compute_dist": "exp", "timer_hz": 1000,
+             "mix": {"cpuid": 4.0, "rdmsr": 1.0, "wrmsr": 2.0, "hypercall": 1.0,
+                     "io": 0.5, "mmio": 0.25, "hlt": 0.05}}
+
+BENCH_SCENARIO: dict[str, Any] = {
     "sim": {"duration_us": 30000, "seed": 7},
     "host": {"cpus": 64, "tick_hz": 250, "tasks": 16, "task_run_us": 200,
              "task_sleep_us": 3000},
     "kvm": {"host_state": "current"},
-    "vm": [
-        {"name": f"td{i}", "vcpus": 16,
-         "workload": {"compute_us": 8, "compute_dist": "exp", "timer_hz": 1000,
-                      "mix": {"cpuid": 4.0, "rdmsr": 1.0, "wrmsr": 2.0, "hypercall": 1.0,
-                              "io": 0.5, "mmio": 0.25, "hlt": 0.05}}}
-        for i in range(4)
-    ],
+    "vm": [{"name": f"td{i}", "vcpus": 16, "workload": _WORKLOAD} for i in range(4)],
 }
 
+SCALING_VCPUS = (8, 64, 256, 1024, 4096)
+SCALING_EXITS = 120_000  # about this many TD exits per scaling run
 
-def bare_simpy(processes: int, exits: int) -> float:
-    """Exits per wall second of a bare SimPy loop: each process does two timeouts per exit."""
+
+def scaling_scenario(vcpus: int) -> dict[str, Any]:
+    """The benchmark's workload on `vcpus` vCPUs, one host CPU each, about SCALING_EXITS
+    TD exits in all."""
+    per_vm = min(16, vcpus)
+    # about 90,000 exits per vCPU per simulated second with this workload
+    duration_us = max(50.0, SCALING_EXITS / (vcpus * 90_000) * 1e6)
+    return {
+        "sim": {"duration_us": round(duration_us, 1), "seed": 7},
+        "host": {"cpus": vcpus, "tick_hz": 250, "tasks": vcpus // 4, "task_run_us": 200,
+                 "task_sleep_us": 3000},
+        "kvm": {"host_state": "current"},
+        "vm": [{"name": f"td{i}", "vcpus": per_vm, "workload": _WORKLOAD}
+               for i in range(vcpus // per_vm)],
+    }
+
+
+def bare_simpy(processes: int, exits: int) -> tuple[float, float]:
+    """A bare SimPy loop, each process doing two timeouts per exit: (exits per wall second,
+    CPU microseconds per exit)."""
     env = simpy.Environment()
-    per_proc = exits // processes
+    per_proc = max(1, exits // processes)
 
-    def proc(env):
+    def proc(env: simpy.Environment) -> Generator[simpy.Event, Any, None]:
         for _ in range(per_proc):
             yield env.timeout(300)
             yield env.timeout(2000)
 
     for _ in range(processes):
         env.process(proc(env))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     env.run()
-    return per_proc * processes / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = per_proc * processes
+    return n / wall, cpu / n * 1e6
 
 
-def bench_tdsim(overrides: dict | None = None, tracer_factory=None) -> dict:
-    scenario = scenario_from_dict(BENCH_SCENARIO, name="<bench>", overrides=overrides)
+def bench_tdsim(overrides: dict[str, Any] | None = None,
+                tracer_factory: Callable[[], Any] | None = None,
+                scenario: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One run of the benchmark scenario (or `scenario`); its ``perf`` dict."""
+    sc = scenario_from_dict(scenario or BENCH_SCENARIO, name="<bench>", overrides=overrides)
     tracer = tracer_factory() if tracer_factory else None
-    result = run(scenario, tracer=tracer)
+    result = run(sc, tracer=tracer)
     return result.perf
+
+
+def _med(xs: list[float]) -> float:
+    return statistics.median(xs)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tdsim.bench", description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-tracing", action="store_true", help="skip the tracing costs")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     args = parser.parse_args(argv)
     rates, bare, events = [], [], []
     exits = 0
@@ -73,22 +109,52 @@ def main(argv: list[str] | None = None) -> int:
         rates.append(perf["td_exits_per_s"])
         events.append(perf["events_per_td_exit"])
         exits = perf["td_exits"]
-        bare.append(bare_simpy(64, exits))
-    med_rate = statistics.median(rates)
-    med_bare = statistics.median(bare)
+        bare.append(bare_simpy(64, exits)[0])
+    ratios = sorted(r / b for r, b in zip(rates, bare, strict=True))
     print("tdsim benchmark: 4 TDs x 16 vCPUs, 64 host CPUs, 16 host tasks, 30 ms simulated")
     print(f"  TD exits per run            {exits:,}")
-    print(f"  tdsim TD exits / wall s     {med_rate:,.0f}   (runs: "
+    print(f"  tdsim TD exits / wall s     {_med(rates):,.0f}   (runs: "
           + ", ".join(f"{r:,.0f}" for r in rates) + ")")
-    print(f"  events per TD exit          {statistics.median(events):.3f}")
-    print(f"  bare SimPy exits / wall s   {med_bare:,.0f}   (2 timeouts per exit, "
+    print(f"  events per TD exit          {_med(events):.3f}")
+    print(f"  bare SimPy exits / wall s   {_med(bare):,.0f}   (2 timeouts per exit, "
           "64 processes)")
-    print(f"  ratio tdsim / bare          {med_rate / med_bare:.3f}")
-    # What tracing costs, off and on, against a build with the tracer checks stripped.
-    from .bench_trace import measure, report
+    print(f"  ratio tdsim / bare          {_med(rates) / _med(bare):.3f}   (per-pair ratios "
+          f"{ratios[0]:.3f} .. {ratios[-1]:.3f})")
+    if not args.no_scaling:
+        print("\n".join(scaling_table(args.repeat)))
+    if not args.no_tracing:
+        # What tracing costs, off and on, against a build with the tracer checks stripped.
+        from .bench_trace import measure, report
 
-    print("\n".join(report(measure(args.repeat))))
+        print("\n".join(report(measure(BENCH_SCENARIO, args.repeat))))
     return 0
+
+
+def scaling_table(repeat: int) -> list[str]:
+    """CPU us per TD exit at each size, tdsim and bare SimPy side by side."""
+    rows = []
+    for n in SCALING_VCPUS:
+        reps = max(1, repeat if n <= 1024 else min(repeat, 3))
+        tds, bares, events = [], [], []
+        exits = 0
+        for _ in range(reps):
+            perf = bench_tdsim(scenario=scaling_scenario(n))
+            exits = perf["td_exits"]
+            tds.append(perf["cpu_s"] / exits * 1e6)
+            events.append(perf["events_per_td_exit"])
+            bares.append(bare_simpy(n, exits)[1])
+        rows.append((n, exits, _med(tds), _med(bares), _med(events)))
+    base_td, base_bare = rows[0][2], rows[0][3]
+    out = ["scaling: CPU us per TD exit (median of alternating runs), one host CPU per vCPU",
+           f"  {'vCPUs':>6} {'TD exits':>9} {'tdsim':>7} {'bare':>6} {'ratio':>6} "
+           f"{'tdsim x':>8} {'bare x':>7} {'growth':>7} {'ev/exit':>8}"]
+    for n, exits, td, bare, ev in rows:
+        g_td, g_bare = td / base_td, bare / base_bare
+        out.append(f"  {n:>6} {exits:>9,} {td:>7.2f} {bare:>6.2f} {bare / td:>6.3f} "
+                   f"{g_td:>8.2f} {g_bare:>7.2f} {g_td / g_bare:>7.2f} {ev:>8.3f}")
+    out.append("  (tdsim x, bare x: cost per exit relative to 8 vCPUs; growth: tdsim's over "
+               "bare's)")
+    return out
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ with no tracer checks at all, and with tracing on.
 a temporary package (``tdsim_nochecks``) with every ``if <...>tracer is not None:`` statement
 and every ``tracer = <...>.tracer`` assignment removed from the syntax tree.  Both packages are
 imported into this one process and run alternately, so the comparison is side by side on the
-same interpreter and machine state.  Variants, each the median of `repeat` runs of
+same interpreter and machine state (`tdsim.bench` prints the result last; add
+``--no-scaling`` to skip its scaling table).  Variants, each the median of `repeat` runs of
 `tdsim.bench.BENCH_SCENARIO` (TD exits per wall second of the SimPy run):
 
 * ``no checks``  -- the stripped build (the floor);
@@ -17,12 +18,12 @@ same interpreter and machine state.  Variants, each the median of `repeat` runs 
 
 from __future__ import annotations
 
-import argparse
 import ast
 import importlib
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,9 @@ def build_nochecks(dest: Path) -> int:
     return strip.removed
 
 
-def measure(repeat: int = 5) -> dict[str, Any]:
-    """TD exits per wall second, per variant (medians and all runs)."""
-    from .bench import BENCH_SCENARIO
+def measure(bench_scenario: dict[str, Any], repeat: int = 5) -> dict[str, Any]:
+    """TD exits per wall second of `bench_scenario` (`tdsim.bench.BENCH_SCENARIO`, given by
+    `tdsim.bench`, which runs this), per variant (medians and all runs)."""
     from .scenario import scenario_from_dict
     from .sim import run
     from .trace import Tracer
@@ -100,10 +101,11 @@ def measure(repeat: int = 5) -> dict[str, Any]:
             nc_scenario = importlib.import_module(f"{NOCHECKS}.scenario")
         finally:
             sys.path.remove(tmp)
-        scenario = scenario_from_dict(BENCH_SCENARIO, name="<bench>")
-        stripped = nc_scenario.scenario_from_dict(BENCH_SCENARIO, name="<bench>")
-        variants = {
-            "no checks": lambda: nochecks.run(stripped),
+        scenario = scenario_from_dict(bench_scenario, name="<bench>")
+        stripped = nc_scenario.scenario_from_dict(bench_scenario, name="<bench>")
+        run_nochecks: Callable[[Any], Any] = nochecks.run
+        variants: dict[str, Callable[[], Any]] = {
+            "no checks": lambda: run_nochecks(stripped),
             "off": lambda: run(scenario),
             "filtered": lambda: run(scenario, tracer=Tracer(kinds=["violation"])),
             "on": lambda: run(scenario, tracer=Tracer()),
@@ -133,16 +135,3 @@ def report(m: dict[str, Any]) -> list[str]:
         cost = 100 * (floor / rate - 1)
         lines.append(f"  tracing {name:<10} {rate:>12,.0f}   {cost:+6.1f}% time vs no checks")
     return lines
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tdsim.bench_trace", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args(argv)
-    print("\n".join(report(measure(args.repeat))))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

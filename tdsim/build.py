@@ -21,19 +21,25 @@ from .faults import Faults
 from .findings import Findings
 from .guest import GuestVcpu
 from .guest_irq import irq_guest
-from .host import HostCpu, HostTask, Scheduler, new_stat
+from .host import HostCpu, HostTask, HostXstate, Scheduler, new_stat
 from .irqstats import IrqStats
 from .kvm_tdx import KvmTdx, TdxPerCpu, VcpuTdx
 from .kvm_vmx import VcpuVmx
 from .kvm_x86 import Kvm, KvmVcpu, KvmX86
 from .lapic import LapicTimer
-from .program import ScriptedGuest, compile_program
+from .program import (
+    ScriptedGuest,
+    compile_program,
+    scripted_vp_enter_outcome,
+    scripted_vp_enter_regs,
+)
 from .rng import stream
+from .schedule import from_data as schedule_from_data
 from .scope import VcpuScope, vm_stream
 from .strategies import HostStateStrategy
 from .tdx_module import TdxModule
 from .vmm import Vmm
-from .vt import TDX_X86_OPS
+from .vt import SCRIPTED_TDX_X86_OPS, TDX_X86_OPS
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -105,16 +111,20 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
           choices: Runtime | None = None) -> Model:
     """Construct the model of `config` (no process is started yet).  `choices`: the run's
     choice points (`tdsim.choices`; made here when the scenario has a schedule)."""
-    if choices is None and config.schedule:
+    schedule = schedule_from_data(config.schedule)
+    if choices is None and schedule:
         choices = Runtime()
     if choices is not None:
-        choices.prepare(config.schedule)
+        choices.prepare(schedule)
     env = Environment()
     seed = config.sim.seed
     costs = config.costs
     host_stat = new_stat()
     findings = Findings(env, tracer)
-    cpus = [HostCpu(env, i, costs.wrmsr_ns, costs.rdmsr_ns, tracer, host_stat)
+    host = config.host
+    xstate = HostXstate(host.debugctl, host.xcr0, host.xss, host.pkru)
+    cpus = [HostCpu(env, i, costs.wrmsr_ns, costs.rdmsr_ns, tracer, host_stat, xstate,
+                    costs.xsetbv_ns, costs.wrpkru_ns)
             for i in range(config.host.cpus)]
     sched = Scheduler(env, cpus, config.host.timeslice_ns, config.host.wakeup_preempt,
                       costs.context_switch_ns, findings, tracer)
@@ -123,6 +133,10 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
     faults = Faults(env, seed, config.faults, sched, host_stat)
     if faults.module:
         module.vp_enter_outcome = faults.vp_enter_outcome
+    if any(vmc.workload.program for vmc in config.vms):
+        # scripted guests may force TDH.VP.ENTER outcomes (vp_enter steps)
+        module.vp_enter_outcome = scripted_vp_enter_outcome(module.vp_enter_outcome)
+        module.vp_enter_regs = scripted_vp_enter_regs
     vmm = Vmm(env, config.vmm, costs)
     sim = config.sim
     t_measure = sim.warmup_ns if 0 < sim.warmup_ns < sim.duration_ns else 0
@@ -137,7 +151,8 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
         else:
             vm = KvmTdx(vmc.index, vmc.name, vmc.interrupts, vmc.sept,
                         vm_stream(seed, vmc.name, "ipi.dest"),
-                        vm_stream(seed, vmc.name, "private_fault"))
+                        vm_stream(seed, vmc.name, "private_fault"), vmc.xfam,
+                        config.host.debugctl)
         vm.stat = host_stat
         vmm.set_up_vm(vm)
         wl = vmc.workload
@@ -157,10 +172,12 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
             first_cpu = cpus[pin if pin is not None else (len(model.vcpus) % len(cpus))]
             vcpu: KvmVcpu
             if isinstance(vm, KvmTdx):
+                ops = SCRIPTED_TDX_X86_OPS if isinstance(guest, ScriptedGuest) else TDX_X86_OPS
                 tdx = VcpuTdx(env, scope, vm, pin, guest, costs, config.kvm, kvm, module,
-                              percpu, sched, irq, new_stat(), findings, tracer, TDX_X86_OPS,
+                              percpu, sched, irq, new_stat(), findings, tracer, ops,
                               first_cpu)
                 tdvmcall.init_vcpu(tdx)
+                vmm.set_up_vcpu(tdx)
                 tdx.vmm_service = vmm.handle_exit
                 vcpu = tdx
             else:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import arch, interrupts, sept
 from .faults import module_outcome
@@ -51,14 +51,37 @@ from .segment import PH_BLOCKED, PH_KERNEL, PH_POLL, PH_SEG, PH_STOPPED, PH_USER
 from .strategies import HostStateStrategy, StrategyVcpu
 
 if TYPE_CHECKING:
-    from .build import Model
     from .clock import Environment
+    from .config import ModelConfig
+    from .faults import Faults
     from .guest import GuestVcpu
     from .host import HostCpu, Scheduler, Stat
     from .irqstats import IrqStats
     from .kvm_tdx import KvmTdx
-    from .kvm_x86 import KvmVcpu
+    from .kvm_x86 import KvmVcpu, KvmX86
+    from .sept import SeptZapper
+    from .tdx_module import TdxModule
     from .trace import Tracer
+
+class Model(Protocol):
+    """What the choice points use of the built model (`tdsim.build.Model`, which builds
+    and attaches them: this module cannot import it)."""
+
+    env: Environment
+    config: ModelConfig
+    cpus: list[HostCpu]
+    vcpus: list[KvmVcpu]
+    sched: Scheduler
+    irq: IrqStats
+    host_stat: Stat
+    module: TdxModule
+    faults: Faults
+    zappers: list[SeptZapper]
+    kvm: KvmX86
+    strategy: HostStateStrategy
+    tracer: Tracer | None
+    choices: Runtime | None
+
 
 # Where a vCPU thread can be when an event lands (`position`): an entry segment's four
 # stretches (named after the landmark that begins each), or outside an entry.
@@ -134,7 +157,7 @@ class Preempter(Thread):
     def main(self) -> ProcessGenerator:
         env = self.env
         sched = self.sched
-        sched.wake_up(self)
+        sched.try_to_wake_up(self)
         cpu: HostCpu = yield self.run_event
         if self.pull:
             for other in self.cpus:

@@ -219,6 +219,9 @@ _SCENARIOS = arg("scenarios", nargs="+", metavar="SCENARIO", help="scenario TOML
         help="log only these vCPUs or tasks (td0.vcpu1, task0)"),
     arg("--trace", metavar="FILE.json", complete="file",
         help="write a Chrome trace-event / Perfetto timeline (open in ui.perfetto.dev)"),
+    arg("--explain", type=int, metavar="N",
+        help="print violation N (its row in the violations table) with its cause and every "
+             "event from the cause to the detection"),
     exits={0: "ok", 1: "a run recorded invariant violations (results still printed and "
                        "written)",
            130: "interrupted: the results so far are printed and written, marked partial"},
@@ -269,7 +272,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 Prints one line per scenario and, for a failure, what differs (a broken expectation, or the
 first event where the trajectory leaves the stored fingerprint).  With --set, fingerprints
 are not compared (they belong to the scenario as written)."""
-    from tdsim.expect import cmd_check as check
+    from tdsim.cli_check import cmd_check as check
 
     return check(args)
 

@@ -193,12 +193,14 @@ def _command(args: argparse.Namespace) -> str:
 
 # --- output -----------------------------------------------------------------------------------
 def _print_result(result: Any, job: Job, command: str, out: IO[str], first: bool) -> None:
+    from tdsim.findings import NAMES
     from tdsim.hunt_report import coverage_lines
 
     if not first:
         print(file=out)
-    n_or = len(result.oracles)
-    what = "all oracles" if n_or > 10 else ", ".join(result.oracles)
+    left_out = sorted(NAMES - set(result.oracles))
+    what = ("all oracles" if not left_out else ", ".join(result.oracles)
+            if len(result.oracles) <= 10 else "all oracles but " + ", ".join(left_out))
     print(f"tdsim hunt {Path(job.scenario.path).name}  strategy {job.label}  seed "
           f"{result.seed}  {result.mode} search  ({what})", file=out)
     if not result.found:

@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if control.interrupted:
                 break
             outcomes.append(_run_one(control, scenario, est, filters, args.log is not None,
-                                     args.trace is not None))
+                                     args.trace is not None, args.explain))
     interrupted = control.interrupted or any(o.partial for o in outcomes)
 
     doc = _document(outcomes, len(scenarios))
@@ -145,6 +145,9 @@ def _check_flags(args: argparse.Namespace) -> None:
     if args.log == "-" and args.format != "table":
         raise ScenarioError("--log", "-", f"the event log and --format {args.format} would "
                                           "both go to stdout")
+    if args.explain is not None and args.explain < 1:
+        raise ScenarioError("--explain", str(args.explain), "is a row of the violations "
+                                                             "table: 1 or more")
     if args.progress_every is not None and not args.progress_every >= 0:
         raise ScenarioError("--progress-every", str(args.progress_every),
                             "must be a number of seconds >= 0")
@@ -229,9 +232,19 @@ def _progress_mode(args: argparse.Namespace) -> str:
 
 
 def _run_one(control: RunControl, scenario: Scenario, est: Estimate,
-             filters: dict[str, Any], log: bool, timeline: bool) -> Outcome:
-    """Run `scenario` (once per compared strategy); explain its violations."""
+             filters: dict[str, Any], log: bool, timeline: bool,
+             explain_row: int | None = None) -> Outcome:
+    """Run `scenario` (once per compared strategy); explain its violations (the chain of
+    row `explain_row` of the violations table in full)."""
+    from tdsim.cli_summary import group_violations
     from tdsim.explain import explain
+
+    def full(result: Any) -> list[int]:
+        groups = group_violations(result.violations)
+        if explain_row is None or not 1 <= explain_row <= len(groups):
+            return []
+        first = groups[explain_row - 1][0]
+        return [next(i for i, v in enumerate(result.violations) if v is first)]
 
     name = Path(scenario.path).name
     compare = scenario.data["kvm"]["compare"]
@@ -247,7 +260,8 @@ def _run_one(control: RunControl, scenario: Scenario, est: Estimate,
             outcome.results[strategy] = result
             if not result.partial:
                 explain(variant, result, rerun=control.rerun(
-                    per, f"{name} [{strategy}] (re-run for the violations' events)"))
+                    per, f"{name} [{strategy}] (re-run for the violations' events)"),
+                        full=full(result))
         return outcome
     tracer = None
     # A log alone records only what it keeps; the timeline (and explain) need every event.
@@ -262,9 +276,10 @@ def _run_one(control: RunControl, scenario: Scenario, est: Estimate,
     outcome.results[scenario.data["kvm"]["host_state"]] = result
     outcome.tracer = tracer
     if not result.partial:
-        full = None if tracer is None or filtered else tracer.events
-        explain(scenario, result, full, control.rerun(est, f"{name} (re-run for the "
-                                                          "violations' events)"))
+        events = None if tracer is None or filtered else tracer.events
+        explain(scenario, result, events, control.rerun(est, f"{name} (re-run for the "
+                                                            "violations' events)"),
+                full=full(result))
     return outcome
 
 
@@ -326,9 +341,10 @@ def _print(args: argparse.Namespace, outcomes: list[Outcome], doc: dict[str, Any
         if i:
             blocks.append(Line(""))
         if o.compared:
-            blocks += comparison_blocks(o.scenario, o.results)
+            blocks += comparison_blocks(o.scenario, o.results, args.explain)
         else:
-            blocks += summary_blocks(next(iter(o.results.values())), o.scenario.path)
+            blocks += summary_blocks(next(iter(o.results.values())), o.scenario.path,
+                                     args.explain)
     render(blocks, stream)
 
 

@@ -5,8 +5,9 @@ otherwise.
 Labels and units come from the declared metric table (`tdsim.metrics`); rates say which
 clock they use ("per simulated second" for the model's time, "per wall-clock second" for how
 fast tdsim ran); shares carry ``%``.  Violations recorded at the same instant on the same CPU
-and vCPU by the same invariant (one per MSR, typically) are one row listing every MSR they
-concern, and the events that led to them are printed once.
+and vCPU by the same invariant (one per MSR, typically) are one numbered row listing every MSR
+they concern; the first rows' causes and chains of events (`tdsim.explain`) are printed once
+per row, and ``--explain N`` prints row N's in full.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_VIOLATION_ROWS = 20
-MAX_EXPLAINED = 3  # violation rows whose leading events are printed
+MAX_EXPLAINED = 3  # violation rows whose cause and chain of events are printed
 MAX_CALLS_SHOWN = 40
 CPU_STATES = ("guest", "kvm", "vmm", "host_task", "idle")
 _MSR = re.compile(r"\b(?:MSR_[A-Z0-9_]+|KERNEL_GS_BASE)\b")
@@ -123,10 +124,12 @@ def header(path: str, seed: int, data: dict[str, Any], results: Sequence[Any],
 # --- one run ----------------------------------------------------------------------------------
 
 
-def summary_blocks(result: Any, path: str | None = None) -> list[Block]:
+def summary_blocks(result: Any, path: str | None = None,
+                   explain: int | None = None) -> list[Block]:
     """The summary of `result` (a `tdsim.sim.Result`): headline counts, breakdowns by site,
     MSR, TDVMCALL and exit reason, register moves, scripted calls, latencies, CPU time,
-    violations, and how fast the run went.  Zero metrics may be absent."""
+    violations (`explain`: the row whose chain is printed whole), and how fast the run went.
+    Zero metrics may be absent."""
     m = result.metrics
     data = _data(result.scenario)
     name = path or str(getattr(result.scenario, "path", ""))
@@ -163,7 +166,7 @@ def summary_blocks(result: Any, path: str | None = None) -> list[Block]:
             table.add(key, num(counts[key]), pct(counts[key], total))
         out.append(table)
     out += _regs(m, data) + _calls(getattr(result, "details", {}).get("calls", {}))
-    out += _latencies(m) + _cpu_split(m) + violation_blocks(result.violations)
+    out += _latencies(m) + _cpu_split(m) + violation_blocks(result.violations, explain)
     perf = result.perf
     if perf:
         out.append(Line(_perf_text(perf), "dim"))
@@ -229,7 +232,9 @@ def _calls(calls: dict[str, list[dict[str, Any]]]) -> list[Block]:
             else:
                 kvm = "in kernel"
             status = rec.get("status") or (_hex(regs["r10"]) if regs else "(no return)")
-            table.add(num(rec["t_ns"]), rec["step"], f"{rec['name']} ({rec['leaf']})", kvm,
+            if rec.get("op") == "vp_enter":  # a scripted TDH.VP.ENTER outcome
+                status = f"vp_enter_ret={rec['vp_enter_ret']:#x}"
+            table.add(num(rec["t_ns"]), rec["step"], f"{rec['name']} ({rec.get('leaf')})", kvm,
                       status, _hex(regs.get("r11")),
                       " ".join(_hex(regs.get(r)) for r in ("r12", "r13", "r14", "r15")))
         out.append(table)
@@ -298,43 +303,49 @@ def _joined_detail(details: list[str]) -> str:
     return "; ".join(unique)
 
 
-def violation_blocks(violations: list[dict[str, Any]]) -> list[Block]:
-    """One row per violation group with every MSR it concerns; then, for the first groups,
-    the events that led to them, once per group."""
+def violation_blocks(violations: list[dict[str, Any]],
+                     explain: int | None = None) -> list[Block]:
+    """One numbered row per violation group with every MSR it concerns; then, for the first
+    groups (and group `explain`), the cause and the chain of events from the cause to the
+    detection (`tdsim.explain.explanation`), once per group."""
+    from tdsim.explain import explanation
+
     if not violations:
         return [Line("no invariant violations", "green")]
     groups = group_violations(violations)
     table = Table(f"Invariant violations: {len(violations)} recorded",
-                  ("time (ns)", "cpu", "vCPU / task", "invariant", "MSRs", "detail"),
+                  ("#", "time (ns)", "cpu", "vCPU / task", "invariant", "MSRs", "detail"),
                   text=("vCPU / task", "invariant", "MSRs", "detail"))
-    for group in groups[:MAX_VIOLATION_ROWS]:
+    for n, group in enumerate(groups[:MAX_VIOLATION_ROWS], 1):
         first = group[0]
         details = [str(v.get("detail")) for v in group]
         msrs = list(dict.fromkeys(m for d in details for m in _MSR.findall(d)))
-        table.add(num(first.get("t_ns")), first.get("cpu"), first.get("vcpu"),
+        table.add(n, num(first.get("t_ns")), first.get("cpu"), first.get("vcpu"),
                   first.get("invariant"), ", ".join(msrs) or "-", _joined_detail(details))
     out: list[Block] = [table]
     if len(groups) > MAX_VIOLATION_ROWS:
         out.append(Line(f"... and {len(groups) - MAX_VIOLATION_ROWS} more rows "
                         f"({len(violations)} violations in all; every one is in the JSON "
                         "result)", "red"))
-    explained = [g for g in groups if g[0].get("events")][:MAX_EXPLAINED]
-    for group in explained:
-        first = group[0]
-        out.append(Line(f"events leading to violation {groups.index(group) + 1} "
-                        f"({first['invariant']} at {num(first['t_ns'])} ns, cpu "
-                        f"{first['cpu']}):", "bold"))
-        lines = list(first["events"][:-1])
-        for v in group:
-            lines += [e for e in v.get("events", [])[-1:] if e not in lines]
-        out += [Line("  " + e) for e in lines]
+    shown = [n for n, g in enumerate(groups, 1) if g[0].get("events")]
+    shown = shown[:MAX_EXPLAINED] + ([explain] if explain in shown[MAX_EXPLAINED:] else [])
+    for n in shown:
+        first = groups[n - 1][0]
+        out.append(Line(f"violation {n} ({first['invariant']} at {num(first['t_ns'])} ns, "
+                        f"cpu {first['cpu']}, {first['vcpu']}): its cause, then the events "
+                        "from the cause to the detection"
+                        + (" (all of them)" if n == explain else ""), "bold"))
+        out += [Line(line) for line in explanation(first)]
+    if explain is not None and explain > len(groups):
+        out.append(Line(f"--explain {explain}: there are {len(groups)} violation rows", "red"))
     return out
 
 
 # --- a strategy comparison --------------------------------------------------------------------
 
 
-def comparison_blocks(scenario: Any, results: dict[str, Any]) -> list[Block]:
+def comparison_blocks(scenario: Any, results: dict[str, Any],
+                      explain: int | None = None) -> list[Block]:
     """Side by side, one column per strategy: host-state work per TD exit and per simulated
     second, violations per oracle, late aborts per path; then each strategy's violations."""
     data = _data(scenario)
@@ -373,5 +384,5 @@ def comparison_blocks(scenario: Any, results: dict[str, Any]) -> list[Block]:
     for strategy, r in results.items():
         if r.violations:
             out.append(Line(f"{strategy}:", "red"))
-            out += violation_blocks(r.violations)
+            out += violation_blocks(r.violations, explain)
     return out

@@ -16,8 +16,13 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from .schedule import Schedule
-from .schedule import from_data as schedule_from_data
+from .kvm_cpuid import (
+    KVM_CPUID_FEATURES,
+    KVM_CPUID_SIGNATURE,
+    KVM_SIGNATURE,
+    KvmCpuidEntry2,
+    cpuid_function_is_indexed,
+)
 
 
 def us_to_ns(us: float) -> int:
@@ -36,6 +41,8 @@ class Costs:
 
     wrmsr_ns: int
     rdmsr_ns: int
+    xsetbv_ns: int
+    wrpkru_ns: int
     seamcall_ns: int
     td_entry_ns: int
     td_exit_ns: int
@@ -104,6 +111,10 @@ class HostConfig:
     timeslice_ns: int
     wakeup_preempt: bool
     nmi_hz: float
+    debugctl: int
+    xcr0: int
+    xss: int
+    pkru: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +123,11 @@ class KvmConfig:
 
     host_state: str
     regs_layout: str            # "in_place" | "copy"
-    tdvmcall_abi: str           # "current" | "v6.16"
+    tdvmcall_abi: str           # a generation of tdsim.tdvmcall_abi.GENERATIONS
     exit_reason_raw: bool       # exit_reason = "raw"
     halt_poll_ns: int
     lapic_timer_advance_ns: int
+    supported_xss: int          # KVM_SUPPORTED_XSS
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +182,7 @@ class VmConfig:
     workload: WorkloadConfig
     interrupts: InterruptConfig
     sept: SeptConfig
+    xfam: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +195,18 @@ class DeviceConfig:
     size: int
     read_value: int
     ioeventfd: bool
+    in_kernel_read: bool
     service_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MsrFilterRangeConfig:
+    """One range of the VMM's MSR filter: flags as KVM_MSR_FILTER_READ/WRITE bits."""
+
+    flags: int
+    base: int
+    nmsrs: int
+    bitmap: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,17 +214,20 @@ class VmmConfig:
     """``[vmm]``: the userspace VMM's answers and the KVM capabilities it enabled."""
 
     exit_hypercall: bool
-    map_gpa_results: tuple[str, ...]
     get_quote_ret: int
     setup_event_notify_ret: int
     tdvmcall_info: tuple[int, int, int, int]
     fatal_error: str
     unassigned_read: int
     msr_exits: tuple[str, ...]
-    msr_filter_deny_read: frozenset[int]
-    msr_filter_deny_write: frozenset[int]
+    map_gpa_rets: tuple[int | None, ...]    # map_gpa_results as raw u64 (None: keep)
+    msr_filter_default_allow: bool
+    msr_filter_ranges: tuple[MsrFilterRangeConfig, ...] | None  # None: no filter
+    enforce_pv_feature_cpuid: bool
+    get_msrs: tuple[int, ...]
+    set_msrs: tuple[tuple[int, int, tuple[int, ...] | None], ...]  # index, value, vCPUs
     devices: tuple[DeviceConfig, ...]
-    cpuid: Mapping[tuple[int, int], tuple[int, int, int, int]]
+    cpuid: tuple[KvmCpuidEntry2, ...]
     msrs: Mapping[int, tuple[int, bool]]
 
 
@@ -215,7 +242,9 @@ class ModelConfig:
     vms: tuple[VmConfig, ...]
     vmm: VmmConfig
     faults: Mapping[str, Any]   # [faults], by knob name (declared in tdsim.faults)
-    schedule: Schedule          # [schedule] (tdsim.schedule): empty unless scripted
+    # [schedule], resolved; `tdsim.schedule.from_data` types it (the build step does: the
+    # schedule's event kinds are declared on top of the model, so config cannot import them)
+    schedule: Mapping[str, Any]
 
 
 T = TypeVar("T")
@@ -225,6 +254,46 @@ def _pick(cls: type[T], d: Mapping[str, Any], **extra: Any) -> T:
     """Build `cls` from the keys of `d` that it declares, plus `extra`."""
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in d.items() if k in names}, **extra)
+
+
+# hypercall.ret values the VMM's answers name (the positive errnos today's KVM takes)
+VMM_RET_NAMES: dict[str, int | None] = {"success": 0, "eagain": 11, "einval": 22, "keep": None}
+_FILTER_FLAGS = {"read": 1, "write": 2}      # KVM_MSR_FILTER_READ / _WRITE
+
+
+def vmm_ret(value: str | int) -> int | None:
+    """A VMM answer for ``hypercall.ret`` as the raw u64 it writes (None: leave it)."""
+    if isinstance(value, str):
+        return VMM_RET_NAMES[value]
+    return value & ((1 << 64) - 1)
+
+
+def _msr_filter_ranges(vmm: Mapping[str, Any]) -> tuple[MsrFilterRangeConfig, ...] | None:
+    """The filter's ranges: the deny lists (one MSR each) first, then msr_filter.range; None
+    when the VMM sets no filter at all."""
+    flt = vmm["msr_filter"]
+    ranges = [MsrFilterRangeConfig(1, i, 1, 0) for i in vmm["msr_filter_deny_read"]]
+    ranges += [MsrFilterRangeConfig(2, i, 1, 0) for i in vmm["msr_filter_deny_write"]]
+    for r in flt["range"]:
+        flags = sum(_FILTER_FLAGS[f] for f in set(r["flags"]))
+        bitmap = r["bitmap"] if r["bitmap"] is not None else (1 << r["nmsrs"]) - 1
+        ranges.append(MsrFilterRangeConfig(flags, r["base"], r["nmsrs"], bitmap))
+    if not ranges and flt["default_allow"]:
+        return None
+    return tuple(ranges)
+
+
+def _cpuid_entries(vmm: Mapping[str, Any]) -> tuple[KvmCpuidEntry2, ...]:
+    """The CPUID table (KVM_SET_CPUID2), with the KVM leaves ``kvm_pv_features`` asks for."""
+    out = [KvmCpuidEntry2(e["leaf"], e["subleaf"], e["significant_index"]
+                            if e["significant_index"] is not None
+                            else cpuid_function_is_indexed(e["leaf"]),
+                            e["eax"], e["ebx"], e["ecx"], e["edx"]) for e in vmm["cpuid"]]
+    if vmm["kvm_pv_features"] is not None:
+        base, features = KVM_CPUID_SIGNATURE, KVM_CPUID_SIGNATURE + KVM_CPUID_FEATURES
+        out.append(KvmCpuidEntry2(base, 0, False, features, *KVM_SIGNATURE))
+        out.append(KvmCpuidEntry2(features, 0, False, vmm["kvm_pv_features"], 0, 0, 0))
+    return tuple(out)
 
 
 def from_data(d: Mapping[str, Any]) -> ModelConfig:
@@ -248,7 +317,7 @@ def from_data(d: Mapping[str, Any]) -> ModelConfig:
                 device_irq_hz=intr["device_irq_hz"],
                 device_irq_vcpus=tuple(intr["device_irq_vcpus"]), nmi_hz=intr["nmi_hz"],
                 tlb_flush_hz=intr["tlb_flush_hz"], hlt_irqs_off_p=intr["hlt_irqs_off_p"]),
-            sept=_pick(SeptConfig, v["sept"])))
+            sept=_pick(SeptConfig, v["sept"]), xfam=v["xfam"]))
     vmm = d["vmm"]
     return ModelConfig(
         sim=SimConfig(seed=sim["seed"], duration_ns=us_to_ns(sim["duration_us"]),
@@ -258,28 +327,35 @@ def from_data(d: Mapping[str, Any]) -> ModelConfig:
                         task_sleep_ns=us_to_ns(host["task_sleep_us"]),
                         task_dist_exp=host["task_dist"] == "exp",
                         timeslice_ns=us_to_ns(host["timeslice_us"]),
-                        wakeup_preempt=host["wakeup_preempt"], nmi_hz=host["nmi_hz"]),
+                        wakeup_preempt=host["wakeup_preempt"], nmi_hz=host["nmi_hz"],
+                        debugctl=host["debugctl"], xcr0=host["xcr0"], xss=host["xss"],
+                        pkru=host["pkru"]),
         kvm=KvmConfig(host_state=kvm["host_state"], regs_layout=kvm["regs_layout"],
                       tdvmcall_abi=kvm["tdvmcall_abi"], exit_reason_raw=kvm["exit_reason"] == "raw",
                       halt_poll_ns=int(kvm["halt_poll_ns"]),
-                      lapic_timer_advance_ns=int(kvm["lapic_timer_advance_ns"])),
+                      lapic_timer_advance_ns=int(kvm["lapic_timer_advance_ns"]),
+                      supported_xss=kvm["supported_xss"]),
         costs=Costs(**{k: int(v) for k, v in d["costs"].items()}),
         vms=tuple(vms),
         vmm=VmmConfig(
             exit_hypercall=vmm["exit_hypercall"],
-            map_gpa_results=tuple(vmm["map_gpa_results"]),
             get_quote_ret=vmm["get_quote_ret"],
             setup_event_notify_ret=vmm["setup_event_notify_ret"],
             tdvmcall_info=(vmm["tdvmcall_info"][0], vmm["tdvmcall_info"][1],
                            vmm["tdvmcall_info"][2], vmm["tdvmcall_info"][3]),
             fatal_error=vmm["fatal_error"], unassigned_read=vmm["unassigned_read"],
             msr_exits=tuple(vmm["msr_exits"]),
-            msr_filter_deny_read=frozenset(vmm["msr_filter_deny_read"]),
-            msr_filter_deny_write=frozenset(vmm["msr_filter_deny_write"]),
+            map_gpa_rets=tuple(vmm_ret(r) for r in vmm["map_gpa_results"]),
+            msr_filter_default_allow=vmm["msr_filter"]["default_allow"],
+            msr_filter_ranges=_msr_filter_ranges(vmm),
+            enforce_pv_feature_cpuid=vmm["enforce_pv_feature_cpuid"],
+            get_msrs=tuple(vmm["get_msrs"]),
+            set_msrs=tuple((m["index"], m["value"],
+                            tuple(m["vcpus"]) if m["vcpus"] is not None else None)
+                           for m in vmm["set_msr"]),
             devices=tuple(_pick(DeviceConfig, dev) for dev in vmm["device"]),
-            cpuid=MappingProxyType({(e["leaf"], e["subleaf"]): (e["eax"], e["ebx"], e["ecx"],
-                                                                e["edx"]) for e in vmm["cpuid"]}),
+            cpuid=_cpuid_entries(vmm),
             msrs=MappingProxyType({m["index"]: (m["value"], m["error"]) for m in vmm["msr"]})),
         faults=MappingProxyType(dict(d["faults"])),
-        schedule=schedule_from_data(d["schedule"]),
+        schedule=MappingProxyType(dict(d["schedule"])),
     )

@@ -3,7 +3,9 @@
 **Expectations** are the scenario's ``[expect]`` table (schema in `tdsim.schema.EXPECT`):
 bounds or exact values on metrics, and invariants that must or must not be violated.
 `check_expectations` compares a run's result with them and returns one readable line per
-broken expectation.
+broken expectation; a violation the run records that they do not declare fails the check
+too (`undeclared_violations`), so ``tdsim check`` passes only where ``tdsim run`` reports
+nothing but the findings the scenario presents.
 
 **Fingerprints** pin the whole event trajectory of a scenario at its seed: every traced event
 (time, kind, CPU, vCPU, fields), in time order, rendered as one canonical text line
@@ -45,7 +47,8 @@ def _asks(e: dict[str, Any]) -> int:
 def has_expectations(data: dict[str, Any]) -> bool:
     """The scenario's ``[expect]`` table asks for anything (a scenario with none is no test)."""
     e = data["expect"]
-    return bool(_asks(e) or any(_asks(s) for s in e["strategy"].values()))
+    return bool(_asks(e) or e["call"] or e["msr"]
+                or any(_asks(s) for s in e["strategy"].values()))
 
 
 def strategies_run(data: dict[str, Any]) -> list[str]:
@@ -100,6 +103,70 @@ def check_expectations(expect: dict[str, Any], metrics: dict[str, Any]) -> list[
         got = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         out.append(f"violations: expected none, got {got}")
     return out
+
+
+_CALL_FIELDS = ("status", "kvm", "regs_out", "regs_written", "exits", "vp_enter_ret",
+                "exit_reason", "handle_exit", "kvm_run")
+
+
+def _matches(want: Any, got: Any) -> bool:
+    """`got` has what `want` gives: tables on the keys `want` names, arrays item by item
+    (same length), anything else equal."""
+    if isinstance(want, dict):
+        return isinstance(got, dict) and all(k in got and _matches(v, got[k])
+                                              for k, v in want.items())
+    if isinstance(want, list):
+        return (isinstance(got, list) and len(want) == len(got)
+                and all(_matches(w, g) for w, g in zip(want, got, strict=True)))
+    return bool(want == got)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def check_calls(expect: dict[str, Any], details: dict[str, Any]) -> list[str]:
+    """One line per ``[[expect.call]]`` / ``[[expect.msr]]`` the run's records do not
+    meet (``details`` is the result's scripted-call records and VMM report)."""
+    out = []
+    calls = details.get("calls", {})
+    for j, want in enumerate(expect["call"]):
+        where = f"expect.call[{j}] ({want['vcpu']} step {want['step']})"
+        records = [r for r in calls.get(want["vcpu"], []) if r["step"] == want["step"]]
+        if len(records) < want["nth"]:
+            out.append(f"{where}: recorded {len(records)} time(s), wanted record "
+                       f"#{want['nth']}")
+            continue
+        rec = records[want["nth"] - 1]
+        for key in _CALL_FIELDS:
+            if want[key] is not None and not _matches(want[key], rec.get(key)):
+                out.append(f"{where}: {key}: expected {_show(want[key])}, "
+                           f"got {_show(rec.get(key))}")
+    got_msrs = details.get("vmm", {}).get("get_msrs", {})
+    for j, want in enumerate(expect["msr"]):
+        key = f"{want['index']:#x}"
+        vals = got_msrs.get(want["vcpu"], {})
+        if key not in vals:
+            out.append(f"expect.msr[{j}]: {key} of {want['vcpu']} was not read back "
+                       "(list it in [vmm] get_msrs)")
+        elif vals[key] != want["value"]:
+            out.append(f"expect.msr[{j}]: {key} of {want['vcpu']}: expected "
+                       f"{_show(want['value'])}, got {_show(vals[key])}")
+    return out
+
+
+def undeclared_violations(tables: list[dict[str, Any]], metrics: dict[str, Any]) -> list[str]:
+    """One line per invariant the run violated that no table declares (``violations_must``)
+    and none already reports (``violations_none``, ``violations_must_not``): a check passes
+    only if every violation ``tdsim run`` would report is an expected finding."""
+    if any(t["violations_none"] for t in tables):
+        return []
+    known = {n for t in tables for n in t["violations_must"] + t["violations_must_not"]}
+    counts = {k[len("violations."):]: v for k, v in metrics.items()
+              if k.startswith("violations.") and v}
+    return [f"violations.{name}: {counts[name]} recorded but not expected (tdsim run reports "
+            "them; a finding the scenario presents belongs in violations_must)"
+            for name in sorted(set(counts) - known)]
 
 
 # --- fingerprints -----------------------------------------------------------------------------
@@ -240,14 +307,18 @@ def check_scenario(scenario: Scenario, update_fingerprints: bool = False,
     for strategy in strategies:
         variant = scenario.replace({"kvm.host_state": strategy, "kvm.compare": []})
         tracer = Tracer() if fingerprints and strategy == traced else None
-        metrics = run(variant, tracer=tracer).metrics
+        result = run(variant, tracer=tracer)
+        metrics = result.metrics
         if tracer is not None:
             lines = trajectory(tracer.events)
         tag = f"[{strategy}] " if len(strategies) > 1 else ""
-        for table in (expect, expect["strategy"].get(strategy)):
-            if table is not None:
-                asked += _asks(table)
-                report.failures += [tag + line for line in check_expectations(table, metrics)]
+        tables = [t for t in (expect, expect["strategy"].get(strategy)) if t is not None]
+        for table in tables:
+            asked += _asks(table)
+            report.failures += [tag + line for line in check_expectations(table, metrics)]
+        report.failures += [tag + line for line in undeclared_violations(tables, metrics)]
+        asked += len(expect["call"]) + len(expect["msr"])
+        report.failures += [tag + line for line in check_calls(expect, result.details)]
     report.notes.append(f"{asked} expectation(s)" if asked else "no expectations")
     if len(strategies) > 1:
         report.notes.append(f"{len(strategies)} strategies")
@@ -266,30 +337,3 @@ def check_scenario(scenario: Scenario, update_fingerprints: bool = False,
     else:
         report.notes.append(f"fingerprint matches ({len(lines)} events)")
     return report
-
-
-# --- the ``tdsim check`` command --------------------------------------------------------------
-
-
-def cmd_check(args: Any) -> int:
-    """The body of ``tdsim check`` (arguments declared in `tdsim.cli`): load every scenario,
-    estimate the work, then check each one; exit status 1 if any fails."""
-    from .cli_estimate import estimate
-    from .cli_run import check_work
-    from .scenario import load_scenario
-
-    scenarios = [load_scenario(path, args.overrides) for path in args.scenarios]
-    for scenario in scenarios:
-        one = estimate(scenario.data, traced=True)
-        runs = len(strategies_run(scenario.data))
-        check_work(scenario, type(one)(one.events * runs, one.td_exits * runs,
-                                       one.wall_s * runs, one.memory_bytes, one.key),
-                   args.allow_long, quiet=False)
-    status = 0
-    for scenario in scenarios:
-        report = check_scenario(scenario, update_fingerprints=args.update_fingerprints,
-                                fingerprints=not args.overrides)
-        print(report.render(), flush=True)
-        if not report.ok:
-            status = 1
-    return status

@@ -32,7 +32,7 @@ from . import arch
 from .arch import KVM_REQ_DIRTY_RING_SOFT_FULL, KVM_REQ_EVENT
 from .host import HOST_IRQ, RUNNING, ProcessGenerator
 from .rng import exp_ns, stream
-from .segment import EXIT_REQUEST, PH_KERNEL, PH_SEG, PH_STOPPED, PH_WAIT
+from .segment import PH_KERNEL, PH_SEG, PH_STOPPED, PH_WAIT
 
 if TYPE_CHECKING:
     from .clock import Environment
@@ -79,7 +79,7 @@ def inject_signal(vcpu: KvmVcpu, sched: Scheduler) -> None:
     phase = vcpu.phase
     if phase in (PH_SEG, PH_KERNEL, PH_WAIT):
         vcpu.stat["faults.signal"] += 1
-        vcpu.sigpending = True
+        vcpu.raise_signal()
         if phase == PH_SEG:
             vcpu.disturb(_HOST_IRQ_OTHER)
     else:
@@ -100,9 +100,7 @@ def inject_need_resched(vcpu: KvmVcpu, sched: Scheduler) -> None:
 def inject_notify_resume(vcpu: KvmVcpu, sched: Scheduler) -> None:
     """Abort C(e): TIF_NOTIFY_RESUME (e.g. task work) is queued; no IPI."""
     vcpu.stat["faults.notify_resume"] += 1
-    vcpu.notify_resume = True
-    if vcpu.phase == PH_SEG:
-        vcpu.disturb(EXIT_REQUEST)  # the late check, if still ahead, will see it
+    vcpu.raise_notify_resume()  # (the late check, if still ahead, will see it)
 
 
 @dataclass(frozen=True)
@@ -154,9 +152,10 @@ FAULT_KNOBS: tuple[FaultKnob, ...] = (
               "NON_RECOVERABLE_TD | 0x80000021)"),
     FaultKnob("non_recoverable", "", "probability", "the TD exits with "
               "TDX_NON_RECOVERABLE_VCPU | TRIPLE_FAULT"),
-    FaultKnob("error_exit", "", "probability", "the TD exits with a detail-less error status "
-              "(TDX_TD_EXIT_BEFORE_L2_ENTRY-like) whose low bits are drawn from "
-              "error_exit_low_bits: the exit_reason study"),
+    FaultKnob("error_exit", "", "probability", "the TD exits with TDX_TD_EXIT_BEFORE_L2_ENTRY, "
+              "a status without detail that only a TD with L2 VMs gets (every TD needs "
+              "td_partitioning = true), whose low bits are drawn from error_exit_low_bits: "
+              "the exit_reason study"),
     FaultKnob("genuine_ept_misconfig", "", "probability", "TDH.VP.ENTER returns exactly 49 "
               "(a genuine EPT_MISCONFIG: a KVM bug for a TD)"),
 )

@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import arch
+
 if TYPE_CHECKING:
     from .clock import Environment
     from .trace import Tracer
@@ -58,6 +60,12 @@ FINDINGS: tuple[Finding, ...] = (
     Finding("tdvmcall_completion", "oracle",
             "a TDVMCALL completed that the guest did not issue, or the TD was re-entered with "
             "its TDVMCALL not completed"),
+    Finding("entry_with_exit_request", "oracle",
+            "at VM entry the vCPU had a kick, request, signal, need_resched or notify-resume "
+            "pending since before the late kvm_vcpu_exit_request() check (tdsim.oracles)"),
+    Finding("kick_exit_delay", "oracle",
+            "a kicked vCPU kept running guest code longer than the kick's IPI latency plus "
+            "the entry work still ahead when it was kicked (tdsim.oracles)"),
     Finding("entry_on_associated_vcpu", "oracle",
             "TDH.VP.ENTER on one CPU for a vCPU the TDX module has associated with another "
             "(KVM must TDH.VP.FLUSH it on the old CPU first)"),
@@ -68,7 +76,8 @@ FINDINGS: tuple[Finding, ...] = (
     Finding("stuck_halt", "oracle",
             "a halted vCPU stays blocked although it has a deliverable interrupt or NMI"),
     Finding("nmi_accounting", "oracle",
-            "NMIs injected != delivered + coalesced + still outstanding at the end of the run"),
+            "a vCPU's NMIs injected != delivered + coalesced + still outstanding at the end "
+            "of the run (the finding names the first injection lost)"),
     Finding("td_entry_during_zap", "oracle",
             "a TD entry while a SEPT zap's tdh_do_no_vcpus needs every vCPU out of the TD"),
     Finding("zap_stuck", "oracle",
@@ -90,16 +99,26 @@ class Findings:
         self.counts: Counter[str] = Counter()
         self.records: list[dict[str, Any]] = []
 
-    def record(self, name: str, cpu: int, vcpu: str | None, detail: str) -> None:
-        """Record finding `name` now, on host CPU `cpu` (-1: none), for `vcpu` (or a task)."""
+    def record(self, name: str, cpu: int, vcpu: str | None, detail: str,
+               cause: tuple[int, str] | None = None, msr: int | None = None) -> None:
+        """Record finding `name` now, on host CPU `cpu` (-1: none), for `vcpu` (or a task).
+        `cause`: when the model knows it, the event that made the wrong state, as (time,
+        what happened); `msr`: the MSR a host-state finding is about.  `tdsim.explain`
+        derives the causes the model cannot know cheaply (which event last wrote an MSR or
+        KVM's belief of it) from a trace of the same run."""
         if name not in NAMES:
             raise ValueError(f"tdsim bug: finding {name!r} is not declared in "
                              "tdsim.findings.FINDINGS")
         self.counts[name] += 1
         t = self.env.now
         if self.counts[name] <= self.max_records:
-            self.records.append({"invariant": name, "t_ns": t, "cpu": cpu, "vcpu": vcpu,
-                                 "detail": detail})
+            record: dict[str, Any] = {"invariant": name, "t_ns": t, "cpu": cpu,
+                                      "vcpu": vcpu, "detail": detail}
+            if msr is not None:
+                record["msr"] = arch.MSR_NAMES[msr]
+            if cause is not None:
+                record["cause"] = {"t_ns": cause[0], "what": cause[1]}
+            self.records.append(record)
         tracer = self.tracer
         if tracer is not None:
             tracer.emit(t, "violation", cpu, vcpu, invariant=name, detail=detail)

@@ -53,6 +53,7 @@ SITE_PREPARE = "wrmsr.site.prepare"
 SITE_PUT = "wrmsr.site.put"
 SITE_USER_RETURN = "wrmsr.site.user_return"
 SITE_POST_EXIT = "wrmsr.site.post_exit"
+SITE_VCPU_RUN = "wrmsr.site.vcpu_run"  # tdx_vcpu_run's restores after every TDH.VP.ENTER
 _WRMSR_MSR_KEYS = {msr: f"wrmsr.msr.{name}" for msr, name in arch.MSR_NAMES.items()}
 _RDMSR_MSR_KEYS = {msr: f"rdmsr.msr.{name}" for msr, name in arch.MSR_NAMES.items()}
 
@@ -80,35 +81,59 @@ class Cause:
 
 class HostIrq(Cause):
     """A host interrupt arriving on the thread's CPU: `name` is its source (tick, timer,
-    kick, resched, flush_ipi, other); `nmi` for a host NMI."""
+    kick, resched, flush_ipi, other) and `vector` the host vector it arrives on; `nmi` for a
+    host NMI."""
 
-    __slots__ = ("nmi",)
+    __slots__ = ("nmi", "vector")
 
-    def __init__(self, name: str, nmi: bool = False) -> None:
+    def __init__(self, name: str, vector: int, nmi: bool = False) -> None:
         super().__init__(name)
+        self.vector = vector
         self.nmi = nmi
 
 
-# One cause object per source, so a disturbance allocates nothing.
-HOST_IRQ = {name: HostIrq(name) for name in ("tick", "timer", "kick", "resched", "flush_ipi",
-                                              "other")}
-HOST_NMI = HostIrq("nmi", nmi=True)
+# One cause object per source, so a disturbance allocates nothing.  The tick and the hrtimer
+# are the local APIC timer; a kick is smp_send_reschedule; the TDH.VP.FLUSH IPI is
+# smp_call_function_single.
+HOST_IRQ = {name: HostIrq(name, vector) for name, vector in (
+    ("tick", arch.LOCAL_TIMER_VECTOR), ("timer", arch.LOCAL_TIMER_VECTOR),
+    ("kick", arch.RESCHEDULE_VECTOR), ("resched", arch.RESCHEDULE_VECTOR),
+    ("flush_ipi", arch.CALL_FUNCTION_SINGLE_VECTOR), ("other", arch.HOST_DEVICE_VECTOR))}
+HOST_NMI = HostIrq("nmi", arch.NMI_VECTOR, nmi=True)
 RESCHED = Cause("need_resched")  # need_resched was set while the thread runs
+
+
+class HostXstate:
+    """The host's values of the state a TD exit may leave changed besides the user-return
+    MSRs (``[host]`` debugctl, xcr0, xss, pkru): IA32_DEBUGCTL, XCR0, IA32_XSS and the VMM
+    threads' PKRU (every host thread in the model uses the same PKRU)."""
+
+    __slots__ = ("debugctl", "xcr0", "xss", "pkru")
+
+    def __init__(self, debugctl: int, xcr0: int, xss: int, pkru: int) -> None:
+        self.debugctl = debugctl
+        self.xcr0 = xcr0
+        self.xss = xss
+        self.pkru = pkru
 
 
 class HostCpu:
     """One host logical CPU: hardware MSR contents, what runs on it, its run queue, its time."""
 
     __slots__ = (
-        "env", "index", "name", "msr", "uret", "curr", "rq", "ns", "idle_since", "acc",
-        "stat", "slice_gen", "c_wrmsr", "c_rdmsr", "tracer", "user_return", "unpinned_queued",
+        "env", "index", "name", "msr", "xcr0", "pkru", "host_xstate", "uret", "curr", "rq",
+        "ns", "idle_since", "acc", "stat", "slice_gen", "c_wrmsr", "c_rdmsr", "c_xsetbv",
+        "c_wrpkru", "tracer", "user_return", "unpinned_queued",
     )
 
     def __init__(self, env: Environment, index: int, c_wrmsr: int, c_rdmsr: int,
-                 tracer: Tracer | None, host_stat: Stat) -> None:
+                 tracer: Tracer | None, host_stat: Stat, xstate: HostXstate | None = None,
+                 c_xsetbv: int = 0, c_wrpkru: int = 0) -> None:
         self.env = env
         self.index = index
         self.name = f"host.cpu{index}"
+        xs = xstate if xstate is not None else HostXstate(0, 0, 0, 0)
+        self.host_xstate = xs
         # The hardware truth.  KERNEL_GS_BASE holds the running task's user GS base.
         self.msr = {
             arch.MSR_STAR: arch.HOST_STAR,
@@ -117,7 +142,11 @@ class HostCpu:
             arch.MSR_SYSCALL_MASK: arch.HOST_SYSCALL_MASK,
             arch.MSR_TSC_AUX: arch.host_tsc_aux(index),
             arch.MSR_KERNEL_GS_BASE: 0,
+            arch.MSR_IA32_DEBUGCTLMSR: xs.debugctl,
+            arch.MSR_IA32_XSS: xs.xss,
         }
+        self.xcr0 = xs.xcr0   # XCR0 (XSETBV), not an MSR
+        self.pkru = xs.pkru   # PKRU (WRPKRU), the running thread's; not an MSR
         # KVM's user-return MSR state of this CPU (tdsim.kvm_x86.KvmUserReturnMsrs), attached
         # by KVM when the CPU comes online; the hardware layer does not look inside it.
         self.uret: Any = None
@@ -133,6 +162,8 @@ class HostCpu:
         self.slice_gen = 0
         self.c_wrmsr = c_wrmsr
         self.c_rdmsr = c_rdmsr
+        self.c_xsetbv = c_xsetbv
+        self.c_wrpkru = c_wrpkru
         self.tracer = tracer
 
     def wrmsr(self, msr: int, value: int, site: str) -> None:
@@ -153,6 +184,18 @@ class HostCpu:
         self.acc += self.c_rdmsr
         self.stat[_RDMSR_MSR_KEYS[msr]] += 1
         return self.msr[msr]
+
+    def xsetbv(self, value: int) -> None:
+        """XSETBV of XCR0 on this CPU: charges and counts."""
+        self.xcr0 = value
+        self.acc += self.c_xsetbv
+        self.stat["xsetbv"] += 1
+
+    def wrpkru(self, value: int) -> None:
+        """WRPKRU on this CPU: charges and counts."""
+        self.pkru = value
+        self.acc += self.c_wrpkru
+        self.stat["wrpkru"] += 1
 
     def host_irq(self, cause: HostIrq) -> None:
         """A host interrupt (tick, hrtimer, IPI) arrives on this CPU now."""
@@ -322,8 +365,9 @@ class Scheduler:
         nxt = self._next_after(self.idle, prev.index)
         return cpus[nxt] if nxt is not None else prev
 
-    def wake_up(self, t: Thread) -> None:
-        """try_to_wake_up: make a sleeping thread runnable and place it."""
+    def try_to_wake_up(self, t: Thread) -> None:
+        """try_to_wake_up: make a sleeping thread runnable and place it (select_task_rq,
+        then wakeup preemption or, without it, the running task's slice)."""
         if t.state != SLEEPING:
             return
         t.state = RUNNABLE
@@ -339,6 +383,8 @@ class Scheduler:
             self._arm_slice(cpu)
 
     def resched_curr(self, cpu: HostCpu) -> None:
+        """resched_curr: set need_resched on the CPU's current task and interrupt it (the
+        reschedule IPI is not timed; the current task is disturbed at once)."""
         curr = cpu.curr
         if curr is not None and not curr.need_resched:
             curr.need_resched = True
@@ -447,7 +493,7 @@ class Scheduler:
             self.findings.record(
                 "host_state_leak", cpu.index, prev.name,
                 f"context switch saved KERNEL_GS_BASE={hw:#x} as {prev.name}'s GS base "
-                f"(its own is {prev.gsbase:#x})")
+                f"(its own is {prev.gsbase:#x})", msr=arch.MSR_KERNEL_GS_BASE)
 
 
 class HostTask(Thread):
@@ -483,7 +529,7 @@ class HostTask(Thread):
         sched = self.sched
         yield env.timeout(self._draw(self.sleep_ns))  # staggered start
         while True:
-            sched.wake_up(self)
+            sched.try_to_wake_up(self)
             cpu: HostCpu = yield self.run_event
             self.remaining = self._draw(self.run_ns)
             while True:

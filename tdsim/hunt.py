@@ -30,12 +30,13 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from . import arch
 from .choices import Runtime
 from .findings import NAMES
-from .hunt_space import Candidate, Space, trim, unique, vcpu_index
+from .hunt_space import Candidate, HuntResult, Space, trim, unique, vcpu_index
 from .rng import stream
 from .scenario import Scenario, ScenarioError
 from .schedule import KINDS, LANDMARKS, Event, Period
@@ -68,37 +69,6 @@ class Progress:
     space_total: int = 0  # exhaustive: schedules in the space
 
 
-@dataclass
-class HuntResult:
-    """The outcome of one hunt (`hunt`)."""
-
-    scenario: Scenario            # the hunted scenario (strategy applied)
-    strategy: str
-    oracles: tuple[str, ...]
-    mode: str
-    seed: int
-    runs: int
-    elapsed_s: float
-    found_s: float | None         # when the first counterexample was found
-    cells: set[tuple[str, str, str]]
-    kinds: tuple[str, ...]
-    space_done: int = 0
-    space_total: int = 0
-    variants: tuple[str, ...] = ()  # wrong kernel variants installed (tests only)
-    oracle: str | None = None     # the oracle the counterexample breaks
-    candidate: Candidate | None = None
-    shrink_runs: int = 0
-    reproducer: dict[str, Any] | None = None  # scenario data, TOML-able
-    violation: dict[str, Any] | None = None
-    explanation: str = ""
-    interrupted: bool = False     # stopped by Ctrl-C
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def found(self) -> bool:
-        return self.reproducer is not None
-
-
 # --- running candidates -------------------------------------------------------------------------
 class Runner:
     """Runs candidates of a space and keeps count."""
@@ -126,12 +96,19 @@ class Runner:
         record = findings.record
         oracles = space.oracles
 
-        def record_and_stop(name: str, cpu: int, vcpu: str | None, detail: str) -> None:
-            record(name, cpu, vcpu, detail)
+        def record_and_stop(name: str, cpu: int, vcpu: str | None, detail: str,
+                            cause: tuple[int, str] | None = None,
+                            msr: int | None = None) -> None:
+            record(name, cpu, vcpu, detail, cause, msr)
             if name not in oracles or hit:
                 return
-            hit.append({"invariant": name, "t_ns": sim.model.env.now, "cpu": cpu,
-                        "vcpu": vcpu, "detail": detail, "at_end": bool(cut)})
+            found: dict[str, Any] = {"invariant": name, "t_ns": sim.model.env.now, "cpu": cpu,
+                                     "vcpu": vcpu, "detail": detail, "at_end": bool(cut)}
+            if msr is not None:
+                found["msr"] = arch.MSR_NAMES[msr]
+            if cause is not None:
+                found["cause"] = {"t_ns": cause[0], "what": cause[1]}
+            hit.append(found)
             if not cut:
                 sim.request_stop()
             # (after a cut come the stragglers of its instant and the end-of-run checks at

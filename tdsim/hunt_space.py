@@ -5,7 +5,7 @@ A scenario's knobs give the space: the kinds of injected event it switches on
 guest's mix.  A `Candidate` is one point of it -- fewer vCPUs, a few events placed at entry
 landmarks, explicit guest calls -- and `Space.scenario_of` its scenario: the hunted one with
 every random source of injected events off (`_sources_off`) and the candidate as its
-``[schedule]``.
+``[schedule]``; and `HuntResult`, what a hunt gives.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import copy
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .findings import NAMES
@@ -56,6 +56,37 @@ class Candidate:
                 self.cpus)
 
 
+@dataclass
+class HuntResult:
+    """The outcome of one hunt (`hunt`)."""
+
+    scenario: Scenario            # the hunted scenario (strategy applied)
+    strategy: str
+    oracles: tuple[str, ...]
+    mode: str
+    seed: int
+    runs: int
+    elapsed_s: float
+    found_s: float | None         # when the first counterexample was found
+    cells: set[tuple[str, str, str]]
+    kinds: tuple[str, ...]
+    space_done: int = 0
+    space_total: int = 0
+    variants: tuple[str, ...] = ()  # wrong kernel variants installed (tests only)
+    oracle: str | None = None     # the oracle the counterexample breaks
+    candidate: Candidate | None = None
+    shrink_runs: int = 0
+    reproducer: dict[str, Any] | None = None  # scenario data, TOML-able
+    violation: dict[str, Any] | None = None
+    explanation: str = ""
+    interrupted: bool = False     # stopped by Ctrl-C
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def found(self) -> bool:
+        return self.reproducer is not None
+
+
 # --- the space --------------------------------------------------------------------------------
 class Space:
     """The schedules a scenario allows, and the scripted scenarios of its candidates."""
@@ -65,7 +96,10 @@ class Space:
         data = scenario.data
         self.validate = validate
         self.scenario = scenario
-        self.oracles = frozenset(oracles) if oracles else NAMES
+        # by default every oracle but the findings the scenario declares (`[expect]
+        # violations_must`: known, and `tdsim check` expects them)
+        self.oracles = (frozenset(oracles) if oracles
+                        else NAMES - set(data["expect"]["violations_must"]))
         self.entries = entries
         self.faults = data["faults"]
         vms = []

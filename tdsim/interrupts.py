@@ -37,9 +37,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .arch import KVM_REQ_TLB_FLUSH
+from .arch import KVM_REQ_TLB_FLUSH, OUTSIDE_GUEST_MODE
 from .host import HOST_IRQ, HOST_NMI, ProcessGenerator
-from .kvm_x86 import OUTSIDE_GUEST_MODE
 from .rng import exp_ns, stream
 from .scope import cpu_name, vm_stream
 
@@ -145,7 +144,7 @@ def start(env: Environment, seed: int, vms: Sequence[Any], cpus: Sequence[HostCp
                                     intr.tlb_flush_hz, vm.vcpus,
                                     tapped("tlb_flush", kvm_flush_remote_tlbs)))
         if intr.nmi_hz > 0:
-            inject_nmi = tapped("nmi", kvm_inject_nmi)
+            inject_nmi = tapped("nmi", vmm_inject_nmi)
             for vcpu in vm.vcpus:
                 env.process(poisson(env, vcpu.scope.stream(seed, "nmi"), intr.nmi_hz,
                                     inject_nmi, vcpu))
@@ -156,6 +155,6 @@ def start(env: Environment, seed: int, vms: Sequence[Any], cpus: Sequence[HostCp
                                 fire, cpu))
 
 
-def kvm_inject_nmi(vcpu: KvmVcpu) -> None:
+def vmm_inject_nmi(vcpu: KvmVcpu) -> None:
     """The VMM (or a watchdog) injects an NMI (KVM_NMI -> kvm_inject_nmi)."""
     vcpu.kvm_inject_nmi()

@@ -8,8 +8,8 @@ interrupt sources live in `tdsim.interrupts`.
 
 Oracles (declared in `tdsim.findings`): ``lost_interrupt`` (a vector posted before a TD entry
 is still pending after it; a one-shot timer fired and never re-armed), ``stuck_halt`` (a vCPU
-left blocked while it has a deliverable interrupt or NMI), ``nmi_accounting`` (NMIs injected
-!= delivered + coalesced + outstanding at the end).
+left blocked while it has a deliverable interrupt or NMI), ``nmi_accounting`` (per vCPU, NMIs
+injected != delivered + coalesced + outstanding at the end; naming the first lost injection).
 """
 
 from __future__ import annotations
@@ -70,9 +70,6 @@ class IrqStats:
         self.t_measure = t_measure  # samples count for events that start after the warm-up
         self.samples: dict[str, list[int]] = {}
         self.vcpu_samples: dict[tuple[Any, str], list[int]] = {}  # (vcpu, key) -> samples
-        self.nmi_injected = 0
-        self.nmi_delivered = 0
-        self.nmi_coalesced = 0
 
     def sample(self, key: str, t0: int, value: int, vcpu: IrqVcpu) -> None:
         """Keep one sample of `vcpu` (only for events that started after the warm-up)."""
@@ -93,9 +90,12 @@ class IrqStats:
         ops = vcpu.kvm_x86_ops
         ops.deliver_interrupt(vcpu, vector, source)
         if vcpu.phase == PH_BLOCKED and ops.interrupt_allowed(vcpu):
+            now = self.env.now
             self.findings.record(
                 "stuck_halt", vcpu.cpu.index if vcpu.cpu else -1, vcpu.name,
-                f"vector {vector:#x} ({source}) posted but the halted vCPU was not woken")
+                f"vector {vector:#x} ({source}) posted but the halted vCPU was not woken",
+                cause=(now, f"vector {vector:#x} ({source}) posted to the halted vCPU, "
+                            "which was not woken"))
 
     def posted(self, vcpu: Any, vector: int, source: str) -> None:
         """`vector` newly entered the PIR of `vcpu`."""
@@ -145,24 +145,87 @@ class IrqStats:
                 self.findings.record(
                     "lost_interrupt", vcpu.cpu.index, vcpu.name,
                     f"vector {vector:#x} ({source}) posted at {t_post} still pending after "
-                    f"the TD entry at {t_enter}")
+                    f"the TD entry at {t_enter}",
+                    cause=(t_post, f"vector {vector:#x} ({source}) posted"))
                 break
+
+    # --- NMI accounting -------------------------------------------------------------------
+    # Where each injected NMI of a vCPU is: queued or pending (``vcpu.nmi_times``, injection
+    # times, oldest first), written to PEND_NMI (``vcpu.nmi_pend_t``), delivered or coalesced.
+    # An NMI that leaves PEND_NMI without a delivery has vanished (``vcpu.nmi_vanished``).
+    def nmi_written(self, vcpu: Any, pend_set: bool) -> None:
+        """tdx_inject_nmi writes PEND_NMI (already set: `pend_set`): the oldest pending NMI
+        is the one written, unless one is still there; the others are coalesced."""
+        if vcpu.nmi_pend_t >= 0 and not pend_set:
+            vcpu.nmi_vanished.append(vcpu.nmi_pend_t)
+            vcpu.nmi_pend_t = -1
+        times = vcpu.nmi_times
+        if vcpu.nmi_pend_t < 0 and times:
+            vcpu.nmi_pend_t = times.popleft()
+        times.clear()
+
+    def nmi_delivered(self, vcpu: Any, t: int) -> None:
+        """The module delivers PEND_NMI at TD entry `t`.  One that no injection put there is a
+        finding at once."""
+        if vcpu.nmi_pend_t < 0:
+            self.findings.record(
+                "nmi_accounting", vcpu.cpu.index, vcpu.name,
+                f"an NMI delivered at TD entry {t} that was never injected (kvm_inject_nmi)",
+                cause=(t, "PEND_NMI set with no NMI injected"))
+        vcpu.nmi_pend_t = -1
+
+    def check_nmis(self, vcpu: Any) -> int:
+        """End-of-run NMI accounting of one TD vCPU: every NMI injected was delivered,
+        coalesced into PEND_NMI, or is still outstanding (queued, pending or in PEND_NMI).
+        The finding names the first injection lost.  Returns the outstanding NMIs."""
+        pend = vcpu.module_fields.get("PEND_NMI", 0)
+        outstanding: int = vcpu.nmi_queued + vcpu.nmi_pending + pend
+        if vcpu.nmi_pend_t >= 0 and not pend:
+            vcpu.nmi_vanished.append(vcpu.nmi_pend_t)
+            vcpu.nmi_pend_t = -1
+        stat = vcpu.stat
+        lost = (stat["nmi.injected"] - stat["nmi.delivered"] - stat["nmi.coalesced"]
+                - outstanding)
+        if lost:
+            counts = (f"{stat['nmi.injected']} NMIs injected, {stat['nmi.delivered']} "
+                      f"delivered + {stat['nmi.coalesced']} coalesced + {outstanding} "
+                      "outstanding")
+            if lost > 0 and vcpu.nmi_vanished:
+                t = vcpu.nmi_vanished[0]
+                self.findings.record(
+                    "nmi_accounting", vcpu.cpu.index, vcpu.name,
+                    f"{counts}: {lost} lost; the first, injected at {t}, was written to "
+                    "PEND_NMI and left it undelivered",
+                    cause=(t, "NMI injected (kvm_inject_nmi), lost from PEND_NMI"))
+            elif lost > 0 and vcpu.nmi_times:
+                t = vcpu.nmi_times[0]
+                self.findings.record(
+                    "nmi_accounting", vcpu.cpu.index, vcpu.name,
+                    f"{counts}: {lost} lost, the first injected at {t} (never written to "
+                    "PEND_NMI)", cause=(t, "NMI injected (kvm_inject_nmi), lost"))
+            else:
+                self.findings.record("nmi_accounting", vcpu.cpu.index, vcpu.name,
+                                     f"{counts}: {-lost} more accounted for than injected"
+                                     if lost < 0 else f"{counts}: {lost} lost")
+        return outstanding
 
     # --- the end of the run --------------------------------------------------------------
     def check_end(self, vcpus: list[Any]) -> None:
         """End-of-run oracles: no vCPU halted with a deliverable event; NMI accounting."""
-        outstanding = 0
         for vcpu in vcpus:
             if vcpu.vm.flavor != "tdx":  # VMX co-tenants have no TDX NMI state
                 continue
-            nmi_out = (vcpu.nmi_queued + vcpu.nmi_pending
-                       + vcpu.module_fields.get("PEND_NMI", 0))
-            outstanding += nmi_out
+            nmi_out = self.check_nmis(vcpu)
             irq = (vcpu.pi_on or vcpu.pir) and vcpu.tdx_interrupt_allowed()
             if vcpu.phase == PH_BLOCKED and (irq or nmi_out or vcpu.requests & arch.KVM_REQ_NMI):
+                pending = [(t, f"vector {v:#x} ({src}) posted") for v, (t, src)
+                           in vcpu.pi_src.items()] if irq else []
+                if vcpu.nmi_t0 is not None:
+                    pending.append((vcpu.nmi_t0, "NMI injected (kvm_inject_nmi)"))
                 self.findings.record("stuck_halt", vcpu.cpu.index, vcpu.name,
                                      "halted at the end of the run with a deliverable "
-                                     "interrupt or NMI")
+                                     "interrupt or NMI",
+                                     cause=min(pending) if pending else None)
             if vcpu.oneshot_period:
                 # a fired one-shot timer must be re-armed or on its way to be
                 guest = vcpu.guest
@@ -171,12 +234,9 @@ class IrqStats:
                         arch.LOCAL_TIMER_VECTOR in vcpu.pi_src or guest.rearm_due
                         or guest.rearm_planned or guest.kind == "tsc_deadline")):
                     self.findings.record("lost_interrupt", vcpu.cpu.index, vcpu.name,
-                                         "one-shot timer fired but never re-armed")
-        if self.nmi_injected != self.nmi_delivered + self.nmi_coalesced + outstanding:
-            self.findings.record(
-                "nmi_accounting", -1, None,
-                f"{self.nmi_injected} NMIs injected but {self.nmi_delivered} delivered + "
-                f"{self.nmi_coalesced} coalesced + {outstanding} outstanding")
+                                         "one-shot timer fired but never re-armed",
+                                         cause=(vcpu.timer_deadline, "the one-shot guest "
+                                                "timer fired (its last deadline)"))
 
     def collect(self, metrics: dict[str, int | float]) -> None:
         """Latency percentiles as flat keys: all vCPUs (p50/p90/p99/max/count), and per vCPU

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from . import arch
-from .host import HOST_IRQ
+from . import arch, oracles
+from .host import HOST_IRQ, SITE_VCPU_RUN
 from .kvm_x86 import (
     EXIT_FASTPATH_EXIT_HANDLED,
     EXIT_FASTPATH_NONE,
@@ -33,7 +33,7 @@ from .kvm_x86 import (
 )
 from .segment import PH_SEG
 from .strategies import HostStateStrategy
-from .tdx_module import INJECTED_EXIT_KEYS, TDX_MODULE_ARGS, TdxModuleArgs
+from .tdx_module import INJECTED_EXIT_KEYS, SCRIPTED, TDX_MODULE_ARGS, TdxModuleArgs
 
 if TYPE_CHECKING:
     import random
@@ -74,6 +74,9 @@ _FAILED_VMENTRY = arch.VMX_EXIT_REASONS_FAILED_VMENTRY
 _INVALID = arch.EXIT_REASON_INVALID
 _TDCALL = arch.EXIT_REASON_TDCALL
 _OPERAND_BUSY = arch.TDX_OPERAND_BUSY
+_EXT_INTR_INFO = arch.INTR_INFO_VALID_MASK | arch.INTR_TYPE_EXT_INTR
+_INTR_KIND = arch.INTR_INFO_VALID_MASK | arch.INTR_INFO_INTR_TYPE_MASK | arch.INTR_INFO_VECTOR_MASK
+_MC_INFO = arch.INTR_INFO_VALID_MASK | arch.INTR_TYPE_HARD_EXCEPTION | arch.MC_VECTOR
 
 
 class KvmTdx(Kvm):
@@ -81,8 +84,18 @@ class KvmTdx(Kvm):
     per TD)."""
 
     def __init__(self, index: int, name: str, interrupts: InterruptConfig, sept: SeptConfig,
-                 ipi_rng: random.Random, fault_rng: random.Random) -> None:
+                 ipi_rng: random.Random, fault_rng: random.Random, xfam: int = 0x602E7,
+                 host_debugctl: int = 0) -> None:
         super().__init__(index, name, "tdx", interrupts)
+        self.xfam = xfam                # kvm_tdx->xfam (TD_PARAMS.xfam)
+        # What the TDX module leaves at a TD exit of this TD (docs/host-state.md): the fixed
+        # values of the user-return MSRs and KERNEL_GS_BASE, DEBUGCTL with only its
+        # preserved bits, XCR0 and IA32_XSS with the TD's XFAM features, PKRU 0
+        self.module_exit_msrs = dict(arch.TDX_MODULE_EXIT_MSRS)
+        self.module_exit_msrs[arch.MSR_IA32_DEBUGCTLMSR] = (host_debugctl
+                                                            & arch.TDX_DEBUGCTL_PRESERVED)
+        self.module_exit_msrs[arch.MSR_IA32_XSS] = xfam & arch.XFEATURE_MASK_SUPERVISOR
+        self.module_exit_xcr0 = xfam & ~arch.XFEATURE_MASK_SUPERVISOR
         self.tdx_interrupts = interrupts  # (a TD always has its [vm.interrupts])
         self.sept = sept                # [vm.sept]
         self.ipi_rng = ipi_rng          # a statistical guest's IPI destinations
@@ -127,16 +140,27 @@ class VcpuTdx(KvmVcpu):
         self.strategy_vcpu_enter_exit: Callable[[Any, HostCpu, int], None] | None = (
             hook if type(kvm.strategy).vcpu_enter_exit is not _BASE_ENTER_EXIT else None)
         self.msr_host_kernel_gs_base = 0  # vt->msr_host_kernel_gs_base
+        # (host_debugctl: today's vcpu->arch.host_debugctl, read at every entry by
+        # vcpu_enter_guest; in Linux 6.16 vt->host_debugctlmsr, read once per load by
+        # tdx_prepare_switch_to_guest -- the V616 strategy)
+        # tdx_load_host_xsave_state's comparisons: constants of the run (kvm_host, the TD's
+        # XFAM and kvm_caps do not change), so evaluated once
+        self.xsetbv_after_exit = kvm.host_xcr0 != (vm.xfam & kvm.supported_xcr0)
+        self.wrmsr_xss_after_exit = kvm.host_xss != (vm.xfam & kvm.supported_xss)
+        self.kvm_host_xcr0 = kvm.host_xcr0
+        self.kvm_host_xss = kvm.host_xss
         self.guest_entered = False        # v6.16's flag (free for strategies)
         self.vp_enter_args: TdxModuleArgs = TdxModuleArgs()
         self.vp_enter_ret = 0             # raw return of the last TDH.VP.ENTER
         self.exit_reason = 0              # vt->exit_reason, derived by KVM
+        self.exit_intr_info = 0           # vt->exit_intr_info (R9 of the last exit)
         # posted-interrupt descriptor: 256-bit request bitmap and ON
         self.pir = 0
         self.pi_on = False
         # the current entry as planned (see tdsim.segment): ON at entry, what TDH.VP.ENTER
         # returns, an injected exit status and the kind of module outcome
         self.seg_pi = SEG_PI_NONE
+        self.seg_pi_planned = False  # the planned run includes the PI handler
         self.seg_status = arch.TDX_SUCCESS
         self.seg_exit: int | None = None
         self.seg_fault: str | None = None
@@ -216,12 +240,18 @@ class VcpuTdx(KvmVcpu):
         self.guest_state_loaded = True
 
     def tdx_vcpu_put(self, cpu: HostCpu) -> None:
-        """tdx_vcpu_put -> tdx_prepare_switch_to_host: the strategy's restore work, counted
-        as a host_state_reload, if guest state is loaded."""
-        if self.guest_state_loaded:
-            self.stat["host_state_reload"] += 1
-            self.strategy.prepare_switch_to_host(self, cpu)
-            self.guest_state_loaded = False
+        """tdx_vcpu_put: vmx_vcpu_pi_put (nothing to do for a TD without device-posted
+        interrupts), then tdx_prepare_switch_to_host."""
+        self.tdx_prepare_switch_to_host(cpu)
+
+    def tdx_prepare_switch_to_host(self, cpu: HostCpu) -> None:
+        """tdx_prepare_switch_to_host: if guest state is loaded, count a host_state_reload and
+        do the strategy's restore work (KERNEL_GS_BASE; v6.16's cache update)."""
+        if not self.guest_state_loaded:
+            return
+        self.stat["host_state_reload"] += 1
+        self.strategy.prepare_switch_to_host(self, cpu)
+        self.guest_state_loaded = False
 
     def tdx_vcpu_pre_run(self) -> int:
         """tdx_vcpu_pre_run: -EINVAL unless the TD is runnable and the vCPU initialized
@@ -251,6 +281,12 @@ class VcpuTdx(KvmVcpu):
         else:
             self.seg_pi = SEG_PI_NONE
         yield from self.tdx_vcpu_enter_exit(cpu)
+        # after every TDH.VP.ENTER return, whatever it returned: update_debugctlmsr if the
+        # host uses DEBUGCTL bits the module does not preserve, then the XSAVE state
+        host_debugctl = self.host_debugctl
+        if host_debugctl & ~arch.TDX_DEBUGCTL_PRESERVED:
+            cpu.wrmsr(arch.MSR_IA32_DEBUGCTLMSR, host_debugctl, SITE_VCPU_RUN)
+        self.tdx_load_host_xsave_state(cpu)
         ret = self.vp_enter_ret
         hook = self.strategy_vcpu_enter_exit
         if hook is not None:
@@ -280,9 +316,23 @@ class VcpuTdx(KvmVcpu):
             self.stat["lapic.expire_wait_ns"] += wait
             cpu.acc += wait
 
+    def tdx_load_host_xsave_state(self, cpu: HostCpu) -> None:
+        """tdx_load_host_xsave_state: WRPKRU of the host PKRU if it is non-zero; XSETBV of
+        the host XCR0 unless it equals xfam & kvm_caps.supported_xcr0; WRMSR of the host
+        IA32_XSS unless it equals xfam & kvm_caps.supported_xss.  (The two comparisons are
+        constants of the run, evaluated at vCPU creation.)"""
+        if self.host_pkru:
+            cpu.wrpkru(self.host_pkru)
+        if self.xsetbv_after_exit:
+            cpu.xsetbv(self.kvm_host_xcr0)
+        if self.wrmsr_xss_after_exit:
+            cpu.wrmsr(arch.MSR_IA32_XSS, self.kvm_host_xss, SITE_VCPU_RUN)
+
     def tdx_vcpu_enter_exit(self, cpu: HostCpu) -> Generator[Any, Any, None]:
-        """tdx_vcpu_enter_exit: TDH.VP.ENTER; the exit reason KVM derives from its return."""
-        self.vp_enter_ret = yield from self.module.tdh_vp_enter(self, cpu, self.vp_enter_args)
+        """tdx_vcpu_enter_exit: TDH.VP.ENTER; the exit fields KVM derives from its return
+        (the exit reason, the interruption information from R9); the NMI check."""
+        self.vp_enter_ret = ret = yield from self.module.tdh_vp_enter(self, cpu,
+                                                                      self.vp_enter_args)
         fault = self.seg_fault
         if fault is not None:  # an injected module outcome: count the abort or the fault
             if fault in INJECTED_EXIT_KEYS:
@@ -291,7 +341,28 @@ class VcpuTdx(KvmVcpu):
                 self.count_abort(cpu, fault)
         if self.regs_copy:
             self.regs_after_exit(cpu)
-        self.exit_reason = self.tdx_to_vmx_exit_reason(self.vp_enter_ret)
+        self.exit_reason = exit_reason = self.tdx_to_vmx_exit_reason(ret)
+        self.exit_intr_info = self.vp_enter_args.r9 & 0xFFFFFFFF
+        if not exit_reason & 0xFFFF:  # vt_handle_nmi's first test: basic EXCEPTION_NMI
+            self.vt_handle_nmi(cpu)
+
+    def vt_handle_nmi(self, cpu: HostCpu) -> None:
+        """vt_handle_nmi (vmx_handle_nmi in Linux 6.16), inside tdx_vcpu_enter_exit: for basic
+        reason EXCEPTION_NMI whose interruption information is an NMI (is_nmi), the host NMI
+        handler runs.  Oracle ``spurious_nmi``: it ran for a SEAMCALL return no host NMI
+        caused (a scripted module outcome is taken as the real thing)."""
+        if (self.exit_reason & 0xFFFF) != arch.EXIT_REASON_EXCEPTION_NMI or not arch.is_nmi(
+                self.exit_intr_info):
+            return
+        cpu.acc += self.costs.host_nmi_ns
+        cut = self.seg_cut
+        if (cut is not None and cut.nmi and not self.vp_enter_ret >> 32) or (
+                self.seg_fault == SCRIPTED):
+            return
+        self.findings.record(
+            "spurious_nmi", cpu.index, self.name,
+            f"host NMI handler run for vp_enter_ret={self.vp_enter_ret:#x}, "
+            f"intr_info={self.exit_intr_info:#x} (no host NMI)", cause=self.exit_cause())
 
     def regs_after_exit(self, cpu: HostCpu) -> None:
         """The "copy" register layout: vp_enter_args -> regs[] after TDH.VP.ENTER returned
@@ -307,7 +378,8 @@ class VcpuTdx(KvmVcpu):
 
     def tdx_to_vmx_exit_reason(self, ret: int) -> int:
         """tdx_to_vmx_exit_reason: bits 15:0 only for the five valid statuses (else -1u);
-        then a TDCALL becomes the reason of its sub-function by R10/R11.
+        then a TDCALL becomes the reason of its sub-function by R10/R11, and a genuine
+        EPT_MISCONFIG becomes -1u (tdx_handle_exit reports it from the raw value).
 
         With ``[kvm] exit_reason = "raw"`` the low 32 bits are taken whatever the status, as
         the early ``union tdx_exit_reason`` code did."""
@@ -319,6 +391,8 @@ class VcpuTdx(KvmVcpu):
             if args.r10:
                 return arch.EXIT_REASON_VMCALL
             return _TDVMCALL_TO_EXIT_REASON.get(args.r11, arch.EXIT_REASON_TDCALL)
+        if reason == arch.EXIT_REASON_EPT_MISCONFIG and not self.config.exit_reason_raw:
+            return arch.EXIT_REASON_INVALID  # genuine: tdx_handle_exit KVM_BUG_ONs it
         return reason
 
     def tdx_exit_handlers_fastpath(self) -> int:
@@ -330,7 +404,7 @@ class VcpuTdx(KvmVcpu):
             return EXIT_FASTPATH_EXIT_HANDLED
         return EXIT_FASTPATH_NONE
 
-    def tdx_cancel_injection(self) -> None:
+    def vt_cancel_injection(self) -> None:
         """cancel_injection after a late abort (a no-op for a TD in KVM).  (Simulation) the
         entry work computed after the check is rolled back: ON was not consumed."""
         self.seg_pi = SEG_PI_NONE
@@ -340,7 +414,8 @@ class VcpuTdx(KvmVcpu):
     def at_td_entry(self, cut: Any) -> None:
         """What happens at TD entry (``t_enter``), applied when the TD exits: the CPU
         processes a pending PIR (the self-IPI), the module injects a pending NMI, and the
-        entry oracles check what KVM let into the TD."""
+        entry oracles check what KVM let into the TD (tdsim.oracles for what the late check
+        should have stopped)."""
         guest = self.guest
         if guest.awaiting:
             self.findings.record("tdvmcall_completion", self.cpu.index, self.name,
@@ -356,24 +431,34 @@ class VcpuTdx(KvmVcpu):
             # (an entry cut by a pending host interrupt runs no guest instruction; the
             # hrtimer's own vector is posted by that interrupt's handler, after it)
             self.irq.check_entry(self)
+        if self.exit_work:
+            oracles.check_entry(self)
         vm = self.tdx_vm
         if vm.zap_excl_t0 <= self.t_enter < vm.zap_excl_t1:
             self.findings.record("td_entry_during_zap", self.cpu.index, self.name,
                                  f"TD entry at {self.t_enter} while a SEPT zap needs every "
-                                 f"vCPU out (since {vm.zap_excl_t0})")
+                                 f"vCPU out (since {vm.zap_excl_t0})",
+                                 cause=(self.t_enter, "TDH.VP.ENTER entered the TD although "
+                                        f"wait_for_sept_zap was set (since {vm.zap_excl_t0})"))
 
-    def at_td_exit(self, cut: Any, planned_pi: bool) -> int:
+    def at_td_exit(self, cut: Any) -> int:
         """The guest's side of the TD exit: how far it got and the exit it made (a TDVMCALL
         with its registers, a private-page EPT violation, or a host interrupt / NMI that
         cut its run).  Returns the basic exit reason."""
         guest = self.guest
         if cut is not None:
-            # a PI seen at planning ran its handler first (it is in the planned run), so the
-            # compute period advanced only by what followed it; never below 0
-            ran = self.seg_ran - (self.costs.guest_irq_ns if planned_pi else 0)
+            # a PI seen at planning ran its handler first (it is in the planned run, even if
+            # a later posting drained the PIR meanwhile), so the compute period advanced
+            # only by what followed it; never below 0
+            ran = self.seg_ran - (self.costs.guest_irq_ns if self.seg_pi_planned else 0)
             guest.remaining_ns -= max(0, ran)
+            assert guest.remaining_ns >= 0, (self.name, guest.remaining_ns)
+            # the module reports the interruption information in R9 (the interrupt is
+            # acknowledged on exit: valid, its type, its vector)
             if cut.nmi:
+                self.vp_enter_args.r9 = arch.INTR_INFO_NMI
                 return arch.EXIT_REASON_EXCEPTION_NMI
+            self.vp_enter_args.r9 = _EXT_INTR_INFO | cut.vector
             self.last_irq_source = cut.name
             return arch.EXIT_REASON_EXTERNAL_INTERRUPT
         guest.remaining_ns = 0
@@ -395,7 +480,8 @@ class VcpuTdx(KvmVcpu):
                 guest.rearm_planned = True
             guest.preempt_with_rearm()
         g: int = guest.remaining_ns
-        if self.seg_pi:
+        self.seg_pi_planned = planned = self.seg_pi != SEG_PI_NONE
+        if planned:
             g += self.costs.guest_irq_ns
         return g
 
@@ -403,33 +489,51 @@ class VcpuTdx(KvmVcpu):
         return self.seg_status == arch.TDX_SUCCESS
 
     # --- exit handling -----------------------------------------------------------------
-    def tdx_handle_exit_irqoff(self, cpu: HostCpu) -> None:
-        """The IRQ-off exit work (the NMI check of tdx_vcpu_enter_exit and
-        vmx_handle_exit_irqoff), acting on the derived basic reason.  An NMI-handler run is
-        genuine only for a TD exit a host NMI caused, an EXTERNAL_INTERRUPT one only for a
-        successful exit a host interrupt caused.
-
-        Simplification: the NMI check's interruption-info test is taken as passing; abort
-        path D runs nothing here."""
-        if self.seg_status == SEG_SEPT_SPIN:
-            return
+    def vt_handle_exit_irqoff(self, cpu: HostCpu) -> None:
+        """vt_handle_exit_irqoff (vmx_handle_exit_irqoff in Linux 6.16), run by
+        vcpu_enter_guest after every vendor run, on KVM's cached exit fields -- which after
+        abort path D (tdx_vcpu_run returned before any SEAMCALL) are still the previous
+        exit's.  EXTERNAL_INTERRUPT -> handle_external_interrupt_irqoff; EXCEPTION_NMI with a
+        machine check -> kvm_machine_check (its cost taken as an NMI handler's).  NMIs were
+        handled in tdx_vcpu_enter_exit.  Not modelled: the MCE_DURING_VMENTRY case."""
         basic = self.exit_reason & 0xFFFF
-        if basic > arch.EXIT_REASON_EXTERNAL_INTERRUPT:
+        if basic == arch.EXIT_REASON_EXTERNAL_INTERRUPT:
+            self.handle_external_interrupt_irqoff(cpu, self.exit_intr_info)
+        elif basic == arch.EXIT_REASON_EXCEPTION_NMI and (
+                self.exit_intr_info & _INTR_KIND) == _MC_INFO:
+            cpu.acc += self.costs.host_nmi_ns
+
+    def handle_external_interrupt_irqoff(self, cpu: HostCpu, intr_info: int) -> None:
+        """handle_external_interrupt_irqoff: interruption information that is not an
+        external interrupt is a KVM_BUG ("unexpected VM-Exit interrupt info"); otherwise the
+        host's handler for its vector runs.  Oracle ``spurious_external_interrupt``: the
+        handler ran for anything but this SEAMCALL's successful TD exit that a host
+        interrupt caused -- a stale exit after abort path D, or an error status read as an
+        exit reason (a scripted module outcome is taken as the real thing)."""
+        if not arch.is_external_intr(intr_info):
+            self.vm.kvm_bug_on(self, "handle_external_interrupt_irqoff")
             return
-        irq = self.seg_cut is not None
-        ok = (self.vp_enter_ret & _STATUS) == arch.TDX_SUCCESS
-        if basic == arch.EXIT_REASON_EXCEPTION_NMI:
-            if irq and ok:
-                return  # a real host NMI made the TD exit
-            cpu.acc += self.costs.host_irq_ns
-            self.findings.record(
-                "spurious_nmi", cpu.index, self.name,
-                f"host NMI handler run for vp_enter_ret={self.vp_enter_ret:#x} (no NMI)")
-        elif not irq or not ok:
-            self.findings.record(
-                "spurious_external_interrupt", cpu.index, self.name,
-                f"EXTERNAL_INTERRUPT exit handled for vp_enter_ret={self.vp_enter_ret:#x} "
-                "with no host interrupt")
+        cpu.acc += self.costs.host_irq_ns
+        cut = self.seg_cut
+        if self.seg_status == SEG_SEPT_SPIN:
+            why = "stale exit fields after wait_for_sept_zap (no SEAMCALL)"
+        elif self.vp_enter_ret >> 32 and self.seg_fault != SCRIPTED:
+            why = f"vp_enter_ret={self.vp_enter_ret:#x}"
+        elif cut is None and self.seg_fault != SCRIPTED:
+            why = f"vp_enter_ret={self.vp_enter_ret:#x} with no host interrupt"
+        else:
+            return
+        self.findings.record(
+            "spurious_external_interrupt", cpu.index, self.name,
+            f"host handler of vector {intr_info & arch.INTR_INFO_VECTOR_MASK:#x} run: {why}",
+            cause=self.exit_cause())
+
+    def exit_cause(self) -> tuple[int, str]:
+        """The cause of an exit-handling finding: the TDH.VP.ENTER return (now) and the
+        exit reason KVM derived from it."""
+        name = arch.EXIT_REASON_NAMES.get(self.exit_reason & 0xFFFF, "?")
+        return (self.env.now, f"TDH.VP.ENTER returned {self.vp_enter_ret:#x}, taken as "
+                              f"exit reason {name}")
 
     def vmm_service_ns(self) -> int:
         """The userspace VMM answers the exit (`tdsim.vmm`); its service time."""
@@ -442,7 +546,7 @@ class VcpuTdx(KvmVcpu):
         """The module injects the pending NMI at TD entry `t`; the guest runs its handler."""
         del self.module_fields["PEND_NMI"]  # (a field not set reads as 0)
         irq = self.irq
-        irq.nmi_delivered += 1
+        irq.nmi_delivered(self, t)
         stat = self.stat
         stat["nmi.delivered"] += 1
         self.guest.irq_debt_ns += self.costs.guest_nmi_ns
@@ -462,13 +566,14 @@ class VcpuTdx(KvmVcpu):
         NMI while PEND_NMI is still set (the module has not delivered the previous one)."""
         dropped = self.nmi_pending - 1
         self.stat["nmi_injections"] += 1
-        if self.module_fields.get("PEND_NMI", 0):
+        pend = self.module_fields.get("PEND_NMI", 0)
+        if pend:
             dropped += 1
+        self.irq.nmi_written(self, bool(pend))
         self.module.tdh_vp_wr(self, cpu, "PEND_NMI", 1)
         self.nmi_pending = 0
         if dropped:
             self.stat["nmi.coalesced"] += dropped
-            self.irq.nmi_coalesced += dropped
 
     # --- posted interrupts -------------------------------------------------------------
     def process_pir(self, t: int) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from . import arch
+from . import arch, oracles
 from .host import HOST_IRQ, SITE_PREPARE, SITE_PUT
 from .kvm_x86 import KVM_MP_STATE_HALTED, Kvm, KvmVcpu, KvmX86Ops
 from .segment import PH_BLOCKED
@@ -130,6 +130,8 @@ class VcpuVmx(KvmVcpu):
         cpu.acc += costs.vmx_entry_ns
         cut = yield from self.run_entry(cpu, guest.remaining_ns, costs.vmx_exit_ns,
                                         costs.td_exit_ns)
+        if self.exit_work:  # the entry oracles (the VM was entered)
+            oracles.check_entry(self)
         if cut is not None:
             ran = self.seg_ran
             guest.remaining_ns -= ran
@@ -166,7 +168,8 @@ class VcpuVmx(KvmVcpu):
             self.findings.record(
                 "guest_msr_corruption", cpu.index, self.name,
                 f"guest RDPID read TSC_AUX={hw:#x}, KVM meant {self.guest_tsc_aux:#x} "
-                f"(KVM's cache says {cpu.uret.curr[arch.MSR_TSC_AUX]:#x})")
+                f"(KVM's cache says {cpu.uret.curr[arch.MSR_TSC_AUX]:#x})",
+                msr=arch.MSR_TSC_AUX)
 
     def vmx_handle_exit_irqoff(self, cpu: HostCpu) -> None:
         """vmx_handle_exit_irqoff: the host handler's cost is charged in vmx_handle_exit."""

@@ -12,19 +12,24 @@ to the CPU's accumulator.  Where time passes and what can cut it short is `tdsim
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
+from collections import deque
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import arch, invariants
 from .arch import (
+    EXITING_GUEST_MODE,
+    IN_GUEST_MODE,
     KVM_REQ_DIRTY_RING_SOFT_FULL,
     KVM_REQ_EVENT,
+    KVM_REQ_NAMES,
     KVM_REQ_NMI,
     KVM_REQ_VM_DEAD,
+    OUTSIDE_GUEST_MODE,
 )
 from .host import HOST_IRQ, SLEEPING, VMM, ProcessGenerator
-from .tdx_module import TdxModuleArgs
+from .oracles import KICK, NOTIFY_RESUME, REQUEST, SIGNAL
 from .segment import (
     EXIT_REQUEST,
     PH_BLOCKED,
@@ -36,6 +41,7 @@ from .segment import (
     LateCheckFired,
     VcpuSegment,
 )
+from .tdx_module import TdxModuleArgs
 
 if TYPE_CHECKING:
     from .clock import Environment
@@ -47,8 +53,6 @@ if TYPE_CHECKING:
     from .strategies import HostStateStrategy
     from .trace import Tracer
 
-# vcpu->mode
-OUTSIDE_GUEST_MODE, IN_GUEST_MODE, EXITING_GUEST_MODE = 0, 1, 2
 # vcpu->arch.mp_state (uapi values)
 KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_HALTED = 0, 3
 
@@ -60,7 +64,7 @@ EXIT_FASTPATH_EXIT_USERSPACE = 3
 
 # Fatal userspace exits: the VMM stops the vCPU (as QEMU does)
 _FATAL_RUN_EXITS = frozenset({arch.KVM_EXIT_INTERNAL_ERROR, arch.KVM_EXIT_FAIL_ENTRY,
-                              arch.KVM_EXIT_SHUTDOWN})
+                              arch.KVM_EXIT_SHUTDOWN, arch.KVM_EXIT_EXCEPTION})
 
 # late_abort.<path> metric keys (docs/late-aborts.md); operand_busy_late counts as
 # operand_busy (an OPERAND_BUSY raised after the module associated the vCPU)
@@ -101,12 +105,15 @@ class KvmRun:
     """struct kvm_run as the model uses it: ``exit_reason`` and the union member of the last
     exit to userspace (one reused dict per member)."""
 
-    __slots__ = ("exit_reason", "io", "mmio", "hypercall", "system_event", "tdx", "msr")
+    __slots__ = ("exit_reason", "io", "mmio", "hypercall", "system_event", "tdx", "msr",
+                 "internal", "fail_entry", "ex", "memory_fault")
 
     MEMBER: ClassVar[dict[int, str]] = {
         arch.KVM_EXIT_IO: "io", arch.KVM_EXIT_MMIO: "mmio",
         arch.KVM_EXIT_HYPERCALL: "hypercall", arch.KVM_EXIT_SYSTEM_EVENT: "system_event",
-        arch.KVM_EXIT_TDX: "tdx", arch.KVM_EXIT_X86_RDMSR: "msr", arch.KVM_EXIT_X86_WRMSR: "msr"}
+        arch.KVM_EXIT_TDX: "tdx", arch.KVM_EXIT_X86_RDMSR: "msr", arch.KVM_EXIT_X86_WRMSR: "msr",
+        arch.KVM_EXIT_INTERNAL_ERROR: "internal", arch.KVM_EXIT_FAIL_ENTRY: "fail_entry",
+        arch.KVM_EXIT_EXCEPTION: "ex", arch.KVM_EXIT_MEMORY_FAULT: "memory_fault"}
 
     def __init__(self) -> None:
         self.exit_reason = 0
@@ -116,6 +123,10 @@ class KvmRun:
         self.system_event: dict[str, Any] = {}
         self.tdx: dict[str, Any] = {}
         self.msr: dict[str, Any] = {}
+        self.internal: dict[str, Any] = {}
+        self.fail_entry: dict[str, Any] = {}
+        self.ex: dict[str, Any] = {}
+        self.memory_fault: dict[str, Any] = {}
 
     def snapshot(self) -> dict[str, Any]:
         """The exit as a JSON-able dict: exit_reason name and its member's fields."""
@@ -144,25 +155,36 @@ class KvmUserReturnMsrs:
         self.curr = dict(self.host)
         self.registered = False
 
-    def set(self, slot: int, value: int, site: str, mask: int = ~0) -> None:
+    def kvm_set_user_return_msr(self, slot: int, value: int, site: str,
+                                mask: int = ~0) -> None:
         """kvm_set_user_return_msr: merge with host bits outside `mask`; WRMSR only if the
         cached value differs; register the notifier."""
         value = (value & mask) | (self.host[slot] & ~mask)
         if value == self.curr[slot]:
             return
-        self.cpu.wrmsr(slot, value, site)
+        cpu = self.cpu
+        cpu.wrmsr(slot, value, site)
         self.curr[slot] = value
+        tracer = cpu.tracer
+        if tracer is not None:
+            self.trace_belief(tracer, slot, value, "set")
         self.registered = True
 
-    def update_cache(self, slot: int, value: int) -> None:
+    def kvm_user_return_msr_update_cache(self, slot: int, value: int) -> None:
         """kvm_user_return_msr_update_cache (v6.16): believe `value` is in the MSR, without
         writing it; register the notifier."""
         self.curr[slot] = value
+        tracer = self.cpu.tracer
+        if tracer is not None:
+            self.trace_belief(tracer, slot, value, "update_cache")
         self.registered = True
 
-    def on_user_return(self, site: str) -> None:
+    def kvm_on_user_return(self, site: str) -> None:
         """kvm_on_user_return: unregister; write back every host value the cache says is
         not in place."""
+        tracer = self.cpu.tracer
+        if tracer is not None:
+            self.trace_unregister(tracer)
         self.registered = False
         host = self.host
         curr = self.curr
@@ -170,6 +192,36 @@ class KvmUserReturnMsrs:
             if curr[slot] != value:
                 self.cpu.wrmsr(slot, value, site)
                 curr[slot] = value
+                if tracer is not None:
+                    self.trace_belief(tracer, slot, value, "user_return")
+
+    def trace_unregister(self, tracer: Tracer) -> None:
+        """Trace the notifier's unregistration (``uret_notifier``), if it was registered."""
+        if self.registered:
+            tracer.emit(self.cpu.env.now, "uret_notifier", self.cpu.index, self.who(),
+                        registered=False)
+
+    def who(self) -> str | None:
+        """The thread running on the CPU (for trace events)."""
+        cur = self.cpu.curr
+        return cur.name if cur else None
+
+    def trace_belief(self, tracer: Tracer, slot: int, value: int, via: str) -> None:
+        """Trace a change of KVM's belief of `slot` (``uret_cache``) and, for a change that
+        registers the notifier, the registration (``uret_notifier``)."""
+        cpu = self.cpu
+        now = cpu.env.now
+        who = self.who()
+        tracer.emit(now, "uret_cache", cpu.index, who, msr=arch.MSR_NAMES[slot],
+                    value=hex(value), via=via)
+        if via != "user_return" and not self.registered:
+            tracer.emit(now, "uret_notifier", cpu.index, who, registered=True)
+
+    # The names of the strategy interface (``cpu.uret.set`` ...), documented in
+    # tdsim.strategies, for the functions above.
+    set = kvm_set_user_return_msr
+    update_cache = kvm_user_return_msr_update_cache
+    on_user_return = kvm_on_user_return
 
 
 class KvmX86:
@@ -183,19 +235,26 @@ class KvmX86:
         self.config = config
         self.findings = findings
         self.running_vcpu: list[KvmVcpu | None] = [None] * len(cpus)  # kvm_running_vcpu
+        # kvm_x86_vendor_init: the host's XCR0 and IA32_XSS as KVM reads them at load
+        # (kvm_host.xcr0 / .xss) and what it supports of them (kvm_caps.supported_xcr0 / _xss)
+        boot = cpus[0]
+        self.host_xcr0 = boot.xcr0
+        self.host_xss = boot.msr[arch.MSR_IA32_XSS]
+        self.supported_xcr0 = self.host_xcr0 & arch.KVM_SUPPORTED_XCR0
+        self.supported_xss = self.host_xss & config.supported_xss
         for cpu in cpus:
             self.kvm_user_return_msr_cpu_online(cpu)
 
     def kvm_user_return_msr_cpu_online(self, cpu: HostCpu) -> None:
         """Set up the CPU's user-return state; hook the notifier into its exit to user."""
         cpu.uret = KvmUserReturnMsrs(cpu)
-        cpu.user_return = self.exit_to_user_mode
+        cpu.user_return = self.fire_user_return_notifiers
 
-    def exit_to_user_mode(self, cpu: HostCpu, task: Thread) -> None:
-        """exit_to_user_mode on `cpu` for `task`: fire the user-return notifier if
-        registered (TIF_USER_RETURN_NOTIFY follows the CPU, and the strategy owns the body,
-        kvm_on_user_return), then check that host user code is about to run with host MSR
-        values."""
+    def fire_user_return_notifiers(self, cpu: HostCpu, task: Thread) -> None:
+        """fire_user_return_notifiers on `cpu` for `task`, as exit_to_user_mode calls it: run
+        KVM's notifier if registered (TIF_USER_RETURN_NOTIFY follows the CPU; the strategy
+        owns the body, kvm_on_user_return), then check that host user code is about to run
+        with host MSR values (the check is tdsim's, not the kernel's)."""
         if cpu.uret.registered:
             self.strategy.user_return(cpu)
         invariants.check_user_mode(self.findings, cpu, task,
@@ -217,11 +276,14 @@ class Kvm:
         # what the VMM set up with KVM ioctls (from [vmm]): KVM_CAP_EXIT_HYPERCALL,
         # KVM_SET_CPUID2, KVM_X86_SET_MSR_FILTER, KVM_CAP_X86_USER_SPACE_MSR, KVM_IOEVENTFD
         self.hypercall_exit_enabled = True
-        self.cpuid_entries: Mapping[tuple[int, int], tuple[int, int, int, int]] = {}
-        self.msr_filter_deny_read: frozenset[int] = frozenset()
-        self.msr_filter_deny_write: frozenset[int] = frozenset()
+        self.cpuid: Any = None        # KVM_SET_CPUID2 (tdsim.kvm_cpuid.KvmCpuid)
+        self.msr_filter: Any = None   # KVM_X86_SET_MSR_FILTER (tdsim.tdvmcall_msr); None: none
+        self.enforce_pv_feature_cpuid = False  # KVM_CAP_ENFORCE_PV_FEATURE_CPUID
+        self.lapic_caps: Any = None   # what the vCPUs' APIC model derives from CPUID (lapic)
         self.user_space_msr_mask = 0
         self.io_devices: list[Any] = []  # the VMM's devices (tdsim.vmm.Device)
+        # KVM_SET_MEMORY_ATTRIBUTES: the GFN ranges the VMM made shared (tdsim.vmm)
+        self.memory_attributes: Any = None
 
     def kvm_io_bus_write(self, space: str, addr: int, now: int) -> bool:
         """A write on the PIO / MMIO bus: the device there claims it in the kernel if it has
@@ -235,11 +297,35 @@ class Kvm:
                 return True
         return False
 
+    def kvm_io_bus_read(self, space: str, addr: int, size: int) -> int | None:
+        """A read on the PIO / MMIO bus: the value of an in-kernel device there that answers
+        reads (``[[vmm.device]] in_kernel_read``), else None (exit to userspace)."""
+        for dev in self.io_devices:
+            if dev.space == space and dev.base <= addr < dev.end:
+                return dev.kernel_read(addr, size) if dev.in_kernel_read else None
+        return None
+
+    def warn_on_once(self, site: str) -> None:
+        """WARN_ON_ONCE with its condition true at `site` (the kernel function):
+        ``kernel_warn.<site>`` (dmesg would show the first hit of each site per boot)."""
+        stat = self.stat
+        assert stat is not None
+        stat[f"kernel_warn.{site}"] += 1
+
+    def kvm_bug_on(self, vcpu: Any, site: str) -> None:
+        """KVM_BUG_ON(cond, kvm) with `cond` true at `site` (the kernel function): counted as
+        ``kvm_bug.<site>``; unless the VM is already bugged, the WARN_ON_ONCE inside it
+        (``kernel_warn.<site>``) and kvm_vm_bugged."""
+        stat = self.stat
+        assert stat is not None
+        stat[f"kvm_bug.{site}"] += 1
+        if not self.bugged:
+            stat[f"kernel_warn.{site}"] += 1
+        self.kvm_vm_bugged(vcpu)
+
     def kvm_vm_bugged(self, vcpu: Any) -> None:
-        """KVM_BUG_ON -> kvm_vm_bugged: the VM is dead; every vCPU gets KVM_REQ_VM_DEAD (and,
-        if in guest mode, an IPI; NO_WAKEUP leaves halted vCPUs asleep)."""
-        assert self.stat is not None
-        self.stat["kvm_bug"] += 1
+        """kvm_vm_bugged: the VM is dead; every vCPU gets KVM_REQ_VM_DEAD (and, if in guest
+        mode, an IPI; NO_WAKEUP leaves halted vCPUs asleep)."""
         self.bugged = True
         for other in self.vcpus:
             other.kvm_make_request(KVM_REQ_VM_DEAD)
@@ -294,6 +380,11 @@ class KvmVcpu(VcpuSegment):
         self.mode = OUTSIDE_GUEST_MODE
         self.mp_state = KVM_MP_STATE_RUNNABLE
         self.cpu_index = -1              # vcpu->cpu
+        self.host_pkru = 0               # vcpu->arch.host_pkru
+        self.host_debugctl = 0           # vcpu->arch.host_debugctl
+        # today's vcpu_enter_guest reads the host DEBUGCTL at every entry; Linux 6.16's TDX
+        # code read it once per load (the strategy says which it models)
+        self.debugctl_at_entry = kvm.strategy.host_debugctl_at_entry
         self.guest_state_loaded = False  # vt->guest_state_loaded
         self.sigpending = False
         self.notify_resume = False       # TIF_NOTIFY_RESUME
@@ -302,6 +393,13 @@ class KvmVcpu(VcpuSegment):
         self.nmi_queued = 0              # vcpu->arch.nmi_queued
         self.nmi_pending = 0             # vcpu->arch.nmi_pending
         self.nmi_t0: int | None = None   # when the oldest undelivered NMI was injected
+        self.pv_unhalted = False         # vcpu->arch.pv.pv_unhalted (KVM_HC_KICK_CPU)
+        # (oracle bookkeeping, nmi_accounting: tdsim.irqstats) when each NMI queued or
+        # pending was injected, oldest first; the injection time of the NMI written to
+        # PEND_NMI (-1: none); NMIs that left PEND_NMI without being delivered
+        self.nmi_times: deque[int] = deque()
+        self.nmi_pend_t = -1
+        self.nmi_vanished: list[int] = []
         self.lapic_timer: Any = None     # apic->lapic_timer (tdsim.lapic.LapicTimer), if any
         self.timer_deadline = 0          # deadline of the last guest timer that fired
         self.oneshot_period = 0          # one-shot (TSC-deadline) guest timer period
@@ -323,22 +421,47 @@ class KvmVcpu(VcpuSegment):
                 or self.sigpending or self.notify_resume)
 
     def kvm_make_request(self, req: int) -> None:
+        if not self.requests:
+            self.raise_exit_work(REQUEST, KVM_REQ_NAMES.get(req, f"request {req:#x}"))
         self.requests |= req
+
+    def raise_signal(self) -> None:
+        """signal_wake_up's TIF_SIGPENDING on the vCPU thread (who sends the kick or IPI is
+        the caller's business)."""
+        if not self.sigpending:
+            self.sigpending = True
+            self.raise_exit_work(SIGNAL, "a signal (TIF_SIGPENDING)")
+
+    def raise_notify_resume(self) -> None:
+        """TIF_NOTIFY_RESUME on the vCPU thread (task work queued; no IPI).  (Simulation) A
+        late check still ahead in the current entry segment is told, so that it sees it."""
+        if not self.notify_resume:
+            self.notify_resume = True
+            self.raise_exit_work(NOTIFY_RESUME, "TIF_NOTIFY_RESUME")
+        if self.phase == PH_SEG:
+            self.disturb(EXIT_REQUEST)
 
     def kvm_inject_nmi(self) -> None:
         """kvm_inject_nmi: nmi_queued++, KVM_REQ_NMI, kvm_vcpu_kick; the stuck-halt oracle
         checks that a halted vCPU was woken."""
-        self.irq.nmi_injected += 1
         self.stat["nmi.injected"] += 1
+        now = self.env.now
+        self.nmi_times.append(now)
+        tracer = self.tracer
+        if tracer is not None:
+            cpu = self.cpu
+            tracer.emit(now, "nmi_injected", cpu.index, self.name)
         if self.nmi_t0 is None:
-            self.nmi_t0 = self.env.now
+            self.nmi_t0 = now
         self.nmi_queued += 1
         self.kvm_make_request(KVM_REQ_NMI)
         self.kvm_vcpu_kick()
         if self.phase == PH_BLOCKED:
             cpu = self.cpu
             self.findings.record("stuck_halt", cpu.index if cpu else -1, self.name,
-                                 "NMI injected but the halted vCPU was not woken")
+                                 "NMI injected but the halted vCPU was not woken",
+                                 cause=(now, "NMI injected (kvm_inject_nmi) into the halted "
+                                             "vCPU, which was not woken"))
 
     def kvm_vcpu_kick(self) -> None:
         """kvm_vcpu_kick: wake a waiting vCPU; else, if it is IN_GUEST_MODE, switch it to
@@ -359,6 +482,7 @@ class KvmVcpu(VcpuSegment):
         if self.mode == IN_GUEST_MODE and (
                 not before_check or now >= self.t_late - self.costs.in_guest_mode_window_ns):
             self.mode = EXITING_GUEST_MODE
+            self.raise_exit_work(KICK, "a kick (EXITING_GUEST_MODE)")
             self.stat["kicks"] += 1
             if not before_check:
                 self.smp_send_reschedule()
@@ -375,6 +499,7 @@ class KvmVcpu(VcpuSegment):
         request a few hundred ns later); one in the guest is kicked."""
         if self.phase == PH_SEG and self.env.now < self.t_late:
             self.mode = EXITING_GUEST_MODE
+            self.raise_exit_work(KICK, "a KVM_REQ_OUTSIDE_GUEST_MODE kick (EXITING_GUEST_MODE)")
             self.disturb(EXIT_REQUEST)
         elif self.mode == IN_GUEST_MODE:
             self.kvm_vcpu_kick()
@@ -400,7 +525,7 @@ class KvmVcpu(VcpuSegment):
                 self.stat["halt_wakeup"] += 1
                 self.phase = PH_WAIT
                 self.t_wake = self.env.now
-                self.sched.wake_up(self)
+                self.sched.try_to_wake_up(self)
             return True
         if phase == PH_POLL:
             self.disturb(WAKE)
@@ -417,14 +542,18 @@ class KvmVcpu(VcpuSegment):
 
     # --- vcpu_load / vcpu_put ----------------------------------------------------------
     def vcpu_load(self, cpu: HostCpu) -> None:
-        """vcpu_load -> kvm_arch_vcpu_load -> vendor vcpu_load."""
+        """vcpu_load -> kvm_arch_vcpu_load: the vendor vcpu_load, then host_pkru =
+        read_pkru() (of the running thread: the hardware PKRU now)."""
         self.stat["vcpu_load"] += 1
         cpu.acc += self.costs.vcpu_load_ns
         self.kvm.running_vcpu[cpu.index] = self
+        prev_cpu = self.cpu_index  # vcpu->cpu: -1 if never loaded or flushed since
         self.kvm_x86_ops.vcpu_load(self, cpu)
+        self.host_pkru = cpu.pkru
         tracer = self.tracer
         if tracer is not None:
-            tracer.emit(self.env.now, "vcpu_load", cpu.index, self.name, migrated=False)
+            tracer.emit(self.env.now, "vcpu_load", cpu.index, self.name,
+                        migrated=prev_cpu != cpu.index, prev_cpu=prev_cpu)
 
     def vcpu_put(self, cpu: HostCpu, cause_key: str) -> None:
         """vcpu_put -> kvm_arch_vcpu_put -> vendor vcpu_put (host-state restore)."""
@@ -467,7 +596,7 @@ class KvmVcpu(VcpuSegment):
         tracer = self.tracer
         if tracer is not None:
             tracer.emit(self.env.now, "vcpu_state", -1, self.name, state="runnable")
-        self.sched.wake_up(self)
+        self.sched.try_to_wake_up(self)
         cpu: HostCpu = yield self.run_event
         cpu.exit_to_user_mode(self)
         while True:
@@ -481,8 +610,11 @@ class KvmVcpu(VcpuSegment):
 
     def vmm_stops_vcpu(self, r: int) -> bool:
         """What the VMM does after a fatal exit: KVM_RUN failed (an errno other than EINTR)
-        or reported KVM_EXIT_INTERNAL_ERROR / FAIL_ENTRY / SHUTDOWN: like QEMU, it stops
-        running this vCPU (it stays stopped until the end of the run)."""
+        or reported KVM_EXIT_INTERNAL_ERROR / FAIL_ENTRY / SHUTDOWN / EXCEPTION: like QEMU,
+        it stops running this vCPU (it stays stopped until the end of the run).  -EFAULT
+        with KVM_EXIT_MEMORY_FAULT is not fatal: QEMU converts the range and re-runs."""
+        if r == -arch.EFAULT and self.run_exit_reason == arch.KVM_EXIT_MEMORY_FAULT:
+            return False  # QEMU converts the range (implicit conversion) and runs again
         return (r < 0 and r != -arch.EINTR) or self.run_exit_reason in _FATAL_RUN_EXITS
 
     def vmm_stop(self, cpu: HostCpu) -> ProcessGenerator:
@@ -583,7 +715,7 @@ class KvmVcpu(VcpuSegment):
         exit work and the IRQ window, then the vendor exit handler.  Returns 1 to go round
         again, 0 to exit to userspace, < 0 for an error."""
         if self.requests:
-            r = self.kvm_check_requests(cpu)
+            r = self.process_requests(cpu)
             if r <= 0:
                 return r
         mmu_reload_fails = self.mmu_reload_fails
@@ -605,6 +737,8 @@ class KvmVcpu(VcpuSegment):
             r = self.late_abort(cpu)
             yield from self.spend_kernel(cpu)
             return r
+        if self.debugctl_at_entry:  # IRQs off, past the late check: get_debugctlmsr()
+            self.host_debugctl = cpu.rdmsr(arch.MSR_IA32_DEBUGCTLMSR)
         try:
             exit_fastpath = yield from ops.vcpu_run(self, cpu)
         except LateCheckFired:
@@ -659,7 +793,7 @@ class KvmVcpu(VcpuSegment):
             tracer.emit(self.env.now, "late_abort", cpu.index, self.name, abort=key[11:])
 
     # --- requests ------------------------------------------------------------------------
-    def kvm_check_requests(self, cpu: HostCpu) -> int:
+    def process_requests(self, cpu: HostCpu) -> int:
         """Request processing at the top of vcpu_enter_guest: NMIs (process_nmi and, through
         KVM_REQ_EVENT, the vendor's inject_nmi), then the requests that end the run:
         KVM_REQ_VM_DEAD (-EIO) and the dirty ring's soft limit (KVM_EXIT_DIRTY_RING_FULL;
@@ -698,20 +832,25 @@ class KvmVcpu(VcpuSegment):
         ops = self.kvm_x86_ops
         return ops.interrupt_allowed(self) and ops.protected_apic_has_interrupt(self, cpu)
 
+    def kvm_arch_vcpu_runnable(self, cpu: HostCpu) -> bool:
+        """kvm_arch_vcpu_runnable for a halted vCPU: a PV unhalt (KVM_HC_KICK_CPU set
+        pv_unhalted) or kvm_vcpu_has_events."""
+        return self.pv_unhalted or self.kvm_vcpu_has_events(cpu)
+
     def vcpu_block(self, cpu: HostCpu) -> Generator[Any, Any, int]:
         """vcpu_block -> kvm_vcpu_halt -> kvm_vcpu_block: poll, then sleep until
         kvm_vcpu_has_events.
 
         The check is repeated after the kernel work, right before scheduling out (the
         rcuwait loop's kvm_vcpu_check_block), so a wake-up in between is not lost."""
-        if not self.kvm_vcpu_has_events(cpu):
+        if not self.kvm_arch_vcpu_runnable(cpu):
             yield from self.spend_kernel(cpu)
             poll_ns = self.halt_poll_ns
-            if poll_ns and not self.kvm_vcpu_has_events(cpu):
-                yield from self.kvm_vcpu_halt_poll(cpu, poll_ns)
+            if poll_ns and not self.kvm_arch_vcpu_runnable(cpu):
+                yield from self.halt_poll(cpu, poll_ns)
             self.halting = True  # set_current_state(TASK_INTERRUPTIBLE)
             blocked = False
-            while not self.kvm_vcpu_has_events(cpu):  # spurious wake-ups sleep again
+            while not self.kvm_arch_vcpu_runnable(cpu):  # spurious wake-ups sleep again
                 if blocked:
                     self.stat["halt.spurious_wakeup"] += 1
                     self.halting = True
@@ -726,10 +865,11 @@ class KvmVcpu(VcpuSegment):
                 self.stat["halt.wakeup_latency_ns_sum"] += now - self.t_wake
                 self.irq.sample("wakeup", self.t_wake, now - self.t_wake, self)
             self.halting = False
+        self.pv_unhalted = False
         self.mp_state = KVM_MP_STATE_RUNNABLE
         return 1
 
-    def kvm_vcpu_halt_poll(self, cpu: HostCpu, poll_ns: int) -> ProcessGenerator:
+    def halt_poll(self, cpu: HostCpu, poll_ns: int) -> ProcessGenerator:
         """kvm_vcpu_halt's polling loop: spin up to `poll_ns` re-checking
         kvm_vcpu_check_block; a wake-up or need_resched ends it early.  Simplified: fixed
         halt_poll_ns (no grow/shrink), the check's cost is paid once at the end."""
@@ -742,7 +882,7 @@ class KvmVcpu(VcpuSegment):
             tracer.emit(self.env.now, "vcpu_state", cpu.index, self.name, state="running")
         stat = self.stat
         stat["halt.poll_ns"] += self.env.now - t0
-        if self.kvm_vcpu_has_events(cpu):
+        if self.kvm_arch_vcpu_runnable(cpu):
             stat["halt_poll_success"] += 1
         else:
             stat["halt_poll_fail"] += 1

@@ -40,7 +40,7 @@ _EXIT_REASONS = tuple(arch.EXIT_REASON_NAMES.values())
 _KVM_EXITS = tuple(arch.KVM_EXIT_NAMES.values()) + ("KVM_EXIT_UNKNOWN",)
 _MSRS = tuple(arch.MSR_NAMES.values())
 _LEAVES = tuple(arch.SEAMCALL_NAMES.values())
-_SITES = ("prepare", "put", "user_return", "post_exit")
+_SITES = ("prepare", "put", "user_return", "post_exit", "vcpu_run")
 _PUT_CAUSES = ("preempt", "kvm_run_return", "halt")
 _IRQ_SOURCES = ("timer", "ipi", "device", "nmi")
 _IRQ_EXIT_SOURCES = ("tick", "timer", "kick", "resched", "flush_ipi", "other")
@@ -113,9 +113,12 @@ METRICS: tuple[MetricFamily, ...] = (
     MetricFamily("wrmsr.msr.{msr}", "WRMSRs", "WRMSRs by MSR", "WRMSRs of one MSR"),
     MetricFamily("wrmsr.site.{site}", "WRMSRs", "WRMSRs by site",
                  "WRMSRs by where KVM issued them: prepare (tdx_prepare_switch_to_guest), "
-                 "put (vcpu_put), user_return (the user-return notifier), post_exit (after "
-                 "every TD exit)"),
+                 "put (vcpu_put), user_return (the user-return notifier), post_exit (a "
+                 "strategy's writes after every TDH.VP.ENTER), vcpu_run (tdx_vcpu_run's "
+                 "DEBUGCTL and IA32_XSS restores after every TDH.VP.ENTER)"),
     MetricFamily("rdmsr.msr.{msr}", "RDMSRs", "RDMSRs by MSR", "RDMSRs of one MSR"),
+    MetricFamily("xsetbv", "XSETBVs", "XSETBVs", "XCR0 writes (tdx_load_host_xsave_state)"),
+    MetricFamily("wrpkru", "WRPKRUs", "WRPKRUs", "PKRU writes (tdx_load_host_xsave_state)"),
     MetricFamily("regs.copies", "copies", "GPR copies",
                  "8-byte register moves between vp_enter_args and regs[] and inside the "
                  "emulation paths"),
@@ -210,11 +213,20 @@ METRICS: tuple[MetricFamily, ...] = (
                  "local retry loops left for a pending signal or event"),
     # --- faults, KVM_BUG_ON, VMX co-tenants -----------------------------------------------
     MetricFamily("faults.{knob}", "events", "injected faults", "fault injections by knob "
-                 "(docs/late-aborts.md); faults.sept_zap is host-wide"),
+                 "(docs/late-aborts.md); faults.sept_zap is host-wide; faults.scripted counts "
+                 "the TDH.VP.ENTER outcomes scripted guests forced (vp_enter steps)"),
     MetricFamily("faults.signal.dropped", "events", "signals not modelled",
                  "signals that found the vCPU thread in user mode or halted"),
-    MetricFamily("kvm_bug", "events", "KVM_BUG_ON", "KVM_BUG_ON hits (the VM is dead)",
-                 per_vcpu=False),
+    MetricFamily("kvm_bug", "events", "KVM_BUG_ON", "KVM_BUG_ON hits (the VM is dead): the "
+                 "sum of kvm_bug.<site>", per_vcpu=False),
+    MetricFamily("kvm_bug.{function}", "events", "KVM_BUG_ON by site",
+                 "KVM_BUG_ON hits by the kernel function they are in", per_vcpu=False),
+    MetricFamily("kernel_warn", "events", "kernel warnings",
+                 "WARN_ON_ONCE / KVM_BUG_ON warnings a run would print (dmesg shows each site "
+                 "once per boot): the sum of kernel_warn.<function>", per_vcpu=False),
+    MetricFamily("kernel_warn.{function}", "events", "kernel warnings by site",
+                 "hits of a WARN_ON_ONCE, or of a KVM_BUG_ON on a VM not yet bugged, by the "
+                 "kernel function they are in", per_vcpu=False),
     MetricFamily("tsc_aux_reads", "reads", "guest TSC_AUX reads", "VMX guests' RDPID reads"),
     MetricFamily("tsc_aux_reads.corrupt", "reads", "corrupt guest TSC_AUX reads",
                  "reads that returned another value than KVM meant"),

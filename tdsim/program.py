@@ -1,218 +1,76 @@
-"""Scripted guests: a vCPU whose workload is a program of exact steps.
+"""Scripted guests: a vCPU whose workload is a program of exact steps (the step forms and
+their compiler are `tdsim.program_steps`).
 
-A program (``[vm.workload] program = [...]`` or ``program_file = "file.toml"`` holding a
-``program`` array) is a list of steps, each a table with an ``op``:
+`ScriptedGuest` runs the program: between two calls it adds up the compute steps, arms the
+TDX-module outcomes of ``vp_enter`` steps, and hands the next call's registers to the TDX
+module at the TD exit.  When the program ends the guest parks (``cli; hlt``: TDVMCALL HLT
+with R12 = 1, not recorded).
 
-* ``{op = "compute", us = 5}`` (or ``ns = 5000``): guest work before the next call.
-* ``{op = "tdvmcall", r10 = 0, r11 = "io", r12 = 1, ..., rcx = 0xFFCC, name = "outb"}``: a
-  TDG.VP.VMCALL with explicit registers.  ``r11`` may be a number or a sub-function name
-  (`LEAF_ALIASES`); ``rcx`` is the register-exposure bitmap (default Linux's
-  TDVMCALL_EXPOSE_REGS_MASK 0xFFCC); ``rdx rbx rsi rdi r8 r9`` may be set too.  Registers
-  the bitmap does not expose reach KVM as 0 and come back unchanged.  The sub-function names
-are the aliases declared in `tdsim.tdvmcall.LEAVES`.
-* ``{op = "hlt", irqs_blocked = false}``: TDVMCALL Instruction.HLT (R12 = the flag).
-* ``{op = "cpuid", leaf = 1, subleaf = 0}``, ``{op = "rdmsr", index = 0x1a0}``,
-  ``{op = "wrmsr", index = 0x6e0, value = 1}``: the TDVMCALLs a #VE handler issues.
-* ``{op = "loop", count = 3, steps = [...]}``: repeat (``count = 0``: forever; its body must
-  then make a call, so that time passes).
+Every call is recorded (up to ``record_calls`` per vCPU): when it exited, the registers KVM
+saw (``regs_in``), each exit to userspace KVM made for it (``kvm_run`` as the VMM left it,
+and under ``before_vmm`` the union member as KVM filled it), the registers the guest got
+back (``regs_out``: R10..R15, a register the bitmap does not expose as the guest had it),
+which of them KVM wrote (``regs_written``: "not written" differs from "written as 0"), and
+``kvm``: ``in_kernel``, ``userspace`` or ``kvm_run_error`` (KVM_RUN failed with ``kvm_run``;
+the call does not return).  A ``vp_enter`` outcome is recorded the same way when it fires:
+``vp_enter_ret``, the output registers, the exit reason KVM derived, what
+``tdx_handle_exit`` returned (``handle_exit``) and the exit to userspace with its
+``kvm_run`` fields (``internal``, ``fail_entry``, ``ex``, ``memory_fault``...).
 
-Every vCPU of the VM runs the program; a step with ``vcpus = [0, 2]`` runs only on those
-vCPUs (a call's ``step`` number is the same on every vCPU).
-
-* ``{op = "ipi", vector = 0xfd, dest = 1}`` (or ``shorthand = "self" | "all" | "others"``):
-  the x2APIC ICR write a guest sends an IPI with (TDVMCALL WRMSR 0x830); KVM posts the vector
-  to the destination vCPUs.
-
-When the program ends the guest parks (``cli; hlt``: TDVMCALL HLT with R12 = 1, not
-recorded).  Every call is recorded (up to ``record_calls`` per vCPU): when it exited, the
-registers KVM saw, each exit to userspace KVM made for it (with the VMM's answer), and the
-registers the guest got back.  A bitmap exposing RAX, RCX or RSP makes the TDX module fail
-the TDCALL itself (RAX = TDX_OPERAND_INVALID | RCX, no TD exit, as the GHCI specifies for an
-invalid bitmap; the operand id is tdsim's choice); the call is recorded with that RAX.
+A bitmap exposing RAX, RCX or RSP makes the TDX module fail the TDCALL itself (RAX =
+TDX_OPERAND_INVALID | RCX, no TD exit, as the GHCI specifies for an invalid bitmap; the
+operand id is tdsim's choice); the call is recorded with that RAX.
 """
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
 from typing import Any
 
 from . import arch
-from .tdvmcall import BY_ALIAS, BY_NUMBER
+from .kvm_x86 import GPRS, KvmRegs
+from .program_steps import (
+    ARG_REGS,
+    DEFAULT_EXPOSE_MASK,
+    GPR_BIT,
+    LEAF_ALIASES,
+    MASK_REJECTED,
+    TDCALL_REJECTED_RAX,
+    Call,
+    Loop,
+    ProgramError,
+    Step,
+    VpEnter,
+    compile_program,
+    load_program_file,
+)
+from .tdvmcall import BY_NUMBER
+from .tdx_module import SCRIPTED, VpEnterOutcome
 
-DEFAULT_EXPOSE_MASK = arch.TDVMCALL_EXPOSE_REGS_MASK
-# GPR index in the RCX bitmap -> name (RAX 0 ... R15 15)
-GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
-GPR_BIT = {name: 1 << i for i, name in enumerate(GPR_NAMES)}
-# The 13 registers TDH.VP.ENTER carries (struct tdx_module_args order), RCX excluded.
-ARG_REGS = ("rdx", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rbx", "rdi", "rsi")
-# RAX, RCX, RSP cannot be exposed: the TDCALL fails.
-MASK_REJECTED = GPR_BIT["rax"] | GPR_BIT["rcx"] | GPR_BIT["rsp"]
-TDCALL_REJECTED_RAX = arch.TDX_OPERAND_INVALID | arch.TDX_OPERAND_ID_RCX
+__all__ = ["LEAF_ALIASES", "ProgramError", "ScriptedGuest", "TrackedRegs", "compile_program",
+           "load_program_file", "scripted_vp_enter_outcome", "scripted_vp_enter_regs"]
 
-LEAF_ALIASES = {alias: leaf.number for alias, leaf in BY_ALIAS.items()}
-# metric kind (tdvmcall.<kind>) per R11 for GHCI calls
-_KIND = {leaf.number: alias for alias, leaf in BY_ALIAS.items()}
-
-_OPS = {
-    "compute": {"us", "ns"},
-    "tdvmcall": {"name", "rcx", *ARG_REGS},
-    "hlt": {"name", "irqs_blocked"},
-    "cpuid": {"name", "leaf", "subleaf"},
-    "rdmsr": {"name", "index"},
-    "wrmsr": {"name", "index", "value"},
-    "ipi": {"name", "vector", "dest", "shorthand"},
-    "loop": {"count", "steps"},
-}
-U64 = (1 << 64) - 1
-X2APIC_ICR = 0x830
-# x2APIC ICR destination shorthand (bits 19:18)
-_SHORTHAND = {"none": 0, "self": 1, "all": 2, "others": 3}
+_OUT_REGS = ("r10", "r11", "r12", "r13", "r14", "r15")
+_REG_BIT = {name: 1 << i for i, name in enumerate(GPRS)}
+_MODULE_REGS = ("rcx", *ARG_REGS)
 
 
-class ProgramError(Exception):
-    """A malformed program; `path` is relative to the program array."""
+class TrackedRegs(KvmRegs):
+    """vcpu->arch.regs[] (and, in the in-place layout, vp_enter_args) of a scripted vCPU:
+    the GPRs, plus a mask of those written since it was last cleared, so a call record can
+    tell "KVM did not write R11" from "KVM wrote 0"."""
 
-    def __init__(self, path: tuple, message: str) -> None:
-        super().__init__(message)
-        self.path = path
-        self.message = message
+    __slots__ = ("written",)
+    written: int
 
+    def __init__(self) -> None:
+        object.__setattr__(self, "written", 0)
+        super().__init__()
 
-class Call:
-    """One compiled TDVMCALL step: its label, RCX bitmap and the 12 other registers."""
-
-    __slots__ = ("index", "name", "mask", "regs", "kind", "key")
-
-    def __init__(self, index: int, name: str, mask: int, regs: dict[str, int]) -> None:
-        self.index = index
-        self.name = name
-        self.mask = mask
-        self.regs = regs
-        r10, r11 = regs["r10"], regs["r11"]
-        self.kind = "hypercall" if r10 else _KIND.get(r11, "other")
-        self.key = f"tdvmcall.{self.kind}"
-
-
-class Loop:
-    __slots__ = ("count", "body")
-
-    def __init__(self, count: int, body: list) -> None:
-        self.count = count
-        self.body = body
-
-
-def _u64(value: Any, path: tuple) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64:
-        raise ProgramError(path, f"expected a 64-bit unsigned integer, got {value!r}")
-    return value
-
-
-def compile_program(steps: Any, path: tuple = (), counter: list | None = None,
-                    vcpu: int | None = None) -> list:
-    """Check `steps` and turn them into Call / Loop / compute-ns items; raises ProgramError.
-
-    With `vcpu`, steps whose ``vcpus`` list does not name it are left out (all are checked)."""
-    counter = counter if counter is not None else [0]
-    if not isinstance(steps, list):
-        raise ProgramError(path, "expected an array of steps")
-    out: list = []
-    for j, step in enumerate(steps):
-        p = path + (j,)
-        if not isinstance(step, dict):
-            raise ProgramError(p, "a step is a table with an `op`")
-        op = step.get("op")
-        if op not in _OPS:
-            raise ProgramError(p + ("op",), f"unknown op {op!r} (one of {', '.join(_OPS)})")
-        for key in step:
-            if key not in ("op", "vcpus") and key not in _OPS[op]:
-                raise ProgramError(p + (key,), f"unknown key {key!r} for op {op!r}")
-        only = step.get("vcpus")
-        if only is not None and (not isinstance(only, list) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in only)):
-            raise ProgramError(p + ("vcpus",), "expected an array of vCPU indices")
-        skip = vcpu is not None and only is not None and vcpu not in only
-        if op == "compute":
-            if ("us" in step) == ("ns" in step):
-                raise ProgramError(p, "give exactly one of `us` or `ns`")
-            value = step.get("us", step.get("ns"))
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ProgramError(p, "compute time must be a number >= 0")
-            if not skip:
-                out.append(round(value * 1000) if "us" in step else int(value))
-            continue
-        if op == "loop":
-            count = step.get("count", 1)
-            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                raise ProgramError(p + ("count",), "expected an integer >= 0 (0 = forever)")
-            body = compile_program(step.get("steps", []), p + ("steps",), counter,
-                                   None if skip else vcpu)
-            if count == 0 and vcpu is None and not _makes_call(body):
-                raise ProgramError(p + ("steps",), "a loop forever needs a call in its body")
-            if not skip and (count != 0 or _makes_call(body)):
-                out.append(Loop(count, body))
-            continue
-        regs = dict.fromkeys(ARG_REGS, 0)
-        mask = DEFAULT_EXPOSE_MASK
-        if op == "tdvmcall":
-            for key in ARG_REGS:
-                if key in step:
-                    value = step[key]
-                    if key == "r11" and isinstance(value, str):
-                        if value not in LEAF_ALIASES:
-                            raise ProgramError(p + (key,), f"unknown sub-function {value!r} "
-                                               f"(one of {', '.join(LEAF_ALIASES)})")
-                        value = LEAF_ALIASES[value]
-                    regs[key] = _u64(value, p + (key,))
-            if "rcx" in step:
-                mask = _u64(step["rcx"], p + ("rcx",))
-        elif op == "hlt":
-            flag = step.get("irqs_blocked", False)
-            if not isinstance(flag, bool):
-                raise ProgramError(p + ("irqs_blocked",), "expected a boolean")
-            regs["r11"], regs["r12"] = arch.TDVMCALL_HLT, int(flag)
-        elif op == "cpuid":
-            regs["r11"] = arch.TDVMCALL_CPUID
-            regs["r12"] = _u64(step.get("leaf", 0), p + ("leaf",))
-            regs["r13"] = _u64(step.get("subleaf", 0), p + ("subleaf",))
-        elif op == "rdmsr":
-            regs["r11"], regs["r12"] = arch.TDVMCALL_RDMSR, _u64(step.get("index", 0),
-                                                                 p + ("index",))
-        elif op == "ipi":
-            vector = _u64(step.get("vector", 0), p + ("vector",))
-            shorthand = step.get("shorthand", "none")
-            if shorthand not in _SHORTHAND:
-                raise ProgramError(p + ("shorthand",), f"one of {', '.join(_SHORTHAND)}")
-            if vector > 0xFF:
-                raise ProgramError(p + ("vector",), "a vector is 0..255")
-            dest = _u64(step.get("dest", 0), p + ("dest",)) & 0xFFFFFFFF
-            regs["r11"], regs["r12"] = arch.TDVMCALL_WRMSR, X2APIC_ICR
-            regs["r13"] = (dest << 32) | (_SHORTHAND[shorthand] << 18) | vector
-        elif op == "wrmsr":
-            regs["r11"] = arch.TDVMCALL_WRMSR
-            regs["r12"] = _u64(step.get("index", 0), p + ("index",))
-            regs["r13"] = _u64(step.get("value", 0), p + ("value",))
-        name = step.get("name", "")
-        if not isinstance(name, str):
-            raise ProgramError(p + ("name",), "expected a string")
-        if not skip:
-            out.append(Call(counter[0], name or op, mask, regs))
-        counter[0] += 1
-    return out
-
-
-def _makes_call(body: list) -> bool:
-    return any(isinstance(s, Call) or (isinstance(s, Loop) and _makes_call(s.body))
-               for s in body)
-
-
-def load_program_file(path: Path) -> list:
-    """The ``program`` array of a program file (raises OSError / ValueError)."""
-    doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    if list(doc) != ["program"] or not isinstance(doc["program"], list):
-        raise ValueError("a program file holds one key, `program` (an array of steps)")
-    return doc["program"]
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        bit = _REG_BIT.get(name)
+        if bit is not None:
+            object.__setattr__(self, "written", self.written | bit)
 
 
 class ScriptedGuest:
@@ -222,29 +80,44 @@ class ScriptedGuest:
     the vCPU's register view, ``vcpu.gprs``): it records them and runs the program up to
     the next call."""
 
-    def __init__(self, program: list, c_tdvmcall: int, record_max: int) -> None:
-        self.stack: list[list] = [[program, 0, 1]]  # [steps, pc, iterations left (0 = inf)]
+    def __init__(self, program: list[Step], c_tdvmcall: int, record_max: int) -> None:
+        # [steps, pc, iterations left (0 = inf)]
+        self.stack: list[list[Any]] = [[program, 0, 1]]
         self.c_tdvmcall = c_tdvmcall
         self.record_max = record_max
-        self.calls: list[dict] = []
-        self.record: dict | None = None
+        self.calls: list[dict[str, Any]] = []
+        self.record: dict[str, Any] | None = None
         self.call: Call | None = None
-        self.vcpu = None
+        self.vcpu: Any = None
         self.remaining_ns = 0
         self.irq_debt_ns = 0
         self.kind = ""
         self.tdvmcall_key = ""
         self.parked = False
         self.awaiting = False  # a TDVMCALL issued and not yet completed (as GuestVcpu's)
+        self.exits_this_call = 0
+        # TDX-module outcomes: TDH.VP.ENTERs seen so far, and the armed (entry, step) pairs
+        self.vp_enter_count = 0
+        self.vp_enter_targets: list[tuple[int, VpEnter]] = []
+        self.outcome: VpEnter | None = None         # the outcome of the entry in progress
+        self.outcome_record: dict[str, Any] | None = None
         self.next_period()
 
-    def bind(self, vcpu) -> None:
+    def bind(self, vcpu: Any) -> None:
+        """Attach to the vCPU; its register view becomes a `TrackedRegs`."""
         self.vcpu = vcpu
+        old = vcpu.gprs
+        regs = TrackedRegs()
+        for r in GPRS:
+            object.__setattr__(regs, r, getattr(old, r))
+        if vcpu.vp_enter_args is old:
+            vcpu.vp_enter_args = regs
+        vcpu.gprs = regs
 
     def _now(self) -> int:
-        return self.vcpu.env.now if self.vcpu is not None else 0
+        return int(self.vcpu.env.now) if self.vcpu is not None else 0
 
-    def _next_step(self):
+    def _next_step(self) -> Call | VpEnter | int | None:
         stack = self.stack
         while stack:
             frame = stack[-1]
@@ -256,7 +129,7 @@ class ScriptedGuest:
                     if step.count != 0 or step.body:
                         stack.append([step.body, 0, step.count])
                     continue
-                return step
+                return step  # type: ignore[no-any-return]
             if left == 0 or left > 1:  # another iteration
                 frame[1] = 0
                 if left > 1:
@@ -282,6 +155,9 @@ class ScriptedGuest:
                 self.kind = "hlt"
                 self.tdvmcall_key = "tdvmcall.hlt"
                 break
+            if isinstance(step, VpEnter):
+                self._arm(step)
+                continue
             if not isinstance(step, Call):
                 compute += step
                 continue
@@ -293,8 +169,7 @@ class ScriptedGuest:
                     rec["rax"] = TDCALL_REJECTED_RAX
                     rec["kvm"] = "none (TDCALL failed in the TDX module)"
                     rec["t_done_ns"] = now + compute
-                    rec["regs_out"] = {r: step.regs[r] for r in ("r10", "r11", "r12", "r13",
-                                                                "r14", "r15")}
+                    rec["regs_out"] = {r: step.regs[r] for r in _OUT_REGS}
                 continue
             self.call = step
             self.kind = step.kind
@@ -303,10 +178,11 @@ class ScriptedGuest:
         self.remaining_ns = compute + self.c_tdvmcall + self.irq_debt_ns
         self.irq_debt_ns = 0
 
-    def tdvmcall_regs(self, args) -> None:
+    def tdvmcall_regs(self, args: Any) -> None:
         """TDG.VP.VMCALL as the TDX module hands it to KVM: RCX = the bitmap, exposed GPRs
         with the guest's values, the others 0."""
         self.awaiting = True
+        self.exits_this_call = 0
         call = self.call
         if call is None:  # parked: cli; hlt
             args.rcx = DEFAULT_EXPOSE_MASK
@@ -327,31 +203,143 @@ class ScriptedGuest:
             rec["kvm"] = "pending"  # until the call returns (never, if the VM stopped)
             self.record = rec
 
-    def record_exit(self, exit_fields: dict) -> None:
+    # --- what KVM and the VMM report about the call in progress ---------------------------
+    def begin_exit(self) -> None:
+        """KVM starts handling a TD exit: from now on, register writes are KVM's."""
+        self.vcpu.gprs.written = 0
+
+    def vmm_answer(self) -> dict[str, Any] | None:
+        """The VMM's answer the current call's step gives for its next exit to userspace
+        (list values: one per exit, the last repeating), or None."""
+        call = self.call
+        n = self.exits_this_call
+        self.exits_this_call = n + 1
+        if call is None or call.vmm is None:
+            return None
+        return {k: (v[min(n, len(v) - 1)] if isinstance(v, list) else v)
+                for k, v in call.vmm.items()}
+
+    def record_exit(self, exit_fields: dict[str, Any]) -> None:
         """KVM exited to userspace for the call in progress (fields + the VMM's answer)."""
         if self.record is not None:
             self.record["exits"].append(exit_fields)
             self.record["kvm"] = "userspace"
 
-    def _open(self, call: Call, t: int) -> dict:
+    def record_kvm_run_error(self, r: int) -> None:
+        """KVM_RUN failed with `r` while completing the call (it never returns)."""
+        if self.record is not None:
+            self.record["kvm"] = "kvm_run_error"
+            self.record["kvm_run"] = r
+
+    def _open(self, call: Call, t: int) -> dict[str, Any]:
         regs = call.regs
-        rec = {"t_ns": t, "step": call.index, "name": call.name,
-               "leaf": (f"KVM_HC({regs['r10']})" if regs["r10"]
-                        else BY_NUMBER[regs["r11"]].name if regs["r11"] in BY_NUMBER
-                        else f"{regs['r11']:#x}")}
+        rec: dict[str, Any] = {
+            "t_ns": t, "step": call.index, "name": call.name,
+            "leaf": (f"KVM_HC({regs['r10']})" if regs["r10"]
+                     else BY_NUMBER[regs["r11"]].name if regs["r11"] in BY_NUMBER
+                     else f"{regs['r11']:#x}")}
         self.calls.append(rec)
         return rec
 
-    def _finish(self, rec: dict, now: int) -> None:
+    def _finish(self, rec: dict[str, Any], now: int) -> None:
         call = self.call
+        assert call is not None
         mask = call.mask
         view = self.vcpu.gprs
+        written = view.written
         out = {}
-        for r in ("r10", "r11", "r12", "r13", "r14", "r15"):
+        for r in _OUT_REGS:
             out[r] = getattr(view, r) if mask & GPR_BIT[r] else call.regs[r]
         rec["rax"] = 0
         rec["kvm"] = "userspace" if rec["exits"] else "in_kernel"
         rec["regs_out"] = out
+        rec["regs_written"] = [r for r in _OUT_REGS if mask & GPR_BIT[r] and written & _REG_BIT[r]]
         if call.regs["r10"] == 0:
             rec["status"] = arch.TDVMCALL_STATUS_NAMES.get(out["r10"], f"{out['r10']:#x}")
         rec["t_done_ns"] = now
+
+    # --- scripted TDX-module outcomes -------------------------------------------------------
+    def _arm(self, step: VpEnter) -> None:
+        """A vp_enter step: its outcome is for the nth TDH.VP.ENTER from now (the entry after
+        it if another outcome already has that one)."""
+        target = self.vp_enter_count + step.nth
+        taken = {t for t, _s in self.vp_enter_targets}
+        while target in taken:
+            target += 1
+        self.vp_enter_targets.append((target, step))
+        self.vp_enter_targets.sort(key=lambda ts: ts[0])
+
+    def take_vp_enter(self) -> VpEnter | None:
+        """One more TDH.VP.ENTER of this vCPU: the outcome armed for it, if any (opens its
+        record)."""
+        self.vp_enter_count += 1
+        targets = self.vp_enter_targets
+        if not targets or targets[0][0] != self.vp_enter_count:
+            self.outcome = None
+            return None
+        step = targets.pop(0)[1]
+        self.outcome = step
+        self.outcome_record = None
+        if len(self.calls) < self.record_max:
+            rec: dict[str, Any] = {
+                "t_ns": self._now(), "step": step.index, "name": step.name, "op": "vp_enter",
+                "leaf": "TDH.VP.ENTER",
+                "vp_enter_ret": step.status, "entered": step.entered,
+                "regs_in": {r: v for r, v in step.regs.items() if v}, "exits": [],
+                "kvm": "pending"}
+            self.calls.append(rec)
+            self.outcome_record = rec
+        return step
+
+    def vp_enter_regs(self, args: Any) -> None:
+        """The module's output registers of the scripted outcome (after it zeroed them)."""
+        step = self.outcome
+        if step is not None:
+            for r, v in step.regs.items():
+                setattr(args, r, v)
+
+    def finish_vp_enter(self, exit_reason: str, r: int, run: Any) -> None:
+        """KVM's tdx_handle_exit returned `r` for the scripted outcome: record what it did
+        (for r <= 0, the kvm_run exit it prepared, unless KVM_RUN simply failed)."""
+        rec = self.outcome_record
+        self.outcome = None
+        self.outcome_record = None
+        if rec is None:
+            return
+        rec["exit_reason"] = exit_reason
+        rec["handle_exit"] = r
+        if r > 0:
+            rec["kvm"] = "in_kernel"
+        elif r == 0 or (r == -arch.EFAULT and run.exit_reason == arch.KVM_EXIT_MEMORY_FAULT):
+            snap = run.snapshot()
+            snap["t_ns"] = self._now()
+            rec["exits"].append(snap)
+            rec["kvm"] = "userspace"
+            if r < 0:
+                rec["kvm_run"] = r
+        else:
+            rec["kvm"] = "kvm_run_error"
+            rec["kvm_run"] = r
+        rec["t_done_ns"] = self._now()
+
+
+def scripted_vp_enter_outcome(fallback: VpEnterOutcome | None) -> VpEnterOutcome:
+    """The TDX module's vp_enter_outcome hook for a run with scripted guests: the outcome a
+    ``vp_enter`` step armed for this TDH.VP.ENTER, if any, else `fallback`'s (fault
+    injection).  `fallback` draws at every SEAMCALL either way, so adding a step never
+    shifts a ``[faults]`` stream."""
+    def outcome(vcpu: Any) -> tuple[int, int | None, str | None]:
+        drawn = fallback(vcpu) if fallback is not None else (arch.TDX_SUCCESS, None, None)
+        guest = vcpu.guest
+        step = guest.take_vp_enter() if isinstance(guest, ScriptedGuest) else None
+        if step is None:
+            return drawn
+        if step.entered:
+            return arch.TDX_SUCCESS, step.status, SCRIPTED
+        return step.status, None, SCRIPTED
+    return outcome
+
+
+def scripted_vp_enter_regs(vcpu: Any, args: Any) -> None:
+    """The TDX module's vp_enter_regs hook: the scripted outcome's output registers."""
+    vcpu.guest.vp_enter_regs(args)

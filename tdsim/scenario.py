@@ -34,6 +34,8 @@ from typing import Any
 from tdsim.scenario_checks import CROSS_CHECKS, PathT, resolve_programs, resolve_strategies
 from tdsim.scenario_checks import Bad as _Bad
 from tdsim.schema import SCHEMA, ArrayOfTables, Key, Map, Table
+from tdsim.schema_doc import TYPE_NAMES, toml_text, type_name
+from tdsim.schema_doc import describe_schema as _describe_schema
 
 __all__ = ["CROSS_CHECKS", "Scenario", "ScenarioError", "apply_overrides", "describe_schema",
            "format_path", "load_scenario", "load_scenario_text", "parse_override",
@@ -327,23 +329,23 @@ def _check_value(spec: Key, value: Any, path: PathT) -> Any:
     """Check one given value against `spec`; return it (an int for a float key becomes a
     float; a NUM value stays as given)."""
     if not _is_type(value, spec.type):
-        raise _Bad(path, f"expected {_type_name(spec.type)}, got {_describe(value)}")
+        raise _Bad(path, f"expected {type_name(spec.type)}, got {_describe(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise _Bad(path, f"must be a finite number, got {_toml(value)}")
+        raise _Bad(path, f"must be a finite number, got {toml_text(value)}")
     if spec.type is float:
         value = float(value)
     if spec.item_type is not None:
         for j, item in enumerate(value):
             if not _is_type(item, spec.item_type):
-                raise _Bad(path + (j,), f"expected {_type_name(spec.item_type)}, "
+                raise _Bad(path + (j,), f"expected {type_name(spec.item_type)}, "
                                         f"got {_describe(item)}")
     if spec.choices is not None and value not in spec.choices:
-        raise _Bad(path, f"{_toml(value)} is not one of "
-                         f"{', '.join(_toml(c) for c in spec.choices)}")
+        raise _Bad(path, f"{toml_text(value)} is not one of "
+                         f"{', '.join(toml_text(c) for c in spec.choices)}")
     if spec.check is not None:
         message = spec.check(value)
         if message:
-            shown = _toml(value)
+            shown = toml_text(value)
             quoted = isinstance(value, str) and repr(value) in message
             raise _Bad(path, message if quoted else f"{message} (got {shown})")
     return copy.deepcopy(value)
@@ -372,35 +374,9 @@ def _is_type(value: Any, types: type | tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
-_TYPE_NAMES = {int: "an integer", float: "a float", str: "a string", bool: "a boolean",
-               list: "an array", dict: "a table"}
-
-
-def _type_name(types: type | tuple[type, ...]) -> str:
-    types = types if isinstance(types, tuple) else (types,)
-    if set(types) == {int, float}:
-        return "a number"
-    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-
-
-def _toml(value: Any) -> str:
-    """`value` as it would be written in TOML (for messages)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return str(value)
-
-
 def _describe(value: Any) -> str:
-    kind = _type_name(type(value)) if type(value) in _TYPE_NAMES else type(value).__name__
-    shown = _toml(value)
+    kind = type_name(type(value)) if type(value) in TYPE_NAMES else type(value).__name__
+    shown = toml_text(value)
     return f"{kind} ({shown})" if len(shown) <= 40 else kind
 
 
@@ -414,6 +390,4 @@ def _drop_none(value: Any) -> Any:
 
 def describe_schema(schema: Table = SCHEMA) -> str:
     """The schema as Markdown (``tdsim schema``); see `tdsim.schema_doc`."""
-    from tdsim.schema_doc import describe_schema as describe
-
-    return describe(schema)
+    return _describe_schema(schema)

@@ -74,7 +74,7 @@ def _check_mix(data: dict[str, Any]) -> None:
 
 
 def resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> None:
-    """Scripted guests (issue 5): inline a ``program_file`` into ``program`` (the resolved
+    """Scripted guests (`tdsim.program`): inline a ``program_file`` into ``program`` (the resolved
     scenario then carries the program itself) and check every program's steps."""
     from tdsim.program import ProgramError, compile_program, load_program_file
 
@@ -99,8 +99,8 @@ def resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> 
         if workload["program"] and vm["flavor"] != "tdx":
             raise Bad(("vm", i, "workload", "program"), "scripted guests are TDs (flavor tdx)")
         if workload["program"]:
-            # issue 4's guest behaviours are statistical (tdsim.guest_irq): a program states
-            # its calls itself
+            # the interrupt model's guest behaviours are statistical (tdsim.guest_irq): a
+            # program states its calls itself
             intr, sept = vm["interrupts"], vm["sept"]
             for key, on in ((("workload", "timer_mode"), workload["timer_mode"] == "oneshot"),
                             (("interrupts", "ipi_hz"), intr["ipi_hz"] > 0),
@@ -112,7 +112,7 @@ def resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> 
 
 
 def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
-    """issue 4: device interrupts are routed to existing vCPUs; a guest halting with
+    """Device interrupts are routed to existing vCPUs; a guest halting with
     interrupts disabled has NMIs to wake it."""
     for i, vm in enumerate(data["vm"]):
         if vm["interrupts"]["hlt_irqs_off_p"] > 0 and not vm["interrupts"]["nmi_hz"] > 0:
@@ -197,6 +197,18 @@ def _check_schedule(data: dict[str, Any]) -> None:
             raise Bad(where, "a VMX guest has no MapGPA")
 
 
+def _check_l2_statuses(data: dict[str, Any]) -> None:
+    """The exit statuses ``[faults] error_exit`` injects exist only with TD partitioning:
+    every TD must declare it (``td_partitioning``)."""
+    if not data["faults"]["error_exit"] > 0:
+        return
+    for i, vm in enumerate(data["vm"]):
+        if vm["flavor"] == "tdx" and not vm["td_partitioning"]:
+            raise Bad(("faults", "error_exit"),
+                      f"injects L2 exit statuses (TDX_TD_EXIT_BEFORE_L2_ENTRY), which only a "
+                      f"TD with L2 VMs gets: set vm[{i}].td_partitioning = true")
+
+
 def _check_warmup(data: dict[str, Any]) -> None:
     """The warm-up ends before the run does (else nothing would be measured)."""
     sim = data["sim"]
@@ -227,6 +239,16 @@ def _check_expectations(data: dict[str, Any]) -> None:
                 raise Bad(where + ("metrics", name), f"unknown metric {name!r} "
                           "(names as in the result's `metrics`; `tdsim schema` and the "
                           "README list them)")
+    scripted = [f"{vm['name']}.vcpu{i}" for vm in data["vm"] if vm["workload"]["program"]
+                for i in range(vm["vcpus"])]
+    for j, want in enumerate(expect["call"]):
+        if want["vcpu"] not in scripted:
+            raise Bad(("expect", "call", j, "vcpu"), f"{want['vcpu']!r} is not a scripted "
+                      f"vCPU (scripted: {', '.join(scripted) or 'none'})")
+    for j, want in enumerate(expect["msr"]):
+        if want["index"] not in data["vmm"]["get_msrs"]:
+            raise Bad(("expect", "msr", j, "index"), f"{want['index']:#x} is not read back: "
+                      "list it in [vmm] get_msrs")
 
 
 def _check_strategy_specs(data: dict[str, Any]) -> None:
@@ -290,5 +312,5 @@ def _absolute(spec: str, base_dir: str | os.PathLike[str]) -> str:
 # Run in order on the resolved data; each raises Bad at the first problem.  Add new
 # relations between keys here.
 CROSS_CHECKS = [_check_vm_names, _check_pins, _check_mix, _check_strategy_specs,
-                _check_device_irq_vcpus, _check_warmup, _check_expectations,
-                _check_schedule]
+                _check_device_irq_vcpus, _check_l2_statuses, _check_warmup,
+                _check_expectations, _check_schedule]

@@ -120,7 +120,7 @@ def _host_nmi(run: Injector, vcpu: KvmVcpu, detail: int) -> None:
 
 
 def _nmi(run: Injector, vcpu: KvmVcpu, detail: int) -> None:
-    interrupts.kvm_inject_nmi(vcpu)
+    interrupts.vmm_inject_nmi(vcpu)
 
 
 def _device_irq(run: Injector, vcpu: KvmVcpu, detail: int) -> None:

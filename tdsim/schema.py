@@ -6,8 +6,9 @@ at load time instead of a silently ignored knob.
 
 Times are given in the unit their name says (``_us`` or ``_ns``) and converted to integer
 nanoseconds by the model.  Costs are in nanoseconds; each carries the status of its value
-(``source`` = a number the reference cites, ``estimate`` = a stated or derived estimate,
-``placeholder`` = an UNVERIFIED calibration value) so a study can say what it rests on.
+(``source`` = a figure published for the operation, ``estimate`` = derived from a published
+figure, ``placeholder`` = a calibration guess) so a study can say what it rests on;
+docs/costs.md gives the basis of each.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from . import faults as _faults
 from . import guest as _guest
 from . import schedule as _schedule
 from . import strategies as _strategies
+from . import tdvmcall_abi as _tdvmcall_abi
 
 _Type = type  # the builtin, for annotations inside `Key` (whose field `type` shadows it)
 
@@ -34,7 +36,7 @@ class Key:
     check: Callable[[Any], str | None] | None = None  # returns an error message or None
     choices: tuple[Any, ...] | None = None
     optional: bool = False  # default None means "not set"
-    item_type: _Type | None = None  # for list keys
+    item_type: _Type | tuple[_Type, ...] | None = None  # for list keys
     index_default: str | None = None  # inside an array of tables: default, "{i}" = item index
 
 
@@ -103,6 +105,10 @@ def _strategy_check(v: str) -> str | None:
     )
 
 
+def _u64(v: Any) -> str | None:
+    return None if 0 <= v < 1 << 64 else "must be a 64-bit unsigned value"
+
+
 def _cost(default: int, status: str, plausible: tuple[int, int], doc: str) -> Key:
     """A cost key; its doc starts ``[<status>; plausible <low>-<high> ns]``, which
     `tdsim schema` prints and cost-uncertainty studies read (docs/studies.md)."""
@@ -111,30 +117,33 @@ def _cost(default: int, status: str, plausible: tuple[int, int], doc: str) -> Ke
     return Key(int, default, f"[{status}; plausible {low}-{high} ns] {doc}", non_negative)
 
 
-# Per-operation costs (reference §9).  `source` = cited in the reference; `estimate` = a stated
-# or derived estimate; `placeholder` = UNVERIFIED calibration value, change it freely.
-# `plausible` is the range a cost-uncertainty study samples: for a placeholder about half to
-# three times the default (the uncertainty of an uncalibrated guess), narrower where the
-# reference or a measurement bounds it (wrmsr_ns, ipi_ns, vmx_*); a judgement to revise with
-# every calibration.
+# Per-operation costs; docs/costs.md says where each figure comes from.  `source` = a figure
+# published for the operation; `estimate` = derived from a published figure; `placeholder` =
+# a calibration guess, change it freely.  `plausible` is the range a cost-uncertainty study
+# samples: for a placeholder about half to three times the default (the uncertainty of an
+# uncalibrated guess), narrower where a published figure or a judgement of the order of
+# magnitude bounds it (wrmsr_ns, seamcall_ns, ipi_ns, vmx_*); to revise with every
+# calibration.
 COSTS = Table(
     {
         "wrmsr_ns": _cost(35, "estimate", (25, 70),
-                          "one WRMSR; Sean Christopherson's ~300-500 cycles for 4 user-return "
-                          "WRMSRs (v5 patch, lore 20251030191528) at ~3 GHz"),
+                          "one WRMSR; from the ~300-500 cycles that commit c0711f8c610e's "
+                          "message gives for 4 user-return WRMSRs, at ~3 GHz"),
         "rdmsr_ns": _cost(30, "placeholder", (15, 90), "one RDMSR"),
+        "xsetbv_ns": _cost(60, "placeholder", (30, 180), "one XSETBV (XCR0 write)"),
+        "wrpkru_ns": _cost(10, "placeholder", (5, 30), "one WRPKRU"),
         "seamcall_ns": _cost(300, "placeholder", (100, 600),
-                             "bare SEAMCALL/SEAMRET transition pair (reference §9: several "
-                             "hundred to ~1000+ cycles, UNVERIFIED)"),
+                             "bare SEAMCALL/SEAMRET transition pair (a guess of several "
+                             "hundred to about a thousand cycles)"),
         "td_entry_ns": _cost(600, "placeholder", (300, 1800),
                              "TDH.VP.ENTER module work up to VM entry (checks, guest state load); "
                              "with td_exit_ns and seamcall_ns a TD round trip of 'thousands of "
-                             "cycles' (reference §9)"),
+                             "cycles' (commit c0711f8c610e's message)"),
         "td_exit_ns": _cost(600, "placeholder", (300, 1800),
                             "TD exit: module saves guest state, sets host fixed values, SEAMRET"),
         "first_entry_flush_ns": _cost(1500, "placeholder", (700, 4500),
-                                      "module ASID flush + IBPB when an LP switches TDVPR "
-                                      "(reference §3.4 step 7)"),
+                                      "the module's extra entry work when an LP enters another "
+                                      "vCPU than the one it last ran (TLB flush, IBPB)"),
         "vcpu_enter_guest_ns": _cost(250, "placeholder", (120, 750),
                                      "KVM bookkeeping in vcpu_enter_guest before TDH.VP.ENTER "
                                      "(request check, IRQs off, mode, late check)"),
@@ -173,7 +182,7 @@ COSTS = Table(
         "context_switch_ns": _cost(1500, "placeholder", (750, 4500),
                                    "host context switch (schedule(), switch_to)"),
         "ipi_ns": _cost(1500, "placeholder", (1000, 2000),
-                        "cross-CPU IPI delivery (reference §9: ~1-2 us, UNVERIFIED)"),
+                        "cross-CPU IPI delivery (a guess of 1-2 us)"),
         "host_irq_ns": _cost(1000, "placeholder", (500, 3000),
                              "host interrupt handler run in handle_exit_irqoff (tick, hrtimer)"),
         "tdh_vp_flush_ns": _cost(2000, "placeholder", (1000, 6000),
@@ -183,7 +192,7 @@ COSTS = Table(
         "guest_irq_ns": _cost(1000, "placeholder", (500, 3000),
                               "guest interrupt handler for a delivered posted interrupt (guest "
                               "time)"),
-        # --- issue 5 (TDVMCALL fidelity) ---
+        # --- TDVMCALL handling (docs/tdvmcall.md) ---
         "tdvmcall_simple_ns": _cost(150, "placeholder", (75, 450),
                                     "KVM handling of a TDVMCALL answered without emulation: a "
                                     "validation failure, SUBFUNC_UNSUPPORTED, GetTdVmCallInfo "
@@ -200,10 +209,9 @@ COSTS = Table(
         "vmm_system_event_ns": _cost(2000, "placeholder", (1000, 6000),
                                      "userspace VMM service time for KVM_EXIT_SYSTEM_EVENT (TDX "
                                      "fatal error report)"),
-        # --- issue 3: late entry aborts, VMX co-tenants -------------------------------------
+        # --- late entry aborts, VMX co-tenants (docs/late-aborts.md) -------------------------
         "vmx_entry_ns": _cost(500, "placeholder", (250, 750),
-                              "VMX VM entry (VMRESUME), hardware; with vmx_exit_ns ~1,000-1,500 "
-                              "cycles (reference §9, UNVERIFIED)"),
+                              "VMX VM entry (VMRESUME), hardware (a guess, as is vmx_exit_ns)"),
         "vmx_exit_ns": _cost(300, "placeholder", (150, 450), "VMX VM exit, hardware"),
         "vmx_exit_handling_ns": _cost(500, "placeholder", (250, 1500),
                                       "KVM VMX exit handling for an in-kernel exit (CPUID, MSR, "
@@ -217,7 +225,7 @@ COSTS = Table(
                                          "from vcpu->mode = IN_GUEST_MODE to the late "
                                          "kvm_vcpu_exit_request check (a kick in it aborts the "
                                          "entry)"),
-        # --- issue 4: interrupts, NMIs, SEPT zaps ---
+        # --- interrupts, NMIs, SEPT zaps (docs/interrupts.md) ---
         "icr_write_ns": _cost(150, "placeholder", (75, 450),
                               "KVM emulation of an x2APIC ICR write, per destination "
                               "(kvm_apic_send_ipi -> __apic_accept_irq -> PI post)"),
@@ -344,17 +352,50 @@ VM = Table(
         "workload": WORKLOAD,
         "interrupts": INTERRUPTS,
         "sept": SEPT,
+        "xfam": Key(int, 0x602E7, "a TD's XFAM (TD_PARAMS.xfam): the XSAVE features the TD may "
+                    "use.  After every TDH.VP.ENTER KVM runs XSETBV unless the host XCR0 "
+                    "equals xfam & kvm_caps.supported_xcr0, and writes IA32_XSS unless the "
+                    "host XSS equals xfam & kvm_caps.supported_xss "
+                    "(tdx_load_host_xsave_state).  Default: x87, SSE, AVX, AVX-512, PKRU and "
+                    "AMX, as QEMU gives a TD on a Sapphire Rapids host (= the default host "
+                    "XCR0, so no XSETBV)", _u64),
+        "td_partitioning": Key(bool, False, "the TD has L2 VMs (TD partitioning), so the TDX "
+                               "module may return the L2 exit statuses [faults] error_exit "
+                               "injects.  KVM does not support TD partitioning: a what-if "
+                               "for the exit_reason study"),
     },
     doc="A guest (TD).",
 )
 
 # --- the userspace VMM (tdsim.vmm) ---------------------------------------------------------
-def _u64(v: Any) -> str | None:
-    return None if 0 <= v < 1 << 64 else "must be a 64-bit unsigned value"
-
-
-MAP_GPA_RESULTS = ("success", "eagain", "einval")
+MAP_GPA_RESULTS = ("success", "eagain", "einval", "keep")
 MSR_EXIT_REASONS = ("inval", "unknown", "filter")
+MSR_FILTER_FLAGS = ("read", "write")
+
+
+def _vmm_ret(v: Any) -> str | None:
+    """One answer for ``hypercall.ret``: a name or any 64-bit value (negative = two's
+    complement)."""
+    if isinstance(v, str):
+        return None if v in MAP_GPA_RESULTS else (
+            f"{v!r} is not one of {', '.join(MAP_GPA_RESULTS)} (or give a number)")
+    return None if -(1 << 63) <= v < 1 << 64 else "must fit in 64 bits"
+
+
+def _map_gpa_results(v: Any) -> str | None:
+    if not v:
+        return "must be a non-empty list"
+    for item in v:
+        message = _vmm_ret(item)
+        if message:
+            return message
+    return None
+
+
+def _msr_flags(v: Any) -> str | None:
+    if v and all(f in MSR_FILTER_FLAGS for f in v):
+        return None
+    return f"must be a non-empty list of {', '.join(MSR_FILTER_FLAGS)}"
 
 VMM_DEVICE = Table(
     {
@@ -367,6 +408,8 @@ VMM_DEVICE = Table(
                           "size)", _u64),
         "ioeventfd": Key(bool, False, "writes are claimed in the kernel (KVM_IOEVENTFD on the "
                          "PIO/MMIO bus): no userspace exit; reads still go to the VMM"),
+        "in_kernel_read": Key(bool, False, "reads are answered in the kernel (a device on "
+                              "KVM's PIO/MMIO bus): R11 = read_value with no userspace exit"),
         "service_ns": Key(int, None, "VMM service time for this device's exits (default: "
                           "costs.vmm_io_ns / costs.vmm_mmio_ns)", non_negative, optional=True),
     },
@@ -381,8 +424,49 @@ VMM_CPUID = Table(
         "ebx": Key(int, 0, "EBX", _u64),
         "ecx": Key(int, 0, "ECX", _u64),
         "edx": Key(int, 0, "EDX", _u64),
+        "significant_index": Key(bool, None, "KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the entry "
+                                 "answers only its own sub-leaf (default: set for the leaves "
+                                 "KVM indexes, 4, 7, 0xb, 0xd, ...; an entry without it "
+                                 "answers every sub-leaf)", optional=True),
     },
-    doc="A CPUID entry the VMM gave KVM (KVM_SET_CPUID2); leaves not listed read as 0.",
+    doc="A CPUID entry the VMM gave KVM (KVM_SET_CPUID2), in order (the first match wins).  "
+        "A leaf the table lacks reads as KVM's kvm_cpuid gives it: zeros inside its range, "
+        "the maximum basic leaf above it (Intel vendor; docs/tdvmcall.md).",
+)
+
+VMM_SET_MSR = Table(
+    {
+        "index": Key(int, 0, "MSR index", _u64),
+        "value": Key(int, 0, "value written", _u64),
+        "vcpus": Key(list, None, "vCPU indices it is set on (default: all)", optional=True,
+                     item_type=int),
+    },
+    doc="A host-initiated write the VMM makes before the first KVM_RUN (KVM_SET_MSRS), "
+        "through KVM's emulation of that MSR; a refused write stops the ioctl (listed in the "
+        "result's vmm.set_msrs).",
+)
+
+VMM_MSR_FILTER_RANGE = Table(
+    {
+        "flags": Key(list, ["read", "write"], "accesses the range applies to", _msr_flags,
+                     item_type=str),
+        "base": Key(int, 0, "first MSR of the range", _u64),
+        "nmsrs": Key(int, 1, "MSRs in the range", positive),
+        "bitmap": Key(int, None, "bit i allows MSR base + i (default: all allowed)",
+                      optional=True, check=lambda v: None if v >= 0 else "must be >= 0"),
+    },
+    doc="One range of the MSR filter; the first range containing the MSR for the access "
+        "decides.",
+)
+
+VMM_MSR_FILTER = Table(
+    {
+        "default_allow": Key(bool, True, "the filter's action for an MSR no range covers "
+                             "(false = KVM_MSR_FILTER_DEFAULT_DENY)"),
+        "range": ArrayOfTables(VMM_MSR_FILTER_RANGE, min_items=0, default_items=0),
+    },
+    doc="KVM_X86_SET_MSR_FILTER (x2APIC MSRs are never filtered).  Without ranges, deny "
+        "lists or default_allow = false there is no filter.",
 )
 
 VMM_MSR = Table(
@@ -400,12 +484,13 @@ VMM = Table(
         "exit_hypercall": Key(bool, True, "KVM_CAP_EXIT_HYPERCALL enabled for "
                               "KVM_HC_MAP_GPA_RANGE (QEMU enables it; without it KVM answers "
                               "MapGPA with SUBFUNC_UNSUPPORTED)"),
-        "map_gpa_results": Key(list, ["success"], "the VMM's answer to each successive "
-                               "KVM_EXIT_HYPERCALL(KVM_HC_MAP_GPA_RANGE), the last repeating: "
-                               "success, eagain (-EAGAIN) or einval (-EINVAL)", item_type=str,
-                               check=lambda v: None if v and all(
-                                   r in MAP_GPA_RESULTS for r in v) else
-                               f"must be a non-empty list of {', '.join(MAP_GPA_RESULTS)}"),
+        "map_gpa_results": Key(list, ["success"], "the VMM's hypercall.ret for each successive "
+                               "KVM_EXIT_HYPERCALL(KVM_HC_MAP_GPA_RANGE) of a vCPU, the last "
+                               "repeating: success (0), eagain (EAGAIN, 11), einval (EINVAL, "
+                               "22) -- the positive errnos today's KVM takes -- keep (leave "
+                               "ret as KVM set it), or any number (a negative one as its "
+                               "64-bit two's complement)", item_type=(str, int),
+                               check=_map_gpa_results),
         "get_quote_ret": Key(int, 0, "TDVMCALL status the VMM puts in kvm_run for GetQuote "
                              "(0 = SUCCESS: the request is queued)", _u64),
         "setup_event_notify_ret": Key(int, 0, "TDVMCALL status the VMM returns for "
@@ -425,13 +510,28 @@ VMM = Table(
                          check=lambda v: None if all(r in MSR_EXIT_REASONS for r in v) else
                          f"items must be among {', '.join(MSR_EXIT_REASONS)}"),
         "msr_filter_deny_read": Key(list, [], "MSR indices the VMM's MSR filter "
-                                    "(KVM_X86_SET_MSR_FILTER, default allow) denies for reads",
-                                    item_type=int),
+                                    "(KVM_X86_SET_MSR_FILTER) denies for reads (one-MSR ranges "
+                                    "ahead of msr_filter.range)", item_type=int),
         "msr_filter_deny_write": Key(list, [], "MSR indices the MSR filter denies for writes",
                                      item_type=int),
+        "msr_filter": VMM_MSR_FILTER,
+        "kvm_pv_features": Key(int, None, "PV feature bits of the guest CPUID (the VMM adds the "
+                               "KVM signature leaf 0x40000000 and 0x40000001 EAX = this to its "
+                               "table; bits: PV_UNHALT 7, PV_SEND_IPI 11, POLL_CONTROL 12, "
+                               "PV_SCHED_YIELD 13)", optional=True,
+                               check=lambda v: None if 0 <= v < 1 << 32 else
+                               "must be a 32-bit value"),
+        "enforce_pv_feature_cpuid": Key(bool, False, "KVM_CAP_ENFORCE_PV_FEATURE_CPUID on every "
+                                        "vCPU: KVM refuses the PV hypercalls and MSRs whose "
+                                        "feature bit the guest CPUID lacks (without it KVM "
+                                        "allows them all)"),
+        "get_msrs": Key(list, [], "MSRs the VMM reads back from every vCPU at the end of the "
+                        "run (KVM_GET_MSRS, host-initiated), reported in the result's "
+                        "vmm.get_msrs", item_type=int),
         "device": ArrayOfTables(VMM_DEVICE, min_items=0, default_items=0),
         "cpuid": ArrayOfTables(VMM_CPUID, min_items=0, default_items=0),
         "msr": ArrayOfTables(VMM_MSR, min_items=0, default_items=0),
+        "set_msr": ArrayOfTables(VMM_SET_MSR, min_items=0, default_items=0),
     },
     doc="The userspace VMM: its answers to KVM's exits and the KVM capabilities it enables.",
 )
@@ -551,9 +651,51 @@ def _expect_keys() -> dict[str, Any]:
     }
 
 
+EXPECT_CALL = Table(
+    {
+        "vcpu": Key(str, "td0.vcpu0", "the scripted vCPU (dotted name, as in the result's "
+                    "`calls`)"),
+        "step": Key(int, 0, "the program step (its number in the calls table)",
+                    non_negative),
+        "nth": Key(int, 1, "which record of that step (a step in a loop runs several times)",
+                   positive),
+        "status": Key(str, None, "R10's status name the guest got back (SUCCESS, "
+                      "INVALID_OPERAND, ...)", optional=True),
+        "kvm": Key(str, None, "in_kernel, userspace or kvm_run_error", optional=True),
+        "regs_out": Key(dict, None, "registers the guest got back, e.g. { r10 = 0, r11 = 0x42 "
+                        "} (those given are compared)", optional=True),
+        "regs_written": Key(list, None, "exactly the registers of R10..R15 KVM wrote back",
+                            optional=True, item_type=str),
+        "exits": Key(list, None, "the exits to userspace, in order: one table each, compared "
+                     "on the keys it gives (e.g. { exit_reason = \"KVM_EXIT_MMIO\", mmio = "
+                     "{ phys_addr = 0x1000, len = 4 } }; `before_vmm` = kvm_run as KVM filled "
+                     "it)", optional=True, item_type=dict),
+        "vp_enter_ret": Key(int, None, "a vp_enter step's TDH.VP.ENTER status", optional=True),
+        "exit_reason": Key(str, None, "a vp_enter step: the exit reason KVM derived "
+                           "(INVALID for an error status)", optional=True),
+        "handle_exit": Key(int, None, "a vp_enter step: what tdx_handle_exit returned",
+                           optional=True),
+        "kvm_run": Key(int, None, "KVM_RUN's error (e.g. -22)", optional=True),
+    },
+    doc="A scripted call (or vp_enter outcome) the run must record with these values; "
+        "the keys not given are not checked.",
+)
+
+EXPECT_MSR = Table(
+    {
+        "vcpu": Key(str, "td0.vcpu0", "the vCPU"),
+        "index": Key(int, 0, "the MSR (listed in [vmm] get_msrs)", _u64),
+        "value": Key(int, None, "what KVM_GET_MSRS reads at the end (unset: the read must "
+                     "fail)", optional=True),
+    },
+    doc="An MSR value KVM_GET_MSRS must read back at the end of the run.",
+)
+
 EXPECT = Table(
     {
         **_expect_keys(),
+        "call": ArrayOfTables(EXPECT_CALL, min_items=0, default_items=0),
+        "msr": ArrayOfTables(EXPECT_MSR, min_items=0, default_items=0),
         "strategy": Map(None, Table(_expect_keys()),
                         doc="more expectations for the run of one strategy, added to the "
                             "ones above; the keys of `[expect.strategy]` are strategy names "
@@ -595,6 +737,20 @@ SCHEMA = Table(
                 "nmi_hz": Key(NUM, 0.0, "host NMIs (perf / NMI watchdog) per CPU per second; "
                               "one hitting a running TD is an EXCEPTION_NMI exit; 0 = off",
                               non_negative),
+                # host state a TD exit can leave changed (docs/host-state.md)
+                "debugctl": Key(int, 0, "IA32_DEBUGCTL as the host runs with it (LBR, BTS, "
+                                "bus-lock detection): a bit outside BTF | FREEZE_PERFMON_ON_PMI "
+                                "| FREEZE_IN_SMM (0x5002) makes tdx_vcpu_run rewrite it after "
+                                "every TDH.VP.ENTER; 0 = none in use", _u64),
+                "xcr0": Key(int, 0x602E7, "the host's XCR0 (x87, SSE, AVX, AVX-512, PKRU, AMX: "
+                            "a Sapphire Rapids host)", _u64),
+                "xss": Key(int, 0x800, "the host's IA32_XSS (default CET_USER: a kernel with "
+                           "user shadow stacks); KVM rewrites it after every TDH.VP.ENTER "
+                           "unless it equals the TD's xfam & kvm_caps.supported_xss", _u64),
+                "pkru": Key(int, 0x55555554, "PKRU of the VMM threads (the kernel's default "
+                            "init_pkru_value with protection keys: only key 0 accessible); "
+                            "non-zero -> WRPKRU after every TDH.VP.ENTER; 0 = a host without "
+                            "OSPKE", _u64),
             }
         ),
         "kvm": Table(
@@ -613,11 +769,15 @@ SCHEMA = Table(
                                    "order) copied to regs[] after every exit and back before "
                                    "every entry; counted as regs.copies / regs.bytes",
                                    choices=("in_place", "copy")),
-                "tdvmcall_abi": Key(str, "current", "KVM's TDVMCALL handling: \"current\" "
-                                    "(SetupEventNotifyInterrupt forwarded; MapGPA EAGAIN -> "
-                                    "RETRY) or \"v6.16\" (as first merged: "
-                                    "SetupEventNotifyInterrupt unsupported; any MapGPA error "
-                                    "-> INVALID_OPERAND)", choices=("current", "v6.16")),
+                "tdvmcall_abi": Key(str, "current", "the generation of KVM's TDVMCALL handling "
+                                    "(tdsim/tdvmcall_abi.py, docs/tdvmcall.md): \"current\" "
+                                    "(kvm-x86: MapGPA takes positive EAGAIN/EINVAL from the "
+                                    "VMM, other values fail KVM_RUN; 16 x2APIC registers "
+                                    "emulated), \"v6.16\" (the release: any MapGPA error -> "
+                                    "INVALID_OPERAND; the x2APIC range emulated), "
+                                    "\"v6.16-rc1\" (as first merged: also no "
+                                    "SetupEventNotifyInterrupt)",
+                                    choices=tuple(_tdvmcall_abi.GENERATIONS)),
                 # how tdx_to_vmx_exit_reason reads vp_enter_ret (docs/late-aborts.md)
                 "exit_reason": Key(str, "checked", "TDX exit-status handling: checked = bits "
                                    "15:0 are an exit reason only for the five valid statuses "
@@ -634,6 +794,11 @@ SCHEMA = Table(
                                               "entry until the deadline when the timer vector "
                                               "is pending; fixed (no adaptive tuning); 0 = off",
                                               non_negative),
+                "supported_xss": Key(int, 0, "KVM_SUPPORTED_XSS: the supervisor XSAVE features "
+                                     "KVM virtualizes (kvm_caps.supported_xss = host xss & "
+                                     "this).  0 as in Linux 6.16 (no CET virtualization); "
+                                     "0x1800 (CET_USER | CET_KERNEL) for a KVM with CET",
+                                     _u64),
             }
         ),
         "vm": ArrayOfTables(VM, min_items=1, default_items=1),

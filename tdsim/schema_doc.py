@@ -1,9 +1,13 @@
 """The scenario reference (``tdsim schema``): the schema as Markdown, one section per table
-and one row per key with its type, default, limits and meaning."""
+and one row per key with its type, default, limits and meaning; and how a key's type and a
+value are spelt to a reader (`type_name`, `toml_text`), in that reference and in the
+loader's error messages alike (`tdsim.scenario`)."""
 
 from __future__ import annotations
 
-from tdsim.scenario import _toml, _type_name
+import math
+from typing import Any
+
 from tdsim.schema import (
     SCHEMA,
     ArrayOfTables,
@@ -15,6 +19,33 @@ from tdsim.schema import (
     probability,
     probability_below_one,
 )
+
+TYPE_NAMES = {int: "an integer", float: "a float", str: "a string", bool: "a boolean",
+              list: "an array", dict: "a table"}
+
+
+def type_name(types: type | tuple[type, ...]) -> str:
+    """How a key's type reads in the scenario reference and in error messages ("an integer")."""
+    types = types if isinstance(types, tuple) else (types,)
+    if set(types) == {int, float}:
+        return "a number"
+    return " or ".join(TYPE_NAMES.get(t, t.__name__) for t in types)
+
+
+def toml_text(value: Any) -> str:
+    """`value` as it would be written in TOML (for messages)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return str(value)
+
 
 _CHECK_TEXT = {positive: "> 0", non_negative: ">= 0", probability: "0 to 1",
                probability_below_one: "0 to < 1"}
@@ -65,32 +96,32 @@ def _describe_table(table: Table, name: str, out: list[str], heading: str | None
                     "| key | default |", "|---|---|"]
             if s.default:
                 out[-2:-2] = ["The defaults apply when the table is absent; when it is given, "
-                              f"keys it does not name are {_toml(s.value.default)}.", ""]
+                              f"keys it does not name are {toml_text(s.value.default)}.", ""]
             if s.allowed is None:
                 out[-2:] = ["Keys: any name."]
             else:
-                out += [f"| `{a}` | {_toml(s.default.get(a, s.value.default))} |"
+                out += [f"| `{a}` | {toml_text(s.default.get(a, s.value.default))} |"
                         for a in s.allowed]
             out.append("")
 
 
 def _bare_type(types: type | tuple[type, ...]) -> str:
     """``"integer"`` rather than ``"an integer"``."""
-    return _type_name(types).split(" ", 1)[1]
+    return type_name(types).split(" ", 1)[1]
 
 
 def _default_text(key: Key) -> str:
     if key.index_default is not None:
-        return "`" + _md(_toml(key.index_default.format(i="<i>"))) + "`"
+        return "`" + _md(toml_text(key.index_default.format(i="<i>"))) + "`"
     if key.default is None:
         return "unset"
-    return "`" + _md(_toml(key.default)) + "`"
+    return "`" + _md(toml_text(key.default)) + "`"
 
 
 def _limits_text(key: Key) -> str:
     parts = []
     if key.choices is not None:
-        parts.append("one of " + ", ".join(f"`{_toml(c)}`" for c in key.choices))
+        parts.append("one of " + ", ".join(f"`{toml_text(c)}`" for c in key.choices))
     if key.check is not None and key.check in _CHECK_TEXT:
         parts.append(_CHECK_TEXT[key.check])
     return _md("; ".join(parts))

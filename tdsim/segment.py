@@ -36,12 +36,14 @@ The phase and the landmarks are set only here and by the run loop (`tdsim.kvm_x8
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from simpy import Interrupt, Timeout
 
 from .host import GUEST, HOST_IRQ, KVM, RESCHED, Cause, HostIrq, ProcessGenerator, Thread
+from .oracles import NEED_RESCHED
 
 if TYPE_CHECKING:
     from .host import HostCpu
@@ -72,11 +74,9 @@ class VcpuSegment(Thread):
     is_vcpu = True
     category = KVM
 
-    # provided by KvmVcpu: the kernel's predicate the late check evaluates, and the mode
+    # provided by KvmVcpu: the mode, and the kernel's predicate the late check evaluates
     mode: int
-
-    def kvm_vcpu_exit_request(self) -> bool:
-        raise NotImplementedError
+    kvm_vcpu_exit_request: Callable[[], bool]
 
     def init_segment(self) -> None:
         self.phase = PH_WAIT
@@ -86,10 +86,15 @@ class VcpuSegment(Thread):
         self.t_guest_end = 0  # the guest's planned exit
         self.seg_ran = 0      # guest time that ran before a cut (the rest is still to run)
         self.seg_cut: HostIrq | None = None  # what cut the last entry segment short
+        # (oracle bookkeeping, tdsim.oracles) what kvm_vcpu_exit_request() reads that became
+        # pending, and when: {part: (t_ns, label)}
+        self.exit_work: dict[str, tuple[int, str]] = {}
 
     # --- the one interface ------------------------------------------------------------------
     def disturb(self, cause: Cause) -> None:
         """Something reaches this vCPU thread now; see the module docstring."""
+        if cause is RESCHED:  # (the scheduler has just set need_resched)
+            self.raise_exit_work(NEED_RESCHED, "need_resched")
         phase = self.phase
         if phase == PH_SEG:
             now = self.env.now
@@ -111,6 +116,15 @@ class VcpuSegment(Thread):
                 phase == PH_POLL and (cause is RESCHED or cause is WAKE)):
             self.phase = PH_KERNEL
             self._interrupt(cause)
+
+    def raise_exit_work(self, part: str, label: str) -> None:
+        """(Oracle bookkeeping, `tdsim.oracles`) `part` of what kvm_vcpu_exit_request()
+        reads has just become pending (`label` says what): remember when, and trace it."""
+        now = self.env._now
+        self.exit_work[part] = (now, label)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(now, "exit_request", self.cpu.index, self.name, part=part, what=label)
 
     def seg_guest_runs(self) -> bool:
         """The current segment enters the guest (not refused, not an injected exit)."""

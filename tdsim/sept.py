@@ -24,7 +24,8 @@ else in the model); a vCPU that planned its entry before the flag was set but ha
 reached the late exit-request check is aborted there as a kick (the real one would see the
 flag a few hundred ns later in tdx_vcpu_run).
 
-Private-page faults (``private_fault_hz``; ``tdx_handle_ept_violation``): the guest's EPT
+Private-page faults (``private_fault_hz``; the local retry loop of
+``tdx_handle_ept_violation``): the guest's EPT
 violation on a private page not yet mapped, and KVM's local retry loop while TDH.MEM.PAGE.AUG
 is busy (``aug_busy_p``).
 
@@ -41,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 from simpy import AllOf
 
 from . import arch
+from .arch import OUTSIDE_GUEST_MODE
 from .host import ProcessGenerator
-from .kvm_x86 import OUTSIDE_GUEST_MODE
 from .rng import exp_ns
 from .tdx_module import seamcall_keys
 
@@ -156,13 +157,21 @@ def check_end(findings: Findings, now: int, zappers: list[SeptZapper]) -> None:
     `STUCK_WAIT_NS` (an ack is due one IPI and one TD exit after the kick)."""
     for z in zappers:
         if z.waiting_since >= 0 and now - z.waiting_since > STUCK_WAIT_NS:
-            findings.record("zap_stuck", -1, None,
+            waited = [v for v in z.vm.vcpus
+                      if v.outside_ack is not None and not v.outside_ack.triggered]
+            first = waited[0] if waited else None
+            names = ", ".join(v.name for v in waited) or "none"
+            findings.record("zap_stuck", first.cpu.index if first else -1,
+                            first.name if first else None,
                             f"{z.vm.name}: KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait "
-                            f"waiting since {z.waiting_since}")
+                            f"waiting since {z.waiting_since} for {names}",
+                            cause=(z.waiting_since, "KVM_REQ_OUTSIDE_GUEST_MODE kick of "
+                                   f"{names}, never acknowledged"))
 
 
-def tdx_handle_ept_violation(vcpu: VcpuTdx, cpu: HostCpu) -> int:
-    """tdx_handle_ept_violation on a private GPA -> __vmx_handle_ept_violation ->
+def private_fault_retry_loop(vcpu: VcpuTdx, cpu: HostCpu) -> int:
+    """The private-GPA half of tdx_handle_ept_violation (`tdsim.vt`) for the guest's
+    statistical private-fault stream: __vmx_handle_ept_violation ->
     kvm_mmu_page_fault (forced write) -> TDP MMU fault path -> TDH.MEM.PAGE.AUG, with TDX's
     local retry loop: while the result is RET_PF_RETRY (AUG returned OPERAND_BUSY) KVM
     retries *without re-entering the TD* -- re-entering to re-fault would feed the module's

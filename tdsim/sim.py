@@ -33,12 +33,13 @@ _STOPPED = object()  # the value of the event `Simulation.request_stop` schedule
 
 # Totals the model does not count itself: each is the sum of its parts, derived here.
 _SUMS = (("exits.reason.", "exits"), ("late_abort.", "late_abort"),
-         ("userspace_exits.reason.", "userspace_exits"), ("vcpu_put.cause.", "vcpu_put"))
+         ("userspace_exits.reason.", "userspace_exits"), ("vcpu_put.cause.", "vcpu_put"),
+         ("kvm_bug.", "kvm_bug"), ("kernel_warn.", "kernel_warn"))
 
 
 def with_sums(stat: dict[str, int]) -> dict[str, int]:
-    """`stat` with its derived totals: exits, late_abort, userspace_exits, vcpu_put and
-    seamcall.<LEAF> (the sum over its statuses)."""
+    """`stat` with its derived totals: exits, late_abort, userspace_exits, vcpu_put,
+    kvm_bug, kernel_warn and seamcall.<LEAF> (the sum over its statuses)."""
     out = dict(stat)
     for key, value in stat.items():
         for prefix, total in _SUMS:
@@ -72,6 +73,7 @@ class Simulation:
             apply(self.model, variants)
         self._warm: dict[str, Any] | None = None
         self._control_events = 0  # chunk boundaries and stops: not the model's events
+        self._cpu_s = 0.0  # process CPU time of the simulation loop
 
     # the built components, for tests and tools that look inside a run
     @property
@@ -149,9 +151,10 @@ class Simulation:
         if 0 < self.warmup_ns < self.duration_ns:
             model.env.process(self._warmup())
         model.start_sources()
-        wall0 = time.perf_counter()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         partial = self._simulate(progress, chunk_ns)
         wall = time.perf_counter() - wall0
+        self._cpu_s = time.process_time() - cpu0
         if partial:
             self.duration_ns = model.env.now  # collect what happened up to the stop
         result = self._collect(wall)
@@ -253,6 +256,7 @@ class Simulation:
         sim_events = next(model.env._eid) - self._control_events
         perf = {
             "wall_s": round(wall_s, 6),
+            "cpu_s": round(self._cpu_s, 6),
             "sim_events": sim_events,
             "td_exits": exits,
             "events_per_td_exit": round(sim_events / exits, 4) if exits else None,

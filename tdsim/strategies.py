@@ -29,7 +29,15 @@ What a hook may use:
   ``update_cache(slot, value)`` = kvm_user_return_msr_update_cache (no WRMSR),
   ``on_user_return(site)`` = the notifier body.  Slots are the MSR indices.
 * ``vcpu.msr_host_kernel_gs_base`` (vt field), ``vcpu.host_gsbase()`` (current->thread.gsbase),
-  ``vcpu.guest_entered`` (free for a strategy's own per-vCPU flag).
+  ``vcpu.guest_entered`` (free for a strategy's own per-vCPU flag), ``vcpu.host_debugctl``
+  (the host DEBUGCTL that tdx_vcpu_run restores after every TDH.VP.ENTER when it has bits the
+  module does not preserve).
+
+The class attribute ``host_debugctl_at_entry`` says where the host DEBUGCTL is read: at every
+entry, by vcpu_enter_guest (today's KVM, the default), or -- False, as Linux 6.16 did -- by
+the strategy's own ``prepare_switch_to_guest``, once per load (`V616`).  The restores after
+every TDH.VP.ENTER (DEBUGCTL, PKRU, XCR0, IA32_XSS: tdx_vcpu_run) are KVM's, the same under
+every strategy.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ class StrategyVcpu(Protocol):
     name: str
     msr_host_kernel_gs_base: int
     guest_entered: bool
+    host_debugctl: int
 
     def host_gsbase(self) -> int: ...
 
@@ -89,6 +98,7 @@ class HostStateStrategy:
     """Base class: every hook does nothing.  Override what your design needs."""
 
     name = "base"
+    host_debugctl_at_entry = True
 
     def prepare_switch_to_guest(self, vcpu: StrategyVcpu, cpu: HostCpu) -> None:
         """tdx_prepare_switch_to_guest body, run once per vcpu_load (while
@@ -131,9 +141,11 @@ class V616(HostStateStrategy):
     (docs/late-aborts.md)."""
 
     name = "v6.16"
+    host_debugctl_at_entry = False
 
     def prepare_switch_to_guest(self, vcpu: StrategyVcpu, cpu: HostCpu) -> None:
         vcpu.msr_host_kernel_gs_base = vcpu.host_gsbase()
+        vcpu.host_debugctl = cpu.rdmsr(arch.MSR_IA32_DEBUGCTLMSR)  # get_debugctlmsr()
 
     def vcpu_enter_exit(self, vcpu: StrategyVcpu, cpu: HostCpu, vp_enter_ret: int) -> None:
         vcpu.guest_entered = True

@@ -13,15 +13,18 @@ the vCPU's ``vp_enter_args``.  What happens at VM entry (the CPU's PIR processin
 module's NMI injection) is applied at the exit, when it is known that the guest ran.
 
 Fault injection (`tdsim.faults`) can make the module refuse an entry or enter and exit at once
-with a chosen status; the vCPU records which (``seg_fault``) for KVM's counters.
+with a chosen status; the vCPU records which (``seg_fault``) for KVM's counters.  A scripted
+guest's ``vp_enter`` step does the same through the same hook, deterministically (kind
+``"scripted"``), and gives the output registers the module would return (``vp_enter_regs``,
+applied after the module zeroed them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from simpy import Interrupt
+from simpy import Interrupt, Timeout
 
 from . import arch
 
@@ -29,9 +32,60 @@ if TYPE_CHECKING:
     from .clock import Environment
     from .config import Costs
     from .findings import Findings
-    from .host import HostCpu
-    from .kvm_tdx import VcpuTdx
+    from .host import Cause, HostCpu
     from .trace import Tracer
+
+
+class TdState(Protocol):
+    """What the TDX module reads of a TD (the KVM side is `tdsim.kvm_tdx.KvmTdx`): its epoch
+    lock window, the window in which no vCPU may enter, and the host state its exits leave."""
+
+    @property
+    def epoch_lock_t0(self) -> int: ...
+    @property
+    def epoch_lock_t1(self) -> int: ...
+    @property
+    def zap_excl_t0(self) -> int: ...
+    @property
+    def zap_excl_t1(self) -> int: ...
+    @property
+    def module_exit_msrs(self) -> dict[int, int]: ...
+    @property
+    def module_exit_xcr0(self) -> int: ...
+
+
+class TdVcpu(Protocol):
+    """What the TDX module touches of a TD vCPU (`tdsim.kvm_tdx.VcpuTdx` implements it): its
+    TDVPR state (association, fields), the entry segment the SEAMCALL spends its time in
+    (`tdsim.segment`), and the guest's side of the entry and exit.  Declared here so that the
+    module's layer does not import KVM's."""
+
+    name: str
+    module_assoc_cpu: HostCpu | None
+    module_fields: dict[str, int]
+    pi_src: dict[int, tuple[int, str]]
+    seg_pi: int
+    seg_status: int
+    seg_exit: int | None
+    seg_fault: str | None
+    t_enter: int
+    t_seamcall: int
+    exit_work: dict[str, tuple[int, str]]
+
+    @property
+    def tdx_vm(self) -> TdState: ...
+    @property
+    def entry_ns(self) -> int: ...
+    @property
+    def guest(self) -> Any: ...
+    def begin_entry(self, cpu: HostCpu, guest_ns: int, exit_ns: int) -> Timeout: ...
+    def end_entry(self) -> None: ...
+    def cut_entry(self, cause: Cause, cut_exit_ns: int) -> Generator[Any, Any, Any]: ...
+    def run_entry(self, cpu: HostCpu, guest_ns: int, exit_ns: int,
+                  cut_exit_ns: int) -> Generator[Any, Any, Any]: ...
+    def plan_guest_run(self) -> int: ...
+    def at_td_entry(self, cut: Any) -> None: ...
+    def at_td_exit(self, cut: Any) -> int: ...
 
 
 # Refusals raised after check_and_associate_vcpu (in tdh_vp_enter.c): the vCPU is associated
@@ -40,16 +94,21 @@ ASSOCIATES = frozenset({"zero_step", "tsc_rollback", "inconsistent_msr", "operan
 # The zero-step mitigation's synthesized EPT violation: RCX = write-access qualification.
 EPT_VIOLATION_WRITE_QUAL = 0x2
 ZERO_STEP_GPA = 0x7FF000
-# Injected exit statuses of an entered TD that are not entry aborts (faults.<kind> counters)
+# The module outcome a scripted guest's vp_enter step forced (tdsim.program)
+SCRIPTED = "scripted"
+# Injected exit statuses of an entered TD that are not entry aborts, and scripted outcomes
+# (faults.<kind> counters)
 INJECTED_EXIT_KEYS = {k: f"faults.{k}" for k in ("non_recoverable", "error_exit",
-                                                 "genuine_ept_misconfig")}
+                                                 "genuine_ept_misconfig", SCRIPTED)}
 # The 13 registers of struct tdx_module_args, in its order.
 TDX_MODULE_ARGS = ("rcx", "rdx", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
                    "rbx", "rdi", "rsi")
 
-# What TDH.VP.ENTER does this time, when fault injection decides: (status or TDX_SUCCESS,
-# injected exit status or None, kind or None); see tdsim.faults.
+# What TDH.VP.ENTER does this time, when fault injection or a script decides: (status or
+# TDX_SUCCESS, injected exit status or None, kind or None); see tdsim.faults, tdsim.build.
 VpEnterOutcome = Callable[[Any], tuple[int, "int | None", "str | None"]]
+# The output registers of a scripted outcome, written over the zeroed vp_enter_args
+VpEnterRegs = Callable[[Any, "TdxModuleArgs"], None]
 
 
 class TdxModuleArgs:
@@ -86,6 +145,7 @@ def seamcall_keys(leaf: int, status: int) -> tuple[str, str]:
 
 _VP_ENTER_SUCCESS_KEY = seamcall_keys(arch.TDH_VP_ENTER, arch.TDX_SUCCESS)[1]
 _STATUS = arch.TDX_SEAMCALL_STATUS_MASK
+_BUSY_TD_EPOCH = arch.TDX_OPERAND_BUSY | arch.TDX_OPERAND_ID_TD_EPOCH
 
 
 class TdxModule:
@@ -97,9 +157,12 @@ class TdxModule:
         self.env = env
         self.costs = costs
         self.vp_enter_outcome: VpEnterOutcome | None = None  # fault injection, if any
+        self.c_td_exit = costs.td_exit_ns
+        self.c_first_entry_flush = costs.first_entry_flush_ns
+        self.vp_enter_regs: VpEnterRegs | None = None  # a scripted outcome's registers
         self.findings = findings
         self.tracer = tracer
-        self.lp_last_tdvpr: list[VcpuTdx | None] = [None] * ncpus
+        self.lp_last_tdvpr: list[TdVcpu | None] = [None] * ncpus
 
     def count(self, cpu: HostCpu, leaf: int, status: int) -> None:
         """Count (and trace) one SEAMCALL issued on `cpu` and the status it returned."""
@@ -111,58 +174,50 @@ class TdxModule:
                         leaf=arch.SEAMCALL_NAMES[leaf], status=arch.tdx_status_name(status))
 
     # --- TDH.VP.ENTER --------------------------------------------------------------------
-    def tdh_vp_enter(self, vcpu: VcpuTdx, cpu: HostCpu,
+    def tdh_vp_enter(self, vcpu: TdVcpu, cpu: HostCpu,
                      args: TdxModuleArgs) -> Generator[Any, Any, int]:
         """SEAMCALL TDH.VP.ENTER: enter the TD and return at its next exit.  Returns the
         64-bit status (class in bits 63:32, VMX exit reason in 31:0); the output registers
         are in `args`.  A refused entry returns at once with an error status, and the host
         MSRs untouched."""
-        costs = self.costs
-        vcpu.t_seamcall = self.env._now + cpu.acc
-        status = self.tdh_vp_enter_checks(vcpu, cpu)
-        injected: int | None = None
-        fault: str | None = None
-        if status == arch.TDX_SUCCESS:
-            outcome = self.vp_enter_outcome
-            if outcome is not None:
-                status, injected, fault = outcome(vcpu)
+        vcpu.t_seamcall = t_seamcall = self.env._now + cpu.acc
+        # the module's pre-entry checks (tdh_vp_enter.c, in order; none has a side effect):
+        # a vCPU associated with another LP cannot be entered here (KVM must TDH.VP.FLUSH it
+        # there first); while TDH.MEM.TRACK holds the TD epoch lock the entry is busy
+        assoc = vcpu.module_assoc_cpu
+        vm = vcpu.tdx_vm
+        if assoc is not None and assoc is not cpu:
+            status = self.vcpu_associated_elsewhere(vcpu, cpu, assoc)
+        elif vm.epoch_lock_t0 <= t_seamcall < vm.epoch_lock_t1:
+            status = _BUSY_TD_EPOCH
         else:
-            fault = "vcpu_associated"
-        vcpu.seg_status = status
-        vcpu.seg_exit = injected
-        vcpu.seg_fault = fault
-        if status:  # != TDX_SUCCESS
-            cpu.acc += costs.seamcall_ns
-            yield from vcpu.run_entry(cpu, 0, 0, costs.td_exit_ns)
-            vcpu.seg_pi = 0
-            return self.tdh_vp_enter_refused(vcpu, cpu, status, fault, args)
+            status = 0  # TDX_SUCCESS
+        outcome = self.vp_enter_outcome
+        if status or outcome is not None:  # refused, or fault injection decides
+            return (yield from self.vp_enter_unusual(vcpu, cpu, args, status, outcome))
+        vcpu.seg_status = 0
+        vcpu.seg_exit = vcpu.seg_fault = None
         if self.lp_last_tdvpr[cpu.index] is vcpu:
             cpu.acc += vcpu.entry_ns  # SEAMCALL, the module's entry work (and regs copy)
         else:
             # this LP last ran another TDVPR: the module flushes (ASID flush, IBPB)
-            cpu.acc += vcpu.entry_ns + costs.first_entry_flush_ns
-        if injected is not None:
-            # the TD is entered (guest state loaded) and exits at once with `injected`
-            yield from vcpu.run_entry(cpu, 0, costs.td_exit_ns, costs.td_exit_ns)
-            vcpu.seg_pi = 0
-            return self.td_exit_with_status(vcpu, cpu, injected, args)
+            cpu.acc += vcpu.entry_ns + self.c_first_entry_flush
         # the guest runs until its next exit, unless something cuts its run short
-        ev = vcpu.begin_entry(cpu, vcpu.plan_guest_run(), costs.td_exit_ns)
+        td_exit_ns = self.c_td_exit
+        ev = vcpu.begin_entry(cpu, vcpu.plan_guest_run(), td_exit_ns)
         try:
             yield ev
         except Interrupt as intr:
             cause: Any = intr.cause  # (a tdsim.host.Cause)
-            cut = yield from vcpu.cut_entry(cause, costs.td_exit_ns)
+            cut = yield from vcpu.cut_entry(cause, td_exit_ns)
         else:
             vcpu.end_entry()
             cut = None
-        planned_pi = vcpu.seg_pi == 1
-        vm = vcpu.tdx_vm
-        if (planned_pi or vcpu.seg_pi or vcpu.module_fields or vcpu.pi_src or vcpu.guest.awaiting
+        if (vcpu.seg_pi or vcpu.module_fields or vcpu.pi_src or vcpu.guest.awaiting
+                or vcpu.exit_work
                 or vm.zap_excl_t0 <= vcpu.t_enter < vm.zap_excl_t1):
             vcpu.at_td_entry(cut)  # (anything to do at TD entry)
-        reason = vcpu.at_td_exit(cut, planned_pi)
-        ret = self.td_exit(vcpu, cpu, reason)
+        ret = self.td_exit(vcpu, cpu, vcpu.at_td_exit(cut))
         tracer = self.tracer
         if tracer is not None:
             tracer.emit(self.env._now, "seamcall", cpu.index, vcpu.name,  # at its return
@@ -170,24 +225,59 @@ class TdxModule:
             tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
         return ret
 
-    def tdh_vp_enter_checks(self, vcpu: VcpuTdx, cpu: HostCpu) -> int:
-        """The module's pre-entry checks (tdh_vp_enter.c, in order; none has a side effect).
+    def vcpu_associated_elsewhere(self, vcpu: TdVcpu, cpu: HostCpu, assoc: HostCpu) -> int:
+        """TDH.VP.ENTER of a vCPU the module has associated with another LP: refused with
+        TDX_VCPU_ASSOCIATED (and the oracle records that KVM let it happen)."""
+        self.findings.record(
+            "entry_on_associated_vcpu", cpu.index, vcpu.name,
+            f"TDH.VP.ENTER on cpu{cpu.index} while associated with cpu{assoc.index}")
+        return arch.TDX_VCPU_ASSOCIATED
 
-        A vCPU associated with another LP cannot be entered here (TDX_VCPU_ASSOCIATED: KVM
-        must TDH.VP.FLUSH it on the old LP first); while TDH.MEM.TRACK holds the TD epoch
-        lock the entry is TDX_OPERAND_BUSY on the epoch."""
-        assoc = vcpu.module_assoc_cpu
-        if assoc is not None and assoc is not cpu:
-            self.findings.record(
-                "entry_on_associated_vcpu", cpu.index, vcpu.name,
-                f"TDH.VP.ENTER on cpu{cpu.index} while associated with cpu{assoc.index}")
-            return arch.TDX_VCPU_ASSOCIATED
-        vm = vcpu.tdx_vm
-        if vm.epoch_lock_t0 <= vcpu.t_seamcall < vm.epoch_lock_t1:
-            return arch.TDX_OPERAND_BUSY | arch.TDX_OPERAND_ID_TD_EPOCH
-        return arch.TDX_SUCCESS
+    def vp_enter_unusual(self, vcpu: TdVcpu, cpu: HostCpu, args: TdxModuleArgs,
+                             status: int, outcome: VpEnterOutcome | None
+                             ) -> Generator[Any, Any, int]:
+        """TDH.VP.ENTER when its checks refused the entry (`status`), or when fault
+        injection decides what it does this time: refused without entering, entered and
+        exited at once with an injected status, or (nothing injected) the common path."""
+        costs = self.costs
+        injected: int | None = None
+        fault: str | None = None
+        if status == arch.TDX_SUCCESS:
+            if outcome is not None:
+                status, injected, fault = outcome(vcpu)
+        elif status == arch.TDX_VCPU_ASSOCIATED:
+            fault = "vcpu_associated"
+        else:  # the TD epoch is busy: raised after the module associated the vCPU here
+            fault = "operand_busy_late"
+        vcpu.seg_status = status
+        vcpu.seg_exit = injected
+        vcpu.seg_fault = fault
+        if status:  # != TDX_SUCCESS
+            cpu.acc += costs.seamcall_ns
+            yield from vcpu.run_entry(cpu, 0, 0, costs.td_exit_ns)
+            vcpu.seg_pi = 0
+            return self.vp_enter_refused(vcpu, cpu, status, fault, args)
+        if self.lp_last_tdvpr[cpu.index] is vcpu:
+            cpu.acc += vcpu.entry_ns
+        else:
+            cpu.acc += vcpu.entry_ns + costs.first_entry_flush_ns
+        if injected is not None:
+            # the TD is entered (guest state loaded) and exits at once with `injected`
+            yield from vcpu.run_entry(cpu, 0, costs.td_exit_ns, costs.td_exit_ns)
+            vcpu.seg_pi = 0
+            return self.td_exit_with_status(vcpu, cpu, injected, args)
+        cut = yield from vcpu.run_entry(cpu, vcpu.plan_guest_run(), costs.td_exit_ns,
+                                        costs.td_exit_ns)
+        vcpu.at_td_entry(cut)
+        ret = self.td_exit(vcpu, cpu, vcpu.at_td_exit(cut))
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env._now, "seamcall", cpu.index, vcpu.name,
+                        leaf="TDH_VP_ENTER", status="TDX_SUCCESS")
+            tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
+        return ret
 
-    def tdh_vp_enter_refused(self, vcpu: VcpuTdx, cpu: HostCpu, status: int,
+    def vp_enter_refused(self, vcpu: TdVcpu, cpu: HostCpu, status: int,
                              fault: str | None, args: TdxModuleArgs) -> int:
         """TDH.VP.ENTER returned an error without entering: no MSR was touched.
 
@@ -205,9 +295,11 @@ class TdxModule:
             args.clear()
             args.rcx = EPT_VIOLATION_WRITE_QUAL
             args.r8 = ZERO_STEP_GPA
+        if fault == SCRIPTED and self.vp_enter_regs is not None:
+            self.vp_enter_regs(vcpu, args)
         return status
 
-    def td_exit_with_status(self, vcpu: VcpuTdx, cpu: HostCpu, ret: int,
+    def td_exit_with_status(self, vcpu: TdVcpu, cpu: HostCpu, ret: int,
                             args: TdxModuleArgs) -> int:
         """The TD was entered (guest state loaded, so the exit leaves the module's fixed
         values in host MSRs) and the SEAMCALL returned `ret` (non-recoverable, failed VM
@@ -215,25 +307,36 @@ class TdxModule:
         does not expose.  Assumption: a failed VM entry happens after the guest-state load."""
         vcpu.module_assoc_cpu = cpu
         self.lp_last_tdvpr[cpu.index] = vcpu
-        cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
+        vm = vcpu.tdx_vm  # the host state the exit leaves (KvmTdx.module_exit_msrs)
+        cpu.msr.update(vm.module_exit_msrs)
+        cpu.xcr0 = vm.module_exit_xcr0
+        cpu.pkru = 0
         self.count(cpu, arch.TDH_VP_ENTER, ret & _STATUS)
+        tracer = self.tracer
+        if tracer is not None:  # the TD was entered (its exit left the module's MSR values)
+            tracer.emit(vcpu.t_enter, "kvm_entry", cpu.index, vcpu.name)
         args.clear()
+        if vcpu.seg_fault == SCRIPTED and self.vp_enter_regs is not None:
+            self.vp_enter_regs(vcpu, args)
         return ret
 
-    def td_exit(self, vcpu: VcpuTdx, cpu: HostCpu, exit_reason: int) -> int:
+    def td_exit(self, vcpu: TdVcpu, cpu: HostCpu, exit_reason: int) -> int:
         """The TD exit of a successful entry: the vCPU is associated with this LP, the LP
-        holds its TDVPR, and the host MSRs get the module's fixed values (the guest's exit
-        registers are already in ``vp_enter_args``)."""
+        holds its TDVPR, and the host MSRs, XCR0 and PKRU get the values the module leaves
+        (the guest's exit registers are already in ``vp_enter_args``)."""
         vcpu.module_assoc_cpu = cpu
         self.lp_last_tdvpr[cpu.index] = vcpu
-        cpu.msr.update(arch.TDX_MODULE_EXIT_MSRS)
+        vm = vcpu.tdx_vm  # the host state the exit leaves (KvmTdx.module_exit_msrs)
+        cpu.msr.update(vm.module_exit_msrs)
+        cpu.xcr0 = vm.module_exit_xcr0
+        cpu.pkru = 0
         # count(TDH_VP_ENTER, TDX_SUCCESS) inlined: tdh_vp_enter traces the SEAMCALL with
         # its kvm_entry event
         cpu.stat[_VP_ENTER_SUCCESS_KEY] += 1
         return arch.TDX_SUCCESS | exit_reason
 
     # --- other vCPU-scope leaves ---------------------------------------------------------
-    def tdh_vp_flush(self, vcpu: VcpuTdx, cpu: HostCpu) -> int:
+    def tdh_vp_flush(self, vcpu: TdVcpu, cpu: HostCpu) -> int:
         """TDH.VP.FLUSH on `cpu` (the LP the vCPU was associated with): write back and
         dissociate.  TDX_VCPU_NOT_ASSOCIATED if it was not associated there."""
         if vcpu.module_assoc_cpu is not cpu:
@@ -246,13 +349,13 @@ class TdxModule:
         self.count(cpu, arch.TDH_VP_FLUSH, status)
         return status
 
-    def tdh_vp_rd(self, vcpu: VcpuTdx, cpu: HostCpu, field: str) -> tuple[int, int]:
+    def tdh_vp_rd(self, vcpu: TdVcpu, cpu: HostCpu, field: str) -> tuple[int, int]:
         """TDH.VP.RD of a TD vCPU field; returns (status, value)."""
         cpu.acc += self.costs.tdh_vp_rd_ns
         self.count(cpu, arch.TDH_VP_RD, arch.TDX_SUCCESS)
         return arch.TDX_SUCCESS, vcpu.module_fields.get(field, 0)
 
-    def tdh_vp_wr(self, vcpu: VcpuTdx, cpu: HostCpu, field: str, value: int) -> int:
+    def tdh_vp_wr(self, vcpu: TdVcpu, cpu: HostCpu, field: str, value: int) -> int:
         """TDH.VP.WR of a TD vCPU field (e.g. TD_VCPU_PEND_NMI)."""
         cpu.acc += self.costs.tdh_vp_wr_ns
         vcpu.module_fields[field] = value

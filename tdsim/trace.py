@@ -30,9 +30,14 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "kvm_exit": ("reason", "vp_enter_ret"),  # TD exit: derived reason name, raw status (hex str)
     "tdvmcall": ("leaf",),                 # guest TDVMCALL sub-function name
     "late_abort": ("abort",),              # entry work done but the TD did not run
-    "vcpu_load": ("migrated",),
+    "vcpu_load": ("migrated", "prev_cpu"),
     "vcpu_put": ("cause",),                # preempt | kvm_run_return | halt
     "wrmsr": ("msr", "site", "value"),
+    # KVM's belief of a user-return MSR (struct kvm_user_return_msrs .curr) changed: via
+    # set (kvm_set_user_return_msr, after its WRMSR) | update_cache
+    # (kvm_user_return_msr_update_cache: no WRMSR) | user_return (kvm_on_user_return's WRMSR)
+    "uret_cache": ("msr", "value", "via"),
+    "uret_notifier": ("registered",),      # KVM's user-return notifier (un)registered on a CPU
     "seamcall": ("leaf", "status"),
     "cpu_state": ("what", "thread"),       # what the CPU now runs: guest|kvm|vmm|host_task|idle
     # the vCPU thread: running (in KVM_RUN) | userspace (the VMM) | runnable (waits for a
@@ -42,11 +47,15 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "vcpu_state": ("state",),
     "sched_switch": ("prev", "next"),
     "kick": ("by",),
+    # something kvm_vcpu_exit_request() reads became pending (part: kick | request | signal |
+    # need_resched | notify_resume; what: which, e.g. KVM_REQ_NMI)
+    "exit_request": ("part", "what"),
     "ipi": ("src_cpu", "dst_cpu", "why"),
     "pi_posted": ("vector", "source"),
     "pi_delivered": ("vector",),
     "userspace_exit": ("reason",),
     "violation": ("invariant", "detail"),
+    "nmi_injected": (),                    # kvm_inject_nmi (the VMM or a watchdog)
     "nmi_delivered": (),                   # the TDX module injected PEND_NMI at TD entry
     # a scheduled event (tdsim.schedule) is applied: its kind (what), where it was placed (entry
     # segment and landmark, or "t"), and where the vCPU really was (tdsim.choices.position)

@@ -15,3 +15,23 @@ def test_compare_table_lists_aborts_and_oracles(capsys):
     assert rc == 1
     for row in ("late entry aborts", "zero_step", "signal", "uret_cache_mismatch"):
         assert row in out
+
+
+def test_check_and_run_agree_on_the_findings(tmp_path, capsys):
+    """`tdsim run` reports exactly the findings `tdsim check` expects of each strategy: the
+    check passes, and fails once a finding is no longer declared."""
+    import json
+
+    doc = tmp_path / "r.json"
+    assert cli.main(["run", str(SCENARIO), "--json", str(doc), "--quiet"]) == 1
+    found = {s: {v["invariant"] for v in r["violations"]}
+             for s, r in json.loads(doc.read_text())["comparison"].items()}
+    assert found == {"current": set(), "v6.16": {"uret_cache_mismatch"}, "eager": set()}
+    assert cli.main(["check", str(SCENARIO)]) == 0
+    undeclared = tmp_path / "undeclared.toml"
+    text = SCENARIO.read_text()
+    undeclared.write_text(text[:text.index('[expect.strategy."v6.16"]')])
+    capsys.readouterr()
+    assert cli.main(["check", str(undeclared)]) == 1
+    assert ("[v6.16] violations.uret_cache_mismatch: 113 recorded but not expected"
+            in capsys.readouterr().out)

@@ -54,7 +54,7 @@ def test_broken_expectations_are_each_one_readable_line():
                                 violations_must=["host_state_leak"]))
     assert check_expectations(s.data["expect"], run(s).metrics) == [
         "metric exits: expected = 3, got 2",
-        "metric wrmsr.total: expected >= 10, got 4",
+        "metric wrmsr.total: expected >= 10, got 6",  # prepare's 4, 2 IA32_XSS restores
         "metric late_abort: expected in [1, 2], got 0",
         "violations.host_state_leak: expected at least 1, got 0",
     ]
@@ -126,15 +126,15 @@ def test_model_change_names_the_first_divergent_event(tmp_path, monkeypatch):
                     'compute_dist = "fixed"\n')
     scenario = load_scenario(path)
     assert check_scenario(scenario, update_fingerprints=True).ok
-    assert check_scenario(scenario).notes[-1] == "fingerprint matches (23 events)"
+    assert check_scenario(scenario).notes[-1] == "fingerprint matches (30 events)"
     _slow_exit_handling(monkeypatch)
     report = check_scenario(scenario)
     assert not report.ok
     text = "\n".join(report.failures)
-    assert "first divergent event: #16 (stored run has 23 events, this run 23)" in text
-    assert "stored: 17940 cpu_state cpu1 td0.vcpu0 what=guest thread=td0.vcpu0" in text
-    assert "now:    17941 cpu_state cpu1 td0.vcpu0 what=guest thread=td0.vcpu0" in text
-    assert "#15 16240 cpu_state cpu1 td0.vcpu0 what=kvm thread=td0.vcpu0" in text
+    assert "first divergent event: #22 (stored run has 30 events, this run 30)" in text
+    assert "stored: 18045 cpu_state cpu1 td0.vcpu0 what=guest thread=td0.vcpu0" in text
+    assert "now:    18046 cpu_state cpu1 td0.vcpu0 what=guest thread=td0.vcpu0" in text
+    assert "#21 16270 cpu_state cpu1 td0.vcpu0 what=kvm thread=td0.vcpu0" in text
 
 
 def test_update_fingerprints_accepts_the_change(tmp_path, monkeypatch):
@@ -179,7 +179,7 @@ def test_each_compared_strategy_meets_its_own_section():
     broken one is reported under the strategy's name."""
     d = tiny(violations_none=True,
              strategy={"eager": {"metrics": {"wrmsr.total": {"max": 4}}},
-                       "current": {"metrics": {"wrmsr.total": 4}}})
+                       "current": {"metrics": {"wrmsr.total": 6}}})
     d["kvm"] = {"compare": ["current", "eager"]}
     report = check_scenario(scenario_from_dict(d, name="<cmp>"), fingerprints=False)
     assert report.notes == ["4 expectation(s)", "2 strategies"]
@@ -192,3 +192,23 @@ def test_section_for_a_strategy_not_run_fails():
     s = scenario_from_dict(tiny(strategy={"eager": {"violations_none": True}}), name="<x>")
     report = check_scenario(s, fingerprints=False)
     assert report.failures == ["expect.strategy.eager: 'eager' is not run (strategies: current)"]
+
+
+def test_an_undeclared_violation_fails_the_check(tmp_path):
+    """A run that records a violation its [expect] does not declare fails `tdsim check`,
+    even with no expectations at all (tdsim run would report it); declared, it passes."""
+    from tdsim.expect import undeclared_violations
+
+    metrics = {"violations.uret_cache_mismatch": 3, "exits": 10}
+    empty = {"metrics": {}, "violations_must": [], "violations_must_not": [],
+             "violations_none": False}
+    [line] = undeclared_violations([empty], metrics)
+    assert line.startswith("violations.uret_cache_mismatch: 3 recorded but not expected")
+    declared = dict(empty, violations_must=["uret_cache_mismatch"])
+    assert undeclared_violations([empty, declared], metrics) == []
+
+
+def test_every_shipped_scenario_is_a_regression_test():
+    """Every shipped scenario states expectations, so `tdsim check scenarios/*.toml` never
+    answers "no expectations" for a scenario whose `tdsim run` reports findings."""
+    assert WITH_EXPECT == SCENARIOS

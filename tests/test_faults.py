@@ -1,5 +1,5 @@
-"""Every late entry abort path (reference §1.3 A-G) switched on from a scenario: what it counts
-and what happens after it (state loaded or not, where the vCPU goes next)."""
+"""Every late entry abort path (A-G, docs/late-aborts.md) switched on from a scenario: what it
+counts and what happens after it (state loaded or not, where the vCPU goes next)."""
 
 import pytest
 
@@ -108,13 +108,14 @@ def spin_sim(strategy="current"):
 
 def test_abort_d_wait_for_sept_zap_spins_without_seamcall():
     """Abort D: while wait_for_sept_zap is set the vCPU spins through vcpu_enter_guest with
-    IRQ windows, one spin per (enter + exit handling), and never issues TDH.VP.ENTER."""
+    IRQ windows, one spin per (enter + the host DEBUGCTL RDMSR + exit handling), and never
+    issues TDH.VP.ENTER (so none of tdx_vcpu_run's per-exit restores either)."""
     s, sim = spin_sim()
     m = sim.run().metrics
     c = s.data["costs"]
     first = (c["context_switch_ns"] + c["kvm_run_ioctl_ns"] + c["vcpu_load_ns"]
-             + 4 * c["wrmsr_ns"] + c["vcpu_enter_guest_ns"])
-    spin = c["vcpu_enter_guest_ns"] + c["exit_handling_ns"]
+             + 4 * c["wrmsr_ns"] + c["vcpu_enter_guest_ns"] + c["rdmsr_ns"])
+    spin = c["vcpu_enter_guest_ns"] + c["rdmsr_ns"] + c["exit_handling_ns"]
     assert m["late_abort.wait_for_sept_zap"] == 1 + (50_000 - 1 - first) // spin
     assert m["exits"] == 0
     assert m.get("seamcall.TDH_VP_ENTER", 0) == 0
@@ -182,7 +183,7 @@ def test_abort_e_fatal_refusals_stop_the_vcpu(knob, status, run_exit):
 
 
 def test_abort_e_refusal_under_v616_leaves_the_cache_lying():
-    """The v6.16 flaw (reference §2.4): a refused first entry, then vcpu_put, updates the
+    """The v6.16 flaw (docs/host-state.md): a refused first entry, then vcpu_put, updates the
     user-return cache to the module's values that were never written."""
     m = run(scenario({"tsc_rollback": 1.0}, host_state="v6.16")).metrics
     assert m["violations.uret_cache_mismatch"] == 4

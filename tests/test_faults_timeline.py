@@ -46,9 +46,13 @@ def test_operand_busy_then_retry_timeline():
     sim.faults.module[0] = (p, name, Draws(0.0))
     sim.faults.detail_rng = Draws()
     sim.run()
+    # before each entry attempt vcpu_enter_guest reads the host DEBUGCTL (RDMSR); after each
+    # TDH.VP.ENTER return, refused or not, tdx_vcpu_run writes PKRU and IA32_XSS back
     t_refused = (c["context_switch_ns"] + c["kvm_run_ioctl_ns"] + c["vcpu_load_ns"]
-                 + 4 * c["wrmsr_ns"] + c["vcpu_enter_guest_ns"] + c["seamcall_ns"])
-    t_enter = (t_refused + c["exit_handling_ns"] + c["vcpu_enter_guest_ns"] + c["seamcall_ns"]
+                 + 4 * c["wrmsr_ns"] + c["vcpu_enter_guest_ns"] + c["rdmsr_ns"]
+                 + c["seamcall_ns"])
+    t_enter = (t_refused + c["wrpkru_ns"] + c["wrmsr_ns"] + c["exit_handling_ns"]
+               + c["vcpu_enter_guest_ns"] + c["rdmsr_ns"] + c["seamcall_ns"]
                + c["td_entry_ns"] + c["first_entry_flush_ns"])
     t_exit = t_enter + 10_000 + c["guest_tdvmcall_ns"] + c["td_exit_ns"]
     assert log_of(sim.tracer)[:6] == [
@@ -78,9 +82,11 @@ def test_sept_zap_spin_then_entry_timeline():
 
     sim.env.process(clear())
     sim.run()
+    # each spin: vcpu_enter_guest up to the vendor run (with the RDMSR of the host DEBUGCTL,
+    # which precedes tdx_vcpu_run), then the exit handling; no SEAMCALL, so no restores
     first = (c["context_switch_ns"] + c["kvm_run_ioctl_ns"] + c["vcpu_load_ns"]
-             + 4 * c["wrmsr_ns"] + c["vcpu_enter_guest_ns"])
-    spin = c["vcpu_enter_guest_ns"] + c["exit_handling_ns"]
+             + 4 * c["wrmsr_ns"] + c["vcpu_enter_guest_ns"] + c["rdmsr_ns"])
+    spin = c["vcpu_enter_guest_ns"] + c["rdmsr_ns"] + c["exit_handling_ns"]
     spins = [first] + [first + k * spin for k in range(1, 10)
                        if first + (k - 1) * spin < 3000]
     t_enter = (spins[-1] + spin + c["seamcall_ns"] + c["td_entry_ns"]

@@ -159,8 +159,10 @@ def test_lapic_timer_advance_waits_at_entry_until_the_deadline():
     c = sc.data["costs"]
     m = run(sc).metrics
     entry = c["seamcall_ns"] + c["td_entry_ns"]
-    to_entry = (c["td_exit_ns"] + c["exit_handling_ns"] + c["host_irq_ns"]
-                + c["vcpu_enter_guest_ns"])  # hrtimer interrupt -> TDH.VP.ENTER
+    # hrtimer interrupt -> TDH.VP.ENTER: the TD exit, tdx_vcpu_run's restores (WRPKRU, the
+    # IA32_XSS WRMSR), the host handler, exit handling, vcpu_enter_guest and its DEBUGCTL RDMSR
+    to_entry = (c["td_exit_ns"] + c["wrpkru_ns"] + c["wrmsr_ns"] + c["exit_handling_ns"]
+                + c["host_irq_ns"] + c["vcpu_enter_guest_ns"] + c["rdmsr_ns"])
     assert m["lapic.expire_waits"] == m["timer_fired"] == 10
     # (an entry's PI delivery is recorded at its TD exit: the last one is past the end)
     assert m["irq.taken.timer"] == 9
@@ -321,7 +323,9 @@ def test_no_lost_interrupt_wakeup_or_stuck_halt_on_random_mixes(
     }, name="<hyp-irq>")
     sim = Simulation(sc)
     r = sim.run()
-    assert r.violations == []
+    # (the only finding allowed: the IRQs-off exit handler acting on the exit before a SEPT-zap
+    # spin, which today's kernel does -- docs/late-aborts.md)
+    assert [v for v in r.violations if "stale exit fields" not in v["detail"]] == []
     _conserved(r, sim)
 
 
@@ -366,7 +370,8 @@ def test_vector_posted_during_a_run_that_began_with_pi_is_taken_when_notified():
 
     def poster():
         yield sim.env.timeout(50_000)
-        vcpu.cpu.host_irq(HOST_IRQ["timer"])  # the hrtimer interrupt: the TD exits, re-enters with ON
+        # the hrtimer interrupt: the TD exits, re-enters with ON
+        vcpu.cpu.host_irq(HOST_IRQ["timer"])
         sim.irq.post(vcpu, 0xEC, "timer")
         yield sim.env.timeout(10_000)
         sim.irq.post(vcpu, 0x22, "device")
@@ -375,7 +380,8 @@ def test_vector_posted_during_a_run_that_began_with_pi_is_taken_when_notified():
     m = r.metrics
     c = sim.scenario.data["costs"]
     assert m["irq.latency_ns.device.max"] == c["ipi_ns"]
-    assert m["irq.latency_ns.timer.max"] == (c["td_exit_ns"] + c["exit_handling_ns"]
-                                              + c["host_irq_ns"] + c["vcpu_enter_guest_ns"]
+    assert m["irq.latency_ns.timer.max"] == (c["td_exit_ns"] + c["wrpkru_ns"] + c["wrmsr_ns"]
+                                              + c["exit_handling_ns"] + c["host_irq_ns"]
+                                              + c["vcpu_enter_guest_ns"] + c["rdmsr_ns"]
                                               + c["seamcall_ns"] + c["td_entry_ns"])
     assert m["exits"] == 1

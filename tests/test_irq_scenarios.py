@@ -10,9 +10,14 @@ from tdsim.sim import run
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
 
-def metrics(name, **overrides):
+def metrics(name, stale_exits=False, **overrides):
+    """The run's metrics; no violation but, with `stale_exits`, the spurious external
+    interrupts of the IRQs-off exit handler after SEPT-zap spins (docs/late-aborts.md)."""
     r = run(load_scenario(SCENARIOS / name, [f"{k}={v}" for k, v in overrides.items()]))
-    assert r.violations == []
+    stale = [v for v in r.violations if v["invariant"] == "spurious_external_interrupt"
+             and "stale exit fields" in v["detail"]]
+    assert len(stale) == len(r.violations)
+    assert bool(stale) == stale_exits
     return r.metrics
 
 
@@ -43,7 +48,9 @@ def test_idle_timers_scenario_claims():
     assert idle < 0.2 * sum(v for k, v in base.items() if k.endswith(".ns.idle"))
     oneshot = metrics("irq_idle_timers.toml", **{"vm.0.workload.timer_mode": "oneshot"})
     assert oneshot["tdvmcall.tsc_deadline"] == oneshot["timer_fired"]
-    assert oneshot["exits"] == base["exits"] + oneshot["timer_fired"]
+    # one re-arm exit (WRMSR TSC_DEADLINE) per fired timer on top of the periodic run's
+    # exits, give or take the exit or two the end of the run cuts off in either run
+    assert abs(oneshot["exits"] - (base["exits"] + oneshot["timer_fired"])) <= 2
 
 
 def test_nmi_watchdog_scenario_claims():
@@ -58,7 +65,7 @@ def test_nmi_watchdog_scenario_claims():
 
 def test_sept_zap_storm_scenario_claims():
     """Spinning on wait_for_sept_zap, kicks, VP.ENTER OPERAND_BUSY retried in the kernel."""
-    m = metrics("irq_sept_zap_storm.toml")
+    m = metrics("irq_sept_zap_storm.toml", stale_exits=True)
     assert m["late_abort.wait_for_sept_zap"] > 0
     assert m["sept.wait_ns"] > 0
     assert m["sept.kicks"] > m["sept.zaps"]

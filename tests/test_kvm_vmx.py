@@ -1,5 +1,5 @@
-"""VMX co-tenants (tdsim.kvm_vmx): vmx_prepare_switch_to_guest/host as reference §2.3 says,
-guests that read TSC_AUX, and the v6.16 stale-cache corruption (reference §2.4)."""
+"""VMX co-tenants (tdsim.kvm_vmx): vmx_prepare_switch_to_guest/host as vmx.c has them,
+guests that read TSC_AUX, and the v6.16 stale-cache corruption (docs/host-state.md)."""
 
 from tdsim import arch
 from tdsim.kvm_vmx import GUEST_LSTAR
@@ -72,11 +72,15 @@ def co_tenants(host_state):
 
 def test_v616_stale_cache_corrupts_a_vmx_guests_tsc_aux():
     """v6.16 + zero-step exits + preemption: the cache says TSC_AUX=0 though the CPU holds
-    the host value, the VMX guest's set() is skipped and it reads the host's TSC_AUX."""
-    r = run(co_tenants("v6.16"))
-    assert r.metrics["violations.guest_msr_corruption"] > 0
-    assert r.metrics["violations.uret_cache_mismatch"] > 0
-    v = next(v for v in r.violations if v["invariant"] == "guest_msr_corruption")
+    the host value, the VMX guest's set() is skipped and it reads the host's TSC_AUX.  The
+    stale cache shows in every run; the corrupt read needs the VMX guest to be loaded and to
+    read TSC_AUX inside that window, which 6 of seeds 1-10 hit (20 ms each): at least 3
+    required, so a model that never corrupts fails."""
+    runs = [run(co_tenants("v6.16").replace({"sim.seed": seed})) for seed in range(1, 11)]
+    assert all(r.metrics["violations.uret_cache_mismatch"] > 0 for r in runs)
+    corrupted = [r for r in runs if r.metrics.get("violations.guest_msr_corruption", 0)]
+    assert len(corrupted) >= 3
+    v = next(v for v in corrupted[0].violations if v["invariant"] == "guest_msr_corruption")
     assert v["vcpu"] == "vmx0.vcpu0"
     assert "TSC_AUX=0x1" in v["detail"]
 

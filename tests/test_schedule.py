@@ -9,6 +9,7 @@ from tdsim.config import from_data
 from tdsim.faults import FAULT_KNOBS
 from tdsim.scenario import ScenarioError, scenario_from_dict
 from tdsim.schedule import EVENT_KINDS, KINDS, Event, Period, Schedule
+from tdsim.schedule import from_data as schedule_from_data
 
 DOCS = Path(__file__).parents[1] / "docs" / "hunt.md"
 
@@ -40,7 +41,7 @@ def test_a_schedule_round_trips_through_a_scenario():
          Event("signal", "td0.vcpu0", 0, "exit", 500),
          Event("host_nmi", t_ns=1234, cpu=1)),
         {"td0.vcpu0": (Period("cpuid"), Period("io", 2500))})
-    got = from_data(scenario(written.to_data()).data).schedule
+    got = schedule_from_data(from_data(scenario(written.to_data()).data).schedule)
     assert got == written
 
 
@@ -88,6 +89,6 @@ def test_a_bad_guest_list_is_bad_input(guest, message):
 
 def test_a_scenario_without_a_schedule_has_an_empty_one():
     """No [schedule]: nothing is scripted and the random sources run."""
-    sched = from_data(scenario_from_dict({}).data).schedule
+    sched = schedule_from_data(from_data(scenario_from_dict({}).data).schedule)
     assert not sched
     assert sched.random_sources

@@ -59,7 +59,9 @@ def test_user_strategy_from_file_without_kgs_restore_is_caught(tmp_path):
     assert "kernel_gs_base_not_restored" in names
     assert "host_state_leak" in names
     v = next(v for v in r.violations if v["invariant"] == "kernel_gs_base_not_restored")
-    assert v["vcpu"].startswith("td0.vcpu") and v["t_ns"] > 0 and "KERNEL_GS_BASE" in v["detail"]
+    assert v["vcpu"].startswith("td0.vcpu")
+    assert v["t_ns"] > 0
+    assert "KERNEL_GS_BASE" in v["detail"]
 
 
 def test_strategy_that_skips_user_return_restore_leaks_host_state(tmp_path):
@@ -99,7 +101,7 @@ def test_shipped_strategies_never_violate_on_small_random_hosts(
         strategy, cpus, vcpus, tasks, pinned, weights, tick_hz, seed):
     """Random small topologies and mixes: the shipped strategies record no violation."""
     kinds = ["cpuid", "rdmsr", "wrmsr", "hypercall", "io", "mmio", "mapgpa", "hlt"]
-    mix = dict(zip(kinds, weights))
+    mix = dict(zip(kinds, weights, strict=True))
     if not any(mix.values()):
         mix["cpuid"] = 1.0
     scenario = scenario_from_dict({

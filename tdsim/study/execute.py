@@ -160,13 +160,21 @@ def configure_worker() -> None:
     import tdsim.sim  # noqa: F401  (warm the worker: the import is the first run's cost)
 
 
+def import_matplotlib() -> None:
+    """Import matplotlib with the Agg backend (no display).  It is the largest fixed cost of
+    a study (about 0.9 s), so executors do it ahead, in their idle time; `tdsim.study.plots`
+    calls it before drawing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+
 def configure_plotting_worker() -> None:
     """`configure_worker`, and matplotlib imported while the runs are being handed out: the
     workers draw the figures at the end (`LocalExecutor.call`)."""
     configure_worker()
     if multiprocessing.parent_process() is not None:
-        from tdsim.study.plots import import_matplotlib
-
         import_matplotlib()
 
 
@@ -174,8 +182,6 @@ def import_matplotlib_in_background() -> threading.Thread:
     """Import matplotlib on a thread of this process while it waits for runs: the figures
     are drawn here (in-process and Dask executors).  Never together with fork: a pool made
     while this thread holds the import lock would deadlock its children."""
-    from tdsim.study.plots import import_matplotlib
-
     thread = threading.Thread(target=import_matplotlib, name="import-matplotlib", daemon=True)
     thread.start()
     return thread

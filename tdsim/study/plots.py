@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tdsim.study.design import Dimension, Study
+from tdsim.study.execute import import_matplotlib
 from tdsim.study.labels import metric_label, strategy_colour
 from tdsim.study.summary import MINUS, Difference, Summary
 
@@ -93,15 +94,6 @@ def write_plots(summary: Summary, out_dir: str | Path, executor: Executor | None
     for job, paths in zip(jobs, drawn, strict=True):
         files[job.metric].extend(paths)
     return files
-
-
-def import_matplotlib() -> None:
-    """Import matplotlib with the Agg backend (no display).  It is the largest fixed cost of
-    a study (about 0.9 s), so executors do it ahead, in their idle time (`execute`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot
 
 
 def draw(item: tuple[Summary, PlotJob]) -> list[Path]:

@@ -38,7 +38,7 @@ from tdsim.study.verdicts import sentences
 
 if TYPE_CHECKING:
     from tdsim.study.execute import Executor
-    from tdsim.study.runner import StudyRun
+    from tdsim.study.summary import StudyRun
 
 VERDICT_SHORT = {"material": "**matters**", "detected": "real, maybe small",
                  "negligible": "negligible", "inconclusive": "inconclusive"}

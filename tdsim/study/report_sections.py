@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from tdsim.study.provenance import ROW_FIELDS, analysis_versions, model_sha256, provenance_of
 
 if TYPE_CHECKING:
-    from tdsim.study.runner import StudyRun
+    from tdsim.study.summary import StudyRun
 
 MAX_ERRORS_LISTED = 20
 

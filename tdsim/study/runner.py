@@ -14,7 +14,6 @@ import copy
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from tdsim.study.progress import Progress
 from tdsim.study.provenance import foreign_rows, model_sha256
 from tdsim.study.sequential import decide
 from tdsim.study.store import ResultStore, RunKey, row_key
-from tdsim.study.summary import Summary, summarize
+from tdsim.study.summary import StudyRun, summarize
 
 Resolver = Callable[[Study, dict[str, Any]], dict[str, Any]]
 """Resolves the study's base scenario under dotted-key overrides to the full scenario data."""
@@ -97,27 +96,6 @@ def study_metric_terms(name: str) -> list[str]:
             if part != "run.measured_s":
                 out.append(part)
     return out
-
-
-@dataclass
-class StudyRun:
-    """What a study produced."""
-
-    study: Study
-    rows: list[dict[str, Any]]       # one per run, in design order
-    summary: Summary
-    ran: int = 0                     # runs executed now
-    reused: int = 0                  # runs taken from the store (--resume)
-    stale_rows: int = 0              # rows in the store that match no run of this study
-    skipped_lines: int = 0           # torn/corrupt store lines
-    foreign_rows: int = 0            # reused rows another model wrote (--allow-mixed)
-    resolved: dict[int, dict[str, Any]] = field(default_factory=dict)  # point -> scenario
-    files: list[Path] = field(default_factory=list)
-    executor_name: str = ""
-
-    @property
-    def errors(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["status"] != "ok"]
 
 
 def check_store(study: Study, out_dir: Path, *, resume: bool, allow_mixed: bool

@@ -286,3 +286,25 @@ def verdict(diff: Estimate, p_holm: float, threshold: float, alpha: float) -> Ve
     if -threshold <= diff.low and diff.high <= threshold:
         return "negligible"
     return "detected" if significant else "inconclusive"
+
+
+@dataclass
+class StudyRun:
+    """What a study produced (`tdsim.study.runner.run_study`): its rows, their summary and
+    the run's bookkeeping; the report (`tdsim.study.report`) is written from it."""
+
+    study: Study
+    rows: list[dict[str, Any]]       # one per run, in design order
+    summary: Summary
+    ran: int = 0                     # runs executed now
+    reused: int = 0                  # runs taken from the store (--resume)
+    stale_rows: int = 0              # rows in the store that match no run of this study
+    skipped_lines: int = 0           # torn/corrupt store lines
+    foreign_rows: int = 0            # reused rows another model wrote (--allow-mixed)
+    resolved: dict[int, dict[str, Any]] = field(default_factory=dict)  # point -> scenario
+    files: list[Path] = field(default_factory=list)
+    executor_name: str = ""
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] != "ok"]

@@ -26,7 +26,7 @@ from tdsim.study.labels import metric_label
 from tdsim.study.spec_fields import Errors, parse_metric
 
 if TYPE_CHECKING:
-    from tdsim.study.runner import StudyRun
+    from tdsim.study.summary import StudyRun
 
 BATCH = 5
 

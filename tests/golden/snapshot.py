@@ -98,6 +98,9 @@ def random_scenario(i: int) -> dict[str, Any]:
                  "genuine_ept_misconfig"):
         if r.random() < 0.08:
             faults[name] = pick(0.0005, 0.005)
+    if "error_exit" in faults:  # its L2 statuses need TD partitioning
+        for vm in vms:
+            vm["td_partitioning"] = True
     return {
         "sim": {"duration_us": pick(1000, 2000, 4000), "seed": r.randint(0, 2**16),
                 "warmup_us": pick(0, 0, 300)},
@@ -188,10 +191,11 @@ def differences(want: dict[str, Any], got: dict[str, Any], limit: int = 12) -> l
         if wm.get(key) != gm.get(key):
             out.append(f"metric {key}: {wm.get(key)} -> {gm.get(key)}")
     if want["violations"] != got["violations"]:
+        pairs = zip(want["violations"], got["violations"], strict=False)
         out.append(f"violations: {len(want['violations'])} records -> "
                    f"{len(got['violations'])} (first differing: "
-                   + next((f"{a} -> {b}" for a, b in zip(want["violations"], got["violations"])
-                           if a != b), "a record added or removed") + ")")
+                   + next((f"{a} -> {b}" for a, b in pairs if a != b),
+                          "a record added or removed") + ")")
     if (want["trace_sha256"], want["trace_events"]) != (got["trace_sha256"],
                                                          got["trace_events"]):
         same = want.get("trace_sorted_sha256") == got.get("trace_sorted_sha256")
