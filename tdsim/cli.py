@@ -286,7 +286,8 @@ are not compared (they belong to the scenario as written)."""
              "path/file.py:Class); several, comma-separated, are hunted one after the other "
              "(default: as tdsim run, each of kvm.compare, else kvm.host_state)"),
     arg("--oracle", action="append", metavar="NAME[,NAME]",
-        help="oracles or invariants to break (repeatable; default: every one tdsim checks)"),
+        help="oracles or invariants to break (repeatable; default: every one tdsim checks "
+             "but those the scenario's [expect] violations_must declares)"),
     arg("--budget", type=float, default=60.0, metavar="SECONDS",
         help="search time per hunt (default 60); shrinking may take up to 10 s more"),
     arg("--seed", type=int, default=1, help="seed of the search (default 1)"),

@@ -250,8 +250,9 @@ def hunt(scenario: Scenario, strategy: str | None = None, oracles: Sequence[str]
          max_events: int = 6, depth: int = 2, vcpus: int | None = None,
          max_runs: int | None = None, variants: Sequence[str] = (),
          progress: Callable[[Progress], None] | None = None) -> HuntResult:
-    """Search the schedules `scenario` allows for a run that breaks one of `oracles` (all
-    of `tdsim.findings` by default) under `strategy` (default: the scenario's
+    """Search the schedules `scenario` allows for a run that breaks one of `oracles` (by
+    default all of `tdsim.findings` but those the scenario's ``[expect] violations_must``
+    declares) under `strategy` (default: the scenario's
     ``kvm.host_state``; a built-in name or ``path/file.py:Class``), for at most about
     `budget_s` seconds (and `max_runs` runs, if given), and shrink what it finds (module
     docstring).  Deterministic in its arguments as long as the budget is not what ends it

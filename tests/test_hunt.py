@@ -32,6 +32,18 @@ def reproduces(result):
     assert check_scenario(scenario).ok
 
 
+def test_the_findings_a_scenario_declares_are_not_hunted_unless_asked():
+    """aborts_cost_with.toml declares spurious_external_interrupt (its SEPT-zap spins, under
+    every strategy): a hunt leaves it out, and finds it in one event when asked for it."""
+    r = hunted(strategy="current", max_runs=50)
+    assert "spurious_external_interrupt" not in r.oracles
+    assert "uret_cache_mismatch" in r.oracles
+    asked = hunted(strategy="current", oracles=["spurious_external_interrupt"])
+    assert asked.oracle == "spurious_external_interrupt"
+    assert [e.kind for e in asked.candidate.events] == ["sept_zap"]
+    reproduces(asked)
+
+
 def test_v616_breaks_the_user_return_cache_with_two_events():
     """v6.16 on the generic abort scenario: a refused entry and a signal, one vCPU."""
     r = hunted(strategy="v6.16")
