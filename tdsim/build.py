@@ -15,6 +15,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import interrupts, sept, tdvmcall
+from .choices import Runtime
 from .clock import Environment
 from .config import hz_to_period_ns
 from .faults import Faults
@@ -42,6 +43,7 @@ from .program import (
     scripted_vp_enter_regs,
 )
 from .rng import stream
+from .schedule import from_data as schedule_from_data
 from .scope import VcpuScope, vm_stream
 from .strategies import HostStateStrategy
 from .tdx_module import TdxModule
@@ -76,6 +78,7 @@ class Model:
     timers: list[tuple[LapicTimer, int]] = field(default_factory=list)  # periodic, phase
     tasks: list[HostTask] = field(default_factory=list)
     zappers: list[sept.SeptZapper] = field(default_factory=list)
+    choices: Runtime | None = None  # a schedule's, a recording's or a search's (tdsim.choices)
 
     def start(self) -> None:
         """Start every process, in the model's fixed order."""
@@ -97,17 +100,29 @@ class Model:
         runner's own processes)."""
         env = self.env
         cfg = self.config
+        choices = self.choices
+        tap = choices.tap if choices is not None else None
+        random_sources = choices is None or choices.random_sources
         for timer, phase in self.timers:
             env.process(timer.periodic(phase))
-        interrupts.start(env, cfg.sim.seed, self.vms, self.cpus, cfg.host.nmi_hz, self.irq,
-                         self.host_stat)
+        if random_sources:
+            interrupts.start(env, cfg.sim.seed, self.vms, self.cpus, cfg.host.nmi_hz,
+                             self.irq, self.host_stat, tap)
         for zapper in self.zappers:
             env.process(zapper.run())
-        self.faults.start(self.vcpus, self.vms)
+        if random_sources:
+            self.faults.start(self.vcpus, self.vms, tap)
 
 
-def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | None) -> Model:
-    """Construct the model of `config` (no process is started yet)."""
+def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | None,
+          choices: Runtime | None = None) -> Model:
+    """Construct the model of `config` (no process is started yet).  `choices`: the run's
+    choice points (`tdsim.choices`; made here when the scenario has a schedule)."""
+    schedule = schedule_from_data(config.schedule)
+    if choices is None and schedule:
+        choices = Runtime()
+    if choices is not None:
+        choices.prepare(schedule)
     env = Environment()
     seed = config.sim.seed
     costs = config.costs
@@ -151,14 +166,15 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
         for i in range(vmc.vcpus):
             scope = VcpuScope(vmc.name, i)
             guest: Any
+            periods = choices.periods_for(scope.name) if choices is not None else None
             if wl.program:
                 guest = ScriptedGuest(compile_program(list(wl.program), vcpu=i),
                                       costs.guest_tdvmcall_ns, wl.record_calls)
             else:
-                guest = irq_guest(scope, seed, vmc, costs.guest_tdvmcall_ns)
+                guest = irq_guest(scope, seed, vmc, costs.guest_tdvmcall_ns, periods)
             if guest is None:
                 guest = GuestVcpu(scope.stream(seed, "workload"), wl.compute_ns,
-                                  wl.compute_exp, wl.mix, costs.guest_tdvmcall_ns)
+                                  wl.compute_exp, wl.mix, costs.guest_tdvmcall_ns, periods)
             pin = vmc.pin[i] if vmc.pin else None
             first_cpu = cpus[pin if pin is not None else (len(model.vcpus) % len(cpus))]
             vcpu: KvmVcpu
@@ -197,11 +213,7 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
                     model.timers.append((timer, phase))
         model.vms.append(vm)
         if isinstance(vm, KvmTdx) and vm.sept.zap_hz > 0:
-            model.zappers.append(sept.SeptZapper(
-                env, vm, vm.sept, costs, vm_stream(seed, vm.name, "sept"),
-                {leaf: vm_stream(seed, vm.name, f"sept.busy.{name}")
-                 for leaf, name in sept.SEPT_CALLS.items()},
-                host_stat, tracer))
+            model.zappers.append(sept.new_zapper(env, vm, costs, seed, host_stat, tracer))
     # CPU hotplug: the scheduler's teardown and startup callbacks are KVM's
     kvm.disable_virtualization_cpu = partial(
         vt_disable_virtualization_cpu, percpu,
@@ -219,4 +231,6 @@ def build(config: ModelConfig, strategy: HostStateStrategy, tracer: Tracer | Non
                 stream(seed, f"host.task{i}.gs_base"), host.gs_base_change_hz,
                 host.gs_base_change, host_stat, tracer)
         model.tasks.append(task)
+    if choices is not None:
+        choices.attach(model)
     return model

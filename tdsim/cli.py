@@ -1,4 +1,4 @@
-"""The ``tdsim`` command line: ``run``, ``validate``, ``check``, ``diff``, ``init``,
+"""The ``tdsim`` command line: ``run``, ``validate``, ``check``, ``hunt``, ``diff``, ``init``,
 ``schema``, ``study`` and ``completion``.
 
 Exit status, for every subcommand: 0 ok; 1 the command's finding (a run recorded invariant
@@ -275,6 +275,59 @@ are not compared (they belong to the scenario as written)."""
     from tdsim.cli_check import cmd_check as check
 
     return check(args)
+
+
+@subcommand(
+    arg("scenario", metavar="SCENARIO", complete="file",
+        help="scenario TOML file whose knobs give the space searched (or a study file: "
+             "its base scenario at each design point, under each of its strategies)"),
+    arg("--strategy", metavar="S[,S...]",
+        help="host-state strategy to hunt (built-in, package.module:Class or "
+             "path/file.py:Class); several, comma-separated, are hunted one after the other "
+             "(default: as tdsim run, each of kvm.compare, else kvm.host_state)"),
+    arg("--oracle", action="append", metavar="NAME[,NAME]",
+        help="oracles or invariants to break (repeatable; default: every one tdsim checks "
+             "but those the scenario's [expect] violations_must declares)"),
+    arg("--budget", type=float, default=60.0, metavar="SECONDS",
+        help="search time per hunt (default 60); shrinking may take up to 10 s more"),
+    arg("--seed", type=int, default=1, help="seed of the search (default 1)"),
+    arg("--max-runs", type=int, metavar="N",
+        help="also stop searching after N runs (unlike the budget, the same on any machine)"),
+    arg("--mode", choices=("random", "exhaustive"), default="random",
+        help="random schedules, fewest events and earliest entries first (default), or "
+             "every schedule of up to --depth events over the landing positions, with the "
+             "share covered"),
+    arg("--entries", type=int, default=8, metavar="N",
+        help="entries of each vCPU that events are placed at (default 8)"),
+    arg("--max-events", type=int, default=6, metavar="N",
+        help="random mode: most events in one schedule (default 6)"),
+    arg("--depth", type=int, default=2, metavar="N",
+        help="exhaustive mode: most events in one schedule (default 2)"),
+    arg("--vcpus", type=int, metavar="N",
+        help="at most N vCPUs per VM (exhaustive mode: exactly min(N, the VM's), default 1)"),
+    _SET,
+    arg("--out", metavar="PATH", complete="file",
+        help="reproducer file (several hunts: a directory); default "
+             "hunt-<scenario>-<strategy>.toml here"),
+    arg("--quiet", "-q", action="store_true", help="print nothing but errors"),
+    arg("--progress-every", type=float, metavar="SECONDS",
+        help="a progress line on stderr every SECONDS (default: one line rewritten in place "
+             "on a terminal, else every 10 s)"),
+    exits={0: "no counterexample within the budget (the coverage reached is printed)",
+           1: "a counterexample was found: its reproducer is written and explained"},
+)
+def cmd_hunt(args: argparse.Namespace) -> int:
+    """Search a scenario's schedules for a run that breaks an oracle; shrink it to a reproducer.
+
+The space is what the scenario's knobs switch on: the kinds of injected event ([faults],
+interrupt sources, host tasks, SEPT zaps), its TDs and vCPUs, its guests' TDVMCALLs.  Each
+candidate is a short scripted run with those events placed at run-loop landmarks (before the
+late check, after it, in the guest, at the exit) of chosen entries.  A counterexample is
+shrunk and written as an ordinary scenario with a [schedule] and an [expect]: `tdsim run` it
+to see the events, `tdsim check` it as a regression test (docs/hunt.md)."""
+    from tdsim.cli_hunt import cmd_hunt as hunt
+
+    return hunt(args)
 
 
 @subcommand(

@@ -249,6 +249,9 @@ class ModelConfig:
     vms: tuple[VmConfig, ...]
     vmm: VmmConfig
     faults: Mapping[str, Any]   # [faults], by knob name (declared in tdsim.faults)
+    # [schedule], resolved; `tdsim.schedule.from_data` types it (the build step does: the
+    # schedule's event kinds are declared on top of the model, so config cannot import them)
+    schedule: Mapping[str, Any]
 
 
 T = TypeVar("T")
@@ -366,4 +369,5 @@ def from_data(d: Mapping[str, Any]) -> ModelConfig:
             cpuid=_cpuid_entries(vmm),
             msrs=MappingProxyType({m["index"]: (m["value"], m["error"]) for m in vmm["msr"]})),
         faults=MappingProxyType(dict(d["faults"])),
+        schedule=MappingProxyType(dict(d["schedule"])),
     )

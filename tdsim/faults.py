@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from .kvm_x86 import KvmVcpu
 
 _HOST_IRQ_OTHER = HOST_IRQ["other"]
+# A recording's wrapper around a source's injection function (`tdsim.choices`): called with
+# the source's name and the function, returns the function to call instead.
+Tap = Callable[[str, Callable[..., None]], Callable[..., None]]
 
 
 # --- asynchronous injections (aborts A and C) ---------------------------------------------
@@ -160,9 +163,9 @@ KNOBS: dict[str, FaultKnob] = {k.key: k for k in FAULT_KNOBS}
 
 # TDH.VP.ENTER outcomes, in the order they are drawn: the refusals (the SEAMCALL returns
 # without loading guest state), then those that enter the TD and exit at once.
-_MODULE_KNOBS = tuple(k.key for k in FAULT_KNOBS
-                      if k.kind == "probability" and k.key != "mmu_reload_fail")
-_SW_ERRORS = (arch.TDX_SEAMCALL_VMFAILINVALID, arch.TDX_SEAMCALL_GP, arch.TDX_SEAMCALL_UD)
+MODULE_KNOBS = tuple(k.key for k in FAULT_KNOBS
+                     if k.kind == "probability" and k.key != "mmu_reload_fail")
+SW_ERRORS = (arch.TDX_SEAMCALL_VMFAILINVALID, arch.TDX_SEAMCALL_GP, arch.TDX_SEAMCALL_UD)
 
 
 class Faults:
@@ -179,28 +182,31 @@ class Faults:
         self.low_bits = list(cfg["error_exit_low_bits"])
         # (probability, kind, stream) for each enabled module outcome
         self.module = [(cfg[name], name, stream(seed, f"faults.{name}"))
-                       for name in _MODULE_KNOBS if cfg[name] > 0]
+                       for name in MODULE_KNOBS if cfg[name] > 0]
         self.mmu_reload_fail = cfg["mmu_reload_fail"]
         self.mmu_rng = stream(seed, "faults.mmu_reload_fail") if self.mmu_reload_fail else None
         self.detail_rng = stream(seed, "faults.details")
 
     # --- processes -------------------------------------------------------------------------
-    def start(self, vcpus: Sequence[KvmVcpu], vms: Sequence[Any]) -> None:
-        """Start one Poisson process per enabled asynchronous source and vCPU (or TD)."""
+    def start(self, vcpus: Sequence[KvmVcpu], vms: Sequence[Any], tap: Tap | None = None
+              ) -> None:
+        """Start one Poisson process per enabled asynchronous source and vCPU (or TD).
+        `tap` (recording, `tdsim.choices`) wraps each source's injection when given."""
         env = self.env
         cfg = self.cfg
         for knob in FAULT_KNOBS:
             if knob.inject is None or cfg[knob.key] <= 0:
                 continue
+            inject = knob.inject if tap is None else tap(knob.name, knob.inject)
             for vcpu in vcpus:
                 rng = stream(self.seed, f"faults.{knob.name}.{vcpu.name}")
-                env.process(self._poisson(rng, cfg[knob.key], knob.inject, vcpu))
+                env.process(self._poisson(rng, cfg[knob.key], inject, vcpu))
         if cfg["sept_zap_hz"] > 0:
             hold = round(cfg["sept_zap_us"] * 1000)
             for vm in vms:
                 if vm.flavor == "tdx":
                     rng = stream(self.seed, f"faults.sept_zap.{vm.name}")
-                    env.process(self._sept_zap(rng, cfg["sept_zap_hz"], hold, vm))
+                    env.process(self._sept_zap(rng, cfg["sept_zap_hz"], hold, vm, tap))
 
     def _poisson(self, rng: random.Random, rate_hz: float,
                  inject: Callable[[KvmVcpu, Scheduler], None],
@@ -213,26 +219,39 @@ class Faults:
                 inject(vcpu, self.sched)
 
     def _sept_zap(self, rng: random.Random, rate_hz: float, hold_ns: int,
-                  vm: KvmTdx) -> ProcessGenerator:
+                  vm: KvmTdx, tap: Tap | None) -> ProcessGenerator:
+        """Poisson arrivals of `sept_zap_retry` on one TD."""
+        env = self.env
+        mean_ns = 1e9 / rate_hz
+        raise_flag = self.raise_wait_for_sept_zap
+        if tap is not None:
+            raise_flag = tap("sept_zap", raise_flag)
+        while True:
+            yield env.timeout(exp_ns(rng, mean_ns))
+            yield from self.sept_zap_retry(vm, hold_ns, raise_flag)
+
+    def sept_zap_retry(self, vm: KvmTdx, hold_ns: int,
+                       raise_flag: Callable[[KvmTdx], None] | None = None) -> ProcessGenerator:
         """A SEPT-zap SEAMCALL that hit OPERAND_BUSY and is retried with no vCPU in the TD
         (tdh_do_no_vcpus): raise ``wait_for_sept_zap``, kick every vCPU out with
-        KVM_REQ_OUTSIDE_GUEST_MODE (no request bit, no wake-up), hold, clear.
+        KVM_REQ_OUTSIDE_GUEST_MODE (no request bit, no wake-up), hold, clear.  Nothing
+        happens if the flag is already up (another retry holds it).
 
         Simplification: a vCPU that planned its entry before the flag rose but had not yet
         reached the late check (a window of a few hundred ns) still enters."""
-        env = self.env
-        mean_ns = 1e9 / rate_hz
-        while True:
-            yield env.timeout(exp_ns(rng, mean_ns))
-            if vm.wait_for_sept_zap:
-                continue
-            vm.wait_for_sept_zap = True
-            self.host_stat["faults.sept_zap"] += 1
-            for vcpu in vm.vcpus:
-                if vcpu.phase == PH_SEG:
-                    vcpu.kvm_vcpu_kick()
-            yield env.timeout(hold_ns)
-            vm.wait_for_sept_zap = False
+        if vm.wait_for_sept_zap:
+            return
+        (raise_flag or self.raise_wait_for_sept_zap)(vm)
+        yield self.env.timeout(hold_ns)
+        vm.wait_for_sept_zap = False
+
+    def raise_wait_for_sept_zap(self, vm: KvmTdx) -> None:
+        """The retry's start: the flag goes up and every vCPU in the TD is kicked out."""
+        vm.wait_for_sept_zap = True
+        self.host_stat["faults.sept_zap"] += 1
+        for vcpu in vm.vcpus:
+            if vcpu.phase == PH_SEG:
+                vcpu.kvm_vcpu_kick()
 
     # --- per-attempt outcomes --------------------------------------------------------------
     def mmu_reload_fails(self) -> bool:
@@ -249,30 +268,49 @@ class Faults:
                 kind = name
         if kind is None:
             return arch.TDX_SUCCESS, None, None
-        rng = self.detail_rng
+        details = self.details(kind)
+        return module_outcome(kind, self.detail_rng.choice(details) if details else 0)
+
+    def details(self, kind: str) -> Sequence[int]:
+        """The values a module outcome's detail is drawn from: the OPERAND_BUSY operand id,
+        the SEAMCALL error of sw_error, the low bits of error_exit; empty for the others."""
         if kind == "operand_busy":
-            op = rng.choice(self.busy_ids)
-            if op in (arch.TDX_OPERAND_ID_SEPT, arch.TDX_OPERAND_ID_TD_EPOCH):
-                kind = "operand_busy_late"  # after the module associated the vCPU
-            return arch.TDX_OPERAND_BUSY | op, None, kind
-        if kind == "tsc_rollback":
-            return arch.TDX_TSC_ROLLBACK, None, kind
-        if kind == "inconsistent_msr":
-            return arch.TDX_INCONSISTENT_MSR, None, kind
-        if kind == "vcpu_associated":
-            return arch.TDX_VCPU_ASSOCIATED, None, kind
+            return self.busy_ids
         if kind == "sw_error":
-            return rng.choice(_SW_ERRORS), None, kind
-        if kind == "zero_step":
-            return arch.TDX_SUCCESS | arch.EXIT_REASON_EPT_VIOLATION, None, kind
-        if kind == "failed_vmentry":
-            return arch.TDX_SUCCESS, (arch.TDX_NON_RECOVERABLE_TD
-                                      | arch.VMX_EXIT_REASONS_FAILED_VMENTRY
-                                      | arch.EXIT_REASON_INVALID_STATE), kind
-        if kind == "non_recoverable":
-            return arch.TDX_SUCCESS, (arch.TDX_NON_RECOVERABLE_VCPU
-                                      | arch.EXIT_REASON_TRIPLE_FAULT), kind
+            return SW_ERRORS
         if kind == "error_exit":
-            return arch.TDX_SUCCESS, arch.TDX_TD_EXIT_BEFORE_L2_ENTRY | rng.choice(
-                self.low_bits), kind
+            return self.low_bits
+        return ()
+
+
+def module_outcome(kind: str, detail: int) -> tuple[int, int | None, str]:
+    """What TDH.VP.ENTER returns for the module outcome `kind` (a probability knob of
+    `FAULT_KNOBS` other than mmu_reload_fail) with its `detail` (`Faults.details`):
+    (refusal status or TDX_SUCCESS, exit status of an entered-and-failed TD or None, kind)."""
+    if kind == "operand_busy":
+        if detail in (arch.TDX_OPERAND_ID_SEPT, arch.TDX_OPERAND_ID_TD_EPOCH):
+            # after the module associated the vCPU
+            return arch.TDX_OPERAND_BUSY | detail, None, "operand_busy_late"
+        return arch.TDX_OPERAND_BUSY | detail, None, kind
+    if kind == "tsc_rollback":
+        return arch.TDX_TSC_ROLLBACK, None, kind
+    if kind == "inconsistent_msr":
+        return arch.TDX_INCONSISTENT_MSR, None, kind
+    if kind == "vcpu_associated":
+        return arch.TDX_VCPU_ASSOCIATED, None, kind
+    if kind == "sw_error":
+        return detail, None, kind
+    if kind == "zero_step":
+        return arch.TDX_SUCCESS | arch.EXIT_REASON_EPT_VIOLATION, None, kind
+    if kind == "failed_vmentry":
+        return arch.TDX_SUCCESS, (arch.TDX_NON_RECOVERABLE_TD
+                                  | arch.VMX_EXIT_REASONS_FAILED_VMENTRY
+                                  | arch.EXIT_REASON_INVALID_STATE), kind
+    if kind == "non_recoverable":
+        return arch.TDX_SUCCESS, (arch.TDX_NON_RECOVERABLE_VCPU
+                                  | arch.EXIT_REASON_TRIPLE_FAULT), kind
+    if kind == "error_exit":
+        return arch.TDX_SUCCESS, arch.TDX_TD_EXIT_BEFORE_L2_ENTRY | detail, kind
+    if kind == "genuine_ept_misconfig":
         return arch.TDX_SUCCESS, arch.TDX_SUCCESS | arch.EXIT_REASON_EPT_MISCONFIG, kind
+    raise ValueError(f"tdsim bug: {kind!r} is not a TDH.VP.ENTER outcome")

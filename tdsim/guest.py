@@ -44,6 +44,14 @@ TDVMCALL_REGS = {
 TDVMCALL_KEYS = {k: f"tdvmcall.{k}" for k in TDVMCALL_KINDS}
 BATCH = 64  # compute periods drawn at a time
 _Call = tuple[str, str, tuple[int, ...]]  # (kind, its counter, its registers)
+# A schedule's supply (or a recording's tap) of a guest's periods: given the guest, the
+# function that returns its next (compute ns, call) each time and never runs out.
+PeriodSource = Callable[["GuestVcpu"], Callable[[], tuple[int, _Call]]]
+
+
+def tdvmcall_call(kind: str) -> _Call:
+    """The (kind, counter, registers) of a statistical guest's TDVMCALL `kind`."""
+    return kind, TDVMCALL_KEYS[kind], TDVMCALL_REGS[kind]
 
 
 class GuestVcpu:
@@ -54,7 +62,7 @@ class GuestVcpu:
                  "tsc_aux_acc", "_random", "_lambd", "_calls", "_single", "_next")
 
     def __init__(self, rng: random.Random, compute_ns: int, exp: bool,
-                 mix: Any, c_tdvmcall: int) -> None:
+                 mix: Any, c_tdvmcall: int, periods: PeriodSource | None = None) -> None:
         self.rng = rng
         self.mean_ns = compute_ns
         self.exp = exp
@@ -75,7 +83,11 @@ class GuestVcpu:
         self._calls: list[_Call] = [(k, TDVMCALL_KEYS[k], TDVMCALL_REGS[k])
                                     for k in self.kinds]
         self._single = self._calls[0] if len(self._calls) == 1 else None
-        self._next: Callable[[], tuple[int, _Call]] = iter(()).__next__
+        # where the periods come from: blocks drawn from the stream (`_draw_batch`, taken when
+        # the iterator runs out), or a schedule's choice point (`tdsim.choices`), given the
+        # guest before its first period
+        self._next: Callable[[], tuple[int, _Call]] = (
+            iter(()).__next__ if periods is None else periods(self))
         self.next_period()
 
     def _draw_batch(self) -> list[tuple[int, _Call]]:

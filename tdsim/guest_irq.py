@@ -8,7 +8,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from . import arch
-from .guest import GuestVcpu
+from .guest import GuestVcpu, PeriodSource
 from .rng import exp_ns
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class IrqGuestVcpu(GuestVcpu):
     def __init__(self, rng: random.Random, compute_ns: int, exp: bool, mix: Any,
                  c_tdvmcall: int, ipi_rng: random.Random, ipi_mean_ns: int, icr: int,
                  oneshot: bool = False, fault_mean_ns: int = 0,
-                 hlt_irqs_off_p: float = 0.0) -> None:
+                 hlt_irqs_off_p: float = 0.0, periods: PeriodSource | None = None) -> None:
         self.hlt_irqs_off_p = hlt_irqs_off_p
         self.ipi_rng = ipi_rng
         self.ipi_mean_ns = ipi_mean_ns
@@ -62,7 +62,7 @@ class IrqGuestVcpu(GuestVcpu):
         self.rearm_planned = False  # the re-arm call is planned for a pending timer vector
         self.ipi_left_ns = (exp_ns(ipi_rng, ipi_mean_ns)
                             if ipi_mean_ns else 1 << 62)
-        super().__init__(rng, compute_ns, exp, mix, c_tdvmcall)
+        super().__init__(rng, compute_ns, exp, mix, c_tdvmcall, periods)
 
     def ept_violation_regs(self, args: Any) -> None:
         """What the module returns for an EPT violation: RCX = exit qualification (a
@@ -119,8 +119,8 @@ class IrqGuestVcpu(GuestVcpu):
             self.ipi_left_ns -= compute
 
 
-def irq_guest(scope: VcpuScope, seed: int, vm: VmConfig,
-              c_tdvmcall: int) -> IrqGuestVcpu | None:
+def irq_guest(scope: VcpuScope, seed: int, vm: VmConfig, c_tdvmcall: int,
+              periods: PeriodSource | None = None) -> IrqGuestVcpu | None:
     """The guest of one vCPU of `vm` if it needs `IrqGuestVcpu` (IPIs, one-shot timer
     re-arms, private faults, HLT with interrupts disabled), else None."""
     wl = vm.workload
@@ -133,4 +133,5 @@ def irq_guest(scope: VcpuScope, seed: int, vm: VmConfig,
                         wl.mix, c_tdvmcall, scope.stream(seed, "ipi"),
                         int(1e9 / intr.ipi_hz) if intr.ipi_hz else 0,
                         IPI_VECTOR[pattern] | ICR_SHORTHAND[pattern], wl.timer_oneshot,
-                        int(1e9 / fault_hz) if fault_hz else 0, intr.hlt_irqs_off_p)
+                        int(1e9 / fault_hz) if fault_hz else 0, intr.hlt_irqs_off_p,
+                        periods)

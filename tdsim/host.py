@@ -599,9 +599,19 @@ class Scheduler:
             startup(cpu)
         cpu.active = True
         self._set_idle(cpu, True)
-        nxt = self._pull(cpu)
-        if nxt is not None:
-            self._dispatch(cpu, nxt)
+        self.idle_balance(cpu)
+
+    def idle_balance(self, cpu: HostCpu) -> bool:
+        """An idle CPU's periodic idle balance (run from its tick in Linux): pull a runnable
+        unpinned thread queued on another CPU, as a CPU going idle does, and run it.
+        Returns whether it found one."""
+        if cpu.curr is not None or cpu.rq or not cpu.active:
+            return False
+        t = self._pull(cpu)
+        if t is None:
+            return False
+        self._dispatch(cpu, t)
+        return True
 
     def _pull(self, cpu: HostCpu) -> Thread | None:
         """Idle balancing: take the first unpinned runnable thread of the next CPU (after

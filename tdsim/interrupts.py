@@ -44,6 +44,7 @@ from .scope import cpu_name, vm_stream
 
 if TYPE_CHECKING:
     from .clock import Environment
+    from .faults import Tap
     from .host import HostCpu, Stat
     from .irqstats import IrqStats
     from .kvm_x86 import KvmVcpu
@@ -69,34 +70,48 @@ def poisson(env: Environment, rng: random.Random, rate_hz: float, fire: Callable
         fire(target)
 
 
-def device_irqs(env: Environment, irq: IrqStats, rng: random.Random, rate_hz: float,
-                targets: Sequence[KvmVcpu]) -> ProcessGenerator:
+def device_irqs(env: Environment, rng: random.Random, rate_hz: float,
+                targets: Sequence[KvmVcpu], fire: Callable[[KvmVcpu], None]
+                ) -> ProcessGenerator:
     """MSIs of a device (irqfd from a host thread outside the model), round robin over
-    `targets`."""
+    `targets`; `fire` is `device_irq` bound to the run's `IrqStats`."""
     mean = 1e9 / rate_hz
     i = 0
     while True:
         yield env.timeout(exp_ns(rng, mean))
         vcpu = targets[i % len(targets)]
         i += 1
+        fire(vcpu)
+
+
+def device_irq(irq: IrqStats) -> Callable[[KvmVcpu], None]:
+    """One device MSI posted to a vCPU."""
+    def fire(vcpu: KvmVcpu) -> None:
         vcpu.stat["device_irq"] += 1
         irq.post(vcpu, DEVICE_VECTOR, "device")
+    return fire
 
 
 def tlb_flushes(env: Environment, rng: random.Random, rate_hz: float,
-                vcpus: Sequence[KvmVcpu]) -> ProcessGenerator:
+                vcpus: Sequence[KvmVcpu],
+                fire: Callable[[Sequence[KvmVcpu]], None]) -> ProcessGenerator:
+    """Poisson arrivals of `kvm_flush_remote_tlbs` (`fire`) for one VM."""
+    mean = 1e9 / rate_hz
+    while True:
+        yield env.timeout(exp_ns(rng, mean))
+        fire(vcpus)
+
+
+def kvm_flush_remote_tlbs(vcpus: Sequence[KvmVcpu]) -> None:
     """kvm_flush_remote_tlbs -> kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH) from a host
     thread outside the model: every vCPU gets the request; vCPUs in guest mode are kicked
     (the requester's wait is not modelled); halted ones are not woken
     (KVM_REQUEST_NO_WAKEUP)."""
-    mean = 1e9 / rate_hz
-    while True:
-        yield env.timeout(exp_ns(rng, mean))
-        for vcpu in vcpus:
-            vcpu.kvm_make_request(KVM_REQ_TLB_FLUSH)
-            vcpu.stat["tlb_flush_requests"] += 1
-            if vcpu.mode != OUTSIDE_GUEST_MODE:  # kvm_request_needs_ipi
-                vcpu.kvm_vcpu_kick()
+    for vcpu in vcpus:
+        vcpu.kvm_make_request(KVM_REQ_TLB_FLUSH)
+        vcpu.stat["tlb_flush_requests"] += 1
+        if vcpu.mode != OUTSIDE_GUEST_MODE:  # kvm_request_needs_ipi
+            vcpu.kvm_vcpu_kick()
 
 
 def host_nmi(host_stat: Stat) -> Callable[[HostCpu], None]:
@@ -109,29 +124,37 @@ def host_nmi(host_stat: Stat) -> Callable[[HostCpu], None]:
 
 
 def start(env: Environment, seed: int, vms: Sequence[Any], cpus: Sequence[HostCpu],
-          host_nmi_hz: float, irq: IrqStats, host_stat: Stat) -> None:
-    """Start the configured device, TLB-flush and NMI sources (build phase)."""
+          host_nmi_hz: float, irq: IrqStats, host_stat: Stat, tap: Tap | None = None) -> None:
+    """Start the configured device, TLB-flush and NMI sources (build phase).  `tap`
+    (recording, `tdsim.choices`) wraps each source's injection when given."""
+    def tapped(name: str, fire: Callable[..., None]) -> Callable[..., None]:
+        return fire if tap is None else tap(name, fire)
+
     for vm in vms:
         intr = vm.interrupts
         if intr is None:
             continue
         if intr.device_irq_hz > 0:
             targets = [vm.vcpus[i] for i in intr.device_irq_vcpus]
-            env.process(device_irqs(env, irq, vm_stream(seed, vm.name, "device_irq"),
-                                    intr.device_irq_hz, targets))
+            env.process(device_irqs(env, vm_stream(seed, vm.name, "device_irq"),
+                                    intr.device_irq_hz, targets,
+                                    tapped("device_irq", device_irq(irq))))
         if intr.tlb_flush_hz > 0:
             env.process(tlb_flushes(env, vm_stream(seed, vm.name, "tlb_flush"),
-                                    intr.tlb_flush_hz, vm.vcpus))
+                                    intr.tlb_flush_hz, vm.vcpus,
+                                    tapped("tlb_flush", kvm_flush_remote_tlbs)))
         if intr.nmi_hz > 0:
+            inject_nmi = tapped("nmi", vmm_inject_nmi)
             for vcpu in vm.vcpus:
                 env.process(poisson(env, vcpu.scope.stream(seed, "nmi"), intr.nmi_hz,
-                                    _inject_nmi, vcpu))
+                                    inject_nmi, vcpu))
     if host_nmi_hz > 0:
-        fire = host_nmi(host_stat)
+        fire = tapped("host_nmi", host_nmi(host_stat))
         for cpu in cpus:
             env.process(poisson(env, stream(seed, f"{cpu_name(cpu.index)}.nmi"), host_nmi_hz,
                                 fire, cpu))
 
 
-def _inject_nmi(vcpu: KvmVcpu) -> None:
+def vmm_inject_nmi(vcpu: KvmVcpu) -> None:
+    """The VMM (or a watchdog) injects an NMI (KVM_NMI -> kvm_inject_nmi)."""
     vcpu.kvm_inject_nmi()

@@ -153,6 +153,74 @@ def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
                            f"vCPU {v} does not exist (valid 0..{vm['vcpus'] - 1})")
 
 
+def _check_schedule(data: dict[str, Any]) -> None:
+    """A ``[schedule]`` places each event once (an entry and a landmark, or a time) on an
+    existing vCPU of a VM that can take it, with a detail only where the kind has one; its
+    guest lists name vCPUs with statistical workloads (docs/hunt.md)."""
+    from tdsim.schedule import AT_SEAMCALL, CPU_KINDS, KINDS, LANDMARKS, detail_choices
+
+    vcpus = {f"{vm['name']}.vcpu{i}": vm for vm in data["vm"] for i in range(vm["vcpus"])}
+    names = list(vcpus)
+    sched = data["schedule"]
+    for j, e in enumerate(sched["event"]):
+        where: PathT = ("schedule", "event", j)
+        if e["kind"] is None:
+            raise Bad(where, "needs a kind (" + ", ".join(KINDS) + ")")
+        kind = KINDS[e["kind"]]
+        if e["cpu"] is not None:
+            if e["kind"] not in CPU_KINDS or e["vcpu"] is not None or e["t_ns"] is None:
+                raise Bad(where + ("cpu",), "only host_irq and host_nmi at a t_ns may name "
+                                            "a CPU, instead of a vcpu")
+            if e["cpu"] >= data["host"]["cpus"]:
+                raise Bad(where + ("cpu",), f"CPU {e['cpu']} does not exist: host.cpus = "
+                                            f"{data['host']['cpus']}")
+        if e["vcpu"] is None:
+            if not (e["kind"] in CPU_KINDS and e["cpu"] is not None and e["t_ns"] is not None):
+                raise Bad(where, f"needs a vcpu ({', '.join(names[:4])}...)" if len(names) > 4
+                          else f"needs a vcpu ({', '.join(names)})")
+        elif e["vcpu"] not in vcpus:
+            raise Bad(where + ("vcpu",), f"no vCPU {e['vcpu']!r}" + _did_you_mean(
+                e["vcpu"], names))
+        elif kind.td_only and vcpus[e["vcpu"]]["flavor"] != "tdx":
+            raise Bad(where + ("kind",), f"{e['kind']} needs a TD vCPU; "
+                                         f"{e['vcpu']} is a VMX guest's")
+        if (e["entry"] is None) == (e["t_ns"] is None):
+            raise Bad(where, "give either entry (with at) or t_ns")
+        if e["t_ns"] is not None:
+            if e["at"] is not None or e["delay_ns"]:
+                raise Bad(where + ("at",), "not with t_ns")
+            if kind.where != "landmark":
+                raise Bad(where + ("t_ns",), f"{e['kind']} is an outcome of an entry: place "
+                                             f"it with entry")
+        elif kind.where == "landmark":
+            if e["at"] is None:
+                raise Bad(where + ("at",), f"which landmark of the entry: "
+                                           f"{', '.join(LANDMARKS)}")
+        elif e["at"] is not None or e["delay_ns"]:
+            what = "its TDH.VP.ENTER" if kind.where == AT_SEAMCALL else "its entry attempt"
+            raise Bad(where + ("at",), f"{e['kind']} lands on {what}: no at or delay_ns")
+        if e["detail"] is not None:
+            choices = detail_choices(e["kind"], data["faults"])
+            if not kind.details:
+                raise Bad(where + ("detail",), f"{e['kind']} has no detail")
+            if kind.details == "sw_errors" and e["detail"] not in choices:
+                raise Bad(where + ("detail",), "one of " + ", ".join(f"{c:#x}"
+                                                                    for c in choices))
+    for name, items in sched["guest"].items():
+        where = ("schedule", "guest", name)
+        vm = vcpus.get(name)
+        if vm is None:
+            raise Bad(where, f"no vCPU {name!r}" + _did_you_mean(name, names))
+        if vm["workload"]["program"]:
+            raise Bad(where, "its VM runs a scripted guest (`program`)")
+        calls = [i if isinstance(i, str) else i["call"] for i in items]
+        if "hlt" in calls and not vm["workload"]["timer_hz"] > 0:
+            raise Bad(where, "a halted vCPU could never be woken: its VM needs "
+                             "workload.timer_hz > 0")
+        if vm["flavor"] == "vmx" and "mapgpa" in calls:
+            raise Bad(where, "a VMX guest has no MapGPA")
+
+
 def _check_l2_statuses(data: dict[str, Any]) -> None:
     """The exit statuses ``[faults] error_exit`` injects exist only with TD partitioning:
     every TD must declare it (``td_partitioning``)."""
@@ -268,5 +336,5 @@ def _absolute(spec: str, base_dir: str | os.PathLike[str]) -> str:
 # Run in order on the resolved data; each raises Bad at the first problem.  Add new
 # relations between keys here.
 CROSS_CHECKS = [_check_vm_names, _check_pins, _check_hotplug, _check_mix,
-                _check_strategy_specs, _check_device_irq_vcpus, _check_l2_statuses, _check_warmup,
-                _check_expectations]
+                _check_strategy_specs, _check_device_irq_vcpus, _check_l2_statuses,
+                _check_warmup, _check_expectations, _check_schedule]

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import faults as _faults
 from . import guest as _guest
+from . import schedule as _schedule
 from . import strategies as _strategies
 from . import tdvmcall_abi as _tdvmcall_abi
 
@@ -609,6 +610,52 @@ FAULTS = Table(_fault_keys(),
                doc="Fault injection: every late entry abort path (docs/late-aborts.md).")
 
 
+# --- the scripted schedule (tdsim.schedule; docs/hunt.md) ------------------------------------
+SCHEDULE_EVENT = Table(
+    {
+        "kind": Key(str, None, "what is injected (docs/hunt.md: what each kind does and "
+                    "where it can land)", choices=tuple(_schedule.KINDS), optional=True),
+        "vcpu": Key(str, None, "the vCPU it targets and whose entry segments place it "
+                    "(td0.vcpu1)", optional=True),
+        "entry": Key(int, None, "which entry segment of that vCPU (0 = its first; every "
+                     "TDH.VP.ENTER and every wait_for_sept_zap spin begins one)",
+                     non_negative, optional=True),
+        "at": Key(str, None, "where in that segment: before_check, after_check, in_guest, "
+                  "exit (a module outcome lands on the segment's TDH.VP.ENTER, "
+                  "mmu_reload_fail on its entry attempt)",
+                  choices=_schedule.LANDMARKS, optional=True),
+        "delay_ns": Key(int, 0, "how long after the landmark", non_negative),
+        "t_ns": Key(int, None, "an absolute time instead of entry and at", non_negative,
+                    optional=True),
+        "detail": Key(int, None, "the OPERAND_BUSY operand id, the error_exit low bits or "
+                      "the sw_error status (default: the first of the scenario's list)",
+                      optional=True),
+        "cpu": Key(int, None, "host_irq / host_nmi at t_ns: the host CPU (instead of a "
+                   "vCPU)", non_negative, optional=True),
+    },
+    doc="One injected event of the schedule.",
+)
+
+SCHEDULE = Table(
+    {
+        "random_sources": Key(bool, True, "the random sources of what the schedule's events "
+                              "inject keep running: the [faults] knobs, device interrupts, TLB "
+                              "flushes, VMM and host NMIs (false: only the schedule injects "
+                              "them, as when replaying a recorded run)"),
+        "event": ArrayOfTables(SCHEDULE_EVENT, min_items=0, default_items=0),
+        "guest": Map(None, Key(list, [], "the calls ending the vCPU's compute periods, in "
+                               "order, then the last one repeating: TDVMCALL kinds, or "
+                               "{ call = KIND, compute_ns = N } for another compute time "
+                               "than the workload's", _schedule.check_periods),
+                     doc="per vCPU (\"td0.vcpu0\" = [...]), what its statistical guest "
+                         "does instead of drawing from its mix"),
+    },
+    doc="A scripted schedule (docs/hunt.md): injected events placed against the vCPUs' "
+        "run-loop landmarks, and the guests' calls; on top of the random sources above "
+        "(`tdsim hunt` writes reproducers with those off).",
+)
+
+
 def _metric_bound(v: Any) -> str | None:
     """An expected metric: a number (exact) or ``{min = .., max = ..}`` (either optional)."""
     if not isinstance(v, dict):
@@ -803,6 +850,7 @@ SCHEMA = Table(
         "costs": COSTS,
         "vmm": VMM,
         "faults": FAULTS,
+        "schedule": SCHEDULE,
         "expect": EXPECT,
     }
 )

@@ -83,6 +83,7 @@ from . import arch
 from .arch import OUTSIDE_GUEST_MODE
 from .host import ProcessGenerator
 from .rng import exp_ns
+from .scope import vm_stream
 from .segment import PH_SEG
 from .tdx_module import seamcall_keys
 
@@ -330,6 +331,15 @@ class SeptZapper:
 
 
 STUCK_WAIT_NS = 100_000
+
+
+def new_zapper(env: Environment, vm: KvmTdx, costs: Costs, seed: int, stat: Stat,
+               tracer: Tracer | None) -> SeptZapper:
+    """The zapper of TD `vm` with its named random streams (arrivals, and one per SEAMCALL
+    that may be busy)."""
+    return SeptZapper(env, vm, vm.sept, costs, vm_stream(seed, vm.name, "sept"),
+                      {leaf: vm_stream(seed, vm.name, f"sept.busy.{name}")
+                       for leaf, name in SEPT_CALLS.items()}, stat, tracer)
 
 
 def check_end(findings: Findings, now: int, zappers: list[SeptZapper]) -> None:

@@ -25,6 +25,7 @@ from .program import ScriptedGuest
 from .strategies import load_strategy
 
 if TYPE_CHECKING:
+    from .choices import Runtime
     from .scenario import Scenario
     from .trace import Tracer
 
@@ -56,15 +57,17 @@ class Simulation:
     """One run of one scenario."""
 
     def __init__(self, scenario: Scenario, tracer: Tracer | None = None,
-                 variants: list[str] | tuple[str, ...] = ()) -> None:
+                 variants: list[str] | tuple[str, ...] = (),
+                 choices: Runtime | None = None) -> None:
         self.scenario = scenario
         self.config = from_data(scenario.data)
         self.seed = self.config.sim.seed
         self.duration_ns = self.config.sim.duration_ns
         self.warmup_ns = self.config.sim.warmup_ns
         self.tracer = tracer
+        # `choices`: a recording or a search at the run's choice points (tdsim.choices)
         self.model: Model = build(self.config,
-                                  load_strategy(self.config.kvm.host_state), tracer)
+                                  load_strategy(self.config.kvm.host_state), tracer, choices)
         if variants:  # deliberately wrong kernel variants, for tests (tdsim.variants)
             from .variants import apply
             apply(self.model, variants)

@@ -65,6 +65,9 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "sept_flag": ("value", "leaf"),        # wait_for_sept_zap set / cleared around a retry
     "sept_kick": ("cause", "vcpus"),       # KVM_REQ_OUTSIDE_GUEST_MODE: busy | track, waited for
     "sept_ack": ("cause",),                # that vCPU acked the request (its IRQ window)
+    # a scheduled event (tdsim.schedule) is applied: its kind (what), where it was placed (entry
+    # segment and landmark, or "t"), and where the vCPU really was (tdsim.choices.position)
+    "inject": ("what", "entry", "at", "landed"),
 }
 _FIELDS = {kind: frozenset(names) for kind, names in EVENT_KINDS.items()}
 

@@ -1,8 +1,9 @@
-"""The README's examples are run, so they cannot go stale.
+"""The examples of the README and docs/hunt.md are run, so they cannot go stale.
 
 * A fenced block whose first line is ``$ tdsim ...`` is a command and what it prints: the
   test runs it from the repository root (stdout and stderr, not a terminal) and compares,
-  line by line.  A ``wall clock:`` line varies by machine and is compared up to its colon.
+  line by line.  A ``wall clock:`` line varies by machine and is compared up to its colon,
+  the seconds a hunt took are not compared.
 * A ``python`` block is executed.
 * A ``toml`` block must parse; one whose first line is ``# <path> (excerpt)`` must also be an
   excerpt of that file (each key it sets has the same value there).
@@ -23,6 +24,7 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
+DOCS = (README, ROOT / "docs" / "hunt.md")  # the documents whose examples are run
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 
 
@@ -38,11 +40,18 @@ def run_command(command: str) -> str:
 
 
 def normalise(text: str) -> list[str]:
-    return [re.sub(r"^(wall clock:).*", r"\1 ...", line.rstrip())
-            for line in text.rstrip("\n").splitlines()]
+    """Lines without what varies by machine: the ``wall clock:`` line, and the seconds a
+    hunt took (``(0.2 s)``, ``runs in 0.7 s``)."""
+    out = []
+    for line in text.rstrip("\n").splitlines():
+        line = re.sub(r"^(wall clock:).*", r"\1 ...", line.rstrip())
+        line = re.sub(r"\(\d+(\.\d+)? s\)", "(... s)", line)
+        out.append(re.sub(r"( runs in )\d+(\.\d+)? s$", r"\1... s", line))
+    return out
 
 
-COMMANDS = [(body.splitlines()[0][2:], body) for lang, body, _ in blocks(README.read_text())
+COMMANDS = [(body.splitlines()[0][2:], body) for doc in DOCS
+            for lang, body, _ in blocks(doc.read_text())
             if body.startswith("$ tdsim ") or body.startswith("$ .venv/bin/tdsim ")]
 
 
@@ -53,24 +62,25 @@ def test_the_readme_has_examples():
 
 @pytest.mark.parametrize(("command", "body"), COMMANDS, ids=[c for c, _ in COMMANDS])
 def test_printed_example_matches_this_build(command, body):
-    """The command prints exactly what the README shows."""
+    """The command prints exactly what the document shows."""
     shown = body.split("\n", 1)[1]
     assert normalise(run_command(command)) == normalise(shown), (
-        "README example is stale: run `.venv/bin/python tests/test_readme.py --update`")
+        "example is stale: run `.venv/bin/python tests/test_readme.py --update`")
 
 
 def test_python_examples_run(monkeypatch):
     """Every python block runs as written (from the repository root)."""
     monkeypatch.chdir(ROOT)
-    code = [body for lang, body, _ in blocks(README.read_text()) if lang == "python"]
+    code = [(doc, body) for doc in DOCS for lang, body, _ in blocks(doc.read_text())
+            if lang == "python"]
     assert code
-    for body in code:
-        exec(compile(body, "README.md", "exec"), {})
+    for doc, body in code:
+        exec(compile(body, doc.relative_to(ROOT).as_posix(), "exec"), {})
 
 
 def test_toml_examples_parse_and_excerpts_match_their_files():
     """Every toml block is TOML; an excerpt is made of lines of the file it names."""
-    for lang, body, _ in blocks(README.read_text()):
+    for lang, body, _ in (b for doc in DOCS for b in blocks(doc.read_text())):
         if lang != "toml":
             continue
         shown = flatten(tomllib.loads(body))
@@ -93,14 +103,16 @@ def flatten(value: object, prefix: str = "") -> dict[str, object]:
 
 def update() -> None:
     """Rewrite the output of every ``$ tdsim`` block with what this build prints."""
-    text = README.read_text()
-    out, pos = [], 0
-    for _lang, body, start in blocks(text):
-        if body.startswith("$ tdsim ") or body.startswith("$ .venv/bin/tdsim "):
-            command = body.splitlines()[0]
-            out += [text[pos:start], command + "\n", run_command(command[2:]).rstrip("\n") + "\n"]
-            pos = start + len(body)
-    README.write_text("".join(out) + text[pos:])
+    for doc in DOCS:
+        text = doc.read_text()
+        out, pos = [], 0
+        for _lang, body, start in blocks(text):
+            if body.startswith("$ tdsim ") or body.startswith("$ .venv/bin/tdsim "):
+                command = body.splitlines()[0]
+                out += [text[pos:start], command + "\n",
+                        run_command(command[2:]).rstrip("\n") + "\n"]
+                pos = start + len(body)
+        doc.write_text("".join(out) + text[pos:])
 
 
 if __name__ == "__main__":
