@@ -9,8 +9,10 @@ scenario through ``tdsim --compiled check``, and a build from scratch into a tem
 directory (a minute or two: mypyc and a C compiler).
 """
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +82,7 @@ def _fresh_build() -> Path:
     try:
         _compiled.check(_compiled.DEFAULT_BUILD_DIR)
     except _compiled.CompiledBuildError as e:
-        pytest.skip(f"no usable compiled build ({e})")
+        pytest.skip(f"needs a fresh compiled build (make compiled): {e}")
     return _compiled.DEFAULT_BUILD_DIR
 
 
@@ -141,6 +143,20 @@ def test_build_from_scratch_and_compare(tmp_path: Path) -> None:
     assert _compiled.check(build) == sorted(json.loads(
         (build / "manifest.json").read_text())["modules"])
     _assert_same(build, ["scenarios/baseline.toml", "scenarios/exit_reason_raw.toml"])
+
+
+def test_performance_doc_lists_what_is_compiled() -> None:
+    """docs/performance.md's table of compiled modules is tools/build_compiled.py's MODULES,
+    and every one of them is a module of tdsim."""
+    tree = ast.parse((ROOT / "tools" / "build_compiled.py").read_text())
+    modules = next(ast.literal_eval(node.value) for node in tree.body
+                   if isinstance(node, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id == "MODULES" for t in node.targets))
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    table = doc[doc.index("| group | modules |"):doc.index("Everything else stays Python")]
+    listed = re.findall(r"`(\w+)`", table)
+    assert sorted(listed) == sorted(modules)
+    assert all((ROOT / "tdsim" / f"{m}.py").exists() for m in modules)
 
 
 # --- the guard --------------------------------------------------------------------------------
