@@ -42,7 +42,7 @@ def build(modules: list[str], jobs: int, out: Path) -> None:
     manifest."""
     import mypy.version
     from mypyc.build import mypycify
-    from setuptools import Distribution
+    from setuptools import Distribution  # type: ignore[import-untyped,unused-ignore]
 
     out = out.resolve()
     temp = out.parent / f"{out.name}-c"  # generated C and object files
