@@ -12,7 +12,7 @@ if every compiled module's source still hashes to what the manifest says and the
 this Python.  Then its directory goes in front of ``tdsim.__path__``: ``import tdsim.host``
 finds the compiled module, and every module that was not compiled still comes from source.
 Asked for but missing or stale, it is refused with one line naming what is wrong and exit
-status 2.  Falling back to pure Python instead would hide a difference in speed of some 1.4x
+status 2.  Falling back to pure Python instead would hide a difference in speed of some 1.35x
 from whoever asked; running a stale build would run old model code.
 
 Compiled code is the same model and gives identical results (tests/test_compiled.py compares
