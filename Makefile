@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-slow test-perfetto bench lint typecheck clean distclean
+.PHONY: venv run test test-slow test-perfetto test-compiled bench compiled lint typecheck clean distclean
 
 venv: $(STAMP)
 
@@ -47,6 +47,21 @@ $(VENV)/.installed-perfetto: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tdsim.bench
+
+# Optional: the hot modules compiled with mypyc into build/compiled/ (never into tdsim/), used
+# only with TDSIM_COMPILED=1 or `tdsim --compiled` and only while every compiled module's
+# source is unchanged (docs/performance.md).  Needs a C compiler and the Python headers.
+compiled: $(VENV)/.installed-compiled
+	$(PY) tools/build_compiled.py
+
+$(VENV)/.installed-compiled: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,study,lint,compiled]'
+	touch $@
+
+# tests/test_compiled.py with a build made from scratch (in a temporary directory) and with
+# build/compiled/, which this target (re)builds first.
+test-compiled: compiled
+	$(PY) -m pytest -q -m 'compiled or not compiled' tests/test_compiled.py
 
 # ruff, mypy --strict, and the import contracts of pyproject.toml ([tool.importlinter]:
 # layers from the CLI down to the model, no import cycles, the model free of CLI/study

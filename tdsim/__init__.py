@@ -10,9 +10,18 @@ The names are loaded on first use, so that ``import tdsim.cli`` (and ``tdsim --h
 not load the model.
 """
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+
+if __name__ == "tdsim" and os.environ.get("TDSIM_COMPILED", "0") != "0":
+    # The optional compiled build of the hot modules (make compiled), only if it was built
+    # from the current source; otherwise one line and exit status 2 (tdsim/_compiled.py).
+    # (Not for a renamed copy of the package, such as tdsim.bench_trace's stripped one.)
+    from ._compiled import activate_or_exit
+
+    activate_or_exit(__path__)
 
 __all__ = ["Result", "Scenario", "ScenarioError", "__version__", "load_scenario", "run"]
 

@@ -11,7 +11,10 @@ bare loop, then tdsim again ...), so both see the same machine state:
 * a scaling table: CPU microseconds per TD exit at 8, 64, 256, 1,024 and 4,096 vCPUs (one
   host CPU per vCPU, TDs of up to 16 vCPUs, the same workload, about the same number of
   exits), against the bare loop with as many processes, and each one's growth from 8 vCPUs;
-* what tracing costs (`tdsim.bench_trace`).
+* what tracing costs (`tdsim.bench_trace`);
+* with a fresh compiled build (``make compiled``, docs/performance.md): the fixed benchmark
+  in subprocesses, pure Python and compiled alternately, each with its bare-loop ratio
+  measured in the same process: CPU microseconds per TD exit both ways and the speed-up.
 
 This is a benchmark, not a test: absolute numbers depend on the machine and its load; the
 ratios, measured side by side, are what to compare.
@@ -20,13 +23,18 @@ ratios, measured side by side, are what to compare.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Generator
 from typing import Any
 
 import simpy
 
+from . import _compiled
 from .scenario import scenario_from_dict
 from .sim import run
 
@@ -101,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-tracing", action="store_true", help="skip the tracing costs")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
+    parser.add_argument("--no-compiled", action="store_true",
+                        help="skip the pure-versus-compiled comparison")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:  # one run for compiled_table, in a process of its own
+        print(json.dumps(_one_pair()))
+        return 0
     rates, bare, events = [], [], []
     exits = 0
     for _ in range(args.repeat):
@@ -111,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         exits = perf["td_exits"]
         bare.append(bare_simpy(64, exits)[0])
     ratios = sorted(r / b for r, b in zip(rates, bare, strict=True))
-    print("tdsim benchmark: 4 TDs x 16 vCPUs, 64 host CPUs, 16 host tasks, 30 ms simulated")
+    print("tdsim benchmark: 4 TDs x 16 vCPUs, 64 host CPUs, 16 host tasks, 30 ms simulated"
+          + (" (compiled build)" if _compiled.ACTIVE else ""))
     print(f"  TD exits per run            {exits:,}")
     print(f"  tdsim TD exits / wall s     {_med(rates):,.0f}   (runs: "
           + ", ".join(f"{r:,.0f}" for r in rates) + ")")
@@ -122,12 +137,66 @@ def main(argv: list[str] | None = None) -> int:
           f"{ratios[0]:.3f} .. {ratios[-1]:.3f})")
     if not args.no_scaling:
         print("\n".join(scaling_table(args.repeat)))
-    if not args.no_tracing:
+    if not args.no_tracing and _compiled.ACTIVE:
+        print("tracing cost: measured in pure Python only (its floor is a stripped copy of "
+              "the sources)")
+    elif not args.no_tracing:
         # What tracing costs, off and on, against a build with the tracer checks stripped.
         from .bench_trace import measure, report
 
         print("\n".join(report(measure(BENCH_SCENARIO, args.repeat))))
+    if not args.no_compiled:
+        print("\n".join(compiled_table(args.repeat)))
     return 0
+
+
+def _one_pair() -> dict[str, Any]:
+    """The fixed benchmark once and the bare loop once, in this process."""
+    perf = bench_tdsim()
+    bare_rate, bare_cpu_us = bare_simpy(64, perf["td_exits"])
+    cpu_us = perf["cpu_s"] / perf["td_exits"] * 1e6
+    return {"cpu_us": cpu_us, "ratio": perf["td_exits_per_s"] / bare_rate,
+            "ratio_cpu": bare_cpu_us / cpu_us, "compiled": _compiled.ACTIVE}
+
+
+def compiled_table(repeat: int) -> list[str]:
+    """The fixed benchmark pure and compiled, in alternating subprocesses (`repeat` each):
+    CPU us per TD exit and the ratio to the bare loop, medians with their ranges.  The ratio
+    is given by wall time (as in the fixed benchmark above) and by CPU time (less sensitive
+    to other work on a shared machine)."""
+    try:
+        modules = _compiled.check()
+    except _compiled.CompiledBuildError as e:
+        if not (_compiled.build_dir() / "manifest.json").exists():
+            return ["compiled build: none (`make compiled` builds one)"]
+        return [f"compiled build: not measured: {e}"]
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for _ in range(repeat):
+        for compiled in (False, True):
+            env = dict(os.environ, **{_compiled.ENV_VAR: "1" if compiled else "0"})
+            out = subprocess.run([sys.executable, "-m", "tdsim.bench", "--worker"], env=env,
+                                 capture_output=True, text=True, check=True)
+            one = json.loads(out.stdout)
+            if one["compiled"] != compiled:
+                raise AssertionError(f"tdsim bug: a {'compiled' if compiled else 'pure'} "
+                                     "bench worker ran the other build")
+            runs[compiled].append(one)
+
+    def fig(compiled: bool, key: str, fmt: str) -> str:
+        xs = [r[key] for r in runs[compiled]]
+        return f"{_med(xs):{fmt}} ({min(xs):{fmt}} .. {max(xs):{fmt}})"
+
+    speedup = sorted(p["cpu_us"] / c["cpu_us"] for p, c in zip(runs[False], runs[True],
+                                                                strict=True))
+    return [f"compiled build ({len(modules)} modules), median of {repeat} alternating "
+            "subprocess runs each (range):",
+            f"  CPU us per TD exit   pure {fig(False, 'cpu_us', '.2f')}   compiled "
+            f"{fig(True, 'cpu_us', '.2f')}   speed-up {_med(speedup):.2f}x (pairs "
+            f"{speedup[0]:.2f} .. {speedup[-1]:.2f})",
+            f"  ratio tdsim / bare   pure {fig(False, 'ratio', '.3f')}   compiled "
+            f"{fig(True, 'ratio', '.3f')}   (wall time)",
+            f"  ratio tdsim / bare   pure {fig(False, 'ratio_cpu', '.3f')}   compiled "
+            f"{fig(True, 'ratio_cpu', '.3f')}   (CPU time)"]
 
 
 def scaling_table(repeat: int) -> list[str]:

@@ -181,6 +181,8 @@ def _perf_text(perf: dict[str, Any]) -> str:
                      + (f" ({per:.3g} per TD exit)" if per else ""))
     if perf.get("td_exits_per_s"):
         parts.append(f"{num(perf['td_exits_per_s'])} TD exits per wall-clock second")
+    if perf.get("compiled"):
+        parts.append("compiled build")
     return ", ".join(parts)
 
 

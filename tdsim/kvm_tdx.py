@@ -193,6 +193,9 @@ class VcpuTdx(KvmVcpu):
         # regs[] after every exit and back before every entry (tdsim.tdvmcall)
         self.run = KvmRun()
         self.regs_copy = config.regs_layout == "copy"
+        # (Any: a scripted vCPU's TrackedRegs records KVM's writes in __setattr__, which code
+        # compiled by mypyc calls only for an attribute it does not know the class of)
+        self.gprs: Any
         if self.regs_copy:
             self.gprs = KvmRegs()
             self.regs_entry_copy_ns = len(TDX_MODULE_ARGS) * costs.regs_copy_ns

@@ -17,6 +17,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from . import arch, invariants
 from .arch import (
     EXITING_GUEST_MODE,
@@ -86,6 +88,7 @@ GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class KvmRegs(TdxModuleArgs):
     """vcpu->arch.regs[NR_VCPU_REGS]: the GPR cache, in KVM's order (VCPU_REGS_RAX..R15): the
     13 registers of struct tdx_module_args and RAX, RSP, RBP.
@@ -217,11 +220,14 @@ class KvmUserReturnMsrs:
         if via != "user_return" and not self.registered:
             tracer.emit(now, "uret_notifier", cpu.index, who, registered=True)
 
-    # The names of the strategy interface (``cpu.uret.set`` ...), documented in
-    # tdsim.strategies, for the functions above.
-    set = kvm_set_user_return_msr
-    update_cache = kvm_user_return_msr_update_cache
-    on_user_return = kvm_on_user_return
+
+# The names of the strategy interface (``cpu.uret.set`` ...), documented in tdsim.strategies,
+# for the methods above.  Set after the class body, by name: a class compiled with mypyc
+# (make compiled) cannot alias its own methods in its body.
+for _alias, _method in (("set", "kvm_set_user_return_msr"),
+                        ("update_cache", "kvm_user_return_msr_update_cache"),
+                        ("on_user_return", "kvm_on_user_return")):
+    setattr(KvmUserReturnMsrs, _alias, getattr(KvmUserReturnMsrs, _method))
 
 
 class KvmX86:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from simpy import Interrupt, Timeout
 
@@ -75,8 +75,9 @@ class VcpuSegment(Thread):
     category = KVM
 
     # provided by KvmVcpu: the mode, and the kernel's predicate the late check evaluates
+    # (a ClassVar: a method of the subclass, not an instance attribute, for mypyc)
     mode: int
-    kvm_vcpu_exit_request: Callable[[], bool]
+    kvm_vcpu_exit_request: ClassVar[Callable[[VcpuSegment], bool]]
 
     def init_segment(self) -> None:
         self.phase = PH_WAIT

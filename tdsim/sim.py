@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from simpy.core import StopSimulation
 
-from . import sept
+from . import _compiled, sept
 from ._version import __version__
 from .build import Model, build
 from .config import from_data
@@ -261,6 +261,7 @@ class Simulation:
             "td_exits": exits,
             "events_per_td_exit": round(sim_events / exits, 4) if exits else None,
             "td_exits_per_s": round(exits / wall_s, 1) if wall_s > 0 else None,
+            "compiled": _compiled.ACTIVE,  # the compiled build ran it (same results, faster)
         }
         # per-call records of scripted guests and what the VMM saw
         details: dict[str, Any] = {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mypy_extensions import mypyc_attr
 from simpy import Interrupt, Timeout
 
 from . import arch
@@ -111,6 +112,7 @@ VpEnterOutcome = Callable[[Any], tuple[int, "int | None", "str | None"]]
 VpEnterRegs = Callable[[Any, "TdxModuleArgs"], None]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TdxModuleArgs:
     """struct tdx_module_args: the 13 GPRs passed to and returned by a SEAMCALL.
 

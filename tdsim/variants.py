@@ -4,6 +4,11 @@ is no check).  Each is declared once here with what it breaks; `apply` installs 
 model (instance attributes and per-vCPU copies of the vendor table, nothing patched in the
 classes), so the correct model never pays for it.  Use them through
 ``tdsim.sim.Simulation(scenario, variants=[...])``; they are never part of a scenario.
+
+With the compiled build (docs/performance.md) a variant that replaces a method on a built
+object is refused: compiled callers call the class's method, not an instance attribute (and
+the compiled classes have no instance dictionary to put one in).  A variant that replaces
+data, such as the vendor table, works there too.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import arch
+from . import _compiled, arch
 from .host import RUNNABLE, SLEEPING, Scheduler
 from .kvm_tdx import VcpuTdx
 from .kvm_vmx import VcpuVmx, vmx_disable_virtualization_cpu
@@ -223,12 +228,13 @@ class Variant:
     name: str
     doc: str
     apply: Callable[[Model], None]
+    replaces_methods: bool = True  # on built objects: pure Python only (see above)
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("ignore_wait_for_sept_zap", "tdx_vcpu_run does not check wait_for_sept_zap: "
             "vCPUs enter while a SEPT zap retry needs them out (td_entry_during_zap)",
-            _ignore_wait_for_sept_zap),
+            _ignore_wait_for_sept_zap, replaces_methods=False),
     Variant("no_outside_ack", "the IRQ window after an exit or a late abort does not "
             "acknowledge KVM_REQ_OUTSIDE_GUEST_MODE's IPI (zap_stuck)", _no_outside_ack),
     Variant("lost_wakeup", "kvm_vcpu_wake_up does nothing: a halted vCPU is never woken "
@@ -244,10 +250,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             _kick_no_wake),
     Variant("no_pi_self_ipi", "tdx_vcpu_run does not send the posted-interrupt self-IPI: "
             "a vector posted before the TD entry stays pending after it (lost_interrupt)",
-            _no_pi_self_ipi),
+            _no_pi_self_ipi, replaces_methods=False),
     Variant("no_flush_on_migration", "tdx_vcpu_load of a vCPU that moved does not "
             "TDH.VP.FLUSH it on its old CPU (entry_on_associated_vcpu)",
-            _no_flush_on_migration),
+            _no_flush_on_migration, replaces_methods=False),
     Variant("refusal_keeps_exit_reason", "when TDH.VP.ENTER refuses the entry KVM keeps "
             "the previous exit's reason instead of deriving it from the status: a stale "
             "EXCEPTION_NMI or EXTERNAL_INTERRUPT is handled again (spurious_nmi, "
@@ -270,20 +276,26 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("offline_skips_flush", "a CPU goes offline without "
             "tdx_disable_virtualization_cpu: the TD vCPUs associated with it are never "
             "TDH.VP.FLUSHed (offline_cpu_state; the next entry elsewhere is refused: "
-            "entry_on_associated_vcpu)", _offline_skips_flush),
+            "entry_on_associated_vcpu)", _offline_skips_flush, replaces_methods=False),
     Variant("offline_keeps_uret", "a CPU goes offline without drop_user_return_notifiers: "
             "its user-return MSRs keep the TDX module's values (offline_cpu_state)",
             _offline_keeps_uret),
     Variant("stale_debugctl", "the host DEBUGCTL is never read, so tdx_vcpu_run restores a "
-            "stale 0 (host_state_leak when the host uses DEBUGCTL)", _stale_debugctl),
+            "stale 0 (host_state_leak when the host uses DEBUGCTL)", _stale_debugctl,
+            replaces_methods=False),
 )}
 
 
 def apply(model: Model, names: list[str] | tuple[str, ...]) -> None:
-    """Install the named variants on `model` (unknown names raise ValueError)."""
+    """Install the named variants on `model` (unknown names, and with the compiled build
+    those that replace methods, raise ValueError)."""
     for name in names:
         variant = VARIANTS.get(name)
         if variant is None:
             raise ValueError(f"unknown model variant {name!r} (known: "
                              f"{', '.join(sorted(VARIANTS))})")
+        if variant.replaces_methods and _compiled.ACTIVE:
+            raise ValueError(f"model variant {name!r} replaces methods of built objects, "
+                             "which compiled code does not call: run it in pure Python "
+                             "(without TDSIM_COMPILED / --compiled)")
         variant.apply(model)

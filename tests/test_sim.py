@@ -44,7 +44,8 @@ def test_result_document_keys():
     assert set(doc) == {"tdsim_version", "scenario", "seed", "metrics", "violations", "perf"}
     assert doc["scenario"]["costs"]["wrmsr_ns"] == 35
     assert set(doc["perf"]) == {"wall_s", "cpu_s", "sim_events", "td_exits",
-                                "events_per_td_exit", "td_exits_per_s"}
+                                "events_per_td_exit", "td_exits_per_s", "compiled"}
+    assert doc["perf"]["compiled"] is False  # the suite runs pure Python (conftest.py)
     json.dumps(doc)
 
 
