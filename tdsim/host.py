@@ -468,16 +468,7 @@ class Scheduler:
         if t.state != SLEEPING:
             return
         t.state = RUNNABLE
-        cpu = self.select_cpu(t)
-        if cpu.curr is None and not cpu.rq:
-            self._dispatch(cpu, t)
-            return
-        self._enqueue(cpu, t)
-        self._set_idle(cpu, False)
-        if self.wakeup_preempt:
-            self.resched_curr(cpu)
-        else:
-            self._arm_slice(cpu)
+        self._place(t)
 
     def resched_curr(self, cpu: HostCpu) -> None:
         """resched_curr: set need_resched on the CPU's current task and interrupt it (the
@@ -531,7 +522,9 @@ class Scheduler:
         self._dispatch(cpu, nxt)
 
     def _place(self, t: Thread) -> None:
-        """Put a runnable thread that is on no CPU on one (as try_to_wake_up places it)."""
+        """Put a runnable thread that is on no CPU on one: select_task_rq, then run it on an
+        empty CPU, or queue it with wakeup preemption or, without it, the running task's
+        slice."""
         cpu = self.select_cpu(t)
         if cpu.curr is None and not cpu.rq:
             self._dispatch(cpu, t)
