@@ -146,6 +146,11 @@ def summary_blocks(result: Any, path: str | None = None,
     for path_name, value in prefixed(m, "late_abort.").items():
         head.add(f"late entry aborts: {path_name}", num(value), "aborts",
                  f"late_abort.{path_name}")
+    # a KVM_BUG_ON is never a detail: the VM died (and dmesg would show the warnings)
+    for prefix, text, unit in (("kvm_bug.", "KVM_BUG_ON (VM dead)", "hits"),
+                               ("kernel_warn.", "kernel warnings (dmesg)", "warnings")):
+        for function, value in prefixed(m, prefix).items():
+            head.add(f"{text}: {function}", num(value), unit, f"{prefix}{function}")
     out.append(head)
     from tdsim.schema import TDVMCALL_KINDS
 
@@ -378,6 +383,8 @@ def comparison_blocks(scenario: Any, results: dict[str, Any],
         ("late entry aborts", "aborts", lambda s, m: m.get("late_abort", 0)),
         *((f"  {k}", "aborts", (lambda s, m, k=k: m.get(f"late_abort.{k}", 0)))
           for k in union("late_abort.")),
+        *((f"KVM_BUG_ON (VM dead): {k}", "hits", (lambda s, m, k=k: m.get(f"kvm_bug.{k}", 0)))
+          for k in union("kvm_bug.")),
     ]
     table = Table("Host-state work by strategy", ("metric", "unit", *results), text=("unit",))
     for text, unit, get in rows:

@@ -35,3 +35,13 @@ def test_check_and_run_agree_on_the_findings(tmp_path, capsys):
     assert cli.main(["check", str(undeclared)]) == 1
     assert ("[v6.16] violations.uret_cache_mismatch: 113 recorded but not expected"
             in capsys.readouterr().out)
+
+
+def test_a_kvm_bug_is_in_the_summary(capsys):
+    """A run with a KVM_BUG_ON says so in its headline table, by kernel function, with the
+    WARN_ON_ONCE lines dmesg would show (exit_reason_raw: the status whose low bits read
+    EXTERNAL_INTERRUPT reaches handle_external_interrupt_irqoff with no valid R9)."""
+    cli.main(["run", str(SCENARIO.with_name("exit_reason_raw.toml"))])
+    out = capsys.readouterr().out
+    assert "KVM_BUG_ON (VM dead): handle_external_interrupt_irqoff" in out
+    assert "kernel warnings (dmesg): tdx_handle_exit" in out
