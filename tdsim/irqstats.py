@@ -97,6 +97,22 @@ class IrqStats:
                 cause=(now, f"vector {vector:#x} ({source}) posted to the halted vCPU, "
                             "which was not woken"))
 
+    def post_vtd(self, vcpu: Any, vector: int, source: str) -> None:
+        """The IOMMU posts `vector` to TD vCPU `vcpu` (``device_posting = "vtd"``), and the
+        stuck-halt oracle checks that a blocked vCPU that may take it has its wake-up on the
+        way: ON set with the wake-up vector as NV (its notification runs
+        pi_wakeup_handler)."""
+        vcpu.iommu_post_interrupt(vector, source)
+        if (vcpu.phase == PH_BLOCKED and vcpu.tdx_interrupt_allowed()
+                and not (vcpu.pi_on and vcpu.pi_nv == arch.POSTED_INTR_WAKEUP_VECTOR)):
+            now = self.env.now
+            self.findings.record(
+                "stuck_halt", vcpu.cpu.index if vcpu.cpu else -1, vcpu.name,
+                f"vector {vector:#x} ({source}) posted by the IOMMU but no wake-up is on its "
+                "way to the halted vCPU",
+                cause=(now, f"vector {vector:#x} ({source}) posted by the IOMMU to the halted "
+                            f"vCPU (NV {vcpu.pi_nv:#x}, SN {int(vcpu.pi_sn)})"))
+
     def posted(self, vcpu: Any, vector: int, source: str) -> None:
         """`vector` newly entered the PIR of `vcpu`."""
         vcpu.pi_src[vector] = (self.env.now, source)
