@@ -86,10 +86,13 @@ class IrqStats:
     # --- posted interrupts ---------------------------------------------------------------
     def post(self, vcpu: IrqVcpu, vector: int, source: str) -> None:
         """A source delivers `vector` to `vcpu` (kvm_x86_ops.deliver_interrupt) and the
-        stuck-halt oracle checks that a blocked vCPU that may take it was woken."""
+        stuck-halt oracle checks that a blocked vCPU that may take it was woken -- or, with
+        device posting, has its wake-up on the way (KVM's posting found ON already set by
+        the IOMMU, whose notification on the wake-up vector is in flight)."""
         ops = vcpu.kvm_x86_ops
         ops.deliver_interrupt(vcpu, vector, source)
-        if vcpu.phase == PH_BLOCKED and ops.interrupt_allowed(vcpu):
+        if (vcpu.phase == PH_BLOCKED and ops.interrupt_allowed(vcpu)
+                and not _wakeup_vector_pending(vcpu)):
             now = self.env.now
             self.findings.record(
                 "stuck_halt", vcpu.cpu.index if vcpu.cpu else -1, vcpu.name,
@@ -104,7 +107,7 @@ class IrqStats:
         pi_wakeup_handler)."""
         vcpu.iommu_post_interrupt(vector, source)
         if (vcpu.phase == PH_BLOCKED and vcpu.tdx_interrupt_allowed()
-                and not (vcpu.pi_on and vcpu.pi_nv == arch.POSTED_INTR_WAKEUP_VECTOR)):
+                and not _wakeup_vector_pending(vcpu)):
             now = self.env.now
             self.findings.record(
                 "stuck_halt", vcpu.cpu.index if vcpu.cpu else -1, vcpu.name,
@@ -265,6 +268,13 @@ class IrqStats:
             p = percentiles(samples)
             for name in ("p50", "p99", "max"):
                 metrics[prefix + name] = p[name]
+
+
+def _wakeup_vector_pending(vcpu: Any) -> bool:
+    """A TD vCPU with device posting whose PI descriptor has ON set and the wake-up vector
+    as NV: the IOMMU's notification, which runs pi_wakeup_handler, is on its way."""
+    return bool(vcpu.vm.flavor == "tdx" and vcpu.vtd_pi and vcpu.pi_on
+                and vcpu.pi_nv == arch.POSTED_INTR_WAKEUP_VECTOR)
 
 
 def _prefix(key: str) -> str:
