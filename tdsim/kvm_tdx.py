@@ -13,6 +13,9 @@ the vCPU (its association, its fields) is kept apart from KVM's.
 Posted interrupts (``tdx_deliver_interrupt``; vmx/posted_intr.c and vmx/common.h): the PIR and
 ON of the PI descriptor, the notification IPI to a running TD (processed without a TD exit), the
 self-IPI that makes the CPU process the PIR at TD entry, and ``kvm_vcpu_wake_up`` otherwise.
+With device posting (``[vm.interrupts] device_posting = "vtd"``) also the IOMMU's posting,
+SN / NV / NDST across ``vmx_vcpu_pi_put`` and ``vmx_vcpu_pi_load``, and the wake-up vector's
+``pi_wakeup_handler`` (docs/interrupts.md).
 """
 
 from __future__ import annotations
@@ -189,9 +192,10 @@ class VcpuTdx(KvmVcpu):
         self.pi_on = False
         # with [vm.interrupts] device_posting = "vtd" (vmx_can_use_vtd_pi: the IOMMU posts
         # the device's MSIs), also SN, NV and NDST (a CPU index) of the descriptor and the
-        # CPU whose wake-up list holds the vCPU (-1: none); without it nothing reads them
+        # CPU whose wake-up list holds the vCPU (-1: none); without it nothing reads them.
+        # tdx_vcpu_create sets NV = POSTED_INTR_VECTOR and SN (until the first load)
         self.vtd_pi = vm.tdx_interrupts.device_posting == "vtd"
-        self.pi_sn = False
+        self.pi_sn = True
         self.pi_nv = arch.POSTED_INTR_VECTOR
         self.pi_ndst = -1
         self.pi_wakeup_cpu = -1
@@ -779,8 +783,8 @@ class VcpuTdx(KvmVcpu):
             self.stat["pi.sn_suppressed"] += 1
             return
         self.pi_on = True
-        ndst = self.percpu.cpus[self.pi_ndst]
         if self.pi_nv == arch.POSTED_INTR_WAKEUP_VECTOR:
+            ndst = self.percpu.cpus[self.pi_ndst]
             ev = self.env.timeout(self.costs.ipi_ns)
             ev.callbacks.append(lambda _e: self.pi_wakeup_notification(ndst))
             return
