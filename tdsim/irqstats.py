@@ -230,12 +230,14 @@ class IrqStats:
 
     # --- the end of the run --------------------------------------------------------------
     def check_end(self, vcpus: list[Any]) -> None:
-        """End-of-run oracles: no vCPU halted with a deliverable event; NMI accounting."""
+        """End-of-run oracles: no vCPU halted with a deliverable event (an interrupt whose
+        wake-up-vector notification is still in flight is on its way); NMI accounting."""
         for vcpu in vcpus:
             if vcpu.vm.flavor != "tdx":  # VMX co-tenants have no TDX NMI state
                 continue
             nmi_out = self.check_nmis(vcpu)
-            irq = (vcpu.pi_on or vcpu.pir) and vcpu.tdx_interrupt_allowed()
+            irq = ((vcpu.pi_on or vcpu.pir) and vcpu.tdx_interrupt_allowed()
+                   and not (vcpu.vtd_pi and _wakeup_vector_pending(vcpu)))
             if vcpu.phase == PH_BLOCKED and (irq or nmi_out or vcpu.requests & arch.KVM_REQ_NMI):
                 pending = [(t, f"vector {v:#x} ({src}) posted") for v, (t, src)
                            in vcpu.pi_src.items()] if irq else []
