@@ -161,6 +161,7 @@ class InterruptConfig:
     device_irq_hz: float
     device_irq_vcpus: tuple[int, ...]
     nmi_hz: float
+    device_posting: str  # "kvm" | "vtd"
     tlb_flush_hz: float
     hlt_irqs_off_p: float
 
@@ -323,7 +324,8 @@ def from_data(d: Mapping[str, Any]) -> ModelConfig:
                 ipi_targets=intr["ipi_targets"], shootdown_targets=intr["shootdown_targets"],
                 device_irq_hz=intr["device_irq_hz"],
                 device_irq_vcpus=tuple(intr["device_irq_vcpus"]), nmi_hz=intr["nmi_hz"],
-                tlb_flush_hz=intr["tlb_flush_hz"], hlt_irqs_off_p=intr["hlt_irqs_off_p"]),
+                tlb_flush_hz=intr["tlb_flush_hz"], hlt_irqs_off_p=intr["hlt_irqs_off_p"],
+                device_posting=intr["device_posting"]),
             sept=_pick(SeptConfig, v["sept"]), xfam=v["xfam"]))
     vmm = d["vmm"]
     return ModelConfig(

@@ -96,11 +96,12 @@ class HostIrq(Cause):
 
 # One cause object per source, so a disturbance allocates nothing.  The tick and the hrtimer
 # are the local APIC timer; a kick is smp_send_reschedule; the TDH.VP.FLUSH IPI is
-# smp_call_function_single.
+# smp_call_function_single; pi_wakeup is the IOMMU's notification on the wake-up vector.
 HOST_IRQ = {name: HostIrq(name, vector) for name, vector in (
     ("tick", arch.LOCAL_TIMER_VECTOR), ("timer", arch.LOCAL_TIMER_VECTOR),
     ("kick", arch.RESCHEDULE_VECTOR), ("resched", arch.RESCHEDULE_VECTOR),
-    ("flush_ipi", arch.CALL_FUNCTION_SINGLE_VECTOR), ("other", arch.HOST_DEVICE_VECTOR))}
+    ("flush_ipi", arch.CALL_FUNCTION_SINGLE_VECTOR), ("other", arch.HOST_DEVICE_VECTOR),
+    ("pi_wakeup", arch.POSTED_INTR_WAKEUP_VECTOR))}
 HOST_NMI = HostIrq("nmi", arch.NMI_VECTOR, nmi=True)
 RESCHED = Cause("need_resched")  # need_resched was set while the thread runs
 

@@ -18,6 +18,8 @@ All are off by default (``[host] tick_hz`` and ``nmi_hz``, ``[vm.workload] timer
   until every receiver has taken it, charged as guest time in its next compute period).
 * **Device interrupts** (``device_irq_hz``): an MSI posted by a host thread on a CPU outside
   the TD's (irqfd), round robin over ``device_irq_vcpus``; no host interrupt on the vCPU's CPU.
+  With ``device_posting = "vtd"`` the IOMMU posts them into the PI descriptor instead (SN,
+  the wake-up vector and ``pi_wakeup_handler``: `tdsim.kvm_tdx`).
 * **NMIs** (``nmi_hz``): ``kvm_inject_nmi`` -> ``process_nmi`` in request processing ->
   ``tdx_inject_nmi`` = TDH.VP.WR of PEND_NMI before ``prepare_switch_to_guest``; the module
   delivers it at the next TD entry, whatever late abort happens in between.  PEND_NMI is one
@@ -84,8 +86,15 @@ def device_irqs(env: Environment, rng: random.Random, rate_hz: float,
         fire(vcpu)
 
 
-def device_irq(irq: IrqStats) -> Callable[[KvmVcpu], None]:
-    """One device MSI posted to a vCPU."""
+def device_irq(irq: IrqStats, vtd: bool = False) -> Callable[[KvmVcpu], None]:
+    """One device MSI posted to a vCPU: by KVM (irqfd), or with `vtd` (``device_posting =
+    "vtd"``) by the IOMMU into the vCPU's PI descriptor."""
+    if vtd:
+        def fire_vtd(vcpu: KvmVcpu) -> None:
+            vcpu.stat["device_irq"] += 1
+            irq.post_vtd(vcpu, DEVICE_VECTOR, "device")
+        return fire_vtd
+
     def fire(vcpu: KvmVcpu) -> None:
         vcpu.stat["device_irq"] += 1
         irq.post(vcpu, DEVICE_VECTOR, "device")
@@ -138,7 +147,8 @@ def start(env: Environment, seed: int, vms: Sequence[Any], cpus: Sequence[HostCp
             targets = [vm.vcpus[i] for i in intr.device_irq_vcpus]
             env.process(device_irqs(env, vm_stream(seed, vm.name, "device_irq"),
                                     intr.device_irq_hz, targets,
-                                    tapped("device_irq", device_irq(irq))))
+                                    tapped("device_irq", device_irq(
+                                        irq, intr.device_posting == "vtd"))))
         if intr.tlb_flush_hz > 0:
             env.process(tlb_flushes(env, vm_stream(seed, vm.name, "tlb_flush"),
                                     intr.tlb_flush_hz, vm.vcpus,

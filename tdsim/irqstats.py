@@ -86,16 +86,35 @@ class IrqStats:
     # --- posted interrupts ---------------------------------------------------------------
     def post(self, vcpu: IrqVcpu, vector: int, source: str) -> None:
         """A source delivers `vector` to `vcpu` (kvm_x86_ops.deliver_interrupt) and the
-        stuck-halt oracle checks that a blocked vCPU that may take it was woken."""
+        stuck-halt oracle checks that a blocked vCPU that may take it was woken -- or, with
+        device posting, has its wake-up on the way (KVM's posting found ON already set by
+        the IOMMU, whose notification on the wake-up vector is in flight)."""
         ops = vcpu.kvm_x86_ops
         ops.deliver_interrupt(vcpu, vector, source)
-        if vcpu.phase == PH_BLOCKED and ops.interrupt_allowed(vcpu):
+        if (vcpu.phase == PH_BLOCKED and ops.interrupt_allowed(vcpu)
+                and not _wakeup_vector_pending(vcpu)):
             now = self.env.now
             self.findings.record(
                 "stuck_halt", vcpu.cpu.index if vcpu.cpu else -1, vcpu.name,
                 f"vector {vector:#x} ({source}) posted but the halted vCPU was not woken",
                 cause=(now, f"vector {vector:#x} ({source}) posted to the halted vCPU, "
                             "which was not woken"))
+
+    def post_vtd(self, vcpu: Any, vector: int, source: str) -> None:
+        """The IOMMU posts `vector` to TD vCPU `vcpu` (``device_posting = "vtd"``), and the
+        stuck-halt oracle checks that a blocked vCPU that may take it has its wake-up on the
+        way: ON set with the wake-up vector as NV (its notification runs
+        pi_wakeup_handler)."""
+        vcpu.iommu_post_interrupt(vector, source)
+        if (vcpu.phase == PH_BLOCKED and vcpu.tdx_interrupt_allowed()
+                and not _wakeup_vector_pending(vcpu)):
+            now = self.env.now
+            self.findings.record(
+                "stuck_halt", vcpu.cpu.index if vcpu.cpu else -1, vcpu.name,
+                f"vector {vector:#x} ({source}) posted by the IOMMU but no wake-up is on its "
+                "way to the halted vCPU",
+                cause=(now, f"vector {vector:#x} ({source}) posted by the IOMMU to the halted "
+                            f"vCPU (NV {vcpu.pi_nv:#x}, SN {int(vcpu.pi_sn)})"))
 
     def posted(self, vcpu: Any, vector: int, source: str) -> None:
         """`vector` newly entered the PIR of `vcpu`."""
@@ -211,12 +230,14 @@ class IrqStats:
 
     # --- the end of the run --------------------------------------------------------------
     def check_end(self, vcpus: list[Any]) -> None:
-        """End-of-run oracles: no vCPU halted with a deliverable event; NMI accounting."""
+        """End-of-run oracles: no vCPU halted with a deliverable event (an interrupt whose
+        wake-up-vector notification is still in flight is on its way); NMI accounting."""
         for vcpu in vcpus:
             if vcpu.vm.flavor != "tdx":  # VMX co-tenants have no TDX NMI state
                 continue
             nmi_out = self.check_nmis(vcpu)
-            irq = (vcpu.pi_on or vcpu.pir) and vcpu.tdx_interrupt_allowed()
+            irq = ((vcpu.pi_on or vcpu.pir) and vcpu.tdx_interrupt_allowed()
+                   and not (vcpu.vtd_pi and _wakeup_vector_pending(vcpu)))
             if vcpu.phase == PH_BLOCKED and (irq or nmi_out or vcpu.requests & arch.KVM_REQ_NMI):
                 pending = [(t, f"vector {v:#x} ({src}) posted") for v, (t, src)
                            in vcpu.pi_src.items()] if irq else []
@@ -249,6 +270,13 @@ class IrqStats:
             p = percentiles(samples)
             for name in ("p50", "p99", "max"):
                 metrics[prefix + name] = p[name]
+
+
+def _wakeup_vector_pending(vcpu: Any) -> bool:
+    """A TD vCPU with device posting whose PI descriptor has ON set and the wake-up vector
+    as NV: the IOMMU's notification, which runs pi_wakeup_handler, is on its way."""
+    return bool(vcpu.vm.flavor == "tdx" and vcpu.vtd_pi and vcpu.pi_on
+                and vcpu.pi_nv == arch.POSTED_INTR_WAKEUP_VECTOR)
 
 
 def _prefix(key: str) -> str:

@@ -13,6 +13,9 @@ the vCPU (its association, its fields) is kept apart from KVM's.
 Posted interrupts (``tdx_deliver_interrupt``; vmx/posted_intr.c and vmx/common.h): the PIR and
 ON of the PI descriptor, the notification IPI to a running TD (processed without a TD exit), the
 self-IPI that makes the CPU process the PIR at TD entry, and ``kvm_vcpu_wake_up`` otherwise.
+With device posting (``[vm.interrupts] device_posting = "vtd"``) also the IOMMU's posting,
+SN / NV / NDST across ``vmx_vcpu_pi_put`` and ``vmx_vcpu_pi_load``, and the wake-up vector's
+``pi_wakeup_handler`` (docs/interrupts.md).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from .kvm_x86 import (
     KvmVcpu,
     KvmX86Ops,
 )
-from .segment import PH_SEG
+from .segment import PH_POLL, PH_SEG, WAKE
 from .strategies import HostStateStrategy
 from .tdx_module import INJECTED_EXIT_KEYS, SCRIPTED, TDX_MODULE_ARGS, TdxModuleArgs
 
@@ -115,6 +118,9 @@ class TdxPerCpu:
         self.cpus = cpus
         self.associated_tdvcpus: list[list[VcpuTdx]] = [[] for _ in cpus]
         self.vcpus: list[VcpuTdx] = []  # every TD vCPU (for tdsim's offline check)
+        # posted_intr.c's wakeup_vcpus_on_cpu: the blocked vCPUs whose PI descriptor
+        # notifies this CPU on POSTED_INTR_WAKEUP_VECTOR (device posting only)
+        self.wakeup_vcpus_on_cpu: list[list[VcpuTdx]] = [[] for _ in cpus]
 
     def tdx_disable_virtualization_cpu(self, cpu: HostCpu) -> None:
         """tdx_disable_virtualization_cpu: on the CPU going down, with IRQs off,
@@ -122,6 +128,19 @@ class TdxPerCpu:
         any, is ignored on this path, as in the kernel."""
         for vcpu in list(self.associated_tdvcpus[cpu.index]):
             vcpu.tdx_flush_vp(cpu)
+
+    def pi_wakeup_handler(self, cpu: HostCpu) -> None:
+        """pi_wakeup_handler (posted_intr.c), the host handler of POSTED_INTR_WAKEUP_VECTOR
+        on `cpu`: kvm_vcpu_wake_up for every vCPU on this CPU's wake-up list whose PI
+        descriptor has ON set.  Counts ``pi.wakeup_handler`` (the run) and ``pi.wakeups``
+        (a blocked vCPU it woke) on the vCPUs listed.
+
+        Simplified: the walk of the list takes no time (the interrupt itself costs
+        host_irq_ns only where it makes a TD exit, as any host interrupt)."""
+        for vcpu in list(self.wakeup_vcpus_on_cpu[cpu.index]):
+            vcpu.stat["pi.wakeup_handler"] += 1
+            if vcpu.pi_on and vcpu.kvm_vcpu_wake_up():
+                vcpu.stat["pi.wakeups"] += 1
 
     def associated_with(self, cpu: HostCpu) -> list[str]:
         """The TD vCPUs still associated with `cpu`: on KVM's list, or by the TDX module."""
@@ -171,6 +190,15 @@ class VcpuTdx(KvmVcpu):
         # posted-interrupt descriptor: 256-bit request bitmap and ON
         self.pir = 0
         self.pi_on = False
+        # with [vm.interrupts] device_posting = "vtd" (vmx_can_use_vtd_pi: the IOMMU posts
+        # the device's MSIs), also SN, NV and NDST (a CPU index) of the descriptor and the
+        # CPU whose wake-up list holds the vCPU (-1: none); without it nothing reads them.
+        # tdx_vcpu_create sets NV = POSTED_INTR_VECTOR and SN (until the first load)
+        self.vtd_pi = vm.tdx_interrupts.device_posting == "vtd"
+        self.pi_sn = True
+        self.pi_nv = arch.POSTED_INTR_VECTOR
+        self.pi_ndst = -1
+        self.pi_wakeup_cpu = -1
         # the current entry as planned (see tdsim.segment): ON at entry, what TDH.VP.ENTER
         # returns, an injected exit status and the kind of module outcome
         self.seg_pi = SEG_PI_NONE
@@ -224,8 +252,10 @@ class VcpuTdx(KvmVcpu):
 
     # --- load / put --------------------------------------------------------------------
     def tdx_vcpu_load(self, cpu: HostCpu) -> None:
-        """tdx_vcpu_load: if the vCPU last ran on another CPU, tdx_flush_vp_on_cpu there;
-        then join this CPU's associated_tdvcpus."""
+        """tdx_vcpu_load: vmx_vcpu_pi_load; if the vCPU last ran on another CPU,
+        tdx_flush_vp_on_cpu there; then join this CPU's associated_tdvcpus."""
+        if self.vtd_pi:
+            self.vmx_vcpu_pi_load(cpu)
         old = self.cpu_index
         if old != -1 and old != cpu.index:
             self.tdx_flush_vp_on_cpu(cpu, self.percpu.cpus[old])
@@ -271,9 +301,56 @@ class VcpuTdx(KvmVcpu):
         self.guest_state_loaded = True
 
     def tdx_vcpu_put(self, cpu: HostCpu) -> None:
-        """tdx_vcpu_put: vmx_vcpu_pi_put (nothing to do for a TD without device-posted
-        interrupts), then tdx_prepare_switch_to_host."""
+        """tdx_vcpu_put: vmx_vcpu_pi_put, then tdx_prepare_switch_to_host."""
+        if self.vtd_pi:
+            self.vmx_vcpu_pi_put(cpu)
         self.tdx_prepare_switch_to_host(cpu)
+
+    # --- the PI descriptor across load / put (vmx/posted_intr.c) ------------------------
+    def vmx_vcpu_pi_load(self, cpu: HostCpu) -> None:
+        """vmx_vcpu_pi_load (posted_intr.c), first in tdx_vcpu_load: if NV is the wake-up
+        vector, off the wake-up list of the CPU it was put on; NDST = this CPU, SN clear,
+        NV = POSTED_INTR_VECTOR; then, SN being clear, ON if the PIR is not empty (what was
+        posted with notifications suppressed: tdx_vcpu_run's self-IPI delivers it at entry).
+
+        Simplified: called only with device posting (without it nothing reads SN, NV or
+        NDST, and KVM's own posting sets ON with every PIR bit); the kernel's fast path
+        (same CPU, not on a wake-up list: clear SN only) ends in the same state; the list
+        the vCPU is on is remembered by the vCPU (the kernel finds it from vcpu->cpu)."""
+        if self.pi_nv == arch.POSTED_INTR_WAKEUP_VECTOR:
+            self.percpu.wakeup_vcpus_on_cpu[self.pi_wakeup_cpu].remove(self)
+            self.pi_wakeup_cpu = -1
+        self.pi_ndst = cpu.index
+        self.pi_sn = False
+        self.pi_nv = arch.POSTED_INTR_VECTOR
+        if self.pir:
+            self.pi_on = True
+
+    def vmx_vcpu_pi_put(self, cpu: HostCpu) -> None:
+        """vmx_vcpu_pi_put (posted_intr.c), first in tdx_vcpu_put, when vmx_needs_pi_wakeup
+        (for a TD: vmx_can_use_vtd_pi, the VM has device-posted interrupts; the caller
+        tests it): a vCPU blocking (in kvm_vcpu_block), not preempted, that may take
+        interrupts (tdx_interrupt_allowed: not a HLT with R12 != 0) gets
+        pi_enable_wakeup_handler; any other put sets SN (pi_set_sn), so device interrupts
+        only set PIR bits until the next vmx_vcpu_pi_load."""
+        if not self.preempted and self.halting and self.tdx_interrupt_allowed():
+            self.pi_enable_wakeup_handler(cpu)
+        else:
+            self.pi_sn = True  # pi_set_sn
+
+    def pi_enable_wakeup_handler(self, cpu: HostCpu) -> None:
+        """pi_enable_wakeup_handler (posted_intr.c): onto this CPU's wake-up list, NV =
+        POSTED_INTR_WAKEUP_VECTOR; if ON is already set (posted before NV changed, its
+        notification came on POSTED_INTR_VECTOR), a self-IPI on the wake-up vector, whose
+        handler runs once IRQs are enabled after the switch.
+
+        Simplified: that handler runs at once (it finds the vCPU halting, which
+        kvm_vcpu_wake_up turns into not sleeping)."""
+        self.percpu.wakeup_vcpus_on_cpu[cpu.index].append(self)
+        self.pi_wakeup_cpu = cpu.index
+        self.pi_nv = arch.POSTED_INTR_WAKEUP_VECTOR
+        if self.pi_on:
+            self.percpu.pi_wakeup_handler(cpu)
 
     def tdx_prepare_switch_to_host(self, cpu: HostCpu) -> None:
         """tdx_prepare_switch_to_host: if guest state is loaded, count a host_state_reload and
@@ -668,6 +745,72 @@ class VcpuTdx(KvmVcpu):
         else:
             self.kvm_vcpu_wake_up()
 
+    def iommu_post_interrupt(self, vector: int, source: str) -> None:
+        """(Hardware) The IOMMU posts a device interrupt into the PI descriptor (VT-d
+        posted-interrupt remapping; device_posting = "vtd"): the PIR bit; then, if ON is
+        clear and SN is clear, ON and the notification vector NV to the CPU NDST -- with SN
+        set only the PIR bit (``pi.sn_suppressed``: no ON, no notification; the next
+        vmx_vcpu_pi_load sets ON).  NV = POSTED_INTR_VECTOR (the vCPU is loaded on NDST):
+        taken in the guest without an exit if it is in the TD there, otherwise a host
+        interrupt whose handler does nothing, ON waiting for the next entry (a halt poll
+        sees ON at once).  NV = POSTED_INTR_WAKEUP_VECTOR: a host interrupt on NDST after
+        ipi_ns running pi_wakeup_handler.
+
+        Simplified: no urgent bit; a POSTED_INTR_VECTOR notification that misses the guest
+        is not charged (its handler only acks it)."""
+        if (self.seg_pi and self.seg_status == arch.TDX_SUCCESS
+                and self.t_enter <= self.env.now):
+            # (as in tdx_deliver_interrupt) the entry's PIR processing has already happened
+            if self.seg_pi == SEG_PI_LATE:
+                self.guest.irq_debt_ns += self.costs.guest_irq_ns
+            self.seg_pi = SEG_PI_NONE
+            self.process_pir(self.t_enter)
+        bit = 1 << vector
+        if self.pir & bit:
+            self.stat["pi_coalesced"] += 1
+            return
+        self.pir |= bit
+        self.stat["pi_posted"] += 1
+        self.irq.posted(self, vector, source)
+        tracer = self.tracer
+        if tracer is not None:
+            cpu = self.cpu
+            tracer.emit(self.env.now, "pi_posted", cpu.index if cpu else -1, self.name,
+                        vector=vector, source=source)
+        if self.pi_on:
+            return
+        if self.pi_sn:
+            self.stat["pi.sn_suppressed"] += 1
+            return
+        self.pi_on = True
+        if self.pi_nv == arch.POSTED_INTR_WAKEUP_VECTOR:
+            ndst = self.percpu.cpus[self.pi_ndst]
+            ev = self.env.timeout(self.costs.ipi_ns)
+            ev.callbacks.append(lambda _e: self.pi_wakeup_notification(ndst))
+            return
+        phase = self.phase
+        if phase == PH_SEG and self.seg_status == arch.TDX_SUCCESS:
+            now = self.env.now
+            if now < self.t_enter:
+                if not self.seg_pi:  # tdx_vcpu_run's ON check is still ahead of it
+                    self.seg_pi = SEG_PI_LATE
+            elif now < self.t_guest_end:
+                seg0 = self.t_seg0
+                ev = self.env.timeout(self.costs.ipi_ns)
+                ev.callbacks.append(lambda _e: self.pi_notification(seg0))
+        elif phase == PH_POLL:
+            self.disturb(WAKE)  # the polling loop's kvm_vcpu_check_block sees ON
+
+    def pi_wakeup_notification(self, cpu: HostCpu) -> None:
+        """POSTED_INTR_WAKEUP_VECTOR reaches `cpu` (NDST): a host interrupt there (a TD
+        running on it exits), whose handler is pi_wakeup_handler."""
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(self.env.now, "ipi", cpu.index, self.name, src_cpu=-1,
+                        dst_cpu=cpu.index, why="pi_wakeup")
+        cpu.host_irq(_HOST_IRQ_PI_WAKEUP)
+        self.percpu.pi_wakeup_handler(cpu)
+
     def pi_notification(self, seg0: int) -> None:
         """POSTED_INTR_VECTOR reaches the CPU of a vCPU that was in the TD when the
         interrupt was posted: if it still runs the same entry, the CPU processes the PIR
@@ -697,3 +840,4 @@ class VcpuTdx(KvmVcpu):
 
 
 _BASE_ENTER_EXIT = HostStateStrategy.vcpu_enter_exit
+_HOST_IRQ_PI_WAKEUP = HOST_IRQ["pi_wakeup"]

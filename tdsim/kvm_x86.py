@@ -446,6 +446,9 @@ class KvmVcpu(VcpuSegment):
         # but before schedule() makes the task runnable again (halt_woken)
         self.halting = False
         self.halt_woken = False
+        # vcpu->preempted: kvm_sched_out of a task still runnable (involuntary preemption);
+        # cleared by kvm_sched_in
+        self.preempted = False
         # the event a KVM_REQ_OUTSIDE_GUEST_MODE kick-and-wait waits on (tdsim.sept); it
         # succeeds when the vCPU passes its IRQ window (late abort, or after the exit)
         self.outside_ack: Any = None
@@ -610,6 +613,7 @@ class KvmVcpu(VcpuSegment):
         """schedule() from KVM context: preempt notifier kvm_sched_out (vcpu_put), context
         switch, and on return kvm_sched_in (vcpu_load, possibly on another CPU)."""
         if put_cause is not None:
+            self.preempted = runnable  # kvm_sched_out: current->on_rq
             self.vcpu_put(cpu, put_cause)
         yield from self.spend_kernel(cpu)
         if self.halt_woken:  # woken after the final check: do not sleep
@@ -625,6 +629,7 @@ class KvmVcpu(VcpuSegment):
             tracer.emit(self.env.now, "vcpu_state", cpu.index, self.name,
                         state="running" if put_cause is not None else "userspace")
         if put_cause is not None:
+            self.preempted = False  # kvm_sched_in
             self.vcpu_load(cpu)
         return cpu
 

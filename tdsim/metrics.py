@@ -43,7 +43,7 @@ _LEAVES = tuple(arch.SEAMCALL_NAMES.values())
 _SITES = ("prepare", "put", "user_return", "post_exit", "vcpu_run")
 _PUT_CAUSES = ("preempt", "kvm_run_return", "halt")
 _IRQ_SOURCES = ("timer", "ipi", "device", "nmi")
-_IRQ_EXIT_SOURCES = ("tick", "timer", "kick", "resched", "flush_ipi", "other")
+_IRQ_EXIT_SOURCES = ("tick", "timer", "kick", "resched", "flush_ipi", "other", "pi_wakeup")
 _IPI_PATTERNS = ("unicast", "multicast", "broadcast", "shootdown")
 _CATEGORIES = ("guest", "kvm", "vmm", "host_task", "idle")
 _STATS = ("p50", "p90", "p99", "max", "count")
@@ -162,6 +162,13 @@ METRICS: tuple[MetricFamily, ...] = (
                  "post-to-take latency percentiles (nearest rank), max and count, by source; "
                  "per vCPU only p50, p99 and max"),
     MetricFamily("device_irq", "interrupts", "device interrupts", "device MSIs posted"),
+    MetricFamily("pi.sn_suppressed", "interrupts", "device interrupts with SN set",
+                 "IOMMU postings that found SN set (vCPU put, not waiting for a wake-up): "
+                 "PIR bit only, no ON, no notification"),
+    MetricFamily("pi.wakeup_handler", "events", "wake-up handler visits",
+                 "pi_wakeup_handler runs that found the vCPU on the CPU's wake-up list"),
+    MetricFamily("pi.wakeups", "wake-ups", "wake-up handler wake-ups",
+                 "blocked vCPUs pi_wakeup_handler woke (ON set)"),
     MetricFamily("ipi.sent", "IPIs", "guest IPIs sent", "x2APIC ICR writes"),
     MetricFamily("ipi.sent.{pattern}", "IPIs", "guest IPIs sent by pattern",
                  "guest IPIs by destination pattern"),

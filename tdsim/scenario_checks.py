@@ -137,7 +137,8 @@ def resolve_programs(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> 
 
 def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
     """Device interrupts are routed to existing vCPUs; a guest halting with
-    interrupts disabled has NMIs to wake it."""
+    interrupts disabled has NMIs to wake it; device posting by the IOMMU is for TDs, without
+    CPU hotplug."""
     for i, vm in enumerate(data["vm"]):
         if vm["interrupts"]["hlt_irqs_off_p"] > 0 and not vm["interrupts"]["nmi_hz"] > 0:
             raise Bad(("vm", i, "interrupts", "hlt_irqs_off_p"),
@@ -151,6 +152,14 @@ def _check_device_irq_vcpus(data: dict[str, Any]) -> None:
             if not 0 <= v < vm["vcpus"]:
                 raise Bad(("vm", i, "interrupts", "device_irq_vcpus", j),
                            f"vCPU {v} does not exist (valid 0..{vm['vcpus'] - 1})")
+        if vm["interrupts"]["device_posting"] == "vtd":
+            if vm["flavor"] != "tdx":
+                raise Bad(("vm", i, "interrupts", "device_posting"), "device posting by the "
+                           "IOMMU is modelled for TDs only (flavor tdx)")
+            if data["host"]["hotplug"]:
+                raise Bad(("vm", i, "interrupts", "device_posting"), "not with "
+                           "[[host.hotplug]]: a vCPU on an offline CPU's wake-up list is not "
+                           "modelled")
 
 
 def _check_schedule(data: dict[str, Any]) -> None:

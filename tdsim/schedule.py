@@ -124,7 +124,8 @@ def _nmi(run: Injector, vcpu: KvmVcpu, detail: int) -> None:
 
 
 def _device_irq(run: Injector, vcpu: KvmVcpu, detail: int) -> None:
-    interrupts.device_irq(run.irq)(vcpu)
+    intr = vcpu.vm.interrupts
+    interrupts.device_irq(run.irq, intr is not None and intr.device_posting == "vtd")(vcpu)
 
 
 def _tlb_flush(run: Injector, vcpu: KvmVcpu, detail: int) -> None:

@@ -298,6 +298,7 @@ WORKLOAD = Table(
 
 # --- interrupt sources and SEPT zaps of one TD (all off by default) -------------------------
 IPI_PATTERNS = ("unicast", "multicast", "broadcast", "shootdown")
+DEVICE_POSTING = ("kvm", "vtd")
 
 INTERRUPTS = Table(
     {
@@ -316,6 +317,14 @@ INTERRUPTS = Table(
                              "from a host CPU outside the TD's); 0 = off", non_negative),
         "device_irq_vcpus": Key(list, [0], "vCPUs the device interrupts are routed to "
                                 "(round robin)", item_type=int),
+        "device_posting": Key(str, "kvm", "who posts the device interrupts: kvm (KVM "
+                              "injects them through the irqfd: __vmx_deliver_posted_interrupt, "
+                              "a blocked vCPU is woken directly) or vtd (an assigned device "
+                              "whose MSIs the IOMMU posts into the PI descriptor: "
+                              "vmx_can_use_vtd_pi is true, so vmx_vcpu_pi_put suppresses "
+                              "notifications (SN) while the vCPU is put, or switches a "
+                              "blocked one to the wake-up vector, whose handler wakes it)",
+                              choices=DEVICE_POSTING),
         "nmi_hz": Key(NUM, 0.0, "NMIs injected per vCPU per second by the VMM / a watchdog "
                       "(kvm_inject_nmi); 0 = off", non_negative),
         "tlb_flush_hz": Key(NUM, 0.0, "host-side remote TLB flushes of this VM per second "

@@ -83,6 +83,14 @@ def _no_tscdeadline_rearm(model: Model) -> None:
             timer.kvm_set_lapic_tscdeadline_msr = lambda: None
 
 
+def _pi_put_no_wakeup_vector(model: Model) -> None:
+    for vcpu in model.vcpus:
+        if isinstance(vcpu, VcpuTdx):
+            def put_sets_sn(cpu: HostCpu, vcpu: VcpuTdx = vcpu) -> None:
+                vcpu.pi_sn = True  # pi_set_sn, also for a blocking vCPU
+            vcpu.vmx_vcpu_pi_put = put_sets_sn  # type: ignore[method-assign]
+
+
 def _no_host_xsave_restore(model: Model) -> None:
     for vcpu in model.vcpus:
         if isinstance(vcpu, VcpuTdx):
@@ -270,6 +278,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("no_tscdeadline_rearm", "KVM drops the guest's WRMSR(IA32_TSC_DEADLINE): a "
             "one-shot guest timer is never re-armed (lost_interrupt)",
             _no_tscdeadline_rearm),
+    Variant("pi_put_no_wakeup_vector", "vmx_vcpu_pi_put never switches a blocking vCPU "
+            "to the wake-up vector (it sets SN on every put): with device posting, a device "
+            "interrupt to a halted vCPU only sets its PIR bit and nothing wakes it "
+            "(stuck_halt)", _pi_put_no_wakeup_vector),
     Variant("no_host_xsave_restore", "tdx_vcpu_run skips tdx_load_host_xsave_state: host "
             "user code runs with the TD's XCR0 / IA32_XSS / PKRU (host_state_leak)",
             _no_host_xsave_restore),

@@ -36,7 +36,7 @@ _TDVMCALL_REASONS = tdvmcall.EXIT_REASONS
 _DISPATCHED = _TDVMCALL_REASONS | {arch.EXIT_REASON_EPT_VIOLATION, arch.EXIT_REASON_OTHER_SMI}
 # EXTERNAL_INTERRUPT exits by the host interrupt that caused them
 _IRQ_EXIT_KEYS = {w: f"irq_exits.{w}" for w in
-                  ("tick", "timer", "kick", "resched", "flush_ipi", "other")}
+                  ("tick", "timer", "kick", "resched", "flush_ipi", "other", "pi_wakeup")}
 
 
 def vt_disable_virtualization_cpu(percpu: TdxPerCpu, vmx_vcpus: list[VcpuVmx],

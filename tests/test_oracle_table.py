@@ -82,6 +82,8 @@ TABLE = (
     Row("lost_interrupt", "irq_hlt_nmi_ipi", "variant:no_tscdeadline_rearm", 4),
     Row("stuck_halt", "irq_hlt_nmi_ipi", "variant:kick_no_wake", 435),
     Row("stuck_halt", "irq_hlt_nmi_ipi", "variant:lost_wakeup", 443),
+    # device posting: the put never switches a halting vCPU to the wake-up vector (SN)
+    Row("stuck_halt", "irq_device_posting", "variant:pi_put_no_wakeup_vector", 528),
     Row("nmi_accounting", "irq_nmi_watchdog", "variant:abort_withdraws_nmi", 4),
     # SEPT zaps.  Ignoring the flag also lets an entry take the TD epoch lock during a
     # TDH.MEM.TRACK retry, which is then busy again: tdx_track's TDX_BUG_ON kills the VM
