@@ -700,18 +700,28 @@ class VcpuTdx(KvmVcpu):
         """tdx_deliver_interrupt -> __vmx_deliver_posted_interrupt: set the PIR bit, set ON,
         then kvm_vcpu_trigger_posted_interrupt: a notification IPI to a vCPU in guest mode,
         else kvm_vcpu_wake_up."""
-        bit = 1 << vector
+        if not self.pi_test_and_set_pir(vector, source) or self.pi_on:
+            return
+        self.pi_on = True
+        self.kvm_vcpu_trigger_posted_interrupt()
+
+    def pi_test_and_set_pir(self, vector: int, source: str) -> bool:
+        """pi_test_and_set_pir: set the vector's PIR bit; False if it was already set (the
+        posting coalesces).  The one PIR write of both KVM's posting and the IOMMU's.
+
+        (Simulation) A posting after the current entry's PIR processing (applied at the
+        exit) first applies it: the guest runs, or has exited, with ON clear and the PIR
+        drained."""
         if (self.seg_pi and self.seg_status == arch.TDX_SUCCESS
                 and self.t_enter <= self.env.now):
-            # the entry's PIR processing (applied at the exit) has already happened: the
-            # guest runs (or has exited) with ON clear and the PIR drained
             if self.seg_pi == SEG_PI_LATE:
                 self.guest.irq_debt_ns += self.costs.guest_irq_ns
             self.seg_pi = SEG_PI_NONE
             self.process_pir(self.t_enter)
+        bit = 1 << vector
         if self.pir & bit:
             self.stat["pi_coalesced"] += 1
-            return
+            return False
         self.pir |= bit
         self.stat["pi_posted"] += 1
         self.irq.posted(self, vector, source)
@@ -720,10 +730,7 @@ class VcpuTdx(KvmVcpu):
             cpu = self.cpu
             tracer.emit(self.env.now, "pi_posted", cpu.index if cpu else -1, self.name,
                         vector=vector, source=source)
-        if self.pi_on:
-            return
-        self.pi_on = True
-        self.kvm_vcpu_trigger_posted_interrupt()
+        return True
 
     def kvm_vcpu_trigger_posted_interrupt(self) -> None:
         """kvm_vcpu_trigger_posted_interrupt: a vCPU in guest mode gets POSTED_INTR_VECTOR,
@@ -758,26 +765,7 @@ class VcpuTdx(KvmVcpu):
 
         Simplified: no urgent bit; a POSTED_INTR_VECTOR notification that misses the guest
         is not charged (its handler only acks it)."""
-        if (self.seg_pi and self.seg_status == arch.TDX_SUCCESS
-                and self.t_enter <= self.env.now):
-            # (as in tdx_deliver_interrupt) the entry's PIR processing has already happened
-            if self.seg_pi == SEG_PI_LATE:
-                self.guest.irq_debt_ns += self.costs.guest_irq_ns
-            self.seg_pi = SEG_PI_NONE
-            self.process_pir(self.t_enter)
-        bit = 1 << vector
-        if self.pir & bit:
-            self.stat["pi_coalesced"] += 1
-            return
-        self.pir |= bit
-        self.stat["pi_posted"] += 1
-        self.irq.posted(self, vector, source)
-        tracer = self.tracer
-        if tracer is not None:
-            cpu = self.cpu
-            tracer.emit(self.env.now, "pi_posted", cpu.index if cpu else -1, self.name,
-                        vector=vector, source=source)
-        if self.pi_on:
+        if not self.pi_test_and_set_pir(vector, source) or self.pi_on:
             return
         if self.pi_sn:
             self.stat["pi.sn_suppressed"] += 1
