@@ -562,20 +562,14 @@ class Scheduler:
         teardown runs the instant the CPU is empty, and the CPU is offline right after."""
         cpu.active = False
         self._set_idle(cpu, False)
-        for t in list(cpu.rq):
-            cpu.rq.remove(t)
+        rq = cpu.rq
+        while rq:  # (select_cpu breaks a pin to this CPU as it places each one)
+            t = rq.popleft()
             self._dequeued(cpu, t)
-            if t.pin == cpu.index:
-                t.pin = None
             self._place(t)
-        curr = cpu.curr
-        if curr is not None:
-            if curr.pin == cpu.index:
-                curr.pin = None
+        if cpu.curr is not None:
             emptied = self.env.event()
             self.emptied[cpu.index] = emptied
-            if curr.need_resched:
-                curr.need_resched = False  # (set again below, so that it is disturbed)
             self.resched_curr(cpu)
             yield emptied
         teardown = self.cpuhp_teardown
