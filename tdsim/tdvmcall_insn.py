@@ -54,6 +54,21 @@ def kvm_emulate_halt_noskip(vcpu: VcpuTdx, cpu: HostCpu, g: Any) -> int:
     return 1
 
 
+def _in_kernel_device(vcpu: VcpuTdx, g: Any, space: str, addr: int, size: int,
+                      write: int) -> bool:
+    """The PIO or MMIO bus step of tdx_emulate_io / tdx_emulate_mmio: an in-kernel device
+    takes a write (ioeventfd) or answers a read (R11 = the value, masked to `size`); False
+    = exit to userspace."""
+    vm = vcpu.vm
+    if write:
+        return vm.kvm_io_bus_write(space, addr, vcpu.env.now)
+    data = vm.kvm_io_bus_read(space, addr, size)
+    if data is None:
+        return False
+    g.r11 = data & _mask(size)
+    return True
+
+
 def tdx_emulate_io(vcpu: VcpuTdx, cpu: HostCpu, g: Any) -> int:
     """tdx_emulate_io: size R12 (1/2/4), direction R13 (0 in, 1 out), port R14 (16 bits:
     the emulator's port), data R15.  ``io_exits`` counts before the checks; a bad size or
@@ -67,15 +82,8 @@ def tdx_emulate_io(vcpu: VcpuTdx, cpu: HostCpu, g: Any) -> int:
         return 1
     val = g.r15 & _mask(size) if write else 0
     vm = vcpu.vm
-    if vm.io_devices:
-        if write:
-            if vm.kvm_io_bus_write("pio", port, vcpu.env.now):
-                return 1
-        else:
-            data = vm.kvm_io_bus_read("pio", port, size)
-            if data is not None:
-                g.r11 = data & _mask(size)
-                return 1
+    if vm.io_devices and _in_kernel_device(vcpu, g, "pio", port, size, write):
+        return 1
     run = vcpu.run
     run.exit_reason = arch.KVM_EXIT_IO
     io = run.io
@@ -117,15 +125,8 @@ def tdx_emulate_mmio(vcpu: VcpuTdx, cpu: HostCpu, g: Any) -> int:
         return 1
     gpa &= ~SHARED_BIT
     vm = vcpu.vm
-    if vm.io_devices:
-        if write:
-            if vm.kvm_io_bus_write("mmio", gpa, vcpu.env.now):
-                return 1  # fast MMIO / MMIO bus: the kernel completed device emulation
-        else:
-            data = vm.kvm_io_bus_read("mmio", gpa, size)
-            if data is not None:
-                g.r11 = data & _mask(size)
-                return 1
+    if vm.io_devices and _in_kernel_device(vcpu, g, "mmio", gpa, size, write):
+        return 1  # fast MMIO / MMIO bus: the kernel completed device emulation
     run = vcpu.run
     run.exit_reason = arch.KVM_EXIT_MMIO
     mmio = run.mmio
